@@ -1,0 +1,47 @@
+# hmb-batch: one Makefile for people and CI.  `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow check lint format typecheck clean sample-data
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install hmb-batch with its test and lint tools
+
+demo: $(STAMP) ## install, then adjudicate the committed sample data (outputs in out/demo)
+	cd sample_data && ../$(BIN)/hmb-batch adjudicate settlements.parquet --out ../out/demo
+
+test: $(STAMP) ## install, then run the tests (slow ones excluded)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP) ## run only the slow tests
+	$(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP) ## ruff lint and format check
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: $(STAMP) ## apply ruff formatting and safe fixes
+	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests
+
+typecheck: $(STAMP) ## mypy (strict) on the package
+	$(BIN)/mypy
+
+check: lint typecheck test ## lint, types and tests
+
+sample-data: $(STAMP) ## regenerate sample_data/ (deterministic)
+	$(BIN)/hmb-batch generate --members 2000 --year 2022 --seed 20220101 --out sample_data
+
+clean: ## remove the virtual environment and outputs
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
