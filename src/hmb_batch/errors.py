@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     CONFIG = 5  # hmb.toml or a plan edition is invalid
     RECONCILIATION = 6  # a balancing identity failed; nothing was applied
     LEDGER_BUSY = 7  # another hmb-batch holds the ledger
+    REFERENCE_INVALID = 8  # the roster or the lists file has bad rows; nothing was written
 
 
 class HmbError(Exception):
@@ -49,3 +50,9 @@ class ConfigError(HmbError):
     """The configuration or a plan edition is invalid; the message lists every problem."""
 
     exit_code = ExitCode.CONFIG
+
+
+class ReferenceDataError(HmbError):
+    """The roster or lists file has rows that cannot be used; the run stops before writing."""
+
+    exit_code = ExitCode.REFERENCE_INVALID

@@ -1,0 +1,484 @@
+"""The rule engine: validated settlements in, adjudicated settlements out. Pure — no I/O.
+
+For each settlement, in (batch, setl_time, setl_id) order within each member and plan year:
+
+1. sequencing: a setl_id adjudicated before is a duplicate; a reversal needs an adjudicated,
+   not yet reversed original that comes before it (quarantined otherwise);
+2. eligibility (non-reversals): roster row for the plan year, benefit start, suspension;
+3. cost increments (each edition's costs: 浙丽保's compliant and reasonable cost), zero when
+   denied; a reversal's increments are the negated increments of its original, in the original's
+   member and plan year;
+4. year-to-date costs = prior year to date + running sums; payable and benefit are functions of
+   the year to date, so payout = T(after) − T(before) telescopes exactly.
+
+Money is Int64 fen throughout. Every step is a Polars expression over whole frames; the only Python
+loops are over plan years, costs and list names, never over members or settlements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import polars as pl
+
+from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.plan.compiled import (
+    ADMISSION_CODES,
+    EXCLUSION_CODES,
+    CompiledEdition,
+    list_flag,
+)
+from hmb_batch.validation import DETAIL, IS_REVERSAL, REASONS
+
+ORDER = ["batch_seq", "setl_time", "setl_id"]
+MEMBER_YEAR = ["psn_no", "plan_year"]
+CARRIED = [
+    "med_type",
+    "insu_admdvs",
+    "fixmedins_code",
+    "fixmedins_name",
+    "insutype",
+    "begndate",
+    "enddate",
+    "psn_name",
+    "certno",
+]
+
+
+def inc(cost: str) -> str:
+    """Column of a settlement's increment of ``cost``."""
+    return f"inc__{cost}"
+
+
+def cum(cost: str) -> str:
+    """Column of the year-to-date ``cost`` after a settlement."""
+    return f"cum__{cost}"
+
+
+@dataclass(frozen=True)
+class PriorState:
+    """What earlier batches left: adjudicated settlements and year-to-date costs.
+
+    ``registry``: setl_id, psn_no, plan_year, is_reversal, init_setl_id, reversed (bool), and
+    ``inc__COST`` for each cost. ``accumulators``: psn_no, plan_year and ``cum__COST``.
+    """
+
+    registry: pl.LazyFrame
+    accumulators: pl.LazyFrame
+
+    @staticmethod
+    def empty(costs: list[str]) -> PriorState:
+        """No history: every member starts the year at zero."""
+        reg = pl.DataFrame(
+            schema={
+                "setl_id": pl.String,
+                "psn_no": pl.String,
+                "plan_year": pl.Int64,
+                IS_REVERSAL: pl.Boolean,
+                "init_setl_id": pl.String,
+                "reversed": pl.Boolean,
+                **{inc(c): pl.Int64 for c in costs},
+            }
+        ).lazy()
+        acc = pl.DataFrame(
+            schema={"psn_no": pl.String, "plan_year": pl.Int64, **{cum(c): pl.Int64 for c in costs}}
+        ).lazy()
+        return PriorState(reg, acc)
+
+
+@dataclass(frozen=True)
+class Adjudication:
+    """The engine's result, all lazy, money in fen.
+
+    ``payouts``: one row per adjudicated settlement (denied included). ``lines``: the fee-line
+    audit. ``quarantine``: settlements the engine rejected (duplicates, orphan reversals, no plan
+    edition) with reasons and detail.
+    """
+
+    payouts: pl.LazyFrame
+    lines: pl.LazyFrame
+    quarantine: pl.LazyFrame
+    costs: list[str]
+    responsibilities: list[str]
+
+
+def cost_ids(plan: PlanSelection) -> list[str]:
+    """Ordered union of the cost ids of a selection's editions."""
+    out: list[str] = []
+    for e in plan.editions:
+        out += [c for c in e.costs if c not in out]
+    return out
+
+
+def responsibility_ids(plan: PlanSelection) -> list[str]:
+    """Ordered union of the responsibility ids of a selection's editions."""
+    out: list[str] = []
+    for e in plan.editions:
+        out += [r.id for r in e.edition.responsibilities if r.id not in out]
+    return out
+
+
+def _quarantined(frame: pl.LazyFrame, code: str, detail: pl.Expr) -> pl.LazyFrame:
+    return frame.with_columns(pl.lit([code]).alias(REASONS), detail.alias(DETAIL))
+
+
+def _sequence(
+    settlements: pl.LazyFrame, prior: PriorState, plan: PlanSelection, years: list[int]
+) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
+    """Split into (non-reversals to adjudicate, valid reversals, quarantined)."""
+    s = settlements.with_columns(pl.col("setl_time").dt.year().cast(pl.Int64).alias("plan_year"))
+    seen_before = s.join(prior.registry.select("setl_id"), on="setl_id", how="semi")
+    s = s.join(prior.registry.select("setl_id"), on="setl_id", how="anti")
+    first_batch = pl.col("batch_seq").min().over("setl_id")
+    repeated_in_run = s.filter(pl.col("batch_seq") != first_batch)
+    s = s.filter(pl.col("batch_seq") == first_batch)
+    dup_detail = pl.format("setl_id {} was adjudicated before", pl.col("setl_id"))
+    quarantine = [
+        _quarantined(seen_before, "DUPLICATE_SETTLEMENT", dup_detail),
+        _quarantined(repeated_in_run, "DUPLICATE_SETTLEMENT",
+                     pl.format("setl_id {} was adjudicated in an earlier batch of this run",
+                               pl.col("setl_id"))),
+    ]
+
+    covered = [y for y in years if plan.for_year(y) is not None]
+    originals = s.filter(~pl.col(IS_REVERSAL))
+    no_edition = originals.filter(~pl.col("plan_year").is_in(covered))
+    quarantine.append(
+        _quarantined(no_edition, "NO_PLAN_EDITION",
+                     pl.format("setl_id {}: no plan edition for plan year {} (editions: {})",
+                               pl.col("setl_id"), pl.col("plan_year"),
+                               pl.lit(", ".join(e.id for e in plan.editions))))
+    )
+    originals = originals.filter(pl.col("plan_year").is_in(covered))
+
+    reversals = (
+        s.filter(pl.col(IS_REVERSAL)).rename({"psn_no": "_rev_psn_no"}).drop("plan_year")
+    )
+    in_run = originals.select(
+        pl.col("setl_id").alias("init_setl_id"),
+        "psn_no",
+        "plan_year",
+        pl.col("batch_seq").alias("_o_batch"),
+        pl.col("setl_time").alias("_o_time"),
+        pl.lit(False).alias("_orig_reversed"),
+        pl.lit(True).alias("_orig_in_run"),
+    )
+    from_prior = prior.registry.filter(~pl.col(IS_REVERSAL)).select(
+        pl.col("setl_id").alias("init_setl_id"),
+        "psn_no",
+        "plan_year",
+        pl.lit(None, pl.Int64).alias("_o_batch"),
+        pl.lit(None, pl.Datetime("us")).alias("_o_time"),
+        pl.col("reversed").alias("_orig_reversed"),
+        pl.lit(False).alias("_orig_in_run"),
+    )
+    targets = pl.concat([in_run, from_prior], how="vertical_relaxed")
+    reversals = reversals.join(targets, on="init_setl_id", how="left")
+    found = pl.col("psn_no").is_not_null()
+    # the original must precede the reversal in (batch, setl_time, setl_id) order
+    precedes = (pl.col("_o_batch") < pl.col("batch_seq")) | (
+        (pl.col("_o_batch") == pl.col("batch_seq"))
+        & (
+            (pl.col("_o_time") < pl.col("setl_time"))
+            | ((pl.col("_o_time") == pl.col("setl_time"))
+               & (pl.col("init_setl_id") < pl.col("setl_id")))
+        )
+    )
+    valid = found & (~pl.col("_orig_in_run") | precedes).fill_null(False)
+    orphan = reversals.filter(~valid)
+    reversals = reversals.filter(valid).drop("_rev_psn_no")
+    quarantine.append(
+        _quarantined(
+            orphan.drop("psn_no", "plan_year").rename({"_rev_psn_no": "psn_no"}),
+            "ORPHAN_REVERSAL",
+            pl.format(
+                "reversal {} names init_setl_id {}, which was never adjudicated "
+                "(or comes after the reversal)",
+                pl.col("setl_id"),
+                pl.col("init_setl_id"),
+            ),
+        )
+    )
+    rank = pl.int_range(pl.len()).over("init_setl_id", order_by=ORDER)
+    duplicate = pl.col("_orig_reversed") | (rank > 0)
+    dup_rev = reversals.filter(duplicate)
+    quarantine.append(
+        _quarantined(dup_rev, "DUPLICATE_REVERSAL",
+                     pl.format("reversal {}: settlement {} is already reversed",
+                               pl.col("setl_id"), pl.col("init_setl_id")))
+    )
+    scratch = ["_o_batch", "_o_time", "_orig_reversed", "_orig_in_run"]
+    reversals = reversals.filter(~duplicate).drop(scratch)
+    q = pl.concat(
+        [f.drop(scratch, strict=False) for f in quarantine],
+        how="diagonal_relaxed",
+    )
+    return originals, reversals, q
+
+
+def _denials(originals: pl.LazyFrame, roster: pl.LazyFrame, edition: CompiledEdition,
+             year: int) -> pl.LazyFrame:
+    """Join the roster and give each settlement of ``year`` its denial reasons (sorted)."""
+    r = roster.filter(pl.col("plan_year") == year).with_columns(
+        edition.benefit_start(year).alias("benefit_start"), pl.lit(True).alias("_enrolled")
+    ).select("psn_no", "plan_year", "benefit_start", "basic_suspended_from",
+             "basic_suspended_to", "_enrolled")
+    service = pl.coalesce(pl.col("begndate"), pl.col("setl_time").dt.date())
+    enrolled = pl.col("_enrolled").fill_null(False)
+    waiting = enrolled & (service < pl.col("benefit_start"))
+    suspended = enrolled & (
+        (service >= pl.col("basic_suspended_from"))
+        & ((service <= pl.col("basic_suspended_to")) | pl.col("basic_suspended_to").is_null())
+    ).fill_null(False)
+    reasons = pl.concat_list(
+        pl.when(suspended).then(pl.lit("BASIC_SUSPENDED")),
+        pl.when(~enrolled).then(pl.lit("NOT_ENROLLED")),
+        pl.when(waiting).then(pl.lit("WAITING_PERIOD")),
+    ).list.drop_nulls()
+    return (
+        originals.filter(pl.col("plan_year") == year)
+        .join(r, on=["psn_no", "plan_year"], how="left")
+        .with_columns(reasons.alias("denials"), service.alias("service_date"))
+        .drop("basic_suspended_from", "basic_suspended_to", "_enrolled")
+    )
+
+
+def _flag_lists(lines: pl.LazyFrame, lists: pl.LazyFrame, names: frozenset[str]) -> pl.LazyFrame:
+    """Add ``on_list__NAME``: the line's item is on list NAME at its fee date."""
+    key = ["setl_id", "feedetl_sn"]
+    fee_date = pl.col("fee_ocur_time").dt.date()
+    for name in sorted(names):
+        entries = lists.filter(pl.col("list") == name).select(
+            pl.col("code").alias("med_list_codg"), "valid_from", "valid_to"
+        )
+        hits = (
+            lines.select(*key, "med_list_codg", fee_date.alias("_fee_date"))
+            .join(entries, on="med_list_codg", how="inner")
+            .filter(
+                (pl.col("_fee_date") >= pl.col("valid_from"))
+                & ((pl.col("_fee_date") <= pl.col("valid_to")) | pl.col("valid_to").is_null())
+            )
+            .select(*key)
+            .unique()
+            .with_columns(pl.lit(True).alias(list_flag(name)))
+        )
+        lines = lines.join(hits, on=key, how="left").with_columns(
+            pl.col(list_flag(name)).fill_null(False)
+        )
+    return lines
+
+
+def _increments(
+    judged: pl.LazyFrame, lines: pl.LazyFrame, lists: pl.LazyFrame, edition: CompiledEdition,
+    costs: list[str],
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Cost increments per settlement (zero when denied) and the fee-line audit."""
+    denied = pl.col("denials").list.len() > 0
+    settle_cols = ["setl_id", "batch_seq", "med_type", "denials"]
+    line_costs = {cid: c for cid, c in edition.costs.items() if c.line_amount is not None}
+    l = _flag_lists(
+        lines.join(judged.select(settle_cols), on=["setl_id", "batch_seq"], how="inner"), lists, edition.lists
+    )
+    line_amount_cols = []
+    for cid, c in line_costs.items():
+        assert c.line_amount is not None
+        line_amount_cols.append(
+            pl.when(c.in_scope & ~denied).then(c.line_amount).otherwise(0).alias(f"line__{cid}")
+        )
+    l = l.with_columns(line_amount_cols)
+    per_settlement = l.group_by("setl_id").agg(
+        [pl.col(f"line__{cid}").sum() for cid in line_costs]
+    )
+    s = judged.join(per_settlement, on="setl_id", how="left")
+    inc_exprs = []
+    for cid in costs:
+        c = edition.costs.get(cid)
+        if c is None:
+            inc_exprs.append(pl.lit(0, pl.Int64).alias(inc(cid)))
+            continue
+        amount = c.settlement_amount
+        if cid in line_costs:
+            amount = amount + pl.col(f"line__{cid}").fill_null(0)
+        inc_exprs.append(
+            pl.when(denied | ~c.in_scope).then(0).otherwise(amount).cast(pl.Int64).alias(inc(cid))
+        )
+    s = s.with_columns(inc_exprs).drop([f"line__{cid}" for cid in line_costs])
+
+    # fee-line audit: why each line counted or not
+    reasons: list[pl.Expr] = [pl.when(denied).then(pl.lit("DENIED_SETTLEMENT"))]
+    for list_name, code in EXCLUSION_CODES.items():
+        if list_name in edition.lists:
+            reasons.append(pl.when(pl.col(list_flag(list_name))).then(pl.lit(code)))
+    for cid, c in edition.costs.items():
+        if c.not_admitted is not None:
+            code = next(iter(ADMISSION_CODES.values()))
+            reasons.append(pl.when(c.not_admitted & c.in_scope & ~denied).then(pl.lit(code)))
+        if c.audit_code is None:
+            continue
+        if cid in line_costs:
+            counted = pl.col(f"line__{cid}") != 0
+        else:
+            counted = (pl.col("inscp_scp_amt") != 0) & (pl.col(f"_settle_{cid}") != 0)
+        reasons.append(pl.when(counted & ~denied).then(pl.lit(c.audit_code)))
+    settlement_costs = [cid for cid, c in edition.costs.items() if c.line_amount is None]
+    audit = (
+        l.join(
+            s.select("setl_id", *[pl.col(inc(cid)).alias(f"_settle_{cid}") for cid in settlement_costs]),
+            on="setl_id",
+            how="left",
+        )
+        .with_columns(pl.concat_list(reasons).list.drop_nulls().list.unique(maintain_order=True).alias(REASONS))
+        .select(
+            "setl_id", "feedetl_sn", "med_list_codg", "list_type", "chrgitm_lv",
+            "det_item_fee_sumamt", "fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt",
+            "inscp_scp_amt", REASONS,
+            *[pl.col(f"line__{cid}").alias(f"{cid}_counted") for cid in line_costs],
+        )
+    )
+    return s, audit
+
+
+def _benefit_columns(frame: pl.LazyFrame, edition: CompiledEdition, costs: list[str],
+                     responsibilities: list[str]) -> pl.LazyFrame:
+    """T and P before and after each settlement, per responsibility and in total."""
+    flags = dict(
+        pre_existing=pl.col("pre_existing").fill_null(False),
+        consecutive_years=pl.col("consecutive_years").fill_null(0),
+    )
+    after = edition.benefit({c: pl.col(cum(c)) for c in costs}, **flags)
+    before = edition.benefit({c: pl.col(cum(c)) - pl.col(inc(c)) for c in costs}, **flags)
+    cols = [
+        after.payable_total.alias("cum_payable"),
+        (after.payable_total - before.payable_total).alias("payable"),
+        after.benefit_total.alias("cum_payout"),
+        (after.benefit_total - before.benefit_total).alias("payout"),
+        pl.lit(edition.id).alias("edition"),
+    ]
+    for rid in responsibilities:
+        if rid in after.benefit:
+            cols.append((after.benefit[rid] - before.benefit[rid]).alias(f"resp__{rid}__payout"))
+            cols.append((after.payable[rid] - before.payable[rid]).alias(f"resp__{rid}__payable"))
+        else:
+            cols.append(pl.lit(0, pl.Int64).alias(f"resp__{rid}__payout"))
+            cols.append(pl.lit(0, pl.Int64).alias(f"resp__{rid}__payable"))
+    return frame.with_columns(cols)
+
+
+def adjudicate(
+    settlements: pl.LazyFrame,
+    fee_lines: pl.LazyFrame,
+    roster: pl.LazyFrame,
+    lists: pl.LazyFrame,
+    plan: PlanSelection,
+    prior: PriorState | None = None,
+    *,
+    years: list[int],
+) -> Adjudication:
+    """Adjudicate validated settlements (with ``batch_seq`` and ``batch_id``) under ``plan``.
+
+    Fee lines carry ``batch_seq`` too: a run may hold several batches, and a setl_id repeated in
+    a later batch (a duplicate) must not lend its lines to the first copy.
+
+    ``years``: the plan years present (settlement years and, for reversals, the prior registry's
+    years); the caller knows them from the data. Roster: typed roster with ``pre_existing`` as
+    a boolean. Returns lazy frames in fen.
+    """
+    costs = cost_ids(plan)
+    resps = responsibility_ids(plan)
+    prior = prior or PriorState.empty(costs)
+    originals, reversals, quarantine = _sequence(settlements, prior, plan, years)
+
+    judged_parts: list[pl.LazyFrame] = []
+    audit_parts: list[pl.LazyFrame] = []
+    for year in years:
+        edition = plan.for_year(year)
+        if edition is None:
+            continue
+        judged = _denials(originals, roster, edition, year)
+        judged, audit = _increments(judged, fee_lines, lists, edition, costs)
+        judged_parts.append(judged)
+        audit_parts.append(audit)
+    if not judged_parts:
+        empty_year = originals.filter(pl.lit(False))
+        judged_parts.append(
+            empty_year.with_columns(
+                pl.lit([], pl.List(pl.String)).alias("denials"),
+                *[pl.lit(0, pl.Int64).alias(inc(c)) for c in costs],
+            )
+        )
+    judged_all = pl.concat(judged_parts, how="diagonal_relaxed")
+
+    # reversals: negated increments of the original (this run, else the prior registry)
+    orig_inc = pl.concat(
+        [
+            judged_all.select(pl.col("setl_id").alias("init_setl_id"), *[inc(c) for c in costs]),
+            prior.registry.filter(~pl.col(IS_REVERSAL)).select(
+                pl.col("setl_id").alias("init_setl_id"), *[inc(c) for c in costs]
+            ),
+        ],
+        how="vertical_relaxed",
+    ).unique("init_setl_id")
+    rev = reversals.join(orig_inc, on="init_setl_id", how="left").with_columns(
+        *[(-pl.col(inc(c)).fill_null(0)).alias(inc(c)) for c in costs],
+        pl.lit([], pl.List(pl.String)).alias("denials"),
+    )
+    keep = ["setl_id", "psn_no", "plan_year", IS_REVERSAL, "init_setl_id", "setl_time",
+            "batch_seq", "batch_id", "denials", *CARRIED, *[inc(c) for c in costs]]
+    rows = pl.concat(
+        [judged_all.select(keep), rev.select(keep)], how="vertical_relaxed"
+    )
+
+    # year to date: prior + running sums in (batch, setl_time, setl_id) order
+    flags = roster.select(
+        "psn_no", "plan_year", "pre_existing", "consecutive_years"
+    ).unique(MEMBER_YEAR)
+    rows = (
+        rows.join(prior.accumulators, on=MEMBER_YEAR, how="left")
+        .sort([*MEMBER_YEAR, *ORDER])
+        .with_columns(
+            [
+                (pl.col(cum(c)).fill_null(0) + pl.col(inc(c)).cum_sum().over(MEMBER_YEAR)).alias(cum(c))
+                for c in costs
+            ]
+        )
+        .join(flags, on=MEMBER_YEAR, how="left")
+    )
+    parts = []
+    for year in years:
+        edition = plan.for_year(year)
+        if edition is None:
+            continue
+        parts.append(
+            _benefit_columns(rows.filter(pl.col("plan_year") == year), edition, costs, resps)
+        )
+    if parts:
+        payouts = pl.concat(parts, how="diagonal_relaxed")
+    else:
+        payouts = rows.with_columns(
+            *[pl.lit(0, pl.Int64).alias(n) for n in ("cum_payable", "payable", "cum_payout", "payout")],
+            pl.lit(None, pl.String).alias("edition"),
+            *[pl.lit(0, pl.Int64).alias(f"resp__{r}__{k}") for r in resps for k in ("payout", "payable")],
+        )
+    status = (
+        pl.when(pl.col(IS_REVERSAL)).then(pl.lit("reversal"))
+        .when(pl.col("denials").list.len() > 0).then(pl.lit("denied"))
+        .when(pl.col("payout") > 0).then(pl.lit("paid"))
+        .otherwise(pl.lit("zero"))
+    )
+    payouts = payouts.with_columns(status.alias("status"), pl.col("denials").alias(REASONS)).drop(
+        "denials", "pre_existing", "consecutive_years"
+    )
+    audit = pl.concat(audit_parts, how="diagonal_relaxed") if audit_parts else fee_lines.filter(
+        pl.lit(False)
+    ).select("setl_id", "feedetl_sn").with_columns(pl.lit([], pl.List(pl.String)).alias(REASONS))
+    return Adjudication(payouts, audit, quarantine, costs, resps)
+
+
+def plan_years(settlements: pl.DataFrame | pl.LazyFrame, prior: PriorState | None) -> list[int]:
+    """Plan years present in a batch (and in the prior registry, for late reversals)."""
+    lf = settlements.lazy()
+    years = set(lf.select(pl.col("setl_time").dt.year().unique()).collect().to_series().to_list())
+    if prior is not None:
+        years |= set(prior.registry.select(pl.col("plan_year").unique()).collect().to_series())
+    return sorted(int(y) for y in years if y is not None)
+

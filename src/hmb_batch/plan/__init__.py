@@ -1,0 +1,1 @@
+"""Plans as data: authored editions (TOML), their validation, and their compiled form."""

@@ -1,0 +1,84 @@
+"""Reference data: the roster (参保名单) and the lists (负面清单, 准入清单, 特药清单).
+
+Unlike a settlement, a bad roster or list row cannot be quarantined on its own: it would silently
+deny or pay other people's claims. So any bad row stops the run before anything is written, with a
+message naming the file, the rows and the columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import polars as pl
+
+from hmb_batch.contracts import LISTS, ROSTER
+from hmb_batch.errors import ReferenceDataError
+from hmb_batch.extract import ERRORS, FILE, ROW, read_table
+
+_SHOW = 10
+_TRUE = ["1", "y", "yes", "true", "是"]
+
+
+def _stop_on_errors(frame: pl.DataFrame, what: str, extra: list[str]) -> None:
+    messages = frame.select(pl.col(ERRORS).list.explode(keep_nulls=False, empty_as_null=False))
+    found = messages.to_series().to_list() + extra
+    if found:
+        shown = "\n".join(f"  - {m}" for m in found[:_SHOW])
+        more = f"\n  (+{len(found) - _SHOW} more)" if len(found) > _SHOW else ""
+        raise ReferenceDataError(f"the {what} has {len(found)} problem(s):\n{shown}{more}")
+
+
+def load_roster(path: Path, column_map: Mapping[str, str] | None = None,
+                encoding: str = "utf-8") -> pl.DataFrame:
+    """Read and check the roster: one row per member and plan year, every value readable."""
+    df = read_table(path, ROSTER, column_map=column_map, encoding=encoding).collect()
+    dups = (
+        df.filter(pl.len().over("psn_no", "plan_year") > 1)
+        .group_by("psn_no", "plan_year")
+        .agg(pl.col(ROW).sort())
+        .sort("psn_no")
+    )
+    extra = [
+        f"{path} rows {', '.join(map(str, r[ROW]))}: member {r['psn_no']} has more than one "
+        f"roster row for plan year {r['plan_year']} (expected one)"
+        for r in dups.head(_SHOW).iter_rows(named=True)
+    ]
+    _stop_on_errors(df, f"roster {path}", extra)
+    return df.with_columns(
+        pl.col("pre_existing").str.to_lowercase().is_in(_TRUE).fill_null(False)
+    ).drop(ERRORS, FILE, ROW)
+
+
+def load_lists(path: Path, column_map: Mapping[str, str] | None = None,
+               encoding: str = "utf-8") -> pl.DataFrame:
+    """Read and check the lists file: every entry with a readable validity window."""
+    df = read_table(path, LISTS, column_map=column_map, encoding=encoding).collect()
+    backwards = df.filter(pl.col("valid_to") < pl.col("valid_from"))
+    extra = [
+        f"{path} row {r[ROW]}: list {r['list']} code {r['code']}: valid_to {r['valid_to']} is "
+        f"before valid_from {r['valid_from']}"
+        for r in backwards.head(_SHOW).iter_rows(named=True)
+    ]
+    _stop_on_errors(df, f"lists file {path}", extra)
+    return df.drop(ERRORS, FILE, ROW)
+
+
+def empty_roster() -> pl.DataFrame:
+    """A roster with no members (everyone is NOT_ENROLLED)."""
+    schema = {c.name: pl.String for c in ROSTER.columns}
+    df = pl.DataFrame(schema=schema)
+    return df.with_columns(
+        pl.col("plan_year").cast(pl.Int64),
+        pl.col("consecutive_years").cast(pl.Int64),
+        pl.col("pre_existing").cast(pl.Boolean),
+        *[pl.col(c).cast(pl.Date) for c in ROSTER.names if ROSTER.column(c).kind.value == "date"],
+    )
+
+
+def empty_lists() -> pl.DataFrame:
+    """No list entries."""
+    return pl.DataFrame(
+        schema={"list": pl.String, "code": pl.String, "name": pl.String, "item_kind": pl.String,
+                "valid_from": pl.Date, "valid_to": pl.Date}
+    )
