@@ -1,0 +1,217 @@
+"""The command line. Thin: parse, call the library, render; errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tomllib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hmb_batch import __version__, render
+from hmb_batch.codes import REASON_CODES
+from hmb_batch.config import load_config
+from hmb_batch.errors import ConfigError, ExitCode, HmbError
+from hmb_batch.plan.catalog import select_plan, shipped_edition_files, shipped_editions
+from hmb_batch.plan.check import check_data, load_edition
+
+app = typer.Typer(
+    name="hmb-batch",
+    help=(
+        "Batch claims processor for city-customised supplementary medical insurance (惠民保).\n\n"
+        "Example:\n\n  hmb-batch adjudicate settlements.parquet --fees fees.parquet "
+        "--roster roster.parquet --lists lists.parquet --plan zhelibao --out out/"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_show_locals=False,  # locals may hold personal data
+)
+plan_app = typer.Typer(
+    help="Plan editions: list, show, check.\n\nExample:\n\n  hmb-batch plan show zhelibao-2023",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(plan_app, name="plan")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(exc: HmbError) -> typer.Exit:
+    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(int(exc.exit_code))
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"hmb-batch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """hmb-batch."""
+
+
+@app.command(
+    epilog=(
+        "Example: hmb-batch adjudicate settlements.parquet --fees fees.parquet "
+        "--roster roster.parquet --lists lists.parquet --plan zhelibao --out out/2022-03-01"
+    )
+)
+def adjudicate(
+    extract: Annotated[Path, typer.Argument(help="Settlements file (CSV or Parquet), or one wide file of fee lines carrying their settlement's columns.")],
+    fees: Annotated[Path | None, typer.Option(help="Fee-lines file (two-file extracts).")] = None,
+    roster: Annotated[Path | None, typer.Option(help="Roster (参保名单).")] = None,
+    lists: Annotated[Path | None, typer.Option(help="Negative/admission/special-drug lists.")] = None,
+    plan: Annotated[str | None, typer.Option(help="Family (zhelibao), edition id, edition file or folder.")] = None,
+    ledger: Annotated[Path | None, typer.Option(help="Ledger file (not used yet: each run starts the year at zero).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Configuration file (default ./hmb.toml).")] = None,
+    encoding: Annotated[str | None, typer.Option(help="CSV encoding: utf-8 (with or without BOM) or gbk.")] = None,
+    csv: Annotated[bool, typer.Option("--csv", help="Also write payouts.csv.")] = False,
+    batch_id: Annotated[str | None, typer.Option(help="Batch id (default: extract name + content hash).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
+) -> None:
+    """Adjudicate one batch: validate, apply the plan, write payouts, quarantine and line audit."""
+    from hmb_batch.pipeline import BatchInputs, run_batch  # noqa: PLC0415 - keeps --help fast
+
+    try:
+        cfg = load_config(config)
+        d = cfg.adjudicate
+        roster_path = roster or cfg.path(d.roster)
+        lists_path = lists or cfg.path(d.lists)
+        if roster_path is None or lists_path is None:
+            missing = "--roster" if roster_path is None else "--lists"
+            raise ConfigError(
+                f"{missing} is required (or set adjudicate.{missing[2:]} in hmb.toml)"
+            )
+        inputs = BatchInputs(
+            extract=extract,
+            fees=fees or cfg.path(d.fees),
+            roster=roster_path,
+            lists=lists_path,
+            plan=plan or d.plan,
+            encoding=encoding or d.encoding,
+            column_map=cfg.columns,
+            batch_id=batch_id,
+        )
+        target = out_dir or cfg.path(d.out) or Path("out")
+        result = run_batch(inputs, target, csv=csv)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps({"summary": result.summary.to_json(),
+                          "files": {k: str(v) for k, v in result.files.items()}}, ensure_ascii=False))
+    elif not quiet:
+        render.batch_summary(out, result.summary, {k: str(v) for k, v in result.files.items()})
+
+
+@app.command(epilog="Example: hmb-batch generate --members 2000 --year 2022 --seed 7 --out sample_data")
+def generate(
+    members: Annotated[int, typer.Option(min=1, help="Members on the roster.")] = 2000,
+    year: Annotated[int, typer.Option(help="Plan year.")] = 2022,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 1,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("generated"),
+    fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+    chunk_members: Annotated[int, typer.Option(help="Members per written chunk (memory bound).")] = 200_000,
+) -> None:
+    """Generate a synthetic plan year: settlements, fee lines, roster and lists."""
+    from hmb_batch.generate import GeneratorSettings, generate_year  # noqa: PLC0415
+
+    if fmt not in ("parquet", "csv"):
+        err.print("[red]error:[/red] --format must be parquet or csv")
+        raise typer.Exit(int(ExitCode.USAGE))
+    stats = generate_year(
+        GeneratorSettings(members=members, year=year, seed=seed, chunk_members=chunk_members),
+        out_dir,
+        fmt=fmt,
+    )
+    out.print(
+        f"wrote {out_dir}: {stats['members']:,} members, {stats['settlements']:,} settlements, "
+        f"{stats['fee_lines']:,} fee lines, {stats['list_entries']:,} list entries"
+    )
+
+
+@app.command(epilog="Example: hmb-batch codes")
+def codes() -> None:
+    """List every reason code with its Chinese and English description."""
+    t = Table("code", "stage", "中文", "English")
+    for c in REASON_CODES.values():
+        t.add_row(c.code, c.stage.value, c.zh, c.en)
+    out.print(t)
+
+
+@plan_app.command("list", epilog="Example: hmb-batch plan list")
+def plan_list() -> None:
+    """List the plan editions shipped with hmb-batch."""
+    t = Table("edition", "plan", "year", "official", "source")
+    try:
+        for e in shipped_editions():
+            t.add_row(e.id, e.plan_name, str(e.edition), "yes" if e.official else "example", e.source)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    out.print(t)
+
+
+@plan_app.command("show", epilog="Example: hmb-batch plan show zhelibao-2023")
+def plan_show(
+    edition: Annotated[str, typer.Argument(help="Edition id, family id or edition file.")],
+) -> None:
+    """Show an edition's rules in the rule text's terms."""
+    try:
+        selection = select_plan(edition)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    for e in selection.editions:
+        render.edition(out, e.edition)
+
+
+@plan_app.command("check", epilog="Example: hmb-batch plan check my-city-2025.toml --lists lists.parquet")
+def plan_check(
+    file: Annotated[Path, typer.Argument(help="Edition file to check.")],
+    lists: Annotated[Path | None, typer.Option(help="Lists file whose list names the edition may use.")] = None,
+) -> None:
+    """Check an edition file and report every problem at once."""
+    from hmb_batch.reference import load_lists  # noqa: PLC0415
+
+    try:
+        names = None
+        if lists is not None:
+            names = sorted(load_lists(lists)["list"].unique().to_list())
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{file}: cannot be read as TOML: {exc}") from exc
+        e, problems = check_data(data, names)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    if problems:
+        err.print(f"[red]{file}: {len(problems)} problem(s)[/red]")
+        for p in problems:
+            err.print(f"  - {p}", highlight=False)
+        raise typer.Exit(int(ExitCode.CONFIG))
+    assert e is not None
+    out.print(f"{file}: ok — {e.id} ({e.plan_name}), {len(e.responsibilities)} responsibilities")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except HmbError as exc:  # pragma: no cover - commands catch their own
+        err.print(f"error: {exc}")
+        sys.exit(int(exc.exit_code))
+
+
+__all__ = ["app", "load_edition", "main", "shipped_edition_files"]

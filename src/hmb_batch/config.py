@@ -1,0 +1,96 @@
+"""hmb.toml: a site's defaults for `hmb-batch adjudicate`, validated.
+
+Example::
+
+    [adjudicate]
+    fees = "fees.parquet"        # paths are relative to this file's folder
+    roster = "roster.parquet"
+    lists = "lists.parquet"
+    plan = "zhelibao"            # family, edition id, edition file or folder
+    out = "out"
+    encoding = "utf-8"           # CSV encoding: utf-8 (BOM or not) or gbk
+
+    [columns]                    # the site's column name = the contract's name
+    JSID = "setl_id"
+
+Command-line options override the file. The file is looked up as ``--config PATH``, else
+``hmb.toml`` in the working directory; without one, every option comes from the command line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hmb_batch.contracts import CONTRACTS
+from hmb_batch.errors import ConfigError
+
+DEFAULT_NAME = "hmb.toml"
+_ALL_COLUMNS = {n for c in CONTRACTS.values() for n in c.names}
+
+
+class AdjudicateDefaults(BaseModel):
+    """Defaults for the adjudicate command."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fees: Path | None = None
+    roster: Path | None = None
+    lists: Path | None = None
+    plan: str = "zhelibao"
+    ledger: Path | None = None
+    out: Path = Path("out")
+    encoding: str = "utf-8"
+
+
+class Config(BaseModel):
+    """The whole of hmb.toml."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adjudicate: AdjudicateDefaults = Field(default_factory=AdjudicateDefaults)
+    columns: dict[str, str] = Field(default_factory=dict)
+    base_dir: Path = Path(".")
+
+    @field_validator("columns")
+    @classmethod
+    def _known_targets(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted({t for t in v.values() if t.lower() not in _ALL_COLUMNS})
+        if unknown:
+            raise ValueError(
+                f"[columns] maps to unknown contract column(s) {', '.join(unknown)}; "
+                "the right-hand side must be a contract name such as setl_id"
+            )
+        return {k: t.lower() for k, t in v.items()}
+
+    def path(self, p: Path | None) -> Path | None:
+        """A configured path resolved against the config file's folder."""
+        if p is None:
+            return None
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def load_config(path: Path | None) -> Config:
+    """Load ``path`` (or ./hmb.toml if present; else defaults). ConfigError lists every problem."""
+    if path is None:
+        candidate = Path(DEFAULT_NAME)
+        if not candidate.exists():
+            return Config()
+        path = candidate
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    try:
+        cfg = Config.model_validate({**data, "base_dir": path.parent})
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  - {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"{path}: invalid configuration:\n{problems}") from exc
+    return cfg

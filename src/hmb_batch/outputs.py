@@ -1,0 +1,135 @@
+"""Output files of a batch: payouts, quarantine, fee-line audit. Money Decimal(18, 2).
+
+Each file is written to a temporary name in the same folder and renamed into place, so a reader
+(or a crash) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from hmb_batch.engine import cum, inc
+from hmb_batch.money import MONEY_OUT, to_decimal
+from hmb_batch.validation import REASONS
+
+PAYOUT_COLUMNS = [
+    "setl_id",
+    "psn_no",
+    "plan_year",
+    "status",
+    "reasons",
+    # "<cost>_amt" for each cost follow here (浙丽保: compliant_amt, reasonable_amt)
+    "payable_amt",
+    "payout_amt",
+    "cum_payable_amt",
+    "cum_payout_amt",
+    "batch_id",
+]
+
+
+def payouts_frame(payouts: pl.DataFrame, costs: list[str], responsibilities: list[str]) -> pl.DataFrame:
+    """The payout file's frame from the engine's payouts (fen), in processing order.
+
+    Columns: the contract's (README: Output files), then ``edition``, ``init_setl_id``,
+    ``setl_time``, ``med_type``, ``insu_admdvs``, ``fixmedins_code``, ``fixmedins_name``,
+    ``cum_<cost>_amt`` and ``responsibilities`` (a list of {id, payable_amt, payout_amt}).
+    Personal fields (psn_name, certno) are never written here.
+    """
+    resp = pl.concat_list(
+        [
+            pl.struct(
+                pl.lit(r).alias("id"),
+                to_decimal(pl.col(f"resp__{r}__payable")).alias("payable_amt"),
+                to_decimal(pl.col(f"resp__{r}__payout")).alias("payout_amt"),
+            )
+            for r in responsibilities
+        ]
+    )
+    return payouts.sort("batch_seq", "setl_time", "setl_id").select(
+        "setl_id",
+        "psn_no",
+        pl.col("plan_year").cast(pl.Int64),
+        "status",
+        pl.col(REASONS),
+        *[to_decimal(pl.col(inc(c))).alias(f"{c}_amt") for c in costs],
+        to_decimal(pl.col("payable")).alias("payable_amt"),
+        to_decimal(pl.col("payout")).alias("payout_amt"),
+        to_decimal(pl.col("cum_payable")).alias("cum_payable_amt"),
+        to_decimal(pl.col("cum_payout")).alias("cum_payout_amt"),
+        "batch_id",
+        "edition",
+        "init_setl_id",
+        "setl_time",
+        "med_type",
+        "insu_admdvs",
+        "fixmedins_code",
+        "fixmedins_name",
+        *[to_decimal(pl.col(cum(c))).alias(f"cum_{c}_amt") for c in costs],
+        resp.alias("responsibilities"),
+    )
+
+
+def lines_frame(lines: pl.DataFrame) -> pl.DataFrame:
+    """The fee-line audit frame: money in yuan, one row per line, in setl_id/feedetl_sn order."""
+    money = [c for c, t in lines.schema.items() if t == pl.Int64]
+    return lines.with_columns([to_decimal(pl.col(c)).alias(c) for c in money]).sort(
+        "setl_id", "feedetl_sn"
+    )
+
+
+def _atomic(path: Path, write: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))  # type: ignore[operator]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet(df: pl.DataFrame, path: Path) -> None:
+    """Write Parquet atomically."""
+    _atomic(path, lambda p: df.write_parquet(p))
+
+
+def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:
+    """A frame CSV can hold: lists joined by '|', structs flattened, money as plain decimals."""
+    cols: list[pl.Expr] = []
+    for name, dtype in df.schema.items():
+        if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
+            continue  # flattened below
+        if isinstance(dtype, pl.List):
+            cols.append(pl.col(name).list.join("|").alias(name))
+        elif isinstance(dtype, pl.Decimal):
+            cols.append(pl.col(name).cast(MONEY_OUT).cast(pl.String).alias(name))
+        else:
+            cols.append(pl.col(name))
+    out = df.select(cols)
+    if "responsibilities" in df.columns and len(df) > 0:
+        ids = df["responsibilities"].list.eval(pl.element().struct.field("id")).explode().unique(
+            maintain_order=True
+        )
+        for rid in ids.drop_nulls().to_list():
+            for field in ("payable_amt", "payout_amt"):
+                out = out.with_columns(
+                    df["responsibilities"]
+                    .list.eval(
+                        pl.element().filter(pl.element().struct.field("id") == rid).struct.field(field)
+                    )
+                    .list.first()
+                    .cast(pl.String)
+                    .alias(f"resp_{rid}_{field}")
+                )
+    return out
+
+
+def write_csv(df: pl.DataFrame, path: Path) -> None:
+    """Write UTF-8 CSV atomically (money as plain decimals)."""
+    text = to_text_frame(df)
+    _atomic(path, lambda p: text.write_csv(p))

@@ -1,0 +1,135 @@
+"""Terminal rendering (rich). Draws data built elsewhere; computes nothing."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from hmb_batch.codes import REASON_CODES
+from hmb_batch.money import fen_to_yuan
+from hmb_batch.plan.model import RATE_SCALE, Bracket, Edition
+from hmb_batch.summary import BatchSummary
+
+
+def _yuan(fen: int) -> str:
+    return f"{fen_to_yuan(fen):,}"
+
+
+def _pct(ppm: int) -> str:
+    return f"{ppm * 100 / RATE_SCALE:g}%"
+
+
+def batch_summary(console: Console, s: BatchSummary, files: dict[str, str]) -> None:
+    """The one-screen summary of a batch."""
+    t = Table(title=f"hmb-batch · batch {s.batch_id} · {', '.join(s.editions) or '-'}",
+              show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("settlements in 结算单", f"{s.settlements_in:,}")
+    t.add_row("  identical repeats 重复", f"{s.identical_repeats:,}")
+    t.add_row("  quarantined 隔离", f"{s.quarantined:,}")
+    t.add_row("  adjudicated 理算", f"{s.adjudicated:,}")
+    for status in ("paid", "zero", "denied", "reversal"):
+        t.add_row(f"    {status}", f"{s.by_status.get(status, 0):,}")
+    t.add_row("fee lines in 费用明细", f"{s.fee_lines_in:,}")
+    t.add_row("total payout 赔付合计 (yuan)", _yuan(s.total_payout_fen))
+    for year, fen in s.payout_by_plan_year_fen.items():
+        t.add_row(f"  plan year {year}", _yuan(fen))
+    t.add_row("balanced 平衡", "yes" if s.balanced else "[red]NO[/red]")
+    console.print(t)
+    for title, counts in (("denied by reason 拒付原因", s.denied_by_reason),
+                          ("quarantined by reason 隔离原因", s.quarantined_by_reason)):
+        if not counts:
+            continue
+        r = Table(title=title, title_justify="left")
+        r.add_column("code")
+        r.add_column("中文")
+        r.add_column("count", justify="right")
+        for code, n in counts.items():
+            c = REASON_CODES.get(code)
+            r.add_row(code, c.zh if c else "", f"{n:,}")
+        console.print(r)
+    for name, path in files.items():
+        console.print(f"[dim]{name}:[/dim] {path}")
+
+
+def _brackets(rows: list[Bracket]) -> str:
+    parts, low = [], 0
+    for b in rows:
+        if b.up_to is None:
+            parts.append(f"above {_yuan(low)}: {_pct(b.rate)}")
+        else:
+            parts.append(f"{_yuan(low)}–{_yuan(b.up_to)}: {_pct(b.rate)}")
+            low = b.up_to
+    return "; ".join(parts)
+
+
+def edition(console: Console, e: Edition) -> None:
+    """An edition in the rule text's terms."""
+    console.print(f"[bold]{e.plan_name}[/bold] {e.id}  ({'official' if e.official else 'example'})")
+    console.print(f"source 依据: {e.source}")
+    p = e.premium
+    console.print(
+        f"premium 保费 {_yuan(p.amount)} yuan; operating cost 运营成本 {_pct(p.operating_cost_share)};"
+        f" target loss ratio 赔付率 ≥ {_pct(p.target_loss_ratio)}"
+    )
+    el = e.eligibility
+    m, d = el.enrolment_deadline
+    console.print("[bold]eligibility 待遇享受[/bold]")
+    console.print(f"  paid by {m:02d}-{d:02d} of the year before → benefits from 1 Jan")
+    if el.special_event_windows:
+        ev = ", ".join(f"{k} {v} days" for k, v in el.special_event_windows.items())
+        console.print(f"  special events (paid within) → basic-insurance start: {ev}")
+    if el.launch_year and el.launch_grace_last_day:
+        gm, gd = el.launch_grace_last_day
+        console.print(f"  launch year {el.launch_year}: paid 01-01..{gm:02d}-{gd:02d} → day after payment")
+    console.print(f"  otherwise waiting period 等待期 {el.waiting_months} months after payment")
+    console.print(f"  basic insurance restored → {el.restored_waiting_months} months after restoration")
+    console.print("[bold]costs 费用[/bold]")
+    for cid, c in e.costs.items():
+        scope = f" (med_type {', '.join(c.med_types)})" if c.med_types else ""
+        console.print(f"  {cid}: {c.label}{scope}")
+        if c.kind == "settlement":
+            less = " − ".join([c.start or "", *c.less_funds])
+            after = f", then − {' − '.join(c.less_after)}" if c.less_after else ""
+            console.print(f"    max(0, {less}){after}, floored at 0")
+        else:
+            if c.exclude_lists:
+                console.print(f"    lines on {', '.join(c.exclude_lists)} list(s): nothing counts")
+            for part in c.parts:
+                cond = []
+                if part.list_types:
+                    cond.append(f"list_type {'/'.join(x + 'xx' for x in part.list_types)}")
+                if part.levels:
+                    cond.append(f"level {'/'.join(part.levels)}")
+                if part.on_list:
+                    cond.append(f"on the {part.on_list} list")
+                when = f" if {' and '.join(cond)}" if cond else ""
+                console.print(f"    + {' + '.join(part.components)}{when}  {part.label}")
+            for sp in c.settlement_parts:
+                console.print(f"    + {sp.component} × {_pct(sp.factor)} (half up)  {sp.label}")
+    console.print("[bold]responsibilities 责任[/bold]")
+    for r in e.responsibilities:
+        console.print(f"  {r.id}: {r.name}")
+        for t in r.terms:
+            if t.floor is not None:
+                th = f"above the floor 起付 {_yuan(t.floor)}"
+            elif t.shared_deductible is not None:
+                th = f"after shared deductible {t.shared_deductible} {_yuan(e.deductibles[t.shared_deductible])}"
+            else:
+                th = f"after the deductible 起付线 {_yuan(t.deductible or 0)}"
+            console.print(f"    year-to-date {t.cost} {th}")
+        console.print(f"    brackets 分段: {_brackets(r.brackets)}")
+        if r.pre_existing_brackets:
+            console.print(f"    pre-existing 既往症: {_brackets(r.pre_existing_brackets)}")
+        cap = _yuan(r.cap) if r.cap is not None else "none 不设封顶线"
+        console.print(f"    cap 封顶线: {cap}")
+        if r.consecutive_cap:
+            cc = r.consecutive_cap
+            console.print(f"    after {cc.years} consecutive years: cap {_yuan(cc.cap)}")
+    if e.plan_cap is not None:
+        console.print(f"plan-wide cap 总封顶: {_yuan(e.plan_cap)}")
+    if e.assumptions:
+        console.print("[bold yellow]assumptions 假设 (not in public sources)[/bold yellow]")
+        for a in e.assumptions:
+            console.print(f"  {a.parameter} = {a.value}: {a.why}")
