@@ -33,6 +33,8 @@ FILE = "_file"
 ERRORS = "_errors"  # list[str]: what could not be read in this row
 WIDE_PREFIX = "setl_"
 _RAW = "__raw_"
+# settlement columns whose names fee lines use too: prefixed with setl_ in a wide file
+_SHARED = (set(SETTLEMENTS.names) & set(FEE_LINES.names)) - {"setl_id"}
 
 _EXPECTED = {
     Kind.TEXT: "text",
@@ -206,14 +208,14 @@ def type_table(
     found = [n for n in schema.names() if n not in (ROW, FILE)]
     mapping = _name_map(found, contract, column_map or {}, prefix)
     if prefix:  # wide files: unprefixed names not shared with fee lines are accepted too
-        shared = set(FEE_LINES.names)
+        shared = _SHARED
         plain = _name_map(found, contract, column_map or {})
         for k, v in plain.items():
             if k not in mapping and k not in shared:
                 mapping[k] = v
     missing = [c for c in contract.required if c not in mapping]
     if missing and require:
-        shown = [prefix + m if prefix and m in FEE_LINES.names else m for m in missing]
+        shown = [prefix + m if prefix and m in _SHARED else m for m in missing]
         raise SchemaError(file_label or "input", contract.table, shown, found)
     typed: list[pl.Expr] = []
     raws: list[pl.Expr] = []
