@@ -220,7 +220,7 @@ def test_reversals_in_the_same_run(ex: Extract, tmp_path: Path) -> None:
     assert (r1["cum_payable_amt"], r1["cum_payout_amt"]) == (yuan("0"), yuan("0"))
     assert row(files_out, "S3")["cum_payable_amt"] == yuan("0")
     q = pl.read_parquet(tmp_path / "out" / "quarantine.parquet")
-    reasons = dict(zip(q["setl_id"], q["reasons"], strict=True))
+    reasons = dict(zip(q["setl_id"].to_list(), q["reasons"].to_list(), strict=True))
     assert reasons == {"R1B": ["DUPLICATE_REVERSAL"], "R9": ["ORPHAN_REVERSAL"],
                        "R2": ["ORPHAN_REVERSAL"]}
     assert files_out.filter(pl.col("status") == "reversal")["setl_id"].to_list() == ["R1"]
