@@ -482,3 +482,30 @@ def plan_years(settlements: pl.DataFrame | pl.LazyFrame, prior: PriorState | Non
         years |= set(prior.registry.select(pl.col("plan_year").unique()).collect().to_series())
     return sorted(int(y) for y in years if y is not None)
 
+
+
+def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) -> PriorState:
+    """The state after a run: its settlements added to the registry, year to date moved on.
+
+    What the ledger stores between nightly batches; pure, so the batch-split property can be
+    checked on it.
+    """
+    new = payouts.select(
+        "setl_id", "psn_no", pl.col("plan_year").cast(pl.Int64), IS_REVERSAL, "init_setl_id",
+        pl.lit(False).alias("reversed"), *[inc(c) for c in costs],
+    )
+    registry = pl.concat([prior.registry.collect(), new], how="vertical_relaxed")
+    reversed_ids = registry.filter(pl.col(IS_REVERSAL))["init_setl_id"]
+    registry = registry.with_columns(
+        (pl.col("reversed") | pl.col("setl_id").is_in(reversed_ids.implode())).alias("reversed")
+    )
+    latest = (
+        payouts.sort([*MEMBER_YEAR, *ORDER])
+        .group_by(MEMBER_YEAR, maintain_order=True)
+        .agg([pl.col(cum(c)).last() for c in costs])
+    )
+    accumulators = pl.concat(
+        [prior.accumulators.collect().join(latest, on=MEMBER_YEAR, how="anti"), latest],
+        how="vertical_relaxed",
+    )
+    return PriorState(registry.lazy(), accumulators.lazy())

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from hmb_batch.codes import REASON_CODES
 from hmb_batch.errors import ConfigError
@@ -17,7 +17,11 @@ from hmb_batch.plan.model import (
     LINE_MONEY,
     SETTLEMENT_MONEY,
     Bracket,
+    Cost,
     Edition,
+    Eligibility,
+    Fen,
+    Responsibility,
 )
 
 
@@ -38,6 +42,9 @@ _HINTS = {
     "missing": "add this key",
     "extra_forbidden": "remove it, or check its spelling against `hmb-batch plan new`",
     "literal_error": "use the value shown",
+    "value_error": "see the expected form in the message",
+    "greater_than_equal": "use a value in the range shown",
+    "less_than_equal": "use a value in the range shown",
 }
 
 
@@ -75,8 +82,14 @@ def _bracket_problems(path: str, brackets: list[Bracket]) -> list[Problem]:
     return out
 
 
-def semantic_problems(e: Edition, list_names: Iterable[str] | None = None) -> list[Problem]:
-    """Cross-field checks pydantic cannot do field by field."""
+def semantic_problems(
+    costs: dict[str, Cost],
+    responsibilities: list[Responsibility],
+    deductibles: dict[str, int],
+    el: Eligibility | None,
+    list_names: Iterable[str] | None = None,
+) -> list[Problem]:
+    """Cross-field checks pydantic cannot do field by field (on whichever parts are valid)."""
     lists = set(list_names) if list_names is not None else set(KNOWN_LISTS)
     where = "the lists file" if list_names is not None else f"the known lists {sorted(lists)}"
     out: list[Problem] = []
@@ -91,7 +104,7 @@ def semantic_problems(e: Edition, list_names: Iterable[str] | None = None) -> li
             out.append(Problem(path, f"no list called {name!r} is defined in {where}",
                                "add the list's entries to the lists file or fix the name"))
 
-    for cid, cost in e.costs.items():
+    for cid, cost in costs.items():
         p = f"costs.{cid}"
         if cost.kind == "settlement":
             if cost.start is None:
@@ -127,17 +140,17 @@ def semantic_problems(e: Edition, list_names: Iterable[str] | None = None) -> li
                                "use a code listed by `hmb-batch codes`"))
 
     seen: set[str] = set()
-    for i, r in enumerate(e.responsibilities):
+    for i, r in enumerate(responsibilities):
         p = f"responsibilities[{i}]"
         if r.id in seen:
             out.append(Problem(f"{p}.id", f"responsibility id {r.id!r} is used twice",
                                "give each responsibility its own id"))
         seen.add(r.id)
         for j, t in enumerate(r.terms):
-            if t.cost not in e.costs:
+            if costs and t.cost not in costs:
                 out.append(Problem(f"{p}.terms[{j}].cost", f"no cost called {t.cost!r}",
-                                   f"define [costs.{t.cost}] or use one of {sorted(e.costs)}"))
-            if t.shared_deductible is not None and t.shared_deductible not in e.deductibles:
+                                   f"define [costs.{t.cost}] or use one of {sorted(costs)}"))
+            if t.shared_deductible is not None and t.shared_deductible not in deductibles:
                 out.append(Problem(f"{p}.terms[{j}].shared_deductible",
                                    f"no deductible pool called {t.shared_deductible!r}",
                                    "define it under [deductibles]"))
@@ -147,7 +160,8 @@ def semantic_problems(e: Edition, list_names: Iterable[str] | None = None) -> li
         if r.consecutive_cap is not None and r.cap is None:
             out.append(Problem(f"{p}.consecutive_cap", "a consecutive-years cap needs a base cap",
                                "set cap as well"))
-    el = e.eligibility
+    if el is None:
+        return out
     if el.launch_grace_last_day is not None and el.launch_year is None:
         out.append(Problem("eligibility.launch_grace_last_day", "a grace window needs launch_year",
                            "set launch_year or remove the window"))
@@ -165,8 +179,55 @@ def check_data(
     try:
         edition = Edition.model_validate(data)
     except ValidationError as exc:
-        return None, _pydantic_problems(exc)
-    return edition, semantic_problems(edition, list_names)
+        # still check the parts that are valid on their own, so one pass shows everything
+        problems = _pydantic_problems(exc)
+        costs = _valid_part(_COSTS, data.get("costs"))
+        resps = []
+        for i, raw in enumerate(_as_list(data.get("responsibilities"))):
+            r = _valid_part(_RESP, raw)
+            if r is not None:
+                resps.append(r)
+            elif isinstance(raw, dict):
+                # an invalid responsibility: still check its bracket order from the raw values
+                for key in ("brackets", "pre_existing_brackets"):
+                    problems += _raw_bracket_order(
+                        f"responsibilities[{i}].{key}", _as_list(raw.get(key))
+                    )
+        deductibles = _valid_part(_DEDUCTIBLES, data.get("deductibles", {}))
+        el = _valid_part(_ELIGIBILITY, data.get("eligibility"))
+        problems += semantic_problems(costs or {}, resps, deductibles or {}, el, list_names)
+        return None, problems
+    return edition, semantic_problems(
+        edition.costs, edition.responsibilities, edition.deductibles, edition.eligibility, list_names
+    )
+
+
+_COSTS: TypeAdapter[dict[str, Cost]] = TypeAdapter(dict[str, Cost])
+_RESP: TypeAdapter[Responsibility] = TypeAdapter(Responsibility)
+_DEDUCTIBLES: TypeAdapter[dict[str, Fen]] = TypeAdapter(dict[str, Fen])
+_ELIGIBILITY: TypeAdapter[Eligibility] = TypeAdapter(Eligibility)
+
+
+def _raw_bracket_order(path: str, raw: list[object]) -> list[Problem]:
+    brackets = []
+    for b in raw:
+        up_to = b.get("up_to") if isinstance(b, dict) else None
+        try:
+            brackets.append(Bracket(up_to=up_to, rate=0))
+        except ValidationError:
+            return []  # the up_to itself is bad: its field error says so
+    return _bracket_problems(path, brackets)
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
+def _valid_part(adapter: TypeAdapter[Any], value: object) -> Any:
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        return None
 
 
 def load_edition(path: Path, list_names: Iterable[str] | None = None) -> Edition:
