@@ -17,7 +17,11 @@ from hmb_batch.contracts import FEE_LINES, LISTS, ROSTER, SETTLEMENTS
 
 GOLDEN = Path(__file__).parent / "golden" / "zhelibao-2022"
 MONEY_COLS = [
-    "compliant_amt", "reasonable_amt", "payable_amt", "payout_amt", "cum_payable_amt",
+    "compliant_amt",
+    "reasonable_amt",
+    "payable_amt",
+    "payout_amt",
+    "cum_payable_amt",
     "cum_payout_amt",
 ]
 
@@ -36,17 +40,35 @@ class Extract:
     roster: list[dict[str, Any]] = field(default_factory=list)
     lists: list[dict[str, Any]] = field(default_factory=list)
 
-    def member(self, psn_no: str, *, plan_year: int = 2022, pay_date: str | None = None,
-               **extra: Any) -> None:
+    def member(
+        self, psn_no: str, *, plan_year: int = 2022, pay_date: str | None = None, **extra: Any
+    ) -> None:
         """A roster row; by default paid on time (before 31 Dec of the year before)."""
-        self.roster.append({"psn_no": psn_no, "plan_year": str(plan_year),
-                            "pay_date": pay_date or f"{plan_year - 1}-11-01",
-                            "basic_start_date": "2017-01-01", **extra})
+        self.roster.append(
+            {
+                "psn_no": psn_no,
+                "plan_year": str(plan_year),
+                "pay_date": pay_date or f"{plan_year - 1}-11-01",
+                "basic_start_date": "2017-01-01",
+                **extra,
+            }
+        )
 
-    def claim(self, setl_id: str, psn_no: str, when: str, *, compliant: str = "0",
-              reasonable: str = "0", refl: str = "0", hifp: str = "0", med_type: str = "21",
-              begndate: str | None = None, extra_lines: list[dict[str, Any]] | None = None,
-              **header: Any) -> None:
+    def claim(
+        self,
+        setl_id: str,
+        psn_no: str,
+        when: str,
+        *,
+        compliant: str = "0",
+        reasonable: str = "0",
+        refl: str = "0",
+        hifp: str = "0",
+        med_type: str = "21",
+        begndate: str | None = None,
+        extra_lines: list[dict[str, Any]] | None = None,
+        **header: Any,
+    ) -> None:
         """A settlement whose compliant cost is ``compliant`` (in-policy, nothing paid by funds
         unless ``hifp``) and whose reasonable cost is ``reasonable`` (one out-of-list drug line).
         """
@@ -57,46 +79,85 @@ class Extract:
             *(extra_lines or []),
         ]
         day = when[:10]
-        totals = {"fulamt_ownpay_amt": Decimal(0), "overlmt_amt": Decimal(0),
-                  "preselfpay_amt": Decimal(0), "inscp_scp_amt": Decimal(0)}
+        totals = {
+            "fulamt_ownpay_amt": Decimal(0),
+            "overlmt_amt": Decimal(0),
+            "preselfpay_amt": Decimal(0),
+            "inscp_scp_amt": Decimal(0),
+        }
         for i, ln in enumerate(lines, start=1):
             amounts = {k: yuan(ln.get(k, 0)) for k in totals}
             for k, v in amounts.items():
                 totals[k] += v
-            self.lines.append({
-                "setl_id": setl_id, "feedetl_sn": f"{i:04d}",
-                "fee_ocur_time": ln.get("fee_ocur_time", f"{day} 09:00:00"),
-                "med_list_codg": ln.get("code", f"X{i}"), "hilist_name": "item",
-                "list_type": ln["list_type"], "chrgitm_lv": ln["chrgitm_lv"],
-                "det_item_fee_sumamt": str(sum(amounts.values())),
-                **{k: str(v) for k, v in amounts.items()},
-            })
+            self.lines.append(
+                {
+                    "setl_id": setl_id,
+                    "feedetl_sn": f"{i:04d}",
+                    "fee_ocur_time": ln.get("fee_ocur_time", f"{day} 09:00:00"),
+                    "med_list_codg": ln.get("code", f"X{i}"),
+                    "hilist_name": "item",
+                    "list_type": ln["list_type"],
+                    "chrgitm_lv": ln["chrgitm_lv"],
+                    "det_item_fee_sumamt": str(sum(amounts.values())),
+                    **{k: str(v) for k, v in amounts.items()},
+                }
+            )
         total = sum(totals.values())
-        self.settlements.append({
-            "setl_id": setl_id, "refd_setl_flag": "0", "psn_no": psn_no, "insutype": "390",
-            "med_type": med_type, "insu_admdvs": "331102", "fixmedins_code": "H0001",
-            "fixmedins_name": "医院", "begndate": begndate or day, "enddate": day,
-            "setl_time": when, "medfee_sumamt": str(total),
-            "fulamt_ownpay_amt": str(totals["fulamt_ownpay_amt"]),
-            "overlmt_selfpay": str(totals["overlmt_amt"]),
-            "preselfpay_amt": str(totals["preselfpay_amt"]),
-            "inscp_amt": str(totals["inscp_scp_amt"]), "hifp_pay": str(f),
-            "refl_selfpay_amt": str(yuan(refl)), **header,
-        })
+        self.settlements.append(
+            {
+                "setl_id": setl_id,
+                "refd_setl_flag": "0",
+                "psn_no": psn_no,
+                "insutype": "390",
+                "med_type": med_type,
+                "insu_admdvs": "331102",
+                "fixmedins_code": "H0001",
+                "fixmedins_name": "医院",
+                "begndate": begndate or day,
+                "enddate": day,
+                "setl_time": when,
+                "medfee_sumamt": str(total),
+                "fulamt_ownpay_amt": str(totals["fulamt_ownpay_amt"]),
+                "overlmt_selfpay": str(totals["overlmt_amt"]),
+                "preselfpay_amt": str(totals["preselfpay_amt"]),
+                "inscp_amt": str(totals["inscp_scp_amt"]),
+                "hifp_pay": str(f),
+                "refl_selfpay_amt": str(yuan(refl)),
+                **header,
+            }
+        )
 
     def reversal(self, setl_id: str, original: str, psn_no: str, when: str) -> None:
         """A reversal row (no fee lines) of ``original``."""
-        self.settlements.append({
-            "setl_id": setl_id, "init_setl_id": original, "refd_setl_flag": "1",
-            "psn_no": psn_no, "med_type": "21", "setl_time": when, "medfee_sumamt": "0",
-            "fulamt_ownpay_amt": "0", "overlmt_selfpay": "0", "preselfpay_amt": "0",
-            "inscp_amt": "0", "hifp_pay": "0",
-        })
+        self.settlements.append(
+            {
+                "setl_id": setl_id,
+                "init_setl_id": original,
+                "refd_setl_flag": "1",
+                "psn_no": psn_no,
+                "med_type": "21",
+                "setl_time": when,
+                "medfee_sumamt": "0",
+                "fulamt_ownpay_amt": "0",
+                "overlmt_selfpay": "0",
+                "preselfpay_amt": "0",
+                "inscp_amt": "0",
+                "hifp_pay": "0",
+            }
+        )
 
     def on_list(self, list_name: str, code: str, valid_from: str, valid_to: str = "") -> None:
         """A list entry."""
-        self.lists.append({"list": list_name, "code": code, "name": code, "item_kind": "drug",
-                           "valid_from": valid_from, "valid_to": valid_to})
+        self.lists.append(
+            {
+                "list": list_name,
+                "code": code,
+                "name": code,
+                "item_kind": "drug",
+                "valid_from": valid_from,
+                "valid_to": valid_to,
+            }
+        )
 
     def write(self, folder: Path) -> dict[str, Path]:
         """Write the four files as CSV (all text, as a platform export would be)."""
@@ -130,11 +191,24 @@ def run_cli(args: list[str]) -> Any:
 def adjudicate(ex: Extract, tmp: Path, *extra: str, plan: str = "zhelibao") -> pl.DataFrame:
     """Adjudicate a tiny extract through the CLI; the payouts file, keyed by setl_id."""
     files = ex.write(tmp / "in")
-    result = run_cli([
-        "adjudicate", str(files["settlements"]), "--fees", str(files["fees"]),
-        "--roster", str(files["roster"]), "--lists", str(files["lists"]),
-        "--plan", plan, "--out", str(tmp / "out"), "--quiet", *extra,
-    ])
+    result = run_cli(
+        [
+            "adjudicate",
+            str(files["settlements"]),
+            "--fees",
+            str(files["fees"]),
+            "--roster",
+            str(files["roster"]),
+            "--lists",
+            str(files["lists"]),
+            "--plan",
+            plan,
+            "--out",
+            str(tmp / "out"),
+            "--quiet",
+            *extra,
+        ]
+    )
     assert result.exit_code == 0, result.output
     return pl.read_parquet(tmp / "out" / "payouts.parquet")
 

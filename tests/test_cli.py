@@ -10,10 +10,19 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+
 from conftest import GOLDEN, run_cli
 
-COMMANDS = [[], ["adjudicate"], ["generate"], ["codes"], ["plan"], ["plan", "list"],
-            ["plan", "show"], ["plan", "check"]]
+COMMANDS = [
+    [],
+    ["adjudicate"],
+    ["generate"],
+    ["codes"],
+    ["plan"],
+    ["plan", "list"],
+    ["plan", "show"],
+    ["plan", "check"],
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hmb-batch")
@@ -27,8 +36,16 @@ def test_every_command_has_help_with_an_example(command: list[str]) -> None:
 def test_codes_have_chinese_and_english_descriptions() -> None:
     r = run_cli(["codes"])
     assert r.exit_code == 0
-    for code in ("NOT_ENROLLED", "WAITING_PERIOD", "BASIC_SUSPENDED", "NEGATIVE_LIST",
-                 "NOT_ADMITTED", "ORPHAN_REVERSAL", "未参保", "待遇等待期内"):
+    for code in (
+        "NOT_ENROLLED",
+        "WAITING_PERIOD",
+        "BASIC_SUSPENDED",
+        "NEGATIVE_LIST",
+        "NOT_ADMITTED",
+        "ORPHAN_REVERSAL",
+        "未参保",
+        "待遇等待期内",
+    ):
         assert code in r.output
 
 
@@ -36,14 +53,31 @@ def test_adjudicate_in_a_subprocess_with_json_summary(tmp_path: Path) -> None:
     b = GOLDEN / "batch_00"
     exe = Path(sys.executable).parent / "hmb-batch"
     proc = subprocess.run(
-        [str(exe), "adjudicate", str(b / "settlements.csv"), "--fees", str(b / "fees.csv"),
-         "--roster", str(GOLDEN / "roster.csv"), "--lists", str(GOLDEN / "lists.csv"),
-         "--out", str(tmp_path), "--json", "--csv"],
-        capture_output=True, text=True, check=False, env={**os.environ, "NO_COLOR": "1"},
+        [
+            str(exe),
+            "adjudicate",
+            str(b / "settlements.csv"),
+            "--fees",
+            str(b / "fees.csv"),
+            "--roster",
+            str(GOLDEN / "roster.csv"),
+            "--lists",
+            str(GOLDEN / "lists.csv"),
+            "--out",
+            str(tmp_path),
+            "--json",
+            "--csv",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1"},
     )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)["summary"]
-    expected = pl.read_parquet(GOLDEN / "expected_payouts.parquet").filter(pl.col("batch") == "batch_00")
+    expected = pl.read_parquet(GOLDEN / "expected_payouts.parquet").filter(
+        pl.col("batch") == "batch_00"
+    )
     assert summary["adjudicated"] == expected.height
     assert summary["quarantined"] == 3 and summary["balanced"] is True
     assert summary["total_payout"] == str(expected["payout_amt"].sum())
@@ -54,8 +88,17 @@ def test_adjudicate_in_a_subprocess_with_json_summary(tmp_path: Path) -> None:
 
 
 def test_missing_input_file_is_exit_code_3(tmp_path: Path) -> None:
-    r = run_cli(["adjudicate", str(tmp_path / "nope.parquet"), "--roster",
-                 str(GOLDEN / "roster.parquet"), "--lists", str(GOLDEN / "lists.parquet"),
-                 "--out", str(tmp_path / "out")])
+    r = run_cli(
+        [
+            "adjudicate",
+            str(tmp_path / "nope.parquet"),
+            "--roster",
+            str(GOLDEN / "roster.parquet"),
+            "--lists",
+            str(GOLDEN / "lists.parquet"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert r.exit_code == 3
     assert "nope.parquet: no such file" in r.output

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import GOLDEN, Extract, run_cli
 from polars.testing import assert_frame_equal
 
+from conftest import GOLDEN, Extract, run_cli
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.errors import SchemaError
 from hmb_batch.extract import ERRORS, FILE, ROW, read_extract, read_table
@@ -16,7 +16,9 @@ from hmb_batch.money import fen_from
 from hmb_batch.validation import validate
 
 
-def _frames(settlements: Path, fees: Path | None = None, **kw: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _frames(
+    settlements: Path, fees: Path | None = None, **kw: str
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     e = read_extract(settlements, fees, **kw)  # type: ignore[arg-type]
     drop = [FILE, ROW]
     return (
@@ -46,9 +48,22 @@ def test_gbk_file_read_as_utf8_is_a_clear_error(tmp_path: Path) -> None:
     b = GOLDEN / "batch_00"
     gbk = tmp_path / "s.csv"
     gbk.write_bytes((b / "settlements.csv").read_text(encoding="utf-8").encode("gbk"))
-    r = run_cli(["adjudicate", str(gbk), "--fees", str(b / "fees.csv"), "--roster",
-                 str(GOLDEN / "roster.parquet"), "--lists", str(GOLDEN / "lists.parquet"),
-                 "--out", str(tmp_path / "out"), "--encoding", "ascii"])
+    r = run_cli(
+        [
+            "adjudicate",
+            str(gbk),
+            "--fees",
+            str(b / "fees.csv"),
+            "--roster",
+            str(GOLDEN / "roster.parquet"),
+            "--lists",
+            str(GOLDEN / "lists.parquet"),
+            "--out",
+            str(tmp_path / "out"),
+            "--encoding",
+            "ascii",
+        ]
+    )
     assert r.exit_code == 3
     assert "s.csv" in r.output and "not valid ascii" in r.output
     assert not (tmp_path / "out").exists()
@@ -67,8 +82,7 @@ def test_wide_extract_normalises_like_the_two_file_extract(tmp_path: Path) -> No
     two = _frames(tmp_path / "s.parquet", b / "fees.parquet")
     one = _frames(tmp_path / "wide.parquet")
     assert_frame_equal(two[0], one[0])
-    assert_frame_equal(two[1].join(with_lines.select("setl_id"), on="setl_id", how="semi"),
-                       one[1])
+    assert_frame_equal(two[1].join(with_lines.select("setl_id"), on="setl_id", how="semi"), one[1])
 
 
 def test_ids_keep_leading_zeros_and_names_match_case_insensitively(tmp_path: Path) -> None:
@@ -91,25 +105,53 @@ def test_site_column_names_map_through_hmb_toml(ex: Extract, tmp_path: Path) -> 
     )
     renamed.write_csv(files["settlements"])
     (tmp_path / "hmb.toml").write_text('[columns]\nJSID = "setl_id"\n', encoding="utf-8")
-    r = run_cli(["adjudicate", str(files["settlements"]), "--fees", str(files["fees"]),
-                 "--roster", str(files["roster"]), "--lists", str(files["lists"]),
-                 "--config", str(tmp_path / "hmb.toml"), "--out", str(tmp_path / "out"), "--quiet"])
+    r = run_cli(
+        [
+            "adjudicate",
+            str(files["settlements"]),
+            "--fees",
+            str(files["fees"]),
+            "--roster",
+            str(files["roster"]),
+            "--lists",
+            str(files["lists"]),
+            "--config",
+            str(tmp_path / "hmb.toml"),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     assert r.exit_code == 0, r.output
     p = pl.read_parquet(tmp_path / "out" / "payouts.parquet")
     assert p["setl_id"].to_list() == ["S1"] and p["status"][0] == "paid"
 
 
-def test_missing_required_column_stops_before_anything_is_written(ex: Extract, tmp_path: Path) -> None:
+def test_missing_required_column_stops_before_anything_is_written(
+    ex: Extract, tmp_path: Path
+) -> None:
     ex.member("M1")
     ex.claim("S1", "M1", "2022-03-01 10:00:00", reasonable="100")
     files = ex.write(tmp_path / "in")
     pl.read_csv(files["settlements"], infer_schema=False).drop("setl_time").write_csv(
-        files["settlements"])
+        files["settlements"]
+    )
     with pytest.raises(SchemaError, match="setl_time"):
         read_extract(files["settlements"], files["fees"])
-    r = run_cli(["adjudicate", str(files["settlements"]), "--fees", str(files["fees"]),
-                 "--roster", str(files["roster"]), "--lists", str(files["lists"]),
-                 "--out", str(tmp_path / "out")])
+    r = run_cli(
+        [
+            "adjudicate",
+            str(files["settlements"]),
+            "--fees",
+            str(files["fees"]),
+            "--roster",
+            str(files["roster"]),
+            "--lists",
+            str(files["lists"]),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert r.exit_code == 4
     assert "settlements.csv" in r.output and "setl_time" in r.output
     assert not (tmp_path / "out").exists()
@@ -117,9 +159,21 @@ def test_missing_required_column_stops_before_anything_is_written(ex: Extract, t
 
 def _quarantine(ex: Extract, tmp_path: Path) -> pl.DataFrame:
     files = ex.write(tmp_path / "in")
-    r = run_cli(["adjudicate", str(files["settlements"]), "--fees", str(files["fees"]),
-                 "--roster", str(files["roster"]), "--lists", str(files["lists"]),
-                 "--out", str(tmp_path / "out"), "--quiet"])
+    r = run_cli(
+        [
+            "adjudicate",
+            str(files["settlements"]),
+            "--fees",
+            str(files["fees"]),
+            "--roster",
+            str(files["roster"]),
+            "--lists",
+            str(files["lists"]),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ]
+    )
     assert r.exit_code == 0, r.output
     return pl.read_parquet(tmp_path / "out" / "quarantine.parquet")
 
@@ -207,7 +261,9 @@ def test_fee_lines_without_a_settlement_are_quarantined(ex: Extract, tmp_path: P
         ([12, -3], pl.Int64, [1200, -300]),
     ],
 )
-def test_money_becomes_integer_fen(values: list[object], dtype: pl.DataType, fen: list[int | None]) -> None:
+def test_money_becomes_integer_fen(
+    values: list[object], dtype: pl.DataType, fen: list[int | None]
+) -> None:
     s = pl.DataFrame({"x": values}, schema={"x": dtype})
     got = s.select(fen_from(pl.col("x"), s.schema["x"]).alias("x"))["x"].to_list()
     assert got == fen
@@ -221,15 +277,25 @@ def test_decimal_parquet_money_is_exact(tmp_path: Path) -> None:
 
 
 def test_timestamps_accept_space_or_t() -> None:
-    df = pl.DataFrame({"setl_id": ["a", "b", "c"], "feedetl_sn": ["1"] * 3,
-                       "fee_ocur_time": ["2022-03-31T08:24:01.000000", "2022-03-31 08:24:01",
-                                         "2022-03-31"]})
+    df = pl.DataFrame(
+        {
+            "setl_id": ["a", "b", "c"],
+            "feedetl_sn": ["1"] * 3,
+            "fee_ocur_time": ["2022-03-31T08:24:01.000000", "2022-03-31 08:24:01", "2022-03-31"],
+        }
+    )
     from hmb_batch.extract import type_table
 
-    typed = type_table(df.lazy().with_row_index(ROW).with_columns(pl.lit("t").alias(FILE)),
-                       FEE_LINES, require=False).collect()
+    typed = type_table(
+        df.lazy().with_row_index(ROW).with_columns(pl.lit("t").alias(FILE)),
+        FEE_LINES,
+        require=False,
+    ).collect()
     assert [str(t) for t in typed["fee_ocur_time"]] == [
-        "2022-03-31 08:24:01", "2022-03-31 08:24:01", "2022-03-31 00:00:00"]
+        "2022-03-31 08:24:01",
+        "2022-03-31 08:24:01",
+        "2022-03-31 00:00:00",
+    ]
 
 
 def test_validation_verdict_for_every_settlement() -> None:

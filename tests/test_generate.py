@@ -5,15 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 
 import polars as pl
-from conftest import run_cli
 
+from conftest import run_cli
 from hmb_batch.contracts import COMPONENT_PAIRS, LINE_COMPONENTS, SETTLEMENT_COMPONENTS
 from hmb_batch.extract import read_extract
 from hmb_batch.validation import validate
 
 
 def _generate(out: Path, seed: int, **extra: str) -> None:
-    args = ["generate", "--members", "1500", "--year", "2022", "--seed", str(seed), "--out", str(out)]
+    args = [
+        "generate",
+        "--members",
+        "1500",
+        "--year",
+        "2022",
+        "--seed",
+        str(seed),
+        "--out",
+        str(out),
+    ]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", v]
     r = run_cli(args)
@@ -28,7 +38,8 @@ def test_same_seed_same_data_whatever_the_chunk_size(tmp_path: Path) -> None:
         a = pl.read_parquet(tmp_path / "a" / f"{name}.parquet")
         assert a.equals(pl.read_parquet(tmp_path / "b" / f"{name}.parquet")), name
     assert not pl.read_parquet(tmp_path / "a" / "fees.parquet").equals(
-        pl.read_parquet(tmp_path / "c" / "fees.parquet"))
+        pl.read_parquet(tmp_path / "c" / "fees.parquet")
+    )
 
 
 def test_identities_hold_and_everything_validates(tmp_path: Path) -> None:
@@ -36,7 +47,9 @@ def test_identities_hold_and_everything_validates(tmp_path: Path) -> None:
     e = read_extract(tmp_path / "settlements.parquet", tmp_path / "fees.parquet")
     s = e.settlements.collect()
     lines = e.fee_lines.collect()
-    assert s.select((pl.col("medfee_sumamt") == pl.sum_horizontal(SETTLEMENT_COMPONENTS)).all()).item()
+    assert s.select(
+        (pl.col("medfee_sumamt") == pl.sum_horizontal(SETTLEMENT_COMPONENTS)).all()
+    ).item()
     assert lines.select(
         (pl.col("det_item_fee_sumamt") == pl.sum_horizontal(LINE_COMPONENTS)).all()
     ).item()

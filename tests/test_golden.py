@@ -12,9 +12,9 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import GOLDEN, MONEY_COLS, run_cli
 from polars.testing import assert_frame_equal
 
+from conftest import GOLDEN, MONEY_COLS, run_cli
 from hmb_batch.engine import adjudicate, plan_years
 from hmb_batch.extract import read_extract
 from hmb_batch.money import to_decimal
@@ -38,21 +38,30 @@ def _run_engine(ext: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     settlements, lines, quarantine = [], [], []
     for seq in range(3):
         name = f"batch_{seq:02d}"
-        checked = validate(read_extract(GOLDEN / name / f"settlements.{ext}",
-                                        GOLDEN / name / f"fees.{ext}"))
-        settlements.append(checked.settlements.with_columns(
-            pl.lit(seq, pl.Int64).alias("batch_seq"), pl.lit(name).alias("batch_id")))
+        checked = validate(
+            read_extract(GOLDEN / name / f"settlements.{ext}", GOLDEN / name / f"fees.{ext}")
+        )
+        settlements.append(
+            checked.settlements.with_columns(
+                pl.lit(seq, pl.Int64).alias("batch_seq"), pl.lit(name).alias("batch_id")
+            )
+        )
         lines.append(checked.fee_lines.with_columns(pl.lit(seq, pl.Int64).alias("batch_seq")))
         quarantine.append(checked.quarantine.with_columns(pl.lit(name).alias("batch")))
     s = pl.concat(settlements).collect()
     lists = load_lists(GOLDEN / f"lists.{ext}")
     roster = load_roster(GOLDEN / f"roster.{ext}")
     plan = select_plan("zhelibao", lists["list"].unique().to_list())
-    result = adjudicate(s.lazy(), pl.concat(lines), roster.lazy(), lists.lazy(), plan,
-                        years=plan_years(s, None))
+    result = adjudicate(
+        s.lazy(), pl.concat(lines), roster.lazy(), lists.lazy(), plan, years=plan_years(s, None)
+    )
     p = result.payouts.collect()
     payouts = p.select(
-        "setl_id", "psn_no", "plan_year", "status", "reasons",
+        "setl_id",
+        "psn_no",
+        "plan_year",
+        "status",
+        "reasons",
         to_decimal(pl.col("inc__compliant")).alias("compliant_amt"),
         to_decimal(pl.col("inc__reasonable")).alias("reasonable_amt"),
         to_decimal(pl.col("payable")).alias("payable_amt"),
@@ -60,14 +69,21 @@ def _run_engine(ext: str) -> tuple[pl.DataFrame, pl.DataFrame]:
         to_decimal(pl.col("cum_payable")).alias("cum_payable_amt"),
         to_decimal(pl.col("cum_payout")).alias("cum_payout_amt"),
     ).sort("setl_id")
-    engine_q = result.quarantine.collect().join(
-        s.select("setl_id", "batch_seq"), on=["setl_id", "batch_seq"], how="left"
-    ).with_columns(pl.format("batch_{}", pl.col("batch_seq").cast(pl.String).str.zfill(2))
-                   .alias("batch"))
+    engine_q = (
+        result.quarantine.collect()
+        .join(s.select("setl_id", "batch_seq"), on=["setl_id", "batch_seq"], how="left")
+        .with_columns(
+            pl.format("batch_{}", pl.col("batch_seq").cast(pl.String).str.zfill(2)).alias("batch")
+        )
+    )
     q = pl.concat(
-        [pl.concat(quarantine).filter(pl.col("record") == "settlement").collect()
-         .select("batch", "setl_id", "reasons"),
-         engine_q.select("batch", "setl_id", "reasons")]
+        [
+            pl.concat(quarantine)
+            .filter(pl.col("record") == "settlement")
+            .collect()
+            .select("batch", "setl_id", "reasons"),
+            engine_q.select("batch", "setl_id", "reasons"),
+        ]
     ).sort("batch", "setl_id")
     return payouts, q
 
@@ -82,11 +98,23 @@ def test_golden_year_every_settlement_to_the_fen(ext: str) -> None:
 
 def test_golden_first_batch_through_the_cli(tmp_path: Path) -> None:
     b = GOLDEN / "batch_00"
-    result = run_cli([
-        "adjudicate", str(b / "settlements.parquet"), "--fees", str(b / "fees.parquet"),
-        "--roster", str(GOLDEN / "roster.parquet"), "--lists", str(GOLDEN / "lists.parquet"),
-        "--plan", "zhelibao", "--out", str(tmp_path), "--quiet",
-    ])
+    result = run_cli(
+        [
+            "adjudicate",
+            str(b / "settlements.parquet"),
+            "--fees",
+            str(b / "fees.parquet"),
+            "--roster",
+            str(GOLDEN / "roster.parquet"),
+            "--lists",
+            str(GOLDEN / "lists.parquet"),
+            "--plan",
+            "zhelibao",
+            "--out",
+            str(tmp_path),
+            "--quiet",
+        ]
+    )
     assert result.exit_code == 0, result.output
     got = pl.read_parquet(tmp_path / "payouts.parquet").select(KEY).sort("setl_id")
     assert_frame_equal(got, _expected(["batch_00"]))
@@ -96,6 +124,8 @@ def test_golden_first_batch_through_the_cli(tmp_path: Path) -> None:
     )
     assert sorted(q["setl_id"]) == sorted(expected_q["setl_id"])
     # a quarantined settlement's fee lines are quarantined with it
-    lines_q = pl.read_parquet(tmp_path / "quarantine.parquet").filter(pl.col("record") == "fee_line")
+    lines_q = pl.read_parquet(tmp_path / "quarantine.parquet").filter(
+        pl.col("record") == "fee_line"
+    )
     assert set(lines_q["setl_id"]) <= set(q["setl_id"])
     assert "S202200000703" in set(lines_q["setl_id"])  # HEADER_LINE_MISMATCH keeps its lines

@@ -6,8 +6,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import Extract, adjudicate, row, run_cli, yuan
 
+from conftest import Extract, adjudicate, row, run_cli, yuan
 from hmb_batch.errors import ConfigError
 from hmb_batch.plan.catalog import select_plan, shipped_edition_files
 from hmb_batch.plan.check import check_data, load_edition
@@ -26,8 +26,11 @@ def test_shipped_zhelibao_editions_are_valid_and_cite_their_source() -> None:
         eid: load_edition(shipped_edition_files()[eid]).responsibilities[0].terms[0].floor
         for eid in ("zhelibao-2021", "zhelibao-2022", "zhelibao-2023")
     }
-    assert floors == {"zhelibao-2021": 1_800_000, "zhelibao-2022": 1_800_000,
-                      "zhelibao-2023": 1_300_000}
+    assert floors == {
+        "zhelibao-2021": 1_800_000,
+        "zhelibao-2022": 1_800_000,
+        "zhelibao-2023": 1_300_000,
+    }
 
 
 def _broken() -> dict[str, object]:
@@ -49,7 +52,10 @@ def test_every_problem_is_reported_at_once_with_path_and_hint() -> None:
         "costs.reasonable.parts[2].on_list",
         "responsibilities[0].brackets[1].up_to",
     }
-    assert "unknown fee component 'overlimit'" in by_path["costs.reasonable.parts[0].components[1]"].message
+    assert (
+        "unknown fee component 'overlimit'"
+        in by_path["costs.reasonable.parts[0].components[1]"].message
+    )
     assert "admissions" in by_path["costs.reasonable.parts[2].on_list"].message
     assert "outside 0..1" in by_path["responsibilities.0.brackets.1.rate"].message
     assert all(p.hint for p in problems)
@@ -59,8 +65,12 @@ def test_plan_check_cli(tmp_path: Path) -> None:
     good = run_cli(["plan", "check", str(ZHELIBAO_2022)])
     assert good.exit_code == 0 and "ok" in good.output
     bad = tmp_path / "bad.toml"
-    bad.write_text(ZHELIBAO_2022.read_text(encoding="utf-8").replace('rate = "0.90"', 'rate = "0.90"\nratio = 1')
-                   .replace("waiting_months = 6", "waiting_months = -1"), encoding="utf-8")
+    bad.write_text(
+        ZHELIBAO_2022.read_text(encoding="utf-8")
+        .replace('rate = "0.90"', 'rate = "0.90"\nratio = 1')
+        .replace("waiting_months = 6", "waiting_months = -1"),
+        encoding="utf-8",
+    )
     r = run_cli(["plan", "check", str(bad)])
     assert r.exit_code == 5
     assert "ratio" in r.output and "waiting_months" in r.output  # both at once
@@ -87,8 +97,14 @@ def test_family_picks_the_edition_of_each_plan_year(ex: Extract, tmp_path: Path)
     ex.claim("DEC", "M1", "2022-12-31 10:00:00", compliant="30000")
     ex.claim("JAN", "M1", "2023-01-01 10:00:00", compliant="30000")
     p = adjudicate(ex, tmp_path)
-    assert (row(p, "DEC")["edition"], row(p, "DEC")["payout_amt"]) == ("zhelibao-2022", yuan("9000"))
-    assert (row(p, "JAN")["edition"], row(p, "JAN")["payout_amt"]) == ("zhelibao-2023", yuan("12750"))
+    assert (row(p, "DEC")["edition"], row(p, "DEC")["payout_amt"]) == (
+        "zhelibao-2022",
+        yuan("9000"),
+    )
+    assert (row(p, "JAN")["edition"], row(p, "JAN")["payout_amt"]) == (
+        "zhelibao-2023",
+        yuan("12750"),
+    )
 
 
 def test_one_edition_applied_to_another_year(ex: Extract, tmp_path: Path) -> None:
@@ -102,8 +118,12 @@ def test_one_edition_applied_to_another_year(ex: Extract, tmp_path: Path) -> Non
 
 def test_edition_file_from_disk(ex: Extract, tmp_path: Path) -> None:
     custom = tmp_path / "city-2022.toml"
-    custom.write_text(ZHELIBAO_2022.read_text(encoding="utf-8").replace(
-        'deductible = "18000.00"', 'deductible = "10000.00"'), encoding="utf-8")
+    custom.write_text(
+        ZHELIBAO_2022.read_text(encoding="utf-8").replace(
+            'deductible = "18000.00"', 'deductible = "10000.00"'
+        ),
+        encoding="utf-8",
+    )
     ex.member("M1")
     ex.claim("S1", "M1", "2022-05-01 10:00:00", reasonable="20000")
     p = adjudicate(ex, tmp_path, plan=str(custom))

@@ -10,21 +10,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from typing import Any
 
 import polars as pl
-from conftest import Extract
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import Extract
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.engine import PriorState, adjudicate, carry_forward, cost_ids, inc
-from hmb_batch.extract import FILE, ROW
+from hmb_batch.extract import FILE, ROW, type_table
 from hmb_batch.extract import Extract as Frames
-from hmb_batch.extract import type_table
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import select_plan
-from hmb_batch.reference import load_lists, load_roster
 from hmb_batch.validation import validate
 
 PLAN = select_plan("zhelibao-2022")
@@ -33,10 +32,14 @@ COSTS = cost_ids(PLAN)
 
 def _typed(rows: list[dict[str, Any]], contract: Any) -> pl.LazyFrame:
     cols = [c for c in contract.names if c != "union_aid_pay"]
-    df = pl.DataFrame([{c: r.get(c) for c in cols} for r in rows], schema={c: pl.String for c in cols},
-                      orient="row")
-    return type_table(df.lazy().with_row_index(ROW, offset=1).with_columns(pl.lit("mem").alias(FILE)),
-                      contract)
+    df = pl.DataFrame(
+        [{c: r.get(c) for c in cols} for r in rows],
+        schema={c: pl.String for c in cols},
+        orient="row",
+    )
+    return type_table(
+        df.lazy().with_row_index(ROW, offset=1).with_columns(pl.lit("mem").alias(FILE)), contract
+    )
 
 
 class Year:
@@ -49,10 +52,14 @@ class Year:
         start = dt.datetime(2022, 1, 3, 8, 0)
         for i, (compliant, reasonable) in enumerate(claims):
             when = start + dt.timedelta(days=i)
-            self.ex.claim(f"S{i:03d}", "M1", when.isoformat(sep=" "),
-                          compliant=str(fen_to_yuan(compliant)),
-                          reasonable=str(fen_to_yuan(reasonable)))
-        for j, target in enumerate(sorted(set(reversals))):
+            self.ex.claim(
+                f"S{i:03d}",
+                "M1",
+                when.isoformat(sep=" "),
+                compliant=str(fen_to_yuan(compliant)),
+                reasonable=str(fen_to_yuan(reasonable)),
+            )
+        for target in sorted(set(reversals)):
             when = start + dt.timedelta(days=target, hours=12)
             self.ex.reversal(f"S{target:03d}R", f"S{target:03d}", "M1", when.isoformat(sep=" "))
         self.settlements = sorted(self.ex.settlements, key=lambda s: s["setl_time"])
@@ -61,21 +68,32 @@ class Year:
         """Adjudicate in runs split at ``cuts`` (indices into time order)."""
         roster = load_roster_frame(self.ex)
         lists = pl.DataFrame(self.ex.lists).with_columns(
-            pl.col("valid_from").str.to_date(), pl.lit(None, pl.Date).alias("valid_to"))
+            pl.col("valid_from").str.to_date(), pl.lit(None, pl.Date).alias("valid_to")
+        )
         prior = PriorState.empty(COSTS)
         out = []
         bounds = [0, *sorted(set(cuts)), len(self.settlements)]
-        for seq, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        for seq, (a, b) in enumerate(itertools.pairwise(bounds)):
             chunk = self.settlements[a:b]
             if not chunk:
                 continue
             ids = {s["setl_id"] for s in chunk}
             lines = [ln for ln in self.ex.lines if ln["setl_id"] in ids]
-            v = validate(Frames(_typed(chunk, SETTLEMENTS), _typed(lines, FEE_LINES), "two-file", ()))
-            s = v.settlements.with_columns(pl.lit(seq, pl.Int64).alias("batch_seq"),
-                                           pl.lit(str(seq)).alias("batch_id")).collect()
-            result = adjudicate(s.lazy(), v.fee_lines.with_columns(pl.lit(seq, pl.Int64).alias("batch_seq")),
-                                roster.lazy(), lists.lazy(), PLAN, prior, years=[2022])
+            v = validate(
+                Frames(_typed(chunk, SETTLEMENTS), _typed(lines, FEE_LINES), "two-file", ())
+            )
+            s = v.settlements.with_columns(
+                pl.lit(seq, pl.Int64).alias("batch_seq"), pl.lit(str(seq)).alias("batch_id")
+            ).collect()
+            result = adjudicate(
+                s.lazy(),
+                v.fee_lines.with_columns(pl.lit(seq, pl.Int64).alias("batch_seq")),
+                roster.lazy(),
+                lists.lazy(),
+                PLAN,
+                prior,
+                years=[2022],
+            )
             p = result.payouts.collect()
             assert result.quarantine.collect().height == 0
             out.append(p)
@@ -86,11 +104,20 @@ class Year:
 def load_roster_frame(ex: Extract) -> pl.DataFrame:
     df = pl.DataFrame(ex.roster)
     return df.with_columns(
-        pl.col("plan_year").cast(pl.Int64), pl.col("pay_date").str.to_date(),
+        pl.col("plan_year").cast(pl.Int64),
+        pl.col("pay_date").str.to_date(),
         pl.col("basic_start_date").str.to_date(),
-        *[pl.lit(None, pl.Date).alias(c) for c in ("event_date", "basic_suspended_from",
-                                                    "basic_suspended_to", "basic_restored_date")],
-        pl.lit(None, pl.String).alias("special_event"), pl.lit(False).alias("pre_existing"),
+        *[
+            pl.lit(None, pl.Date).alias(c)
+            for c in (
+                "event_date",
+                "basic_suspended_from",
+                "basic_suspended_to",
+                "basic_restored_date",
+            )
+        ],
+        pl.lit(None, pl.String).alias("special_event"),
+        pl.lit(False).alias("pre_existing"),
         pl.lit(None, pl.Int64).alias("consecutive_years"),
     )
 
@@ -105,8 +132,12 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[Healt
 
 def _b(p_fen: int) -> int:
     """B(P) by hand from the rule text: 75/85/90/95% bands, half up."""
-    bands = [(0, 20_000_000, 75), (20_000_000, 50_000_000, 85), (50_000_000, 100_000_000, 90),
-             (100_000_000, None, 95)]
+    bands = [
+        (0, 20_000_000, 75),
+        (20_000_000, 50_000_000, 85),
+        (50_000_000, 100_000_000, 90),
+        (100_000_000, None, 95),
+    ]
     total = 0
     for lo, hi, rate in bands:
         part = max(0, (p_fen if hi is None else min(p_fen, hi)) - lo)
@@ -116,7 +147,9 @@ def _b(p_fen: int) -> int:
 
 @SETTINGS
 @given(claims=years, data=st.data())
-def test_any_split_into_runs_gives_the_same_payouts(claims: list[tuple[int, int]], data: Any) -> None:
+def test_any_split_into_runs_gives_the_same_payouts(
+    claims: list[tuple[int, int]], data: Any
+) -> None:
     reversals = data.draw(st.lists(st.integers(0, len(claims) - 1), max_size=2))
     year = Year(claims, reversals)
     n = len(year.settlements)
@@ -148,8 +181,10 @@ def test_a_reversal_restores_the_year_to_date(claims: list[tuple[int, int]], dat
     without = Year([c if i != target else (0, 0) for i, c in enumerate(claims)], []).run([])
     after = [f"S{i:03d}" for i in range(target + 1, len(claims))]
     cols = ["setl_id", "cum_payable", "cum_payout"]
+
     def later(df: pl.DataFrame) -> pl.DataFrame:
         return df.filter(pl.col("setl_id").is_in(after)).select(cols).sort("setl_id")
+
     assert later(with_reversal).equals(later(without))
     rev = with_reversal.filter(pl.col("setl_id") == f"S{target:03d}R")
     assert rev["status"].to_list() == ["reversal"]

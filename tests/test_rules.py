@@ -9,67 +9,225 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+
 from conftest import Extract, adjudicate, row, yuan
 
 # (case, plan year, roster fields or None for no roster row, claim time, begndate, reasons)
 ELIGIBILITY: list[tuple[str, int, dict[str, Any] | None, str, str | None, list[str]]] = [
-    ("paid on the deadline, claim on 1 Jan", 2022, {"pay_date": "2021-12-31"},
-     "2022-01-01 08:00:00", None, []),
-    ("late payer: day before benefit start", 2022, {"pay_date": "2022-01-15"},
-     "2022-07-14 08:00:00", None, ["WAITING_PERIOD"]),
-    ("late payer: day of benefit start", 2022, {"pay_date": "2022-01-15"},
-     "2022-07-15 08:00:00", None, []),
-    ("31 May + 6 months clips to 30 Nov: 29 Nov", 2022, {"pay_date": "2022-05-31"},
-     "2022-11-29 08:00:00", None, ["WAITING_PERIOD"]),
-    ("31 May + 6 months clips to 30 Nov: 30 Nov", 2022, {"pay_date": "2022-05-31"},
-     "2022-11-30 08:00:00", None, []),
-    ("paid in Jan of a year that is not the launch year", 2022, {"pay_date": "2022-01-01"},
-     "2022-01-02 08:00:00", None, ["WAITING_PERIOD"]),
-    ("service date is the admission date", 2022, {"pay_date": "2022-01-15"},
-     "2022-07-20 08:00:00", "2022-07-14", ["WAITING_PERIOD"]),
-    ("newborn paid on day 90 of the window", 2022,
-     {"pay_date": "2022-05-30", "special_event": "newborn", "event_date": "2022-03-01",
-      "basic_start_date": "2022-03-01"}, "2022-03-01 08:00:00", None, []),
-    ("newborn paid on day 91: late enrolment", 2022,
-     {"pay_date": "2022-05-31", "special_event": "newborn", "event_date": "2022-03-01",
-      "basic_start_date": "2022-03-01"}, "2022-06-01 08:00:00", None, ["WAITING_PERIOD"]),
-    ("veteran paid on day 30, benefits from basic start", 2022,
-     {"pay_date": "2022-05-01", "special_event": "veteran", "event_date": "2022-04-01",
-      "basic_start_date": "2022-04-01"}, "2022-04-01 08:00:00", None, []),
-    ("veteran: claim before basic start", 2022,
-     {"pay_date": "2022-05-01", "special_event": "veteran", "event_date": "2022-04-01",
-      "basic_start_date": "2022-04-01"}, "2022-03-31 08:00:00", None, ["WAITING_PERIOD"]),
-    ("released paid on day 31: late enrolment", 2022,
-     {"pay_date": "2022-05-02", "special_event": "released", "event_date": "2022-04-01",
-      "basic_start_date": "2022-04-01"}, "2022-05-03 08:00:00", None, ["WAITING_PERIOD"]),
-    ("suspension: day before", 2022,
-     {"basic_suspended_from": "2022-04-10", "basic_suspended_to": "2022-04-20"},
-     "2022-04-09 08:00:00", None, []),
-    ("suspension: first day", 2022,
-     {"basic_suspended_from": "2022-04-10", "basic_suspended_to": "2022-04-20"},
-     "2022-04-10 08:00:00", None, ["BASIC_SUSPENDED"]),
-    ("suspension: last day", 2022,
-     {"basic_suspended_from": "2022-04-10", "basic_suspended_to": "2022-04-20"},
-     "2022-04-20 23:00:00", None, ["BASIC_SUSPENDED"]),
-    ("suspension: open-ended", 2022, {"basic_suspended_from": "2022-04-10"},
-     "2022-12-20 08:00:00", None, ["BASIC_SUSPENDED"]),
-    ("restored 31 Aug: + 6 months = 28 Feb, day before", 2022,
-     {"basic_restored_date": "2021-08-31"}, "2022-02-27 08:00:00", None, ["WAITING_PERIOD"]),
-    ("restored 31 Aug: + 6 months = 28 Feb", 2022,
-     {"basic_restored_date": "2021-08-31"}, "2022-02-28 08:00:00", None, []),
-    ("suspended and restored: both reasons", 2022,
-     {"basic_suspended_from": "2022-03-01", "basic_suspended_to": "2022-03-31",
-      "basic_restored_date": "2022-04-01"}, "2022-03-15 08:00:00", None,
-     ["BASIC_SUSPENDED", "WAITING_PERIOD"]),
+    (
+        "paid on the deadline, claim on 1 Jan",
+        2022,
+        {"pay_date": "2021-12-31"},
+        "2022-01-01 08:00:00",
+        None,
+        [],
+    ),
+    (
+        "late payer: day before benefit start",
+        2022,
+        {"pay_date": "2022-01-15"},
+        "2022-07-14 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "late payer: day of benefit start",
+        2022,
+        {"pay_date": "2022-01-15"},
+        "2022-07-15 08:00:00",
+        None,
+        [],
+    ),
+    (
+        "31 May + 6 months clips to 30 Nov: 29 Nov",
+        2022,
+        {"pay_date": "2022-05-31"},
+        "2022-11-29 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "31 May + 6 months clips to 30 Nov: 30 Nov",
+        2022,
+        {"pay_date": "2022-05-31"},
+        "2022-11-30 08:00:00",
+        None,
+        [],
+    ),
+    (
+        "paid in Jan of a year that is not the launch year",
+        2022,
+        {"pay_date": "2022-01-01"},
+        "2022-01-02 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "service date is the admission date",
+        2022,
+        {"pay_date": "2022-01-15"},
+        "2022-07-20 08:00:00",
+        "2022-07-14",
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "newborn paid on day 90 of the window",
+        2022,
+        {
+            "pay_date": "2022-05-30",
+            "special_event": "newborn",
+            "event_date": "2022-03-01",
+            "basic_start_date": "2022-03-01",
+        },
+        "2022-03-01 08:00:00",
+        None,
+        [],
+    ),
+    (
+        "newborn paid on day 91: late enrolment",
+        2022,
+        {
+            "pay_date": "2022-05-31",
+            "special_event": "newborn",
+            "event_date": "2022-03-01",
+            "basic_start_date": "2022-03-01",
+        },
+        "2022-06-01 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "veteran paid on day 30, benefits from basic start",
+        2022,
+        {
+            "pay_date": "2022-05-01",
+            "special_event": "veteran",
+            "event_date": "2022-04-01",
+            "basic_start_date": "2022-04-01",
+        },
+        "2022-04-01 08:00:00",
+        None,
+        [],
+    ),
+    (
+        "veteran: claim before basic start",
+        2022,
+        {
+            "pay_date": "2022-05-01",
+            "special_event": "veteran",
+            "event_date": "2022-04-01",
+            "basic_start_date": "2022-04-01",
+        },
+        "2022-03-31 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "released paid on day 31: late enrolment",
+        2022,
+        {
+            "pay_date": "2022-05-02",
+            "special_event": "released",
+            "event_date": "2022-04-01",
+            "basic_start_date": "2022-04-01",
+        },
+        "2022-05-03 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "suspension: day before",
+        2022,
+        {"basic_suspended_from": "2022-04-10", "basic_suspended_to": "2022-04-20"},
+        "2022-04-09 08:00:00",
+        None,
+        [],
+    ),
+    (
+        "suspension: first day",
+        2022,
+        {"basic_suspended_from": "2022-04-10", "basic_suspended_to": "2022-04-20"},
+        "2022-04-10 08:00:00",
+        None,
+        ["BASIC_SUSPENDED"],
+    ),
+    (
+        "suspension: last day",
+        2022,
+        {"basic_suspended_from": "2022-04-10", "basic_suspended_to": "2022-04-20"},
+        "2022-04-20 23:00:00",
+        None,
+        ["BASIC_SUSPENDED"],
+    ),
+    (
+        "suspension: open-ended",
+        2022,
+        {"basic_suspended_from": "2022-04-10"},
+        "2022-12-20 08:00:00",
+        None,
+        ["BASIC_SUSPENDED"],
+    ),
+    (
+        "restored 31 Aug: + 6 months = 28 Feb, day before",
+        2022,
+        {"basic_restored_date": "2021-08-31"},
+        "2022-02-27 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "restored 31 Aug: + 6 months = 28 Feb",
+        2022,
+        {"basic_restored_date": "2021-08-31"},
+        "2022-02-28 08:00:00",
+        None,
+        [],
+    ),
+    (
+        "suspended and restored: both reasons",
+        2022,
+        {
+            "basic_suspended_from": "2022-03-01",
+            "basic_suspended_to": "2022-03-31",
+            "basic_restored_date": "2022-04-01",
+        },
+        "2022-03-15 08:00:00",
+        None,
+        ["BASIC_SUSPENDED", "WAITING_PERIOD"],
+    ),
     ("no roster row", 2022, None, "2022-05-01 08:00:00", None, ["NOT_ENROLLED"]),
-    ("launch year grace: paid 31 Mar, claim that day", 2021, {"pay_date": "2021-03-31"},
-     "2021-03-31 08:00:00", None, ["WAITING_PERIOD"]),
-    ("launch year grace: paid 31 Mar, claim the day after", 2021, {"pay_date": "2021-03-31"},
-     "2021-04-01 08:00:00", None, []),
-    ("launch year: paid 1 Apr waits 6 months", 2021, {"pay_date": "2021-04-01"},
-     "2021-09-30 08:00:00", None, ["WAITING_PERIOD"]),
-    ("launch year: paid 1 Apr, day of benefit start", 2021, {"pay_date": "2021-04-01"},
-     "2021-10-01 08:00:00", None, []),
+    (
+        "launch year grace: paid 31 Mar, claim that day",
+        2021,
+        {"pay_date": "2021-03-31"},
+        "2021-03-31 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "launch year grace: paid 31 Mar, claim the day after",
+        2021,
+        {"pay_date": "2021-03-31"},
+        "2021-04-01 08:00:00",
+        None,
+        [],
+    ),
+    (
+        "launch year: paid 1 Apr waits 6 months",
+        2021,
+        {"pay_date": "2021-04-01"},
+        "2021-09-30 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
+        "launch year: paid 1 Apr, day of benefit start",
+        2021,
+        {"pay_date": "2021-04-01"},
+        "2021-10-01 08:00:00",
+        None,
+        [],
+    ),
 ]
 
 
@@ -106,14 +264,41 @@ def test_list_validity_first_and_last_day(ex: Extract, tmp_path: Path) -> None:
     ex.on_list("negative", "NEG-WINDOW", "2022-03-10", "2022-03-20")
     ex.on_list("admission", "SV-WINDOW", "2022-03-10", "2022-03-20")
     ex.member("M1")
-    days = {"before": "2022-03-09", "first": "2022-03-10", "last": "2022-03-20", "after": "2022-03-21"}
+    days = {
+        "before": "2022-03-09",
+        "first": "2022-03-10",
+        "last": "2022-03-20",
+        "after": "2022-03-21",
+    }
     for name, day in days.items():
-        ex.claim(f"N-{name}", "M1", f"{day} 10:00:00", extra_lines=[
-            {"list_type": "101", "chrgitm_lv": "03", "fulamt_ownpay_amt": "100.00",
-             "code": "NEG-WINDOW", "fee_ocur_time": f"{day} 09:00:00"}])
-        ex.claim(f"A-{name}", "M1", f"{day} 11:00:00", extra_lines=[
-            {"list_type": "201", "chrgitm_lv": "03", "fulamt_ownpay_amt": "100.00",
-             "code": "SV-WINDOW", "fee_ocur_time": f"{day} 09:00:00"}])
+        ex.claim(
+            f"N-{name}",
+            "M1",
+            f"{day} 10:00:00",
+            extra_lines=[
+                {
+                    "list_type": "101",
+                    "chrgitm_lv": "03",
+                    "fulamt_ownpay_amt": "100.00",
+                    "code": "NEG-WINDOW",
+                    "fee_ocur_time": f"{day} 09:00:00",
+                }
+            ],
+        )
+        ex.claim(
+            f"A-{name}",
+            "M1",
+            f"{day} 11:00:00",
+            extra_lines=[
+                {
+                    "list_type": "201",
+                    "chrgitm_lv": "03",
+                    "fulamt_ownpay_amt": "100.00",
+                    "code": "SV-WINDOW",
+                    "fee_ocur_time": f"{day} 09:00:00",
+                }
+            ],
+        )
     p = adjudicate(ex, tmp_path)
     negative = {k: row(p, f"N-{k}")["reasonable_amt"] for k in days}
     admitted = {k: row(p, f"A-{k}")["reasonable_amt"] for k in days}
@@ -131,18 +316,39 @@ def test_list_validity_first_and_last_day(ex: Extract, tmp_path: Path) -> None:
 
 def test_reasonable_cost_components(ex: Extract, tmp_path: Path) -> None:
     ex.member("M1")
-    ex.claim("S1", "M1", "2022-03-01 10:00:00", extra_lines=[
-        # Class-B first self-pay and over-limit count for any line not on the negative list
-        {"list_type": "101", "chrgitm_lv": "02", "preselfpay_amt": "10.00", "overlmt_amt": "5.00",
-         "inscp_scp_amt": "40.00", "code": "D-B"},
-        # self-paid material counts; self-paid service off the admission list does not
-        {"list_type": "301", "chrgitm_lv": "03", "fulamt_ownpay_amt": "7.00", "code": "MAT"},
-        {"list_type": "201", "chrgitm_lv": "03", "fulamt_ownpay_amt": "9.00", "code": "SV-X"},
-        {"list_type": "201", "chrgitm_lv": "03", "fulamt_ownpay_amt": "11.00", "code": "SV-ADM"},
-        # on the negative list: nothing counts, not even first self-pay
-        {"list_type": "101", "chrgitm_lv": "02", "preselfpay_amt": "13.00",
-         "inscp_scp_amt": "13.00", "code": "NEG1"},
-    ])
+    ex.claim(
+        "S1",
+        "M1",
+        "2022-03-01 10:00:00",
+        extra_lines=[
+            # Class-B first self-pay and over-limit count for any line not on the negative list
+            {
+                "list_type": "101",
+                "chrgitm_lv": "02",
+                "preselfpay_amt": "10.00",
+                "overlmt_amt": "5.00",
+                "inscp_scp_amt": "40.00",
+                "code": "D-B",
+            },
+            # self-paid material counts; self-paid service off the admission list does not
+            {"list_type": "301", "chrgitm_lv": "03", "fulamt_ownpay_amt": "7.00", "code": "MAT"},
+            {"list_type": "201", "chrgitm_lv": "03", "fulamt_ownpay_amt": "9.00", "code": "SV-X"},
+            {
+                "list_type": "201",
+                "chrgitm_lv": "03",
+                "fulamt_ownpay_amt": "11.00",
+                "code": "SV-ADM",
+            },
+            # on the negative list: nothing counts, not even first self-pay
+            {
+                "list_type": "101",
+                "chrgitm_lv": "02",
+                "preselfpay_amt": "13.00",
+                "inscp_scp_amt": "13.00",
+                "code": "NEG1",
+            },
+        ],
+    )
     r = row(adjudicate(ex, tmp_path), "S1")
     assert r["reasonable_amt"] == yuan("33.00")  # 10 + 5 + 7 + 11
     assert r["compliant_amt"] == yuan("53.00")  # in-policy amount, no fund paid anything
@@ -221,6 +427,9 @@ def test_reversals_in_the_same_run(ex: Extract, tmp_path: Path) -> None:
     assert row(files_out, "S3")["cum_payable_amt"] == yuan("0")
     q = pl.read_parquet(tmp_path / "out" / "quarantine.parquet")
     reasons = dict(zip(q["setl_id"].to_list(), q["reasons"].to_list(), strict=True))
-    assert reasons == {"R1B": ["DUPLICATE_REVERSAL"], "R9": ["ORPHAN_REVERSAL"],
-                       "R2": ["ORPHAN_REVERSAL"]}
+    assert reasons == {
+        "R1B": ["DUPLICATE_REVERSAL"],
+        "R9": ["ORPHAN_REVERSAL"],
+        "R2": ["ORPHAN_REVERSAL"],
+    }
     assert files_out.filter(pl.col("status") == "reversal")["setl_id"].to_list() == ["R1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from conftest import Extract, adjudicate, row, yuan
 
 
@@ -58,12 +59,18 @@ def test_deductible_then_payout_across_two_claims(ex: Extract, tmp_path: Path) -
     ex.claim("S2", "M1", "2022-06-01 10:00:00", reasonable="10000")
     p = adjudicate(ex, tmp_path)
     first, second = row(p, "S1"), row(p, "S2")
-    assert (first["payable_amt"], first["payout_amt"], first["status"]) == (yuan(0), yuan(0), "zero")
+    assert (first["payable_amt"], first["payout_amt"], first["status"]) == (
+        yuan(0),
+        yuan(0),
+        "zero",
+    )
     assert (second["payable_amt"], second["payout_amt"]) == (yuan("7000"), yuan("5250.00"))
     assert second["cum_payout_amt"] == yuan("5250.00")
 
 
-def test_claims_in_one_batch_are_taken_in_settlement_time_order(ex: Extract, tmp_path: Path) -> None:
+def test_claims_in_one_batch_are_taken_in_settlement_time_order(
+    ex: Extract, tmp_path: Path
+) -> None:
     # written in reverse order: the earlier settlement still consumes the deductible
     ex.member("M1")
     ex.claim("S2", "M1", "2022-06-01 10:00:00", reasonable="10000")

@@ -1,4 +1,4 @@
-"""hmb-batch: batch claims processing for city-customised supplementary medical insurance (惠民保)."""
+"""hmb-batch: batch claims for city-customised supplementary medical insurance (惠民保)."""
 
 from importlib.metadata import PackageNotFoundError, version
 

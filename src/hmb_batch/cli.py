@@ -1,4 +1,4 @@
-"""The command line. Thin: parse, call the library, render; errors become messages and exit codes."""
+"""The command line. Thin: parse, call the library, render; errors become exit codes."""
 
 from __future__ import annotations
 
@@ -69,22 +69,43 @@ def main_callback(
     )
 )
 def adjudicate(
-    extract: Annotated[Path, typer.Argument(help="Settlements file (CSV or Parquet), or one wide file of fee lines carrying their settlement's columns.")],
+    extract: Annotated[
+        Path,
+        typer.Argument(
+            help=(
+                "Settlements file (CSV or Parquet), or one wide file of fee lines carrying "
+                "their settlement's columns."
+            )
+        ),
+    ],
     fees: Annotated[Path | None, typer.Option(help="Fee-lines file (two-file extracts).")] = None,
     roster: Annotated[Path | None, typer.Option(help="Roster (参保名单).")] = None,
-    lists: Annotated[Path | None, typer.Option(help="Negative/admission/special-drug lists.")] = None,
-    plan: Annotated[str | None, typer.Option(help="Family (zhelibao), edition id, edition file or folder.")] = None,
-    ledger: Annotated[Path | None, typer.Option(help="Ledger file (not used yet: each run starts the year at zero).")] = None,
+    lists: Annotated[
+        Path | None, typer.Option(help="Negative/admission/special-drug lists.")
+    ] = None,
+    plan: Annotated[
+        str | None, typer.Option(help="Family (zhelibao), edition id, edition file or folder.")
+    ] = None,
+    ledger: Annotated[
+        Path | None,
+        typer.Option(help="Ledger file (not used yet: each run starts the year at zero)."),
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
-    config: Annotated[Path | None, typer.Option(help="Configuration file (default ./hmb.toml).")] = None,
-    encoding: Annotated[str | None, typer.Option(help="CSV encoding: utf-8 (with or without BOM) or gbk.")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Configuration file (default ./hmb.toml).")
+    ] = None,
+    encoding: Annotated[
+        str | None, typer.Option(help="CSV encoding: utf-8 (with or without BOM) or gbk.")
+    ] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write payouts.csv.")] = False,
-    batch_id: Annotated[str | None, typer.Option(help="Batch id (default: extract name + content hash).")] = None,
+    batch_id: Annotated[
+        str | None, typer.Option(help="Batch id (default: extract name + content hash).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
     """Adjudicate one batch: validate, apply the plan, write payouts, quarantine and line audit."""
-    from hmb_batch.pipeline import BatchInputs, run_batch  # noqa: PLC0415 - keeps --help fast
+    from hmb_batch.pipeline import BatchInputs, run_batch
 
     try:
         cfg = load_config(config)
@@ -111,23 +132,34 @@ def adjudicate(
     except HmbError as exc:
         raise _fail(exc) from None
     if as_json:
-        print(json.dumps({"summary": result.summary.to_json(),
-                          "files": {k: str(v) for k, v in result.files.items()}}, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "summary": result.summary.to_json(),
+                    "files": {k: str(v) for k, v in result.files.items()},
+                },
+                ensure_ascii=False,
+            )
+        )
     elif not quiet:
         render.batch_summary(out, result.summary, {k: str(v) for k, v in result.files.items()})
 
 
-@app.command(epilog="Example: hmb-batch generate --members 2000 --year 2022 --seed 7 --out sample_data")
+@app.command(
+    epilog="Example: hmb-batch generate --members 2000 --year 2022 --seed 7 --out sample_data"
+)
 def generate(
     members: Annotated[int, typer.Option(min=1, help="Members on the roster.")] = 2000,
     year: Annotated[int, typer.Option(help="Plan year.")] = 2022,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 1,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("generated"),
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
-    chunk_members: Annotated[int, typer.Option(help="Members per written chunk (memory bound).")] = 200_000,
+    chunk_members: Annotated[
+        int, typer.Option(help="Members per written chunk (memory bound).")
+    ] = 200_000,
 ) -> None:
     """Generate a synthetic plan year: settlements, fee lines, roster and lists."""
-    from hmb_batch.generate import GeneratorSettings, generate_year  # noqa: PLC0415
+    from hmb_batch.generate import GeneratorSettings, generate_year
 
     if fmt not in ("parquet", "csv"):
         err.print("[red]error:[/red] --format must be parquet or csv")
@@ -158,7 +190,9 @@ def plan_list() -> None:
     t = Table("edition", "plan", "year", "official", "source")
     try:
         for e in shipped_editions():
-            t.add_row(e.id, e.plan_name, str(e.edition), "yes" if e.official else "example", e.source)
+            t.add_row(
+                e.id, e.plan_name, str(e.edition), "yes" if e.official else "example", e.source
+            )
     except HmbError as exc:
         raise _fail(exc) from None
     out.print(t)
@@ -177,13 +211,17 @@ def plan_show(
         render.edition(out, e.edition)
 
 
-@plan_app.command("check", epilog="Example: hmb-batch plan check my-city-2025.toml --lists lists.parquet")
+@plan_app.command(
+    "check", epilog="Example: hmb-batch plan check my-city-2025.toml --lists lists.parquet"
+)
 def plan_check(
     file: Annotated[Path, typer.Argument(help="Edition file to check.")],
-    lists: Annotated[Path | None, typer.Option(help="Lists file whose list names the edition may use.")] = None,
+    lists: Annotated[
+        Path | None, typer.Option(help="Lists file whose list names the edition may use.")
+    ] = None,
 ) -> None:
     """Check an edition file and report every problem at once."""
-    from hmb_batch.reference import load_lists  # noqa: PLC0415
+    from hmb_batch.reference import load_lists
 
     try:
         names = None

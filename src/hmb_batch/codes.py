@@ -121,9 +121,7 @@ _CODES = (
         "outside every responsibility's scope (medical category, list, level)",
     ),
     ReasonCode("COUNTED_COMPLIANT", Stage.LINE, "计入合规医疗费用", "counted as compliant cost"),
-    ReasonCode(
-        "COUNTED_REASONABLE", Stage.LINE, "计入合理医疗费用", "counted as reasonable cost"
-    ),
+    ReasonCode("COUNTED_REASONABLE", Stage.LINE, "计入合理医疗费用", "counted as reasonable cost"),
     ReasonCode(
         "DENIED_SETTLEMENT",
         Stage.LINE,

@@ -64,7 +64,7 @@ class Contract:
         return [c.name for c in self.columns if c.kind is kind]
 
 
-T, M, D, DT, I = Kind.TEXT, Kind.MONEY, Kind.DATE, Kind.DATETIME, Kind.INTEGER
+T, M, D, DT, INT = Kind.TEXT, Kind.MONEY, Kind.DATE, Kind.DATETIME, Kind.INTEGER
 
 SETTLEMENTS = Contract(
     "settlements",
@@ -128,18 +128,20 @@ ROSTER = Contract(
     "参保名单",
     (
         Column("psn_no", T, True, "人员编号", "member id"),
-        Column("plan_year", I, True, "待遇年度", "plan year of this enrolment"),
+        Column("plan_year", INT, True, "待遇年度", "plan year of this enrolment"),
         Column("pay_date", D, True, "缴费日期", "premium paid"),
         Column("basic_start_date", D, False, "基本医保待遇开始日期", "start of basic benefits"),
         Column("special_event", T, False, "特殊事件", "newborn | veteran | transfer_in | released"),
         Column("event_date", D, False, "事件日期", "date of the special event"),
-        Column("basic_suspended_from", D, False, "基本医保暂停起", "basic insurance suspended from"),
+        Column(
+            "basic_suspended_from", D, False, "基本医保暂停起", "basic insurance suspended from"
+        ),
         Column("basic_suspended_to", D, False, "基本医保暂停止", "suspended until (empty: still)"),
         Column("basic_restored_date", D, False, "基本医保恢复日期", "basic benefits restored"),
         Column("hardship", T, False, "困难类别", "特困 | 低保 | 低边"),
         Column("admdvs", T, False, "医保区划", "member's district code"),
         Column("pre_existing", T, False, "既往症", "'1' = member has a pre-existing condition"),
-        Column("consecutive_years", I, False, "连续参保年数", "consecutive years enrolled"),
+        Column("consecutive_years", INT, False, "连续参保年数", "consecutive years enrolled"),
     ),
 )
 
@@ -156,9 +158,7 @@ LISTS = Contract(
     ),
 )
 
-CONTRACTS: dict[str, Contract] = {
-    c.table: c for c in (SETTLEMENTS, FEE_LINES, ROSTER, LISTS)
-}
+CONTRACTS: dict[str, Contract] = {c.table: c for c in (SETTLEMENTS, FEE_LINES, ROSTER, LISTS)}
 
 # Settlement components: the identity medfee_sumamt = sum of these, and what lines add up to.
 SETTLEMENT_COMPONENTS = ("fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt", "inscp_amt")

@@ -135,25 +135,33 @@ def _sequence(
     dup_detail = pl.format("setl_id {} was adjudicated before", pl.col("setl_id"))
     quarantine = [
         _quarantined(seen_before, "DUPLICATE_SETTLEMENT", dup_detail),
-        _quarantined(repeated_in_run, "DUPLICATE_SETTLEMENT",
-                     pl.format("setl_id {} was adjudicated in an earlier batch of this run",
-                               pl.col("setl_id"))),
+        _quarantined(
+            repeated_in_run,
+            "DUPLICATE_SETTLEMENT",
+            pl.format(
+                "setl_id {} was adjudicated in an earlier batch of this run", pl.col("setl_id")
+            ),
+        ),
     ]
 
     covered = [y for y in years if plan.for_year(y) is not None]
     originals = s.filter(~pl.col(IS_REVERSAL))
     no_edition = originals.filter(~pl.col("plan_year").is_in(covered))
     quarantine.append(
-        _quarantined(no_edition, "NO_PLAN_EDITION",
-                     pl.format("setl_id {}: no plan edition for plan year {} (editions: {})",
-                               pl.col("setl_id"), pl.col("plan_year"),
-                               pl.lit(", ".join(e.id for e in plan.editions))))
+        _quarantined(
+            no_edition,
+            "NO_PLAN_EDITION",
+            pl.format(
+                "setl_id {}: no plan edition for plan year {} (editions: {})",
+                pl.col("setl_id"),
+                pl.col("plan_year"),
+                pl.lit(", ".join(e.id for e in plan.editions)),
+            ),
+        )
     )
     originals = originals.filter(pl.col("plan_year").is_in(covered))
 
-    reversals = (
-        s.filter(pl.col(IS_REVERSAL)).rename({"psn_no": "_rev_psn_no"}).drop("plan_year")
-    )
+    reversals = s.filter(pl.col(IS_REVERSAL)).rename({"psn_no": "_rev_psn_no"}).drop("plan_year")
     in_run = originals.select(
         pl.col("setl_id").alias("init_setl_id"),
         "psn_no",
@@ -180,8 +188,10 @@ def _sequence(
         (pl.col("_o_batch") == pl.col("batch_seq"))
         & (
             (pl.col("_o_time") < pl.col("setl_time"))
-            | ((pl.col("_o_time") == pl.col("setl_time"))
-               & (pl.col("init_setl_id") < pl.col("setl_id")))
+            | (
+                (pl.col("_o_time") == pl.col("setl_time"))
+                & (pl.col("init_setl_id") < pl.col("setl_id"))
+            )
         )
     )
     valid = found & (~pl.col("_orig_in_run") | precedes).fill_null(False)
@@ -203,9 +213,15 @@ def _sequence(
     duplicate = pl.col("_orig_reversed") | (rank > 0)
     dup_rev = reversals.filter(duplicate)
     quarantine.append(
-        _quarantined(dup_rev, "DUPLICATE_REVERSAL",
-                     pl.format("reversal {}: settlement {} is already reversed",
-                               pl.col("setl_id"), pl.col("init_setl_id")))
+        _quarantined(
+            dup_rev,
+            "DUPLICATE_REVERSAL",
+            pl.format(
+                "reversal {}: settlement {} is already reversed",
+                pl.col("setl_id"),
+                pl.col("init_setl_id"),
+            ),
+        )
     )
     scratch = ["_o_batch", "_o_time", "_orig_reversed", "_orig_in_run"]
     reversals = reversals.filter(~duplicate).drop(scratch)
@@ -216,13 +232,24 @@ def _sequence(
     return originals, reversals, q
 
 
-def _denials(originals: pl.LazyFrame, roster: pl.LazyFrame, edition: CompiledEdition,
-             year: int) -> pl.LazyFrame:
+def _denials(
+    originals: pl.LazyFrame, roster: pl.LazyFrame, edition: CompiledEdition, year: int
+) -> pl.LazyFrame:
     """Join the roster and give each settlement of ``year`` its denial reasons (sorted)."""
-    r = roster.filter(pl.col("plan_year") == year).with_columns(
-        edition.benefit_start(year).alias("benefit_start"), pl.lit(True).alias("_enrolled")
-    ).select("psn_no", "plan_year", "benefit_start", "basic_suspended_from",
-             "basic_suspended_to", "_enrolled")
+    r = (
+        roster.filter(pl.col("plan_year") == year)
+        .with_columns(
+            edition.benefit_start(year).alias("benefit_start"), pl.lit(True).alias("_enrolled")
+        )
+        .select(
+            "psn_no",
+            "plan_year",
+            "benefit_start",
+            "basic_suspended_from",
+            "basic_suspended_to",
+            "_enrolled",
+        )
+    )
     service = pl.coalesce(pl.col("begndate"), pl.col("setl_time").dt.date())
     enrolled = pl.col("_enrolled").fill_null(False)
     waiting = enrolled & (service < pl.col("benefit_start"))
@@ -269,15 +296,20 @@ def _flag_lists(lines: pl.LazyFrame, lists: pl.LazyFrame, names: frozenset[str])
 
 
 def _increments(
-    judged: pl.LazyFrame, lines: pl.LazyFrame, lists: pl.LazyFrame, edition: CompiledEdition,
+    judged: pl.LazyFrame,
+    lines: pl.LazyFrame,
+    lists: pl.LazyFrame,
+    edition: CompiledEdition,
     costs: list[str],
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Cost increments per settlement (zero when denied) and the fee-line audit."""
     denied = pl.col("denials").list.len() > 0
     settle_cols = ["setl_id", "batch_seq", "med_type", "denials"]
     line_costs = {cid: c for cid, c in edition.costs.items() if c.line_amount is not None}
-    l = _flag_lists(
-        lines.join(judged.select(settle_cols), on=["setl_id", "batch_seq"], how="inner"), lists, edition.lists
+    fl = _flag_lists(
+        lines.join(judged.select(settle_cols), on=["setl_id", "batch_seq"], how="inner"),
+        lists,
+        edition.lists,
     )
     line_amount_cols = []
     for cid, c in line_costs.items():
@@ -285,17 +317,17 @@ def _increments(
         line_amount_cols.append(
             pl.when(c.in_scope & ~denied).then(c.line_amount).otherwise(0).alias(f"line__{cid}")
         )
-    l = l.with_columns(line_amount_cols)
-    per_settlement = l.group_by("setl_id").agg(
+    fl = fl.with_columns(line_amount_cols)
+    per_settlement = fl.group_by("setl_id").agg(
         [pl.col(f"line__{cid}").sum() for cid in line_costs]
     )
     s = judged.join(per_settlement, on="setl_id", how="left")
     inc_exprs = []
     for cid in costs:
-        c = edition.costs.get(cid)
-        if c is None:
+        if cid not in edition.costs:
             inc_exprs.append(pl.lit(0, pl.Int64).alias(inc(cid)))
             continue
+        c = edition.costs[cid]
         amount = c.settlement_amount
         if cid in line_costs:
             amount = amount + pl.col(f"line__{cid}").fill_null(0)
@@ -322,24 +354,40 @@ def _increments(
         reasons.append(pl.when(counted & ~denied).then(pl.lit(c.audit_code)))
     settlement_costs = [cid for cid, c in edition.costs.items() if c.line_amount is None]
     audit = (
-        l.join(
-            s.select("setl_id", *[pl.col(inc(cid)).alias(f"_settle_{cid}") for cid in settlement_costs]),
+        fl.join(
+            s.select(
+                "setl_id", *[pl.col(inc(cid)).alias(f"_settle_{cid}") for cid in settlement_costs]
+            ),
             on="setl_id",
             how="left",
         )
-        .with_columns(pl.concat_list(reasons).list.drop_nulls().list.unique(maintain_order=True).alias(REASONS))
+        .with_columns(
+            pl.concat_list(reasons)
+            .list.drop_nulls()
+            .list.unique(maintain_order=True)
+            .alias(REASONS)
+        )
         .select(
-            "setl_id", "feedetl_sn", "med_list_codg", "list_type", "chrgitm_lv",
-            "det_item_fee_sumamt", "fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt",
-            "inscp_scp_amt", REASONS,
+            "setl_id",
+            "feedetl_sn",
+            "med_list_codg",
+            "list_type",
+            "chrgitm_lv",
+            "det_item_fee_sumamt",
+            "fulamt_ownpay_amt",
+            "overlmt_amt",
+            "preselfpay_amt",
+            "inscp_scp_amt",
+            REASONS,
             *[pl.col(f"line__{cid}").alias(f"{cid}_counted") for cid in line_costs],
         )
     )
     return s, audit
 
 
-def _benefit_columns(frame: pl.LazyFrame, edition: CompiledEdition, costs: list[str],
-                     responsibilities: list[str]) -> pl.LazyFrame:
+def _benefit_columns(
+    frame: pl.LazyFrame, edition: CompiledEdition, costs: list[str], responsibilities: list[str]
+) -> pl.LazyFrame:
     """T and P before and after each settlement, per responsibility and in total."""
     flags = dict(
         pre_existing=pl.col("pre_existing").fill_null(False),
@@ -422,22 +470,33 @@ def adjudicate(
         *[(-pl.col(inc(c)).fill_null(0)).alias(inc(c)) for c in costs],
         pl.lit([], pl.List(pl.String)).alias("denials"),
     )
-    keep = ["setl_id", "psn_no", "plan_year", IS_REVERSAL, "init_setl_id", "setl_time",
-            "batch_seq", "batch_id", "denials", *CARRIED, *[inc(c) for c in costs]]
-    rows = pl.concat(
-        [judged_all.select(keep), rev.select(keep)], how="vertical_relaxed"
-    )
+    keep = [
+        "setl_id",
+        "psn_no",
+        "plan_year",
+        IS_REVERSAL,
+        "init_setl_id",
+        "setl_time",
+        "batch_seq",
+        "batch_id",
+        "denials",
+        *CARRIED,
+        *[inc(c) for c in costs],
+    ]
+    rows = pl.concat([judged_all.select(keep), rev.select(keep)], how="vertical_relaxed")
 
     # year to date: prior + running sums in (batch, setl_time, setl_id) order
-    flags = roster.select(
-        "psn_no", "plan_year", "pre_existing", "consecutive_years"
-    ).unique(MEMBER_YEAR)
+    flags = roster.select("psn_no", "plan_year", "pre_existing", "consecutive_years").unique(
+        MEMBER_YEAR
+    )
     rows = (
         rows.join(prior.accumulators, on=MEMBER_YEAR, how="left")
         .sort([*MEMBER_YEAR, *ORDER])
         .with_columns(
             [
-                (pl.col(cum(c)).fill_null(0) + pl.col(inc(c)).cum_sum().over(MEMBER_YEAR)).alias(cum(c))
+                (pl.col(cum(c)).fill_null(0) + pl.col(inc(c)).cum_sum().over(MEMBER_YEAR)).alias(
+                    cum(c)
+                )
                 for c in costs
             ]
         )
@@ -455,22 +514,36 @@ def adjudicate(
         payouts = pl.concat(parts, how="diagonal_relaxed")
     else:
         payouts = rows.with_columns(
-            *[pl.lit(0, pl.Int64).alias(n) for n in ("cum_payable", "payable", "cum_payout", "payout")],
+            *[
+                pl.lit(0, pl.Int64).alias(n)
+                for n in ("cum_payable", "payable", "cum_payout", "payout")
+            ],
             pl.lit(None, pl.String).alias("edition"),
-            *[pl.lit(0, pl.Int64).alias(f"resp__{r}__{k}") for r in resps for k in ("payout", "payable")],
+            *[
+                pl.lit(0, pl.Int64).alias(f"resp__{r}__{k}")
+                for r in resps
+                for k in ("payout", "payable")
+            ],
         )
     status = (
-        pl.when(pl.col(IS_REVERSAL)).then(pl.lit("reversal"))
-        .when(pl.col("denials").list.len() > 0).then(pl.lit("denied"))
-        .when(pl.col("payout") > 0).then(pl.lit("paid"))
+        pl.when(pl.col(IS_REVERSAL))
+        .then(pl.lit("reversal"))
+        .when(pl.col("denials").list.len() > 0)
+        .then(pl.lit("denied"))
+        .when(pl.col("payout") > 0)
+        .then(pl.lit("paid"))
         .otherwise(pl.lit("zero"))
     )
     payouts = payouts.with_columns(status.alias("status"), pl.col("denials").alias(REASONS)).drop(
         "denials", "pre_existing", "consecutive_years"
     )
-    audit = pl.concat(audit_parts, how="diagonal_relaxed") if audit_parts else fee_lines.filter(
-        pl.lit(False)
-    ).select("setl_id", "feedetl_sn").with_columns(pl.lit([], pl.List(pl.String)).alias(REASONS))
+    audit = (
+        pl.concat(audit_parts, how="diagonal_relaxed")
+        if audit_parts
+        else fee_lines.filter(pl.lit(False))
+        .select("setl_id", "feedetl_sn")
+        .with_columns(pl.lit([], pl.List(pl.String)).alias(REASONS))
+    )
     return Adjudication(payouts, audit, quarantine, costs, resps)
 
 
@@ -483,7 +556,6 @@ def plan_years(settlements: pl.DataFrame | pl.LazyFrame, prior: PriorState | Non
     return sorted(int(y) for y in years if y is not None)
 
 
-
 def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) -> PriorState:
     """The state after a run: its settlements added to the registry, year to date moved on.
 
@@ -491,8 +563,13 @@ def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) ->
     checked on it.
     """
     new = payouts.select(
-        "setl_id", "psn_no", pl.col("plan_year").cast(pl.Int64), IS_REVERSAL, "init_setl_id",
-        pl.lit(False).alias("reversed"), *[inc(c) for c in costs],
+        "setl_id",
+        "psn_no",
+        pl.col("plan_year").cast(pl.Int64),
+        IS_REVERSAL,
+        "init_setl_id",
+        pl.lit(False).alias("reversed"),
+        *[inc(c) for c in costs],
     )
     registry = pl.concat([prior.registry.collect(), new], how="vertical_relaxed")
     reversed_ids = registry.filter(pl.col(IS_REVERSAL))["init_setl_id"]

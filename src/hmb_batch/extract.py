@@ -36,6 +36,14 @@ _RAW = "__raw_"
 # settlement columns whose names fee lines use too: prefixed with setl_ in a wide file
 _SHARED = (set(SETTLEMENTS.names) & set(FEE_LINES.names)) - {"setl_id"}
 
+_DTYPES: dict[Kind, pl.DataType] = {
+    Kind.TEXT: pl.String(),
+    Kind.MONEY: pl.Int64(),
+    Kind.INTEGER: pl.Int64(),
+    Kind.DATE: pl.Date(),
+    Kind.DATETIME: pl.Datetime("us"),
+}
+
 _EXPECTED = {
     Kind.TEXT: "text",
     Kind.MONEY: "an amount in yuan with at most two decimals",
@@ -108,10 +116,8 @@ def scan_raw(path: Path, encoding: str = "utf-8") -> pl.LazyFrame:
             lf = pl.scan_parquet(path)
         else:
             enc = encoding.lower().replace("_", "-")
-            if enc in ("utf-8", "utf8", "utf-8-sig"):
-                src = path
-            else:
-                src = _transcoded(path, encoding)
+            utf8 = enc in ("utf-8", "utf8", "utf-8-sig")
+            src = path if utf8 else _transcoded(path, encoding)
             lf = pl.scan_csv(src, infer_schema=False, encoding="utf8")
         lf.collect_schema()
     except InputUnreadable:
@@ -157,7 +163,9 @@ def _typed_column(name: str, kind: Kind, dtype: pl.DataType, src: str) -> pl.Exp
         if isinstance(dtype, pl.Datetime):
             return raw.dt.date().alias(name)
         text = raw.cast(pl.String).str.strip_chars().str.replace("T", " ")
-        date_part = text.str.extract(r"^(\d{4}-\d{1,2}-\d{1,2})(?:\s+\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$")
+        date_part = text.str.extract(
+            r"^(\d{4}-\d{1,2}-\d{1,2})(?:\s+\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?$"
+        )
         return date_part.str.to_date("%Y-%m-%d", strict=False).alias(name)
     # DATETIME
     if isinstance(dtype, pl.Datetime):
@@ -229,18 +237,9 @@ def type_table(
         elif col.kind is Kind.MONEY and not col.required:
             typed.append(pl.lit(0, pl.Int64).alias(col.name))
         else:
-            dtype = {
-                Kind.TEXT: pl.String,
-                Kind.MONEY: pl.Int64,
-                Kind.INTEGER: pl.Int64,
-                Kind.DATE: pl.Date,
-                Kind.DATETIME: pl.Datetime("us"),
-            }[col.kind]
-            typed.append(pl.lit(None, dtype).alias(col.name))
+            typed.append(pl.lit(None, _DTYPES[col.kind]).alias(col.name))
     error_list = (
-        pl.concat_list(errors).list.drop_nulls()
-        if errors
-        else pl.lit([], pl.List(pl.String))
+        pl.concat_list(errors).list.drop_nulls() if errors else pl.lit([], pl.List(pl.String))
     )
     return (
         raw.select(*typed, *raws, pl.col(ROW), pl.col(FILE))

@@ -26,8 +26,9 @@ import pyarrow.parquet as pq
 from hmb_batch.money import to_decimal
 
 BLOCK = 10_000
-DISTRICTS = np.array(["331102", "331121", "331122", "331123", "331124", "331125", "331126",
-                      "331127", "331181"])
+DISTRICTS = np.array(
+    ["331102", "331121", "331122", "331123", "331124", "331125", "331126", "331127", "331181"]
+)
 N_DRUGS, N_SERVICES, N_MATERIALS = 400, 200, 100
 HOSPITALS = 60
 EVENTS = np.array(["newborn", "veteran", "transfer_in", "released"])
@@ -45,7 +46,9 @@ class GeneratorSettings:
 
 
 def _day(year: int, offset: np.ndarray) -> np.ndarray:
-    return (np.datetime64(f"{year}-01-01") + offset.astype("timedelta64[D]")).astype("datetime64[D]")
+    return (np.datetime64(f"{year}-01-01") + offset.astype("timedelta64[D]")).astype(
+        "datetime64[D]"
+    )
 
 
 def _codes() -> pl.DataFrame:
@@ -58,7 +61,8 @@ def _codes() -> pl.DataFrame:
     )
     idx = np.arange(len(codes))
     list_type = np.where(
-        idx < N_DRUGS, np.where(idx % 5 == 0, "102", "101"),
+        idx < N_DRUGS,
+        np.where(idx % 5 == 0, "102", "101"),
         np.where(idx < N_DRUGS + N_SERVICES, "201", "301"),
     )
     lv_pick = (idx * 7) % 10
@@ -74,8 +78,16 @@ def generate_lists(year: int, seed: int) -> pl.DataFrame:
     jan1, prev = dt.date(year, 1, 1), dt.date(year - 1, 1, 1)
 
     def entry(list_name: str, code: str, kind: str, frm: dt.date, to: dt.date | None) -> None:
-        rows.append({"list": list_name, "code": code, "name": f"{list_name} {code}",
-                     "item_kind": kind, "valid_from": frm, "valid_to": to})
+        rows.append(
+            {
+                "list": list_name,
+                "code": code,
+                "name": f"{list_name} {code}",
+                "item_kind": kind,
+                "valid_from": frm,
+                "valid_to": to,
+            }
+        )
 
     for code, kind in cat.select("code", "kind").iter_rows():
         r = rng.random()
@@ -90,11 +102,19 @@ def generate_lists(year: int, seed: int) -> pl.DataFrame:
             entry("admission", code, kind, prev, None)
         elif kind == "service" and r < 0.45:
             entry("admission", code, kind, mid, None)
-        if kind == "drug" and 0.95 < r:
+        if kind == "drug" and r > 0.95:
             entry("special_drug", code, kind, prev, None)
-    return pl.DataFrame(rows, schema={"list": pl.String, "code": pl.String, "name": pl.String,
-                                      "item_kind": pl.String, "valid_from": pl.Date,
-                                      "valid_to": pl.Date})
+    return pl.DataFrame(
+        rows,
+        schema={
+            "list": pl.String,
+            "code": pl.String,
+            "name": pl.String,
+            "item_kind": pl.String,
+            "valid_from": pl.Date,
+            "valid_to": pl.Date,
+        },
+    )
 
 
 def _roster_block(rng: np.random.Generator, year: int, first: int, m: int) -> pl.DataFrame:
@@ -110,8 +130,11 @@ def _roster_block(rng: np.random.Generator, year: int, first: int, m: int) -> pl
     ev_off = rng.integers(-20, 300, m)
     ev_date = _day(year, ev_off)
     # mostly within the window, some a few days past it
-    delay = np.where(rng.random(m) < 0.8, rng.integers(0, 1, m) * 0 + (EVENT_DAYS[ev_idx] * rng.random(m)).astype(int),
-                     EVENT_DAYS[ev_idx] + rng.integers(1, 10, m))
+    delay = np.where(
+        rng.random(m) < 0.8,
+        rng.integers(0, 1, m) * 0 + (EVENT_DAYS[ev_idx] * rng.random(m)).astype(int),
+        EVENT_DAYS[ev_idx] + rng.integers(1, 10, m),
+    )
     pay = np.where(event, ev_date + delay.astype("timedelta64[D]"), pay)
     basic_start = np.where(event, ev_date, np.datetime64("2017-01-01"))
     susp = enrolled & (rng.random(m) < 0.02)
@@ -132,21 +155,37 @@ def _roster_block(rng: np.random.Generator, year: int, first: int, m: int) -> pl
             "basic_suspended_from": np.where(susp, s_from, nat),
             "basic_suspended_to": np.where(susp & ~still, s_to, nat),
             "basic_restored_date": np.where(susp & ~still, restored, nat),
-            "hardship": np.where(rng.random(m) < 0.03, np.array(["特困", "低保", "低边"])[rng.integers(0, 3, m)], ""),
+            "hardship": np.where(
+                rng.random(m) < 0.03, np.array(["特困", "低保", "低边"])[rng.integers(0, 3, m)], ""
+            ),
             "admdvs": DISTRICTS[rng.integers(0, len(DISTRICTS), m)],
             "pre_existing": np.where(rng.random(m) < 0.06, "1", "0"),
             "consecutive_years": rng.integers(1, 5, m).astype(np.int64),
             "_enrolled": enrolled,
         }
-    ).with_columns(pl.col(c).cast(pl.Date) for c in ("pay_date", "basic_start_date", "event_date",
-                                                      "basic_suspended_from", "basic_suspended_to",
-                                                      "basic_restored_date"))
+    ).with_columns(
+        pl.col(c).cast(pl.Date)
+        for c in (
+            "pay_date",
+            "basic_start_date",
+            "event_date",
+            "basic_suspended_from",
+            "basic_suspended_to",
+            "basic_restored_date",
+        )
+    )
     return df
 
 
-def _claims_block(rng: np.random.Generator, year: int, roster_ids: np.ndarray,
-                  admdvs: np.ndarray, hardship: np.ndarray, setl_offset: int,
-                  catalogue: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _claims_block(
+    rng: np.random.Generator,
+    year: int,
+    roster_ids: np.ndarray,
+    admdvs: np.ndarray,
+    hardship: np.ndarray,
+    setl_offset: int,
+    catalogue: pl.DataFrame,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     m = len(roster_ids)
     claimer = rng.random(m) < 0.42
     n_out = np.where(claimer, rng.geometric(0.22, m), 0)
@@ -167,7 +206,9 @@ def _claims_block(rng: np.random.Generator, year: int, roster_ids: np.ndarray,
     begin = _day(year, np.maximum(setl_day - los, 0))
     end = _day(year, setl_day)
     seconds = rng.integers(6 * 3600, 23 * 3600, total)
-    setl_time = (end.astype("datetime64[s]") + seconds.astype("timedelta64[s]")).astype("datetime64[us]")
+    setl_time = (end.astype("datetime64[s]") + seconds.astype("timedelta64[s]")).astype(
+        "datetime64[us]"
+    )
     setl_ids = np.array([f"S{year}{i:09d}" for i in range(setl_offset, setl_offset + total)])
     hospital = rng.integers(0, HOSPITALS, total)
 
@@ -177,37 +218,54 @@ def _claims_block(rng: np.random.Generator, year: int, roster_ids: np.ndarray,
     nl = len(settle_of)
     cat_pick = rng.random(nl)
     code_idx = np.where(
-        cat_pick < 0.6, rng.integers(0, N_DRUGS, nl),
-        np.where(cat_pick < 0.9, N_DRUGS + rng.integers(0, N_SERVICES, nl),
-                 N_DRUGS + N_SERVICES + rng.integers(0, N_MATERIALS, nl)),
+        cat_pick < 0.6,
+        rng.integers(0, N_DRUGS, nl),
+        np.where(
+            cat_pick < 0.9,
+            N_DRUGS + rng.integers(0, N_SERVICES, nl),
+            N_DRUGS + N_SERVICES + rng.integers(0, N_MATERIALS, nl),
+        ),
     )
     codes = catalogue["code"].to_numpy()[code_idx]
     list_type = catalogue["list_type"].to_numpy()[code_idx]
     level = catalogue["chrgitm_lv"].to_numpy()[code_idx]
     scale = np.where(inpatient, rng.lognormal(0.0, 1.0, total), 1.0)
     scale = np.where(inpatient & (rng.random(total) < 0.004), scale * 60, scale)  # the heavy tail
-    base = np.where(inpatient[settle_of], rng.lognormal(np.log(250), 1.3, nl),
-                    rng.lognormal(np.log(25), 1.0, nl))
+    base = np.where(
+        inpatient[settle_of],
+        rng.lognormal(np.log(250), 1.3, nl),
+        rng.lognormal(np.log(25), 1.0, nl),
+    )
     amount = np.maximum(1, np.round(base * scale[settle_of] * 100)).astype(np.int64)
-    pre = np.where(level == "02", np.round(amount * rng.choice([0.05, 0.1, 0.2], nl)), 0).astype(np.int64)
-    over = np.where((level != "03") & (rng.random(nl) < 0.04), np.round(amount * 0.3), 0).astype(np.int64)
+    pre = np.where(level == "02", np.round(amount * rng.choice([0.05, 0.1, 0.2], nl)), 0).astype(
+        np.int64
+    )
+    over = np.where((level != "03") & (rng.random(nl) < 0.04), np.round(amount * 0.3), 0).astype(
+        np.int64
+    )
     over = np.minimum(over, amount - pre)
     fulamt = np.where(level == "03", amount, 0).astype(np.int64)
     inscp = amount - pre - over - fulamt
     serial = np.arange(nl) - np.repeat(np.cumsum(k) - k, k) + 1
     span = (end - begin).astype(np.int64)[settle_of] + 1
     fee_day = begin[settle_of] + (rng.random(nl) * span).astype("timedelta64[D]")
-    fee_time = (fee_day.astype("datetime64[s]") + rng.integers(0, 86400, nl).astype("timedelta64[s]")).astype("datetime64[us]")
+    fee_time = (
+        fee_day.astype("datetime64[s]") + rng.integers(0, 86400, nl).astype("timedelta64[s]")
+    ).astype("datetime64[us]")
 
     def per_settlement(x: np.ndarray) -> np.ndarray:
         return np.bincount(settle_of, weights=x, minlength=total).astype(np.int64)
 
     s_fulamt, s_over, s_pre, s_inscp = map(per_settlement, (fulamt, over, pre, inscp))
     medfee = s_fulamt + s_over + s_pre + s_inscp
-    rate = np.where(insutype == "310", np.where(inpatient, 0.85, 0.6), np.where(inpatient, 0.65, 0.5))
+    rate = np.where(
+        insutype == "310", np.where(inpatient, 0.85, 0.6), np.where(inpatient, 0.65, 0.5)
+    )
     hifp = np.round(s_inscp * rate).astype(np.int64)
     left = s_inscp - hifp
-    catastrophic = np.where(left > 1_500_000, np.round((left - 1_500_000) * 0.6), 0).astype(np.int64)
+    catastrophic = np.where(left > 1_500_000, np.round((left - 1_500_000) * 0.6), 0).astype(
+        np.int64
+    )
     hifmi = np.where(insutype == "390", catastrophic, 0)
     hifob = np.where(insutype == "310", catastrophic, 0)
     left = left - catastrophic
@@ -221,10 +279,20 @@ def _claims_block(rng: np.random.Generator, year: int, roster_ids: np.ndarray,
     fund = hifp + hifmi + hifob + maf
     zeros = np.zeros(total, dtype=np.int64)
     fen = {
-        "medfee_sumamt": medfee, "fulamt_ownpay_amt": s_fulamt, "overlmt_selfpay": s_over,
-        "preselfpay_amt": s_pre, "inscp_amt": s_inscp, "hifp_pay": hifp, "cvlserv_pay": zeros,
-        "hifes_pay": zeros, "hifmi_pay": hifmi, "hifob_pay": hifob, "maf_pay": maf,
-        "othfund_pay": zeros, "fund_pay_sumamt": fund, "psn_pay": medfee - fund,
+        "medfee_sumamt": medfee,
+        "fulamt_ownpay_amt": s_fulamt,
+        "overlmt_selfpay": s_over,
+        "preselfpay_amt": s_pre,
+        "inscp_amt": s_inscp,
+        "hifp_pay": hifp,
+        "cvlserv_pay": zeros,
+        "hifes_pay": zeros,
+        "hifmi_pay": hifmi,
+        "hifob_pay": hifob,
+        "maf_pay": maf,
+        "othfund_pay": zeros,
+        "fund_pay_sumamt": fund,
+        "psn_pay": medfee - fund,
         "refl_selfpay_amt": refl,
     }
     settlements = pl.DataFrame(
@@ -246,18 +314,20 @@ def _claims_block(rng: np.random.Generator, year: int, roster_ids: np.ndarray,
             **fen,
         },
         schema_overrides={"init_setl_id": pl.String},
-    ).with_columns(pl.col("begndate", "enddate").cast(pl.Date),
-                   pl.col("setl_time").cast(pl.Datetime("us")))
+    ).with_columns(
+        pl.col("begndate", "enddate").cast(pl.Date), pl.col("setl_time").cast(pl.Datetime("us"))
+    )
     # reversals: about 1% of settlements are undone a few days later, without fee lines
     rev = settlements.filter(pl.Series(rng.random(total) < 0.01))
     if rev.height:
-        later = pl.duration(days=pl.Series(rng.integers(1, 20, rev.height)))
+        later = pl.duration(days=pl.lit(pl.Series(rng.integers(1, 20, rev.height))))
         rev = rev.with_columns(
             pl.col("setl_id").alias("init_setl_id"),
             ("R" + pl.col("setl_id")).alias("setl_id"),
             pl.lit("1").alias("refd_setl_flag"),
-            pl.min_horizontal(pl.col("setl_time") + later,
-                              pl.lit(dt.datetime(year, 12, 31, 23, 59, 59))).alias("setl_time"),
+            pl.min_horizontal(
+                pl.col("setl_time") + later, pl.lit(dt.datetime(year, 12, 31, 23, 59, 59))
+            ).alias("setl_time"),
             *[(-pl.col(c)).alias(c) for c in fen],
         )
         settlements = pl.concat([settlements, rev])
@@ -270,7 +340,9 @@ def _claims_block(rng: np.random.Generator, year: int, roster_ids: np.ndarray,
             "hilist_name": np.char.add("item ", codes.astype(str)),
             "list_type": list_type,
             "chrgitm_lv": level,
-            "med_chrgitm_type": np.where(list_type == "201", "05", np.where(list_type == "301", "08", "09")),
+            "med_chrgitm_type": np.where(
+                list_type == "201", "05", np.where(list_type == "301", "08", "09")
+            ),
             "det_item_fee_sumamt": amount,
             "fulamt_ownpay_amt": fulamt,
             "overlmt_amt": over,
@@ -285,11 +357,30 @@ def _money_out(df: pl.DataFrame, money: list[str]) -> pl.DataFrame:
     return df.with_columns([to_decimal(pl.col(c)).alias(c) for c in money if c in df.columns])
 
 
-_SETTLE_MONEY = ["medfee_sumamt", "fulamt_ownpay_amt", "overlmt_selfpay", "preselfpay_amt",
-                 "inscp_amt", "hifp_pay", "cvlserv_pay", "hifes_pay", "hifmi_pay", "hifob_pay",
-                 "maf_pay", "othfund_pay", "fund_pay_sumamt", "psn_pay", "refl_selfpay_amt"]
-_LINE_MONEY = ["det_item_fee_sumamt", "fulamt_ownpay_amt", "overlmt_amt", "preselfpay_amt",
-               "inscp_scp_amt"]
+_SETTLE_MONEY = [
+    "medfee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_selfpay",
+    "preselfpay_amt",
+    "inscp_amt",
+    "hifp_pay",
+    "cvlserv_pay",
+    "hifes_pay",
+    "hifmi_pay",
+    "hifob_pay",
+    "maf_pay",
+    "othfund_pay",
+    "fund_pay_sumamt",
+    "psn_pay",
+    "refl_selfpay_amt",
+]
+_LINE_MONEY = [
+    "det_item_fee_sumamt",
+    "fulamt_ownpay_amt",
+    "overlmt_amt",
+    "preselfpay_amt",
+    "inscp_scp_amt",
+]
 
 
 class _Sink:
@@ -318,7 +409,9 @@ class _Sink:
             self.writer.close()
 
 
-def generate_year(settings: GeneratorSettings, out_dir: Path, fmt: str = "parquet") -> dict[str, int]:
+def generate_year(
+    settings: GeneratorSettings, out_dir: Path, fmt: str = "parquet"
+) -> dict[str, int]:
     """Write roster, lists, settlements and fee lines for one plan year into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "parquet" if fmt == "parquet" else "csv"
@@ -327,7 +420,9 @@ def generate_year(settings: GeneratorSettings, out_dir: Path, fmt: str = "parque
     lists = generate_lists(year, settings.seed)
     n_blocks = -(-settings.members // BLOCK)
     seeds = np.random.SeedSequence(settings.seed).spawn(n_blocks)
-    sinks = {name: _Sink(out_dir / f"{name}.{ext}", fmt) for name in ("settlements", "fees", "roster")}
+    sinks = {
+        name: _Sink(out_dir / f"{name}.{ext}", fmt) for name in ("settlements", "fees", "roster")
+    }
     counts = {"members": 0, "settlements": 0, "fee_lines": 0}
     blocks_per_chunk = max(1, settings.chunk_members // BLOCK)
     setl_offset = 0
@@ -341,11 +436,20 @@ def generate_year(settings: GeneratorSettings, out_dir: Path, fmt: str = "parque
                 block = _roster_block(rng, year, first, m)
                 # claims come from every member of the block, enrolled or not
                 settlements, fees = _claims_block(
-                    rng, year, block["psn_no"].to_numpy(), block["admdvs"].to_numpy(),
-                    block["hardship"].to_numpy(), setl_offset, catalogue,
+                    rng,
+                    year,
+                    block["psn_no"].to_numpy(),
+                    block["admdvs"].to_numpy(),
+                    block["hardship"].to_numpy(),
+                    setl_offset,
+                    catalogue,
                 )
                 roster = block.filter(pl.col("_enrolled")).drop("_enrolled")
-                setl_offset += settlements.filter(pl.col("refd_setl_flag") == "0").height if settlements.height else 0
+                setl_offset += (
+                    settlements.filter(pl.col("refd_setl_flag") == "0").height
+                    if settlements.height
+                    else 0
+                )
                 parts["roster"].append(roster)
                 if settlements.height:
                     parts["settlements"].append(settlements)

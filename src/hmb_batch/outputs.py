@@ -31,7 +31,9 @@ PAYOUT_COLUMNS = [
 ]
 
 
-def payouts_frame(payouts: pl.DataFrame, costs: list[str], responsibilities: list[str]) -> pl.DataFrame:
+def payouts_frame(
+    payouts: pl.DataFrame, costs: list[str], responsibilities: list[str]
+) -> pl.DataFrame:
     """The payout file's frame from the engine's payouts (fen), in processing order.
 
     Columns: the contract's (README: Output files), then ``edition``, ``init_setl_id``,
@@ -112,15 +114,20 @@ def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:
             cols.append(pl.col(name))
     out = df.select(cols)
     if "responsibilities" in df.columns and len(df) > 0:
-        ids = df["responsibilities"].list.eval(pl.element().struct.field("id")).explode().unique(
-            maintain_order=True
+        ids = (
+            df["responsibilities"]
+            .list.eval(pl.element().struct.field("id"))
+            .explode()
+            .unique(maintain_order=True)
         )
         for rid in ids.drop_nulls().to_list():
             for field in ("payable_amt", "payout_amt"):
                 out = out.with_columns(
                     df["responsibilities"]
                     .list.eval(
-                        pl.element().filter(pl.element().struct.field("id") == rid).struct.field(field)
+                        pl.element()
+                        .filter(pl.element().struct.field("id") == rid)
+                        .struct.field(field)
                     )
                     .list.first()
                     .cast(pl.String)

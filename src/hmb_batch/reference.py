@@ -29,8 +29,9 @@ def _stop_on_errors(frame: pl.DataFrame, what: str, extra: list[str]) -> None:
         raise ReferenceDataError(f"the {what} has {len(found)} problem(s):\n{shown}{more}")
 
 
-def load_roster(path: Path, column_map: Mapping[str, str] | None = None,
-                encoding: str = "utf-8") -> pl.DataFrame:
+def load_roster(
+    path: Path, column_map: Mapping[str, str] | None = None, encoding: str = "utf-8"
+) -> pl.DataFrame:
     """Read and check the roster: one row per member and plan year, every value readable."""
     df = read_table(path, ROSTER, column_map=column_map, encoding=encoding).collect()
     dups = (
@@ -50,8 +51,9 @@ def load_roster(path: Path, column_map: Mapping[str, str] | None = None,
     ).drop(ERRORS, FILE, ROW)
 
 
-def load_lists(path: Path, column_map: Mapping[str, str] | None = None,
-               encoding: str = "utf-8") -> pl.DataFrame:
+def load_lists(
+    path: Path, column_map: Mapping[str, str] | None = None, encoding: str = "utf-8"
+) -> pl.DataFrame:
     """Read and check the lists file: every entry with a readable validity window."""
     df = read_table(path, LISTS, column_map=column_map, encoding=encoding).collect()
     backwards = df.filter(pl.col("valid_to") < pl.col("valid_from"))
@@ -79,6 +81,12 @@ def empty_roster() -> pl.DataFrame:
 def empty_lists() -> pl.DataFrame:
     """No list entries."""
     return pl.DataFrame(
-        schema={"list": pl.String, "code": pl.String, "name": pl.String, "item_kind": pl.String,
-                "valid_from": pl.Date, "valid_to": pl.Date}
+        schema={
+            "list": pl.String,
+            "code": pl.String,
+            "name": pl.String,
+            "item_kind": pl.String,
+            "valid_from": pl.Date,
+            "valid_to": pl.Date,
+        }
     )

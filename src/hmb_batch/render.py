@@ -21,8 +21,11 @@ def _pct(ppm: int) -> str:
 
 def batch_summary(console: Console, s: BatchSummary, files: dict[str, str]) -> None:
     """The one-screen summary of a batch."""
-    t = Table(title=f"hmb-batch · batch {s.batch_id} · {', '.join(s.editions) or '-'}",
-              show_header=False, title_justify="left")
+    t = Table(
+        title=f"hmb-batch · batch {s.batch_id} · {', '.join(s.editions) or '-'}",
+        show_header=False,
+        title_justify="left",
+    )
     t.add_column(style="bold")
     t.add_column(justify="right")
     t.add_row("settlements in 结算单", f"{s.settlements_in:,}")
@@ -37,8 +40,10 @@ def batch_summary(console: Console, s: BatchSummary, files: dict[str, str]) -> N
         t.add_row(f"  plan year {year}", _yuan(fen))
     t.add_row("balanced 平衡", "yes" if s.balanced else "[red]NO[/red]")
     console.print(t)
-    for title, counts in (("denied by reason 拒付原因", s.denied_by_reason),
-                          ("quarantined by reason 隔离原因", s.quarantined_by_reason)):
+    for title, counts in (
+        ("denied by reason 拒付原因", s.denied_by_reason),
+        ("quarantined by reason 隔离原因", s.quarantined_by_reason),
+    ):
         if not counts:
             continue
         r = Table(title=title, title_justify="left")
@@ -70,7 +75,8 @@ def edition(console: Console, e: Edition) -> None:
     console.print(f"source 依据: {e.source}")
     p = e.premium
     console.print(
-        f"premium 保费 {_yuan(p.amount)} yuan; operating cost 运营成本 {_pct(p.operating_cost_share)};"
+        f"premium 保费 {_yuan(p.amount)} yuan; "
+        f"operating cost 运营成本 {_pct(p.operating_cost_share)};"
         f" target loss ratio 赔付率 ≥ {_pct(p.target_loss_ratio)}"
     )
     el = e.eligibility
@@ -82,9 +88,13 @@ def edition(console: Console, e: Edition) -> None:
         console.print(f"  special events (paid within) → basic-insurance start: {ev}")
     if el.launch_year and el.launch_grace_last_day:
         gm, gd = el.launch_grace_last_day
-        console.print(f"  launch year {el.launch_year}: paid 01-01..{gm:02d}-{gd:02d} → day after payment")
+        console.print(
+            f"  launch year {el.launch_year}: paid 01-01..{gm:02d}-{gd:02d} → day after payment"
+        )
     console.print(f"  otherwise waiting period 等待期 {el.waiting_months} months after payment")
-    console.print(f"  basic insurance restored → {el.restored_waiting_months} months after restoration")
+    console.print(
+        f"  basic insurance restored → {el.restored_waiting_months} months after restoration"
+    )
     console.print("[bold]costs 费用[/bold]")
     for cid, c in e.costs.items():
         scope = f" (med_type {', '.join(c.med_types)})" if c.med_types else ""
@@ -115,7 +125,8 @@ def edition(console: Console, e: Edition) -> None:
             if t.floor is not None:
                 th = f"above the floor 起付 {_yuan(t.floor)}"
             elif t.shared_deductible is not None:
-                th = f"after shared deductible {t.shared_deductible} {_yuan(e.deductibles[t.shared_deductible])}"
+                pool = t.shared_deductible
+                th = f"after shared deductible {pool} {_yuan(e.deductibles[pool])}"
             else:
                 th = f"after the deductible 起付线 {_yuan(t.deductible or 0)}"
             console.print(f"    year-to-date {t.cost} {th}")

@@ -122,14 +122,15 @@ def validate(extract: Extract) -> ValidatedBatch:
         .agg((pl.len() - 1).alias("dropped"))
     )
     lines = lines.filter(
-        (pl.col("_variants") > 1)
-        | (pl.int_range(pl.len()).over("setl_id", "feedetl_sn") == 0)
+        (pl.col("_variants") > 1) | (pl.int_range(pl.len()).over("setl_id", "feedetl_sn") == 0)
     )
     lines = _line_messages(lines, reversal_ids)
     per_settlement_lines = lines.group_by("setl_id").agg(
         pl.len().alias("_n_lines"),
         *[pl.col(c).sum().alias(f"_lines_{c}") for c in LINE_COMPONENTS],
-        pl.col("_bad_value").list.explode(keep_nulls=False, empty_as_null=False).alias("_line_bad_value"),
+        pl.col("_bad_value")
+        .list.explode(keep_nulls=False, empty_as_null=False)
+        .alias("_line_bad_value"),
         pl.col("_identity").drop_nulls().alias("_line_identity"),
         pl.when(pl.col("_variants") > 1)
         .then(
@@ -155,9 +156,9 @@ def validate(extract: Extract) -> ValidatedBatch:
         .group_by("setl_id")
         .agg((pl.len() - 1).alias("dropped"))
     )
-    s = s.filter(
-        (pl.col("_variants") > 1) | (pl.int_range(pl.len()).over("setl_id") == 0)
-    ).join(per_settlement_lines, on="setl_id", how="left")
+    s = s.filter((pl.col("_variants") > 1) | (pl.int_range(pl.len()).over("setl_id") == 0)).join(
+        per_settlement_lines, on="setl_id", how="left"
+    )
 
     money = SETTLEMENTS.of_kind(Kind.MONEY)
     total = pl.sum_horizontal(*[pl.col(c) for c in SETTLEMENT_COMPONENTS])
@@ -252,13 +253,17 @@ def validate(extract: Extract) -> ValidatedBatch:
         *[pl.when(pl.col(f"_m_{k}").list.len() > 0).then(pl.lit(k)) for k in checks]
     ).list.drop_nulls()
     messages = pl.concat_list(*[pl.col(f"_m_{k}") for k in checks])
-    detail = pl.when(messages.list.len() > _DETAIL_LIMIT).then(
-        pl.format(
-            "{} (+{} more)",
-            messages.list.head(_DETAIL_LIMIT).list.join("; "),
-            messages.list.len() - _DETAIL_LIMIT,
+    detail = (
+        pl.when(messages.list.len() > _DETAIL_LIMIT)
+        .then(
+            pl.format(
+                "{} (+{} more)",
+                messages.list.head(_DETAIL_LIMIT).list.join("; "),
+                messages.list.len() - _DETAIL_LIMIT,
+            )
         )
-    ).otherwise(messages.list.join("; "))
+        .otherwise(messages.list.join("; "))
+    )
     s = s.with_columns(reasons.alias(REASONS), detail.alias(DETAIL))
     scratch = [c for c in s.collect_schema().names() if c.startswith("_") and c not in (ROW, FILE)]
     s = s.drop(scratch)
@@ -312,9 +317,7 @@ def quarantine_frame(settlements: pl.LazyFrame, fee_lines: pl.LazyFrame) -> pl.L
     ]
     line_head = [*head[:1], pl.lit("fee_line").alias(RECORD), *head[2:]]
     l_cols = [
-        to_decimal(pl.col(c)).alias(c)
-        if FEE_LINES.column(c).kind is Kind.MONEY
-        else pl.col(c)
+        to_decimal(pl.col(c)).alias(c) if FEE_LINES.column(c).kind is Kind.MONEY else pl.col(c)
         for c in FEE_LINES.names
         if c != "setl_id"
     ]

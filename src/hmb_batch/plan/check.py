@@ -63,21 +63,29 @@ def _bracket_problems(path: str, brackets: list[Bracket]) -> list[Problem]:
     for i, b in enumerate(brackets):
         if b.up_to is None and i != len(brackets) - 1:
             out.append(
-                Problem(f"{path}[{i}].up_to", "only the last bracket may be open-ended",
-                        "give this bracket an up_to, or move it last")
+                Problem(
+                    f"{path}[{i}].up_to",
+                    "only the last bracket may be open-ended",
+                    "give this bracket an up_to, or move it last",
+                )
             )
         if b.up_to is not None:
             if b.up_to <= last:
                 out.append(
-                    Problem(f"{path}[{i}].up_to",
-                            "brackets are out of order: up_to must increase",
-                            "list brackets from the lowest band to the highest")
+                    Problem(
+                        f"{path}[{i}].up_to",
+                        "brackets are out of order: up_to must increase",
+                        "list brackets from the lowest band to the highest",
+                    )
                 )
             last = b.up_to
     if brackets and brackets[-1].up_to is not None:
         out.append(
-            Problem(f"{path}[{len(brackets) - 1}]", "the last bracket must be open-ended",
-                    "leave up_to out of the last bracket (use a cap to limit payouts)")
+            Problem(
+                f"{path}[{len(brackets) - 1}]",
+                "the last bracket must be open-ended",
+                "leave up_to out of the last bracket (use a cap to limit payouts)",
+            )
         )
     return out
 
@@ -96,20 +104,31 @@ def semantic_problems(
 
     def component(path: str, name: str, allowed: tuple[str, ...]) -> None:
         if name not in allowed:
-            out.append(Problem(path, f"unknown fee component {name!r}",
-                               f"use one of {', '.join(allowed)}"))
+            out.append(
+                Problem(path, f"unknown fee component {name!r}", f"use one of {', '.join(allowed)}")
+            )
 
     def list_ref(path: str, name: str) -> None:
         if name not in lists:
-            out.append(Problem(path, f"no list called {name!r} is defined in {where}",
-                               "add the list's entries to the lists file or fix the name"))
+            out.append(
+                Problem(
+                    path,
+                    f"no list called {name!r} is defined in {where}",
+                    "add the list's entries to the lists file or fix the name",
+                )
+            )
 
     for cid, cost in costs.items():
         p = f"costs.{cid}"
         if cost.kind == "settlement":
             if cost.start is None:
-                out.append(Problem(f"{p}.start", "a settlement cost needs a start column",
-                                   "e.g. start = \"inscp_amt\""))
+                out.append(
+                    Problem(
+                        f"{p}.start",
+                        "a settlement cost needs a start column",
+                        'e.g. start = "inscp_amt"',
+                    )
+                )
             else:
                 component(f"{p}.start", cost.start, SETTLEMENT_MONEY)
             for i, c in enumerate(cost.less_funds):
@@ -117,15 +136,30 @@ def semantic_problems(
             for i, c in enumerate(cost.less_after):
                 component(f"{p}.less_after[{i}]", c, SETTLEMENT_MONEY)
             if cost.parts or cost.settlement_parts or cost.exclude_lists:
-                out.append(Problem(p, "a settlement cost takes no fee-line parts or lists",
-                                   "use kind = \"fee_lines\" for costs built from fee lines"))
+                out.append(
+                    Problem(
+                        p,
+                        "a settlement cost takes no fee-line parts or lists",
+                        'use kind = "fee_lines" for costs built from fee lines',
+                    )
+                )
         else:
             if not cost.parts and not cost.settlement_parts:
-                out.append(Problem(f"{p}.parts", "a fee-lines cost needs at least one part",
-                                   "add [[costs.ID.parts]] with components = [...]"))
+                out.append(
+                    Problem(
+                        f"{p}.parts",
+                        "a fee-lines cost needs at least one part",
+                        "add [[costs.ID.parts]] with components = [...]",
+                    )
+                )
             if cost.start is not None or cost.less_funds or cost.less_after:
-                out.append(Problem(p, "a fee-lines cost takes no start/less_funds/less_after",
-                                   "use kind = \"settlement\" for those"))
+                out.append(
+                    Problem(
+                        p,
+                        "a fee-lines cost takes no start/less_funds/less_after",
+                        'use kind = "settlement" for those',
+                    )
+                )
             for i, part in enumerate(cost.parts):
                 for j, c in enumerate(part.components):
                     component(f"{p}.parts[{i}].components[{j}]", c, LINE_MONEY)
@@ -136,39 +170,73 @@ def semantic_problems(
             for i, name in enumerate(cost.exclude_lists):
                 list_ref(f"{p}.exclude_lists[{i}]", name)
         if cost.audit_code is not None and cost.audit_code not in REASON_CODES:
-            out.append(Problem(f"{p}.audit_code", f"unknown reason code {cost.audit_code!r}",
-                               "use a code listed by `hmb-batch codes`"))
+            out.append(
+                Problem(
+                    f"{p}.audit_code",
+                    f"unknown reason code {cost.audit_code!r}",
+                    "use a code listed by `hmb-batch codes`",
+                )
+            )
 
     seen: set[str] = set()
     for i, r in enumerate(responsibilities):
         p = f"responsibilities[{i}]"
         if r.id in seen:
-            out.append(Problem(f"{p}.id", f"responsibility id {r.id!r} is used twice",
-                               "give each responsibility its own id"))
+            out.append(
+                Problem(
+                    f"{p}.id",
+                    f"responsibility id {r.id!r} is used twice",
+                    "give each responsibility its own id",
+                )
+            )
         seen.add(r.id)
         for j, t in enumerate(r.terms):
             if costs and t.cost not in costs:
-                out.append(Problem(f"{p}.terms[{j}].cost", f"no cost called {t.cost!r}",
-                                   f"define [costs.{t.cost}] or use one of {sorted(costs)}"))
+                out.append(
+                    Problem(
+                        f"{p}.terms[{j}].cost",
+                        f"no cost called {t.cost!r}",
+                        f"define [costs.{t.cost}] or use one of {sorted(costs)}",
+                    )
+                )
             if t.shared_deductible is not None and t.shared_deductible not in deductibles:
-                out.append(Problem(f"{p}.terms[{j}].shared_deductible",
-                                   f"no deductible pool called {t.shared_deductible!r}",
-                                   "define it under [deductibles]"))
+                out.append(
+                    Problem(
+                        f"{p}.terms[{j}].shared_deductible",
+                        f"no deductible pool called {t.shared_deductible!r}",
+                        "define it under [deductibles]",
+                    )
+                )
         out += _bracket_problems(f"{p}.brackets", r.brackets)
         if r.pre_existing_brackets is not None:
             out += _bracket_problems(f"{p}.pre_existing_brackets", r.pre_existing_brackets)
         if r.consecutive_cap is not None and r.cap is None:
-            out.append(Problem(f"{p}.consecutive_cap", "a consecutive-years cap needs a base cap",
-                               "set cap as well"))
+            out.append(
+                Problem(
+                    f"{p}.consecutive_cap",
+                    "a consecutive-years cap needs a base cap",
+                    "set cap as well",
+                )
+            )
     if el is None:
         return out
     if el.launch_grace_last_day is not None and el.launch_year is None:
-        out.append(Problem("eligibility.launch_grace_last_day", "a grace window needs launch_year",
-                           "set launch_year or remove the window"))
+        out.append(
+            Problem(
+                "eligibility.launch_grace_last_day",
+                "a grace window needs launch_year",
+                "set launch_year or remove the window",
+            )
+        )
     for name, days in el.special_event_windows.items():
         if days < 0:
-            out.append(Problem(f"eligibility.special_event_windows.{name}",
-                               f"window of {days} days is negative", "give days after event_date"))
+            out.append(
+                Problem(
+                    f"eligibility.special_event_windows.{name}",
+                    f"window of {days} days is negative",
+                    "give days after event_date",
+                )
+            )
     return out
 
 
@@ -198,7 +266,11 @@ def check_data(
         problems += semantic_problems(costs or {}, resps, deductibles or {}, el, list_names)
         return None, problems
     return edition, semantic_problems(
-        edition.costs, edition.responsibilities, edition.deductibles, edition.eligibility, list_names
+        edition.costs,
+        edition.responsibilities,
+        edition.deductibles,
+        edition.eligibility,
+        list_names,
     )
 
 

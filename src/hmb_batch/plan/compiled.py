@@ -82,14 +82,24 @@ def _compile_cost(cid: str, cost: Cost) -> CompiledCost:
     in_scope = pl.col("med_type").is_in(cost.med_types) if cost.med_types else pl.lit(True)
     if cost.kind == "settlement":
         assert cost.start is not None
-        after_funds = (pl.col(cost.start) - pl.sum_horizontal([pl.lit(0), *map(pl.col, cost.less_funds)])).clip(
-            lower_bound=0
-        )
+        after_funds = (
+            pl.col(cost.start) - pl.sum_horizontal([pl.lit(0), *map(pl.col, cost.less_funds)])
+        ).clip(lower_bound=0)
         amount = (after_funds - pl.sum_horizontal([pl.lit(0), *map(pl.col, cost.less_after)])).clip(
             lower_bound=0
         )
-        return CompiledCost(cid, cost.label, cost.kind, amount, None, in_scope, frozenset(),
-                            cost.audit_code, None, None)
+        return CompiledCost(
+            cid,
+            cost.label,
+            cost.kind,
+            amount,
+            None,
+            in_scope,
+            frozenset(),
+            cost.audit_code,
+            None,
+            None,
+        )
     excluded = pl.any_horizontal(
         [pl.lit(False), *[pl.col(list_flag(n)) for n in cost.exclude_lists]]
     )
@@ -98,7 +108,9 @@ def _compile_cost(cid: str, cost: Cost) -> CompiledCost:
     for part in cost.parts:
         matches = pl.lit(True)
         if part.list_types:
-            matches = pl.any_horizontal([pl.col("list_type").str.starts_with(p) for p in part.list_types])
+            matches = pl.any_horizontal(
+                [pl.col("list_type").str.starts_with(p) for p in part.list_types]
+            )
         if part.levels:
             matches = matches & pl.col("chrgitm_lv").is_in(part.levels)
         amount = pl.sum_horizontal([pl.col(c) for c in part.components])
@@ -108,13 +120,29 @@ def _compile_cost(cid: str, cost: Cost) -> CompiledCost:
         line_terms.append(pl.when(matches).then(amount).otherwise(0))
     line_amount = pl.when(excluded).then(0).otherwise(pl.sum_horizontal([pl.lit(0), *line_terms]))
     settlement_amount = pl.sum_horizontal(
-        [pl.lit(0), *[half_up(pl.col(sp.component) * sp.factor, RATE_SCALE) for sp in cost.settlement_parts]]
+        [
+            pl.lit(0),
+            *[
+                half_up(pl.col(sp.component) * sp.factor, RATE_SCALE)
+                for sp in cost.settlement_parts
+            ],
+        ]
     )
     lists = set(cost.exclude_lists) | {p.on_list for p in cost.parts if p.on_list}
     not_admitted = (~excluded & pl.any_horizontal(refused)) if refused else None
     excl = excluded if cost.exclude_lists else None
-    return CompiledCost(cid, cost.label, cost.kind, settlement_amount, line_amount, in_scope,
-                        frozenset(lists), cost.audit_code, excl, not_admitted)
+    return CompiledCost(
+        cid,
+        cost.label,
+        cost.kind,
+        settlement_amount,
+        line_amount,
+        in_scope,
+        frozenset(lists),
+        cost.audit_code,
+        excl,
+        not_admitted,
+    )
 
 
 @dataclass(frozen=True)
@@ -164,9 +192,12 @@ class CompiledEdition:
 
         late = pay.dt.offset_by(f"{el.waiting_months}mo")
         start = (
-            pl.when(on_time).then(pl.lit(jan1))
-            .when(event_ok).then(event_start)
-            .when(grace).then(pay + pl.duration(days=1))
+            pl.when(on_time)
+            .then(pl.lit(jan1))
+            .when(event_ok)
+            .then(event_start)
+            .when(grace)
+            .then(pay + pl.duration(days=1))
             .otherwise(late)
         )
         restored = pl.col("basic_restored_date").dt.offset_by(f"{el.restored_waiting_months}mo")

@@ -44,11 +44,11 @@ KNOWN_LISTS = ("negative", "admission", "special_drug")
 
 def _fen(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ValueError(f"expected an amount in yuan such as \"18000.00\", found {value!r}")
+        raise ValueError(f'expected an amount in yuan such as "18000.00", found {value!r}')
     try:
         d = Decimal(str(value))
     except InvalidOperation as exc:
-        raise ValueError(f"expected an amount in yuan such as \"18000.00\", found {value!r}") from exc
+        raise ValueError(f'expected an amount in yuan such as "18000.00", found {value!r}') from exc
     fen = d * 100
     if fen != fen.to_integral_value():
         raise ValueError(f"{value!r} has more than two decimals (amounts are exact to the fen)")
@@ -59,16 +59,16 @@ def _fen(value: object) -> int:
 
 def _ppm(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ValueError(f"expected a rate such as \"0.75\", found {value!r}")
+        raise ValueError(f'expected a rate such as "0.75", found {value!r}')
     try:
         d = Decimal(str(value))
     except InvalidOperation as exc:
-        raise ValueError(f"expected a rate such as \"0.75\", found {value!r}") from exc
+        raise ValueError(f'expected a rate such as "0.75", found {value!r}') from exc
     ppm = d * RATE_SCALE
     if ppm != ppm.to_integral_value():
         raise ValueError(f"{value!r} has more than six decimals")
     if not 0 <= ppm <= RATE_SCALE:
-        raise ValueError(f"rate {value} is outside 0..1 (write 75% as \"0.75\")")
+        raise ValueError(f'rate {value} is outside 0..1 (write 75% as "0.75")')
     return int(ppm)
 
 
@@ -79,7 +79,7 @@ def _month_day(value: object) -> tuple[int, int]:
             return d.month, d.day
         except ValueError:
             pass
-    raise ValueError(f"expected a month and day \"MM-DD\" such as \"12-31\", found {value!r}")
+    raise ValueError(f'expected a month and day "MM-DD" such as "12-31", found {value!r}')
 
 
 Fen = Annotated[int, BeforeValidator(_fen)]
