@@ -86,10 +86,6 @@ def adjudicate(
     plan: Annotated[
         str | None, typer.Option(help="Family (zhelibao), edition id, edition file or folder.")
     ] = None,
-    ledger: Annotated[
-        Path | None,
-        typer.Option(help="Ledger file (not used yet: each run starts the year at zero)."),
-    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
     config: Annotated[
         Path | None, typer.Option(help="Configuration file (default ./hmb.toml).")
