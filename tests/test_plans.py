@@ -107,6 +107,20 @@ def test_family_picks_the_edition_of_each_plan_year(ex: Extract, tmp_path: Path)
     )
 
 
+def test_january_reversal_of_a_december_settlement_counts_in_the_old_year(
+    ex: Extract, tmp_path: Path
+) -> None:
+    ex.member("M1", plan_year=2022)
+    ex.member("M1", plan_year=2023)
+    ex.claim("DEC", "M1", "2022-12-30 10:00:00", reasonable="28000")
+    ex.claim("JAN", "M1", "2023-01-02 10:00:00", reasonable="28000")
+    ex.reversal("RDEC", "DEC", "M1", "2023-01-03 10:00:00")
+    p = adjudicate(ex, tmp_path)
+    r = row(p, "RDEC")
+    assert (r["plan_year"], r["edition"], r["payout_amt"]) == (2022, "zhelibao-2022", yuan("-7500"))
+    assert row(p, "JAN")["cum_payout_amt"] == yuan("7500")  # 2023 untouched
+
+
 def test_one_edition_applied_to_another_year(ex: Extract, tmp_path: Path) -> None:
     # an analyst tries the 2023 rules on 2022 data
     ex.member("M1", plan_year=2022)

@@ -55,6 +55,14 @@ ELIGIBILITY: list[tuple[str, int, dict[str, Any] | None, str, str | None, list[s
         [],
     ),
     (
+        "paid 31 Aug: + 6 months = 28 Feb of next year",
+        2022,
+        {"pay_date": "2022-08-31"},
+        "2022-12-31 08:00:00",
+        None,
+        ["WAITING_PERIOD"],
+    ),
+    (
         "paid in Jan of a year that is not the launch year",
         2022,
         {"pay_date": "2022-01-01"},
