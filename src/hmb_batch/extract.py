@@ -30,7 +30,7 @@ from hmb_batch.money import fen_from
 
 ROW = "_row"  # 1-based data row in its file (the header is not counted)
 FILE = "_file"
-ERRORS = "_errors"  # list[str]: what could not be read in this row
+ERRORS = "_errors"  # list[str] of what could not be read in this row; null when all is well
 WIDE_PREFIX = "setl_"
 _RAW = "__raw_"
 # settlement columns whose names fee lines use too: prefixed with setl_ in a wide file
@@ -181,12 +181,18 @@ def _typed_column(name: str, kind: Kind, dtype: pl.DataType, src: str) -> pl.Exp
     ).alias(name)
 
 
+def _unreadable(name: str, src: str, required: bool) -> pl.Expr:
+    """True where a value is present but unreadable, or a required value is empty."""
+    present = pl.col(src).cast(pl.String).str.strip_chars().str.len_chars() > 0
+    return ((present.fill_null(False) | required) & pl.col(name).is_null()).fill_null(False)
+
+
 def _error_expr(name: str, kind: Kind, src: str, required: bool) -> pl.Expr:
     """A message where a value is present but unreadable, or a required value is empty."""
     raw_text = pl.col(src).cast(pl.String)
     present = raw_text.str.strip_chars().str.len_chars() > 0
     found = pl.when(present).then(pl.format("'{}'", raw_text)).otherwise(pl.lit("nothing"))
-    bad = (present | required) & pl.col(name).is_null()
+    bad = _unreadable(name, src, required)
     message = pl.format(
         "{} row {}: column {}: expected {}, found {}",
         pl.col(FILE),
@@ -227,25 +233,28 @@ def type_table(
         raise SchemaError(file_label or "input", contract.table, shown, found)
     typed: list[pl.Expr] = []
     raws: list[pl.Expr] = []
+    bad: list[pl.Expr] = []
     errors: list[pl.Expr] = []
     for col in contract.columns:
         if col.name in mapping:
             src = mapping[col.name]
             typed.append(_typed_column(col.name, col.kind, schema[src], src))
             raws.append(pl.col(src).alias(_RAW + col.name))
+            bad.append(_unreadable(col.name, _RAW + col.name, col.required))
             errors.append(_error_expr(col.name, col.kind, _RAW + col.name, col.required))
         elif col.kind is Kind.MONEY and not col.required:
             typed.append(pl.lit(0, pl.Int64).alias(col.name))
         else:
             typed.append(pl.lit(None, _DTYPES[col.kind]).alias(col.name))
-    error_list = (
-        pl.concat_list(errors).list.drop_nulls() if errors else pl.lit([], pl.List(pl.String))
+    base = raw.select(*typed, *raws, pl.col(ROW), pl.col(FILE))
+    if not errors:
+        return base.with_columns(pl.lit(None, pl.List(pl.String)).alias(ERRORS))
+    # Messages are formatted only for the few rows with a problem: formatting a string per
+    # row and column for millions of good rows would cost more than the whole adjudication.
+    messages = base.filter(pl.any_horizontal(bad)).select(
+        pl.col(ROW), pl.concat_list(errors).list.drop_nulls().alias(ERRORS)
     )
-    return (
-        raw.select(*typed, *raws, pl.col(ROW), pl.col(FILE))
-        .with_columns(error_list.alias(ERRORS))
-        .drop([_RAW + n for n in mapping])
-    )
+    return base.drop([_RAW + n for n in mapping]).join(messages, on=ROW, how="left")
 
 
 def read_table(

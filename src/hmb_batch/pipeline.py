@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
@@ -69,7 +69,7 @@ class AdjudicatedBatch:
 
     result: Adjudication
     fee_lines: pl.LazyFrame
-    validation_quarantine: pl.LazyFrame
+    validation_quarantine: pl.DataFrame
     batch_id: str
     shape: str
     editions: list[str]
@@ -87,12 +87,37 @@ def adjudicate_batch(inputs: BatchInputs) -> AdjudicatedBatch:
     list_names = sorted(lists["list"].unique().to_list())
     plan = select_plan(inputs.plan, list_names)
     extract = read_extract(inputs.extract, inputs.fees, column_map=cmap, encoding=inputs.encoding)
+    # Parse the files once; validation and the engine then work on the typed frames in memory.
+    # (Bounded-memory streaming for province-scale extracts is issue 5.)
+    typed_settlements, typed_lines = pl.collect_all([extract.settlements, extract.fee_lines])
+    extract = replace(extract, settlements=typed_settlements.lazy(), fee_lines=typed_lines.lazy())
     checked = validate(extract)
     batch_id = inputs.batch_id or default_batch_id(inputs)
-    settlements = checked.settlements.with_columns(
-        pl.lit(0, pl.Int64).alias("batch_seq"), pl.lit(batch_id).alias("batch_id")
-    ).collect()
-    fee_lines = checked.fee_lines.with_columns(pl.lit(0, pl.Int64).alias("batch_seq"))
+    # One pass over the inputs computes every validated table together (shared sub-plans);
+    # the engine then reads them from memory instead of re-running validation per output.
+    settlements, fee_lines_df, quarantine, counts = pl.collect_all(
+        [
+            checked.settlements.with_columns(
+                pl.lit(0, pl.Int64).alias("batch_seq"), pl.lit(batch_id).alias("batch_id")
+            ),
+            checked.fee_lines.with_columns(pl.lit(0, pl.Int64).alias("batch_seq")),
+            checked.quarantine,
+            pl.concat(
+                [
+                    extract.settlements.select(pl.len().cast(pl.Int64).alias("n")),
+                    extract.fee_lines.select(pl.len().cast(pl.Int64).alias("n")),
+                    checked.repeats.select(pl.col("dropped").sum().cast(pl.Int64).alias("n")),
+                    checked.repeated_lines.select(
+                        pl.col("dropped").sum().cast(pl.Int64).alias("n")
+                    ),
+                ]
+            ),
+        ]
+    )
+    fee_lines = fee_lines_df.lazy()
+    n_settlements, n_lines, n_repeats, n_repeated_lines = (
+        int(x or 0) for x in counts["n"].to_list()
+    )
     years = plan_years(settlements, None)
     uncovered = [y for y in years if plan.for_year(y) is None]
     if uncovered and len(uncovered) == len(years):
@@ -104,21 +129,17 @@ def adjudicate_batch(inputs: BatchInputs) -> AdjudicatedBatch:
     result = adjudicate(
         settlements.lazy(), fee_lines, roster.lazy(), lists.lazy(), plan, years=years
     )
-
-    def count(lf: pl.LazyFrame, expr: pl.Expr) -> int:
-        return int(lf.select(expr).collect().item() or 0)
-
     return AdjudicatedBatch(
         result=result,
         fee_lines=fee_lines,
-        validation_quarantine=checked.quarantine,
+        validation_quarantine=quarantine,
         batch_id=batch_id,
         shape=extract.shape,
         editions=sorted({e.id for y in years if (e := plan.for_year(y)) is not None}),
-        settlements_in=count(extract.settlements, pl.len()),
-        fee_lines_in=count(extract.fee_lines, pl.len()),
-        identical_repeats=count(checked.repeats, pl.col("dropped").sum()),
-        repeated_fee_lines=count(checked.repeated_lines, pl.col("dropped").sum()),
+        settlements_in=n_settlements,
+        fee_lines_in=n_lines,
+        identical_repeats=n_repeats,
+        repeated_fee_lines=n_repeated_lines,
     )
 
 
@@ -126,11 +147,13 @@ def run_batch(inputs: BatchInputs, out_dir: Path, *, csv: bool = False) -> Batch
     """Adjudicate one batch and write its files into ``out_dir``."""
     batch = adjudicate_batch(inputs)
     result = batch.result
-    payouts = result.payouts.collect()
-    engine_q = result.quarantine
+    payouts, engine_q_df, lines_audit = pl.collect_all(
+        [result.payouts, result.quarantine, result.lines]
+    )
+    engine_q = engine_q_df.lazy()
     quarantine = pl.concat(
         [
-            batch.validation_quarantine.collect(),
+            batch.validation_quarantine,
             quarantine_frame(
                 engine_q,
                 batch.fee_lines.join(
@@ -159,7 +182,7 @@ def run_batch(inputs: BatchInputs, out_dir: Path, *, csv: bool = False) -> Batch
     }
     write_parquet(payout_file, files["payouts"])
     write_parquet(quarantine, files["quarantine"])
-    write_parquet(lines_frame(result.lines.collect()), files["lines"])
+    write_parquet(lines_frame(lines_audit), files["lines"])
     if csv:
         files["payouts_csv"] = out_dir / "payouts.csv"
         write_csv(payout_file, files["payouts_csv"])

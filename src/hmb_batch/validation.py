@@ -61,13 +61,28 @@ def _yuan(expr: pl.Expr) -> pl.Expr:
     return to_decimal(expr).cast(pl.String)
 
 
-def _line_messages(lines: pl.LazyFrame, reversal_ids: pl.LazyFrame) -> pl.LazyFrame:
-    """Per line: BAD_VALUE and AMOUNT_IDENTITY messages."""
+def _line_checks(lines: pl.LazyFrame, reversal_ids: pl.LazyFrame) -> pl.LazyFrame:
+    """Per line, cheap boolean checks: unreadable or negative values, broken identity."""
     money = FEE_LINES.of_kind(Kind.MONEY)
     total = pl.sum_horizontal(*[pl.col(c) for c in LINE_COMPONENTS])
-    neg = [
+    negative = pl.any_horizontal([(pl.col(c) < 0).fill_null(False) for c in money])
+    return (
+        lines.join(reversal_ids, on="setl_id", how="left")
+        .with_columns(pl.col(IS_REVERSAL).fill_null(False))
+        .with_columns(
+            (pl.col(ERRORS).is_not_null() | (negative & ~pl.col(IS_REVERSAL))).alias("_l_bad"),
+            (total != pl.col("det_item_fee_sumamt")).fill_null(False).alias("_l_identity"),
+        )
+    )
+
+
+def _line_messages(lines: pl.LazyFrame) -> pl.LazyFrame:
+    """Messages for lines with a problem (call on the few rejected lines only)."""
+    money = FEE_LINES.of_kind(Kind.MONEY)
+    total = pl.sum_horizontal(*[pl.col(c) for c in LINE_COMPONENTS])
+    negative = [
         _where(
-            pl.col(c) < 0,
+            ~pl.col(IS_REVERSAL) & (pl.col(c) < 0),
             pl.format(
                 "{}: fee line {} column {}: expected an amount >= 0 outside a reversal, found {}",
                 _at(),
@@ -78,93 +93,134 @@ def _line_messages(lines: pl.LazyFrame, reversal_ids: pl.LazyFrame) -> pl.LazyFr
         )
         for c in money
     ]
+    identity = _where(
+        pl.col("_l_identity"),
+        pl.format(
+            "{}: fee line {}: det_item_fee_sumamt {} but its components add up to {}",
+            _at(),
+            pl.col("feedetl_sn"),
+            _yuan(pl.col("det_item_fee_sumamt")),
+            _yuan(total),
+        ),
+    )
+    conflict = _where(
+        pl.col("_variants") > 1,
+        pl.format(
+            "{}: fee line {} appears {} times with different content",
+            _at(),
+            pl.col("feedetl_sn"),
+            pl.col("_copies"),
+        ),
+    )
     return (
-        lines.join(reversal_ids, on="setl_id", how="left")
-        .with_columns(pl.col(IS_REVERSAL).fill_null(False))
+        lines.filter(pl.col("_l_bad") | pl.col("_l_identity") | (pl.col("_variants") > 1))
         .with_columns(
-            pl.concat_list(
-                pl.col(ERRORS),
-                *[pl.when(~pl.col(IS_REVERSAL)).then(m) for m in neg],
-            )
-            .list.drop_nulls()
-            .alias("_bad_value"),
-            _where(
-                total != pl.col("det_item_fee_sumamt"),
-                pl.format(
-                    "{}: fee line {}: det_item_fee_sumamt {} but its components add up to {}",
-                    _at(),
-                    pl.col("feedetl_sn"),
-                    _yuan(pl.col("det_item_fee_sumamt")),
-                    _yuan(total),
-                ),
-            ).alias("_identity"),
+            pl.concat_list(pl.col(ERRORS).fill_null([]), *negative).list.drop_nulls().alias("_bv"),
+            pl.concat_list(identity).list.drop_nulls().alias("_id"),
+            pl.concat_list(conflict).list.drop_nulls().alias("_cf"),
+        )
+        .group_by("setl_id")
+        .agg(
+            pl.col("_bv").list.explode(keep_nulls=False, empty_as_null=False).alias("_line_bv"),
+            pl.col("_id").list.explode(keep_nulls=False, empty_as_null=False).alias("_line_id"),
+            pl.col("_cf")
+            .list.explode(keep_nulls=False, empty_as_null=False)
+            .unique(maintain_order=True)
+            .alias("_line_cf"),
         )
     )
 
 
+def _duplicates(frame: pl.LazyFrame, key: list[str], content: list[str]) -> pl.LazyFrame:
+    """Add ``_copies`` and ``_variants`` (distinct contents) per key; cheap when keys are unique."""
+    dup = pl.struct(key).is_duplicated()
+    counted = (
+        frame.filter(dup)
+        .group_by(key)
+        .agg(pl.len().alias("_copies"), pl.struct(content).n_unique().alias("_variants"))
+    )
+    return frame.join(counted, on=key, how="left").with_columns(
+        pl.col("_copies").fill_null(1), pl.col("_variants").fill_null(1)
+    )
+
+
+def _first_copy(key: list[str]) -> pl.Expr:
+    """Keep one copy of an identical repeat; every copy of a conflicting one."""
+    return (pl.col("_variants") > 1) | (pl.col("_copies") == 1) | pl.struct(key).is_first_distinct()
+
+
 def validate(extract: Extract) -> ValidatedBatch:
-    """Give every settlement and fee line of a batch a verdict."""
-    content = SETTLEMENTS.names
+    """Give every settlement and fee line of a batch a verdict.
+
+    Two phases: cheap boolean checks on every row decide the verdicts; messages are then
+    formatted for the rejected settlements only.
+    """
     s = extract.settlements.with_columns(
         (pl.col("refd_setl_flag") == "1").fill_null(False).alias(IS_REVERSAL)
     )
     reversal_ids = s.filter(pl.col(IS_REVERSAL)).select("setl_id", IS_REVERSAL).unique("setl_id")
 
-    # --- fee lines: duplicates, per-line problems, then per settlement -----------------------
-    line_content = FEE_LINES.names
-    lines = extract.fee_lines.with_columns(
-        pl.len().over("setl_id", "feedetl_sn").alias("_copies"),
-        pl.struct(line_content).n_unique().over("setl_id", "feedetl_sn").alias("_variants"),
-    )
+    # --- fee lines -------------------------------------------------------------------------
+    line_key = ["setl_id", "feedetl_sn"]
+    lines = _duplicates(extract.fee_lines, line_key, FEE_LINES.names)
     repeated_lines = (
         lines.filter((pl.col("_copies") > 1) & (pl.col("_variants") == 1))
-        .group_by("setl_id", "feedetl_sn")
+        .group_by(line_key)
         .agg((pl.len() - 1).alias("dropped"))
     )
-    lines = lines.filter(
-        (pl.col("_variants") > 1) | (pl.int_range(pl.len()).over("setl_id", "feedetl_sn") == 0)
-    )
-    lines = _line_messages(lines, reversal_ids)
-    per_settlement_lines = lines.group_by("setl_id").agg(
+    lines = _line_checks(lines.filter(_first_copy(line_key)), reversal_ids)
+    per_settlement = lines.group_by("setl_id").agg(
         pl.len().alias("_n_lines"),
         *[pl.col(c).sum().alias(f"_lines_{c}") for c in LINE_COMPONENTS],
-        pl.col("_bad_value")
-        .list.explode(keep_nulls=False, empty_as_null=False)
-        .alias("_line_bad_value"),
-        pl.col("_identity").drop_nulls().alias("_line_identity"),
-        pl.when(pl.col("_variants") > 1)
-        .then(
-            pl.format(
-                "{}: fee line {} appears {} times with different content",
-                _at(),
-                pl.col("feedetl_sn"),
-                pl.col("_copies"),
-            )
-        )
-        .drop_nulls()
-        .unique(maintain_order=True)
-        .alias("_line_conflict"),
+        pl.col("_l_bad").any().alias("_any_line_bad"),
+        pl.col("_l_identity").any().alias("_any_line_identity"),
+        (pl.col("_variants") > 1).any().alias("_any_line_conflict"),
     )
 
-    # --- settlements -----------------------------------------------------------------------
-    s = s.with_columns(
-        pl.len().over("setl_id").alias("_copies"),
-        pl.struct(content).n_unique().over("setl_id").alias("_variants"),
-    )
+    # --- settlements: checks as booleans ---------------------------------------------------
+    s = _duplicates(s, ["setl_id"], SETTLEMENTS.names)
     repeats = (
         s.filter((pl.col("_copies") > 1) & (pl.col("_variants") == 1))
         .group_by("setl_id")
         .agg((pl.len() - 1).alias("dropped"))
     )
-    s = s.filter((pl.col("_variants") > 1) | (pl.int_range(pl.len()).over("setl_id") == 0)).join(
-        per_settlement_lines, on="setl_id", how="left"
-    )
-
+    s = s.filter(_first_copy(["setl_id"])).join(per_settlement, on="setl_id", how="left")
     money = SETTLEMENTS.of_kind(Kind.MONEY)
     total = pl.sum_horizontal(*[pl.col(c) for c in SETTLEMENT_COMPONENTS])
     flag_ok = pl.col("refd_setl_flag").is_null() | pl.col("refd_setl_flag").is_in(["0", "1"])
+    negative = pl.any_horizontal([(pl.col(c) < 0).fill_null(False) for c in money])
+    has_lines = pl.col("_n_lines").fill_null(0) > 0
+    header_mismatch = pl.any_horizontal(
+        [
+            (pl.col(sc) != pl.col(f"_lines_{lc}")).fill_null(False)
+            for sc, lc in COMPONENT_PAIRS.items()
+        ]
+    )
+    checks = {
+        "BAD_VALUE": pl.col(ERRORS).is_not_null()
+        | (negative & ~pl.col(IS_REVERSAL))
+        | ~flag_ok
+        | (pl.col(IS_REVERSAL) & pl.col("init_setl_id").is_null())
+        | pl.col("_any_line_bad").fill_null(False),
+        "AMOUNT_IDENTITY": (total != pl.col("medfee_sumamt")).fill_null(False)
+        | pl.col("_any_line_identity").fill_null(False),
+        "HEADER_LINE_MISMATCH": has_lines & header_mismatch,
+        "MISSING_FEE_LINES": ~pl.col(IS_REVERSAL) & ~has_lines,
+        "CONFLICTING_DUPLICATE": (pl.col("_variants") > 1)
+        | pl.col("_any_line_conflict").fill_null(False),
+    }
+    reasons = pl.concat_list(
+        *[pl.when(check).then(pl.lit(code)) for code, check in checks.items()]
+    ).list.drop_nulls()
+    rejected_any = pl.any_horizontal(list(checks.values()))
+    s = s.with_columns(rejected_any.alias("_rejected"))
+    accepted = s.filter(~pl.col("_rejected")).drop(_scratch(s), ERRORS)
+
+    # --- messages, for the rejected only ---------------------------------------------------
+    rejected = s.filter(pl.col("_rejected")).with_columns(reasons.alias(REASONS))
+    rejected = rejected.join(_line_messages(lines), on="setl_id", how="left")
     bad_value = pl.concat_list(
-        pl.col(ERRORS),
+        pl.col(ERRORS).fill_null([]),
         *[
             _where(
                 ~pl.col(IS_REVERSAL) & (pl.col(c) < 0),
@@ -193,8 +249,8 @@ def validate(extract: Extract) -> ValidatedBatch:
                 _at(),
             ),
         ),
-        pl.col("_line_bad_value").fill_null([]),
-    ).list.drop_nulls()
+        pl.col("_line_bv").fill_null([]),
+    )
     identity = pl.concat_list(
         _where(
             total != pl.col("medfee_sumamt"),
@@ -206,9 +262,8 @@ def validate(extract: Extract) -> ValidatedBatch:
                 _yuan(total),
             ),
         ),
-        pl.col("_line_identity").fill_null([]),
-    ).list.drop_nulls()
-    has_lines = pl.col("_n_lines").fill_null(0) > 0
+        pl.col("_line_id").fill_null([]),
+    )
     mismatch = pl.concat_list(
         *[
             _where(
@@ -224,7 +279,11 @@ def validate(extract: Extract) -> ValidatedBatch:
             )
             for sc, lc in COMPONENT_PAIRS.items()
         ]
-    ).list.drop_nulls()
+    )
+    missing = _where(
+        ~pl.col(IS_REVERSAL) & ~has_lines,
+        pl.format("setl_id {}: a settlement without fee lines", pl.col("setl_id")),
+    )
     conflict = pl.concat_list(
         _where(
             pl.col("_variants") > 1,
@@ -235,24 +294,9 @@ def validate(extract: Extract) -> ValidatedBatch:
                 pl.col("_copies"),
             ),
         ),
-        pl.col("_line_conflict").fill_null([]),
-    ).list.drop_nulls()
-    missing = _where(
-        ~pl.col(IS_REVERSAL) & ~has_lines,
-        pl.format("setl_id {}: a settlement without fee lines", pl.col("setl_id")),
+        pl.col("_line_cf").fill_null([]),
     )
-    checks = {
-        "BAD_VALUE": bad_value,
-        "AMOUNT_IDENTITY": identity,
-        "HEADER_LINE_MISMATCH": mismatch,
-        "MISSING_FEE_LINES": pl.concat_list(missing).list.drop_nulls(),
-        "CONFLICTING_DUPLICATE": conflict,
-    }
-    s = s.with_columns(**{f"_m_{k}": v for k, v in checks.items()})
-    reasons = pl.concat_list(
-        *[pl.when(pl.col(f"_m_{k}").list.len() > 0).then(pl.lit(k)) for k in checks]
-    ).list.drop_nulls()
-    messages = pl.concat_list(*[pl.col(f"_m_{k}") for k in checks])
+    messages = pl.concat_list(bad_value, identity, mismatch, missing, conflict).list.drop_nulls()
     detail = (
         pl.when(messages.list.len() > _DETAIL_LIMIT)
         .then(
@@ -264,15 +308,12 @@ def validate(extract: Extract) -> ValidatedBatch:
         )
         .otherwise(messages.list.join("; "))
     )
-    s = s.with_columns(reasons.alias(REASONS), detail.alias(DETAIL))
-    scratch = [c for c in s.collect_schema().names() if c.startswith("_") and c not in (ROW, FILE)]
-    s = s.drop(scratch)
+    rejected = rejected.with_columns(detail.alias(DETAIL))
+    rejected = rejected.drop(_scratch(rejected), ERRORS)
 
-    rejected = s.filter(pl.col(REASONS).list.len() > 0)
-    accepted = s.filter(pl.col(REASONS).list.len() == 0).drop(REASONS, DETAIL)
     rejected_ids = rejected.select("setl_id", REASONS, DETAIL).unique("setl_id")
-    lines = lines.select(*line_content, ROW, FILE)
-    known = s.select("setl_id").unique()
+    lines = lines.select(*FEE_LINES.names, ROW, FILE)
+    known = extract.settlements.select("setl_id").unique()
     orphan_lines = lines.join(known, on="setl_id", how="anti").with_columns(
         pl.lit(["ORPHAN_FEE_LINES"]).alias(REASONS),
         pl.format(
@@ -296,6 +337,14 @@ def validate(extract: Extract) -> ValidatedBatch:
         repeats=repeats,
         repeated_lines=repeated_lines,
     )
+
+
+def _scratch(frame: pl.LazyFrame) -> list[str]:
+    return [
+        c
+        for c in frame.collect_schema().names()
+        if c.startswith("_") and c not in (ROW, FILE, ERRORS)
+    ]
 
 
 def quarantine_frame(settlements: pl.LazyFrame, fee_lines: pl.LazyFrame) -> pl.LazyFrame:
