@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 from typing import Any
 
 import polars as pl
@@ -127,7 +128,12 @@ amounts = st.tuples(
     st.one_of(st.just(0), st.integers(0, 3_000_000), st.integers(0, 120_000_000)),
 )
 years = st.lists(amounts, min_size=1, max_size=8)
-SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Each example runs the whole engine a few times; HMB_PROPERTY_EXAMPLES=200 for a deeper search.
+SETTINGS = settings(
+    max_examples=int(os.environ.get("HMB_PROPERTY_EXAMPLES", "15")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def _b(p_fen: int) -> int:
