@@ -422,6 +422,7 @@ def test_reversals_in_the_same_run(ex: Extract, tmp_path: Path) -> None:
     ex.reversal("R1B", "S1", "M1", "2022-05-02 10:00:00")  # second reversal of S1
     ex.reversal("R9", "NOPE", "M1", "2022-05-03 10:00:00")  # unknown original
     ex.reversal("R2", "S3", "M1", "2022-05-04 10:00:00")  # original comes later
+    ex.reversal("R3", "S2", "M2", "2022-05-05 10:00:00")  # another member's settlement
     ex.claim("S3", "M1", "2022-06-01 10:00:00", reasonable="1000")
     files_out = adjudicate(ex, tmp_path)
     r1 = row(files_out, "R1")
@@ -439,5 +440,8 @@ def test_reversals_in_the_same_run(ex: Extract, tmp_path: Path) -> None:
         "R1B": ["DUPLICATE_REVERSAL"],
         "R9": ["ORPHAN_REVERSAL"],
         "R2": ["ORPHAN_REVERSAL"],
+        "R3": ["ORPHAN_REVERSAL"],
     }
+    detail = q.filter(pl.col("setl_id") == "R3")["detail"][0]
+    assert "belongs to member M1" in detail
     assert files_out.filter(pl.col("status") == "reversal")["setl_id"].to_list() == ["R1"]

@@ -194,18 +194,35 @@ def _sequence(
             )
         )
     )
-    valid = found & (~pl.col("_orig_in_run") | precedes).fill_null(False)
+    same_member = (pl.col("psn_no") == pl.col("_rev_psn_no")).fill_null(False)
+    valid = found & same_member & (~pl.col("_orig_in_run") | precedes).fill_null(False)
     orphan = reversals.filter(~valid)
     reversals = reversals.filter(valid).drop("_rev_psn_no")
     quarantine.append(
         _quarantined(
-            orphan.drop("psn_no", "plan_year").rename({"_rev_psn_no": "psn_no"}),
+            orphan.drop("plan_year")
+            .rename({"psn_no": "_orig_member"})
+            .rename({"_rev_psn_no": "psn_no"}),
             "ORPHAN_REVERSAL",
-            pl.format(
-                "reversal {} names init_setl_id {}, which was never adjudicated "
-                "(or comes after the reversal)",
-                pl.col("setl_id"),
-                pl.col("init_setl_id"),
+            pl.when(
+                pl.col("_orig_member").is_not_null() & (pl.col("_orig_member") != pl.col("psn_no"))
+            )
+            .then(
+                pl.format(
+                    "reversal {} of member {} names init_setl_id {}, which belongs to member {}",
+                    pl.col("setl_id"),
+                    pl.col("psn_no"),
+                    pl.col("init_setl_id"),
+                    pl.col("_orig_member"),
+                )
+            )
+            .otherwise(
+                pl.format(
+                    "reversal {} names init_setl_id {}, which was never adjudicated "
+                    "(or comes after the reversal)",
+                    pl.col("setl_id"),
+                    pl.col("init_setl_id"),
+                )
             ),
         )
     )
@@ -223,8 +240,8 @@ def _sequence(
             ),
         )
     )
-    scratch = ["_o_batch", "_o_time", "_orig_reversed", "_orig_in_run"]
-    reversals = reversals.filter(~duplicate).drop(scratch)
+    scratch = ["_o_batch", "_o_time", "_orig_reversed", "_orig_in_run", "_orig_member"]
+    reversals = reversals.filter(~duplicate).drop(scratch, strict=False)
     q = pl.concat(
         [f.drop(scratch, strict=False) for f in quarantine],
         how="diagonal_relaxed",
