@@ -37,6 +37,33 @@ plan_app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(plan_app, name="plan")
+ledger_app = typer.Typer(
+    help=(
+        "The ledger: status, batches, a member's statement, revert the last batch.\n\n"
+        "Example:\n\n  hmb-batch ledger member P20220000016 --ledger ledger.duckdb --year 2022"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(ledger_app, name="ledger")
+
+LedgerOption = Annotated[
+    Path | None,
+    typer.Option("--ledger", help="Ledger file (default: adjudicate.ledger in hmb.toml)."),
+]
+ConfigOption = Annotated[Path | None, typer.Option(help="Configuration file (default ./hmb.toml).")]
+WaitOption = Annotated[float, typer.Option(help="Seconds to wait for a running batch.")]
+
+
+def _ledger_path(ledger: Path | None, config: Path | None) -> Path:
+    cfg = load_config(config)
+    path = ledger or cfg.path(cfg.adjudicate.ledger)
+    if path is None:
+        raise ConfigError("--ledger is required (or set adjudicate.ledger in hmb.toml)")
+    if not path.exists():
+        raise ConfigError(f"{path}: no such ledger (adjudicate --ledger creates one)")
+    return path
+
 
 out = Console()
 err = Console(stderr=True)
@@ -70,15 +97,32 @@ def main_callback(
 )
 def adjudicate(
     extract: Annotated[
-        Path,
+        str,
         typer.Argument(
             help=(
                 "Settlements file (CSV or Parquet), or one wide file of fee lines carrying "
-                "their settlement's columns."
+                "their settlement's columns; or a folder or a quoted glob of such files, read "
+                "as one batch."
             )
         ),
     ],
-    fees: Annotated[Path | None, typer.Option(help="Fee-lines file (two-file extracts).")] = None,
+    fees: Annotated[
+        str | None, typer.Option(help="Fee-lines file, folder or glob (two-file extracts).")
+    ] = None,
+    ledger: Annotated[
+        Path | None,
+        typer.Option(help="Ledger (DuckDB file) carrying the year to date between batches."),
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for another run holding the ledger.")
+    ] = 30.0,
+    allow_out_of_order: Annotated[
+        bool,
+        typer.Option(
+            "--allow-out-of-order",
+            help="Apply a batch older than the ledger's latest (taken after it).",
+        ),
+    ] = False,
     roster: Annotated[Path | None, typer.Option(help="Roster (参保名单).")] = None,
     lists: Annotated[
         Path | None, typer.Option(help="Negative/admission/special-drug lists.")
@@ -124,7 +168,14 @@ def adjudicate(
             batch_id=batch_id,
         )
         target = out_dir or cfg.path(d.out) or Path("out")
-        result = run_batch(inputs, target, csv=csv)
+        result = run_batch(
+            inputs,
+            target,
+            csv=csv,
+            ledger_path=ledger or cfg.path(d.ledger),
+            wait=wait,
+            allow_out_of_order=allow_out_of_order,
+        )
     except HmbError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -132,12 +183,18 @@ def adjudicate(
             json.dumps(
                 {
                     "summary": result.summary.to_json(),
+                    "replayed": result.replayed,
                     "files": {k: str(v) for k, v in result.files.items()},
                 },
                 ensure_ascii=False,
             )
         )
     elif not quiet:
+        if result.replayed:
+            out.print(
+                f"batch {result.summary.batch_id} was applied before with the same inputs and "
+                "plan editions: the ledger is unchanged; its files were written again."
+            )
         render.batch_summary(out, result.summary, {k: str(v) for k, v in result.files.items()})
 
 
@@ -237,6 +294,81 @@ def plan_check(
         raise typer.Exit(int(ExitCode.CONFIG))
     assert e is not None
     out.print(f"{file}: ok — {e.id} ({e.plan_name}), {len(e.responsibilities)} responsibilities")
+
+
+@ledger_app.command("status", epilog="Example: hmb-batch ledger status --ledger ledger.duckdb")
+def ledger_status(
+    ledger: LedgerOption = None, config: ConfigOption = None, wait: WaitOption = 30.0
+) -> None:
+    """Batches, plan years, members and totals in the ledger."""
+    from hmb_batch.ledger import open_ledger
+
+    try:
+        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
+            render.ledger_status(out, lg.batches(), lg.state())
+    except HmbError as exc:
+        raise _fail(exc) from None
+
+
+@ledger_app.command("batches", epilog="Example: hmb-batch ledger batches --ledger ledger.duckdb")
+def ledger_batches(
+    ledger: LedgerOption = None, config: ConfigOption = None, wait: WaitOption = 30.0
+) -> None:
+    """Every batch applied (or reverted), in order."""
+    from hmb_batch.ledger import open_ledger
+
+    try:
+        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
+            render.ledger_batches(out, lg.batches())
+    except HmbError as exc:
+        raise _fail(exc) from None
+
+
+@ledger_app.command(
+    "member", epilog="Example: hmb-batch ledger member P20220000016 --year 2022 --ledger l.duckdb"
+)
+def ledger_member(
+    psn_no: Annotated[str, typer.Argument(help="Member id (psn_no).")],
+    year: Annotated[int | None, typer.Option(help="Plan year (default: all).")] = None,
+    ledger: LedgerOption = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+) -> None:
+    """A member's statement: each settlement, its increments, year to date and payout."""
+    from hmb_batch.ledger import open_ledger
+
+    try:
+        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
+            statement = lg.member_statement(psn_no, year)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    if statement.height == 0:
+        err.print(f"no settlements for member {psn_no}" + (f" in {year}" if year else ""))
+        raise typer.Exit(1)
+    render.member_statement(out, psn_no, statement)
+
+
+@ledger_app.command(
+    "revert", epilog="Example: hmb-batch ledger revert day-0305-1a2b3c --ledger l.duckdb"
+)
+def ledger_revert(
+    batch_id: Annotated[str, typer.Argument(help="The most recent batch's id.")],
+    ledger: LedgerOption = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+) -> None:
+    """Undo the most recent batch exactly (accumulators, registry; payouts marked reverted)."""
+    from hmb_batch.ledger import open_ledger
+
+    try:
+        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
+            record = lg.revert(batch_id)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    out.print(
+        f"reverted batch {record.batch_id} (seq {record.seq}): {record.adjudicated:,} "
+        "settlements removed from the ledger, their payouts marked reverted"
+    )
 
 
 def main() -> None:

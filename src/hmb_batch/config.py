@@ -40,6 +40,7 @@ class AdjudicateDefaults(BaseModel):
     roster: Path | None = None
     lists: Path | None = None
     plan: str = "zhelibao"
+    ledger: Path | None = None
     out: Path = Path("out")
     encoding: str = "utf-8"
 

@@ -17,6 +17,7 @@ class ExitCode(IntEnum):
     RECONCILIATION = 6  # a balancing identity failed; nothing was applied
     LEDGER_BUSY = 7  # another hmb-batch holds the ledger
     REFERENCE_INVALID = 8  # the roster or the lists file has bad rows; nothing was written
+    LEDGER_REFUSED = 9  # the ledger refuses: out-of-order batch, revert of an older batch, ...
 
 
 class HmbError(Exception):

@@ -18,7 +18,7 @@ import atexit
 import codecs
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -270,37 +270,63 @@ def read_table(
     )
 
 
+def _paths(spec: Path | Sequence[Path]) -> list[Path]:
+    return [spec] if isinstance(spec, Path) else list(spec)
+
+
+def _concat(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
+
+
 def read_extract(
-    extract: Path,
-    fees: Path | None = None,
+    extract: Path | Sequence[Path],
+    fees: Path | Sequence[Path] | None = None,
     *,
     column_map: Mapping[str, str] | None = None,
     encoding: str = "utf-8",
 ) -> Extract:
-    """Read a batch extract of either shape into typed settlements and fee lines."""
+    """Read a batch extract of either shape into typed settlements and fee lines.
+
+    ``extract`` (and ``fees``) may be several files — a year of nightly extracts, or the parts of
+    a partitioned export — read as one batch; each row keeps its own file and row number.
+    """
+    extract_files = _paths(extract)
     if fees is not None:
+        fee_files = _paths(fees)
         return Extract(
-            read_table(extract, SETTLEMENTS, column_map=column_map, encoding=encoding),
-            read_table(fees, FEE_LINES, column_map=column_map, encoding=encoding),
+            _concat(
+                [
+                    read_table(p, SETTLEMENTS, column_map=column_map, encoding=encoding)
+                    for p in extract_files
+                ]
+            ),
+            _concat(
+                [
+                    read_table(p, FEE_LINES, column_map=column_map, encoding=encoding)
+                    for p in fee_files
+                ]
+            ),
             "two-file",
-            (extract, fees),
+            (*extract_files, *fee_files),
         )
-    raw = scan_raw(extract, encoding)
-    names = {n.lower() for n in raw.collect_schema().names()}
-    site = {k.lower(): v.lower() for k, v in (column_map or {}).items()}
-    names |= {site[n] for n in names if n in site}
-    if "feedetl_sn" not in names:
-        raise SchemaError(
-            str(extract),
-            "fee_lines",
-            ["feedetl_sn"],
-            [n for n in raw.collect_schema().names() if n not in (ROW, FILE)],
-        ) from None
-    lines = type_table(raw, FEE_LINES, column_map=column_map, file_label=str(extract))
-    settlements = type_table(
-        raw, SETTLEMENTS, column_map=column_map, prefix=WIDE_PREFIX, file_label=str(extract)
-    )
+    settlement_parts, line_parts = [], []
+    for path in extract_files:
+        raw = scan_raw(path, encoding)
+        found = [n for n in raw.collect_schema().names() if n not in (ROW, FILE)]
+        names = {n.lower() for n in found}
+        site = {k.lower(): v.lower() for k, v in (column_map or {}).items()}
+        names |= {site[n] for n in names if n in site}
+        if "feedetl_sn" not in names:
+            raise SchemaError(str(path), "fee_lines", ["feedetl_sn"], found)
+        line_parts.append(type_table(raw, FEE_LINES, column_map=column_map, file_label=str(path)))
+        settlement_parts.append(
+            type_table(
+                raw, SETTLEMENTS, column_map=column_map, prefix=WIDE_PREFIX, file_label=str(path)
+            )
+        )
     # Every line repeats its settlement's columns: keep one copy per distinct header (a header
     # that differs between two lines of one settlement stays twice and is a conflict downstream).
-    settlements = settlements.unique(subset=SETTLEMENTS.names, keep="first", maintain_order=True)
-    return Extract(settlements, lines, "wide", (extract,))
+    settlements = _concat(settlement_parts).unique(
+        subset=SETTLEMENTS.names, keep="first", maintain_order=True
+    )
+    return Extract(settlements, _concat(line_parts), "wide", tuple(extract_files))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import polars as pl
 from rich.console import Console
 from rich.table import Table
 
 from hmb_batch.codes import REASON_CODES
+from hmb_batch.ledger import BatchRecord
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.model import RATE_SCALE, Bracket, Edition
 from hmb_batch.summary import BatchSummary
@@ -144,3 +146,79 @@ def edition(console: Console, e: Edition) -> None:
         console.print("[bold yellow]assumptions 假设 (not in public sources)[/bold yellow]")
         for a in e.assumptions:
             console.print(f"  {a.parameter} = {a.value}: {a.why}")
+
+
+def ledger_batches(console: Console, batches: list[BatchRecord]) -> None:
+    """The batch registry (columns fold rather than truncate on narrow terminals)."""
+    t = Table(title="batches 批次")
+    for name in (
+        "seq",
+        "batch",
+        "status",
+        "started",
+        "in / adjudicated / quarantined",
+        "payout (yuan)",
+        "latest setl_time",
+    ):
+        t.add_column(name, overflow="fold")
+    for b in batches:
+        t.add_row(
+            str(b.seq),
+            b.batch_id,
+            b.status,
+            f"{b.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{b.settlements_in:,} / {b.adjudicated:,} / {b.quarantined:,}",
+            _yuan(b.total_payout_fen),
+            str(b.max_setl_time or ""),
+        )
+    console.print(t)
+
+
+def ledger_status(console: Console, batches: list[BatchRecord], state: pl.DataFrame) -> None:
+    """Batches and per-year totals."""
+    applied = [b for b in batches if b.status == "applied"]
+    console.print(
+        f"{len(applied)} batch(es) applied, {len(batches) - len(applied)} reverted; "
+        f"latest: {applied[-1].batch_id if applied else '-'}"
+    )
+    t = Table(
+        "plan year",
+        "members",
+        "settlements",
+        "payable (yuan)",
+        "payout (yuan)",
+        title="year to date 年度累计",
+    )
+    for r in state.iter_rows(named=True):
+        t.add_row(
+            str(r["plan_year"]),
+            f"{r['members']:,}",
+            f"{r['settlements']:,}",
+            _yuan(r["payable_fen"]),
+            _yuan(r["payout_fen"]),
+        )
+    console.print(t)
+
+
+def member_statement(console: Console, psn_no: str, statement: pl.DataFrame) -> None:
+    """A member's settlements, year by year: what a claims officer reads on the phone.
+
+    Two lines per settlement so that it fits an 80-column terminal.
+    """
+    for (year,), rows in statement.group_by("plan_year", maintain_order=True):
+        t = Table(title=f"member 参保人 {psn_no} · plan year {year}", title_justify="left")
+        t.add_column("settlement\ntime (batch)", no_wrap=True)
+        t.add_column("status\nreasons", min_width=8, overflow="fold")
+        t.add_column("increments", min_width=12, overflow="fold")
+        t.add_column("payable\npayout", justify="right", min_width=10)
+        t.add_column("YTD payable\nYTD paid", justify="right", min_width=11)
+        for r in rows.iter_rows(named=True):
+            setl = r["setl_id"] + (f" ↩ {r['init_setl_id']}" if r["init_setl_id"] else "")
+            t.add_row(
+                f"{setl}\n{r['setl_time']:%Y-%m-%d %H:%M} ({r['batch_seq']})",
+                "\n".join([r["status"], *(r["reasons"] or [])]),
+                "\n".join(f"{c['cost']} {_yuan(c['increment_fen'])}" for c in r["costs"] or []),
+                f"{_yuan(r['payable_fen'])}\n{_yuan(r['payout_fen'])}",
+                f"{_yuan(r['cum_payable_fen'])}\n{_yuan(r['cum_payout_fen'])}",
+            )
+        console.print(t)

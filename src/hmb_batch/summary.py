@@ -10,7 +10,7 @@ from typing import Any
 
 import polars as pl
 
-from hmb_batch.money import fen_to_yuan
+from hmb_batch.money import fen_to_yuan, yuan_to_fen
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,22 @@ class BatchSummary:
     def balanced(self) -> bool:
         """Every settlement row is accounted for."""
         return self.settlements_in == self.adjudicated + self.quarantined + self.identical_repeats
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> BatchSummary:
+        """The inverse of :meth:`to_json` (the ledger keeps each batch's summary as JSON)."""
+        fields = {
+            k: v
+            for k, v in d.items()
+            if k not in ("total_payout", "payout_by_plan_year", "balanced")
+        }
+        return BatchSummary(
+            **fields,
+            total_payout_fen=yuan_to_fen(d["total_payout"]),
+            payout_by_plan_year_fen={
+                int(k): yuan_to_fen(v) for k, v in d["payout_by_plan_year"].items()
+            },
+        )
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict with money as decimal strings."""

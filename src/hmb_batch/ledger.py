@@ -1,0 +1,514 @@
+"""The ledger: an embedded DuckDB file holding the year to date between nightly batches.
+
+Tables (schema version 1; analysts may open the file with DuckDB and query them):
+
+``meta``             key/value: ``schema_version``.
+``batches``          one row per batch: ``batch_id``, ``seq`` (application order), ``batch_key``
+                     (hash of every input file's content and every plan edition used),
+                     ``inputs`` and ``editions`` (JSON with their hashes), ``hmb_version``,
+                     ``started_at``, ``finished_at``, ``status`` (``applied`` | ``reverted``),
+                     counts, ``total_payout_fen``, ``max_setl_time``, ``summary`` (JSON).
+``settlements``      the registry of adjudicated settlements (denied included): status, reasons,
+                     member, plan year, edition, payable/payout and year-to-date after it, in fen.
+``settlement_costs`` each settlement's increment of each cost (e.g. compliant, reasonable) and the
+                     year to date after it, in fen.
+``accumulators``     year to date per member, plan year and cost, in fen.
+``accumulator_log``  per batch, each touched accumulator before and after (for revert and audit).
+``payout_history``   every payout ever decided, per batch; ``reverted`` marks undone batches.
+``batch_files``      the output files each batch wrote (so a retry rewrites them identically).
+
+Money is BIGINT fen. A batch is applied in one transaction; a process killed at any moment leaves
+the ledger as before the batch or as after it. One writer at a time: a lock file beside the
+ledger (``PATH.lock``) is held for the whole run; a second run waits, then fails naming the holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from hmb_batch.engine import MEMBER_YEAR, PriorState, cum, inc
+from hmb_batch.errors import ExitCode, HmbError
+from hmb_batch.validation import IS_REVERSAL
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, list[str]] = {
+    1: [
+        "CREATE TABLE meta(key VARCHAR PRIMARY KEY, value VARCHAR)",
+        """CREATE TABLE batches(
+            batch_id VARCHAR PRIMARY KEY, seq INTEGER NOT NULL, batch_key VARCHAR NOT NULL,
+            inputs JSON, editions JSON, hmb_version VARCHAR,
+            started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR NOT NULL,
+            settlements_in BIGINT, adjudicated BIGINT, quarantined BIGINT,
+            total_payout_fen BIGINT, max_setl_time TIMESTAMP, summary JSON)""",
+        """CREATE TABLE settlements(
+            setl_id VARCHAR PRIMARY KEY, batch_id VARCHAR NOT NULL, psn_no VARCHAR NOT NULL,
+            plan_year INTEGER NOT NULL, status VARCHAR NOT NULL, reasons VARCHAR[],
+            is_reversal BOOLEAN NOT NULL, init_setl_id VARCHAR, setl_time TIMESTAMP,
+            edition VARCHAR, payable_fen BIGINT, payout_fen BIGINT,
+            cum_payable_fen BIGINT, cum_payout_fen BIGINT)""",
+        """CREATE TABLE settlement_costs(
+            setl_id VARCHAR NOT NULL, cost VARCHAR NOT NULL, increment_fen BIGINT NOT NULL,
+            cum_fen BIGINT NOT NULL)""",
+        """CREATE TABLE accumulators(
+            psn_no VARCHAR NOT NULL, plan_year INTEGER NOT NULL, cost VARCHAR NOT NULL,
+            amount_fen BIGINT NOT NULL, PRIMARY KEY (psn_no, plan_year, cost))""",
+        """CREATE TABLE accumulator_log(
+            batch_id VARCHAR NOT NULL, psn_no VARCHAR NOT NULL, plan_year INTEGER NOT NULL,
+            cost VARCHAR NOT NULL, before_fen BIGINT, after_fen BIGINT NOT NULL)""",
+        """CREATE TABLE payout_history(
+            batch_id VARCHAR NOT NULL, setl_id VARCHAR NOT NULL, psn_no VARCHAR NOT NULL,
+            plan_year INTEGER NOT NULL, status VARCHAR NOT NULL, payout_fen BIGINT NOT NULL,
+            reverted BOOLEAN NOT NULL DEFAULT FALSE)""",
+        """CREATE TABLE batch_files(
+            batch_id VARCHAR NOT NULL, name VARCHAR NOT NULL, content BLOB NOT NULL)""",
+        "CREATE INDEX settlement_costs_setl ON settlement_costs(setl_id)",
+        "CREATE INDEX settlements_init ON settlements(init_setl_id)",
+    ],
+}
+
+
+class LedgerBusy(HmbError):
+    """Another hmb-batch holds the ledger."""
+
+    exit_code = ExitCode.LEDGER_BUSY
+
+
+class LedgerError(HmbError):
+    """The ledger refuses an operation (out-of-order batch, revert of an older batch ...)."""
+
+    exit_code = ExitCode.LEDGER_REFUSED
+
+
+@contextlib.contextmanager
+def _lock(path: Path, wait: float, holder: str) -> Iterator[None]:
+    lock_path = path.with_name(path.name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    with contextlib.suppress(OSError):
+                        current = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+                    raise LedgerBusy(
+                        f"ledger {path} is in use by another hmb-batch "
+                        f"({current or 'holder unknown'}); waited {wait:g} s (--wait)"
+                    ) from None
+                time.sleep(0.1)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode("utf-8"), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """What the ledger keeps about one batch."""
+
+    batch_id: str
+    seq: int
+    batch_key: str
+    status: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    settlements_in: int
+    adjudicated: int
+    quarantined: int
+    total_payout_fen: int
+    max_setl_time: dt.datetime | None
+
+
+class Ledger:
+    """An open ledger (hold it through :func:`open_ledger`)."""
+
+    def __init__(self, path: Path, con: duckdb.DuckDBPyConnection) -> None:
+        self.path = path
+        self.con = con
+
+    # --- schema ------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        tables = {
+            r[0] for r in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
+        version = 0
+        if "meta" in tables:
+            rows = self.con.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ).fetchall()
+            version = int(rows[0][0]) if rows else 0
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"ledger {self.path} has schema version {version}, newer than this hmb-batch "
+                f"understands ({SCHEMA_VERSION}); upgrade hmb-batch"
+            )
+        for v in range(version + 1, SCHEMA_VERSION + 1):
+            self.con.execute("BEGIN TRANSACTION")
+            for ddl in MIGRATIONS[v]:
+                self.con.execute(ddl)
+            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(v)])
+            self.con.execute("COMMIT")
+
+    # --- reading ------------------------------------------------------------------------
+    def batches(self) -> list[BatchRecord]:
+        """Every batch, in application order."""
+        rows = self.con.execute(
+            "SELECT batch_id, seq, batch_key, status, started_at, finished_at, settlements_in, "
+            "adjudicated, quarantined, total_payout_fen, max_setl_time FROM batches ORDER BY seq"
+        ).fetchall()
+        return [BatchRecord(*r) for r in rows]
+
+    def find_batch(
+        self, *, batch_key: str | None = None, batch_id: str | None = None
+    ) -> BatchRecord | None:
+        """The applied batch with this content key or id, if any."""
+        for b in self.batches():
+            if b.status == "applied" and (b.batch_key == batch_key or b.batch_id == batch_id):
+                return b
+        return None
+
+    def batch_summary(self, batch_id: str) -> dict[str, Any]:
+        """The summary a batch recorded (JSON)."""
+        rows = self.con.execute(
+            "SELECT summary FROM batches WHERE batch_id = ?", [batch_id]
+        ).fetchall()
+        summary: dict[str, Any] = json.loads(rows[0][0])
+        return summary
+
+    def batch_files(self, batch_id: str) -> dict[str, bytes]:
+        """The output files a batch wrote, by file name."""
+        rows = self.con.execute(
+            "SELECT name, content FROM batch_files WHERE batch_id = ?", [batch_id]
+        ).fetchall()
+        return {name: bytes(content) for name, content in rows}
+
+    def max_setl_time(self) -> dt.datetime | None:
+        """The latest settlement time of any applied batch."""
+        rows = self.con.execute(
+            "SELECT max(max_setl_time) FROM batches WHERE status = 'applied'"
+        ).fetchall()
+        latest: dt.datetime | None = rows[0][0] if rows else None
+        return latest
+
+    def prior_for(self, settlements: pl.DataFrame, costs: list[str]) -> PriorState:
+        """The registry and year to date that a batch touches — and nothing more.
+
+        Registry rows: the batch's setl_ids and the originals its reversals name. Accumulators:
+        the members of the batch and of those originals.
+        """
+        ids = (
+            pl.concat(
+                [
+                    settlements.select("setl_id"),
+                    settlements.select(pl.col("init_setl_id").alias("setl_id")),
+                ]
+            )
+            .drop_nulls()
+            .unique()
+        )
+        self.con.register("ids", ids.to_arrow())
+        registry = _frame(
+            self.con.sql(
+                """
+            SELECT s.setl_id, s.psn_no, s.plan_year::BIGINT AS plan_year, s.is_reversal,
+                   s.init_setl_id,
+                   EXISTS (SELECT 1 FROM settlements r
+                           WHERE r.is_reversal AND r.init_setl_id = s.setl_id) AS reversed
+            FROM settlements s JOIN ids USING (setl_id)
+            """
+            )
+        )
+        costs_long = _frame(
+            self.con.sql(
+                "SELECT c.setl_id, c.cost, c.increment_fen "
+                "FROM settlement_costs c JOIN ids USING (setl_id)"
+            )
+        )
+        registry = _widen(registry, costs_long, "setl_id", "increment_fen", inc, costs)
+        members = (
+            pl.concat([settlements.select("psn_no"), registry.select("psn_no")])
+            .drop_nulls()
+            .unique()
+        )
+        self.con.register("members", members.to_arrow())
+        acc_long = _frame(
+            self.con.sql(
+                """
+            SELECT a.psn_no, a.plan_year::BIGINT AS plan_year, a.cost, a.amount_fen
+            FROM accumulators a JOIN members USING (psn_no)
+            """
+            )
+        )
+        self.con.unregister("ids")
+        self.con.unregister("members")
+        keys = acc_long.select(MEMBER_YEAR).unique()
+        accumulators = _widen(keys, acc_long, MEMBER_YEAR, "amount_fen", cum, costs)
+        return PriorState(registry.lazy(), accumulators.lazy())
+
+    # --- writing ------------------------------------------------------------------------
+    def apply(
+        self,
+        record: dict[str, Any],
+        payouts: pl.DataFrame,
+        prior: PriorState,
+        costs: list[str],
+        files: dict[str, bytes],
+        crash_hook: Any = None,
+    ) -> None:
+        """Apply one adjudicated batch in a single transaction.
+
+        ``payouts``: the engine's payout frame (fen). ``prior``: what :meth:`prior_for` gave
+        (the accumulators before). ``files``: the batch's output files, kept for retries.
+        """
+        batch_id = record["batch_id"]
+        registry = payouts.select(
+            "setl_id",
+            pl.lit(batch_id).alias("batch_id"),
+            "psn_no",
+            pl.col("plan_year").cast(pl.Int32),
+            "status",
+            pl.col("reasons"),
+            pl.col(IS_REVERSAL),
+            "init_setl_id",
+            "setl_time",
+            "edition",
+            pl.col("payable").alias("payable_fen"),
+            pl.col("payout").alias("payout_fen"),
+            pl.col("cum_payable").alias("cum_payable_fen"),
+            pl.col("cum_payout").alias("cum_payout_fen"),
+        )
+        setl_costs = pl.concat(
+            [
+                payouts.select(
+                    "setl_id",
+                    pl.lit(c).alias("cost"),
+                    pl.col(inc(c)).alias("increment_fen"),
+                    pl.col(cum(c)).alias("cum_fen"),
+                )
+                for c in costs
+            ]
+        )
+        after = (
+            payouts.sort("batch_seq", "setl_time", "setl_id")
+            .group_by(MEMBER_YEAR, maintain_order=True)
+            .agg([pl.col(cum(c)).last() for c in costs])
+        )
+        after_long = _lengthen(after, cum, costs, "after_fen")
+        before_long = _lengthen(prior.accumulators.collect(), cum, costs, "before_fen")
+        log = after_long.join(before_long, on=[*MEMBER_YEAR, "cost"], how="left").select(
+            pl.lit(batch_id).alias("batch_id"),
+            "psn_no",
+            pl.col("plan_year").cast(pl.Int32),
+            "cost",
+            "before_fen",
+            "after_fen",
+        )
+        history = payouts.select(
+            pl.lit(batch_id).alias("batch_id"),
+            "setl_id",
+            "psn_no",
+            pl.col("plan_year").cast(pl.Int32),
+            "status",
+            pl.col("payout").alias("payout_fen"),
+            pl.lit(False).alias("reverted"),
+        )
+        blobs = pl.DataFrame(
+            {
+                "batch_id": [batch_id] * len(files),
+                "name": list(files),
+                "content": list(files.values()),
+            },
+            schema={"batch_id": pl.String, "name": pl.String, "content": pl.Binary},
+        )
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                """INSERT INTO batches VALUES ($batch_id, $seq, $batch_key, $inputs, $editions,
+                   $hmb_version, $started_at, $finished_at, 'applied', $settlements_in,
+                   $adjudicated, $quarantined, $total_payout_fen, $max_setl_time, $summary)""",
+                record,
+            )
+            con.register("_registry", registry.to_arrow())
+            con.execute("INSERT INTO settlements SELECT * FROM _registry")
+            con.register("_costs", setl_costs.to_arrow())
+            con.execute("INSERT INTO settlement_costs SELECT * FROM _costs")
+            con.register("_log", log.to_arrow())
+            con.execute("INSERT INTO accumulator_log SELECT * FROM _log")
+            con.execute(
+                """INSERT INTO accumulators SELECT psn_no, plan_year, cost, after_fen FROM _log
+                   ON CONFLICT (psn_no, plan_year, cost)
+                   DO UPDATE SET amount_fen = excluded.amount_fen"""
+            )
+            con.register("_history", history.to_arrow())
+            con.execute("INSERT INTO payout_history SELECT * FROM _history")
+            con.register("_files", blobs.to_arrow())
+            con.execute("INSERT INTO batch_files SELECT * FROM _files")
+            if crash_hook is not None:
+                crash_hook("commit")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        finally:
+            for view in ("_registry", "_costs", "_log", "_history", "_files"):
+                with contextlib.suppress(Exception):
+                    con.unregister(view)
+
+    def revert(self, batch_id: str) -> BatchRecord:
+        """Undo the most recent applied batch exactly; refuse any other."""
+        applied = [b for b in self.batches() if b.status == "applied"]
+        target = next((b for b in applied if b.batch_id == batch_id), None)
+        if target is None:
+            known = next((b for b in self.batches() if b.batch_id == batch_id), None)
+            why = f"it is already {known.status}" if known else "no batch has this id"
+            raise LedgerError(f"cannot revert batch {batch_id}: {why}")
+        latest = applied[-1]
+        if latest.batch_id != batch_id:
+            later = [b.batch_id for b in applied if b.seq > target.seq]
+            raise LedgerError(
+                f"cannot revert batch {batch_id}: later batches ({', '.join(later)}) were "
+                "computed on top of it; revert them first, newest first"
+            )
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                """UPDATE accumulators a SET amount_fen = l.before_fen FROM accumulator_log l
+                   WHERE l.batch_id = $b AND l.before_fen IS NOT NULL AND a.psn_no = l.psn_no
+                   AND a.plan_year = l.plan_year AND a.cost = l.cost""",
+                {"b": batch_id},
+            )
+            con.execute(
+                """DELETE FROM accumulators a USING accumulator_log l
+                   WHERE l.batch_id = $b AND l.before_fen IS NULL AND a.psn_no = l.psn_no
+                   AND a.plan_year = l.plan_year AND a.cost = l.cost""",
+                {"b": batch_id},
+            )
+            con.execute(
+                "DELETE FROM settlement_costs WHERE setl_id IN "
+                "(SELECT setl_id FROM settlements WHERE batch_id = $b)",
+                {"b": batch_id},
+            )
+            con.execute("DELETE FROM settlements WHERE batch_id = $b", {"b": batch_id})
+            con.execute(
+                "UPDATE payout_history SET reverted = TRUE WHERE batch_id = $b", {"b": batch_id}
+            )
+            con.execute(
+                "UPDATE batches SET status = 'reverted' WHERE batch_id = $b", {"b": batch_id}
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return target
+
+    # --- inspection ---------------------------------------------------------------------
+    def state(self) -> pl.DataFrame:
+        """Per plan year: members, settlements, year-to-date payable and payout (fen)."""
+        return _frame(
+            self.con.sql(
+                """
+            SELECT plan_year::BIGINT AS plan_year, count(DISTINCT psn_no) AS members,
+                   count(*) AS settlements,
+                   coalesce(sum(payable_fen), 0)::BIGINT AS payable_fen,
+                   coalesce(sum(payout_fen), 0)::BIGINT AS payout_fen
+            FROM settlements GROUP BY plan_year ORDER BY plan_year
+            """
+            )
+        )
+
+    def member_statement(self, psn_no: str, year: int | None = None) -> pl.DataFrame:
+        """A member's settlements with increments, year to date and payouts, in order."""
+        where = "s.psn_no = $p" + (" AND s.plan_year = $y" if year is not None else "")
+        params: dict[str, Any] = {"p": psn_no}
+        if year is not None:
+            params["y"] = year
+        return _frame(
+            self.con.sql(
+                f"""
+            SELECT s.plan_year::BIGINT AS plan_year, b.seq AS batch_seq, s.batch_id, s.setl_id,
+                   s.setl_time, s.status, s.reasons, s.init_setl_id, s.edition,
+                   list(struct_pack(cost := c.cost, increment_fen := c.increment_fen,
+                                    cum_fen := c.cum_fen) ORDER BY c.cost) AS costs,
+                   s.payable_fen, s.payout_fen, s.cum_payable_fen, s.cum_payout_fen
+            FROM settlements s JOIN batches b USING (batch_id)
+            LEFT JOIN settlement_costs c USING (setl_id)
+            WHERE {where}
+            GROUP BY ALL
+            ORDER BY plan_year, batch_seq, setl_time, setl_id
+            """,  # only the fixed WHERE shape varies; values are bound
+                params=params,
+            )
+        )
+
+
+def _frame(result: Any) -> pl.DataFrame:
+    """A DuckDB relation as a Polars frame."""
+    frame = pl.from_arrow(result.to_arrow_table())
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _widen(
+    base: pl.DataFrame,
+    long: pl.DataFrame,
+    key: str | list[str],
+    value: str,
+    name: Any,
+    costs: list[str],
+) -> pl.DataFrame:
+    """Long (key, cost, value) rows to one column per cost named ``name(cost)``; 0 if absent."""
+    keys = [key] if isinstance(key, str) else key
+    out = base
+    for c in costs:
+        part = long.filter(pl.col("cost") == c).select(*keys, pl.col(value).alias(name(c)))
+        out = out.join(part, on=keys, how="left").with_columns(pl.col(name(c)).fill_null(0))
+    return out
+
+
+def _lengthen(frame: pl.DataFrame, name: Any, costs: list[str], value: str) -> pl.DataFrame:
+    return (
+        pl.concat(
+            [
+                frame.select(*MEMBER_YEAR, pl.lit(c).alias("cost"), pl.col(name(c)).alias(value))
+                for c in costs
+            ]
+        )
+        if costs
+        else pl.DataFrame()
+    )
+
+
+@contextlib.contextmanager
+def open_ledger(path: Path, *, wait: float = 30.0, holder: str = "") -> Iterator[Ledger]:
+    """Open (creating and migrating) a ledger under its writer lock."""
+    who = holder or f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}"
+    with _lock(path, wait, who):
+        try:
+            con = duckdb.connect(str(path))
+        except duckdb.Error as exc:
+            raise LedgerError(f"ledger {path} cannot be opened: {exc}") from exc
+        try:
+            ledger = Ledger(path, con)
+            ledger._migrate()
+            yield ledger
+        finally:
+            con.close()
