@@ -18,8 +18,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install hmb-batch with its test and lint tools
 
-demo: $(STAMP) ## install, then adjudicate the committed sample data (outputs in out/demo)
-	cd sample_data && ../$(BIN)/hmb-batch adjudicate settlements.parquet --out ../out/demo
+demo: $(STAMP) ## install, then run two nightly batches of sample_data/ on one ledger (out/demo)
+	rm -rf out/demo
+	cd sample_data && ../$(BIN)/hmb-batch adjudicate nightly/01/settlements.parquet \
+		--fees nightly/01/fees.parquet --out ../out/demo/night-01
+	cd sample_data && ../$(BIN)/hmb-batch adjudicate nightly/02/settlements.parquet \
+		--fees nightly/02/fees.parquet --out ../out/demo/night-02
+	cd sample_data && ../$(BIN)/hmb-batch ledger status
 
 test: $(STAMP) ## install, then run the tests (slow ones excluded)
 	$(BIN)/python -m pytest -q
@@ -41,7 +46,7 @@ typecheck: $(STAMP) ## mypy (strict) on the package
 check: lint typecheck test ## lint, types and tests
 
 sample-data: $(STAMP) ## regenerate sample_data/ (deterministic)
-	$(BIN)/hmb-batch generate --members 2000 --year 2022 --seed 20220101 --out sample_data
+	$(BIN)/hmb-batch generate --members 2000 --year 2022 --seed 20220101 --out sample_data --nights 2
 
 clean: ## remove the virtual environment and outputs
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -22,7 +22,20 @@ COMMANDS = [
     ["plan", "list"],
     ["plan", "show"],
     ["plan", "check"],
+    ["ledger"],
+    ["ledger", "status"],
+    ["ledger", "batches"],
+    ["ledger", "member"],
+    ["ledger", "revert"],
 ]
+
+
+def test_readme_lists_every_command() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for command in COMMANDS[1:]:
+        if command[0] in ("plan", "ledger") and len(command) == 1:
+            continue
+        assert f"hmb-batch {' '.join(command)}" in readme, command
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "hmb-batch")

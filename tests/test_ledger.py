@@ -412,3 +412,27 @@ def test_manifest_records_inputs_editions_and_ledger_state(tmp_path: Path) -> No
     assert m["inputs"]["extract"][0]["sha256"] and m["editions"]["zhelibao-2022"]
     assert m["ledger_before"] == [] and m["ledger_after"][0]["plan_year"] == 2022
     assert m["counts"]["adjudicated"] == 744 and m["hmb_version"]
+
+
+def test_a_batch_that_does_not_balance_is_not_applied(
+    year: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dataclasses
+
+    import hmb_batch.pipeline as pipeline
+    from hmb_batch.errors import ReconciliationError
+
+    ledger = tmp_path / "ledger.duckdb"
+    night = year / "nightly" / "00"
+    inputs = _inputs(year, night / "settlements.parquet", night / "fees.parquet")
+    real = pipeline.summarise
+
+    def lose_one(**kw: Any) -> Any:  # a settlement lost between input and output
+        s = real(**kw)
+        return dataclasses.replace(s, adjudicated=s.adjudicated - 1)
+
+    monkeypatch.setattr(pipeline, "summarise", lose_one)
+    with pytest.raises(ReconciliationError, match="does not balance"):
+        run_batch(inputs, tmp_path / "out", ledger_path=ledger)
+    assert _snapshot(ledger)["batches"] == []
+    assert not (tmp_path / "out" / "payouts.parquet").exists()

@@ -210,9 +210,13 @@ def generate(
     chunk_members: Annotated[
         int, typer.Option(help="Members per written chunk (memory bound).")
     ] = 200_000,
+    nights: Annotated[
+        int,
+        typer.Option(min=0, help="Also split the year into N nightly extracts (nightly/NN/)."),
+    ] = 0,
 ) -> None:
     """Generate a synthetic plan year: settlements, fee lines, roster and lists."""
-    from hmb_batch.generate import GeneratorSettings, generate_year
+    from hmb_batch.generate import GeneratorSettings, generate_year, split_nights
 
     if fmt not in ("parquet", "csv"):
         err.print("[red]error:[/red] --format must be parquet or csv")
@@ -226,6 +230,12 @@ def generate(
         f"wrote {out_dir}: {stats['members']:,} members, {stats['settlements']:,} settlements, "
         f"{stats['fee_lines']:,} fee lines, {stats['list_entries']:,} list entries"
     )
+    if nights:
+        if fmt != "parquet":
+            err.print("[red]error:[/red] --nights needs --format parquet")
+            raise typer.Exit(int(ExitCode.USAGE))
+        folders = split_nights(out_dir, nights)
+        out.print(f"split into {len(folders)} nightly extracts under {out_dir / 'nightly'}")
 
 
 @app.command(epilog="Example: hmb-batch codes")

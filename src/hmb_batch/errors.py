@@ -53,6 +53,12 @@ class ConfigError(HmbError):
     exit_code = ExitCode.CONFIG
 
 
+class ReconciliationError(HmbError):
+    """A balancing identity failed: nothing was applied to the ledger."""
+
+    exit_code = ExitCode.RECONCILIATION
+
+
 class ReferenceDataError(HmbError):
     """The roster or lists file has rows that cannot be used; the run stops before writing."""
 

@@ -28,7 +28,7 @@ import polars as pl
 
 from hmb_batch import __version__
 from hmb_batch.engine import PriorState, adjudicate, cost_ids, plan_years
-from hmb_batch.errors import ConfigError, InputUnreadable
+from hmb_batch.errors import ConfigError, InputUnreadable, ReconciliationError
 from hmb_batch.extract import read_extract
 from hmb_batch.ledger import Ledger, LedgerError, open_ledger
 from hmb_batch.money import fen_to_yuan
@@ -149,7 +149,9 @@ def prepare_batch(inputs: BatchInputs) -> PreparedBatch:
         sort_keys=True,
     )
     batch_key = hashlib.sha256(key_material.encode()).hexdigest()
-    batch_id = inputs.batch_id or f"{extract_files[0].stem}-{batch_key[:12]}"
+    first = extract_files[0]
+    label = first.stem if first.parent.name in ("", ".") else f"{first.parent.name}-{first.stem}"
+    batch_id = inputs.batch_id or f"{label}-{batch_key[:12]}"
 
     extract = read_extract(
         extract_files, fee_files or None, column_map=cmap, encoding=inputs.encoding
@@ -319,6 +321,7 @@ def run_batch(
     if ledger_path is None:
         batch = prepare_batch(inputs)
         done = adjudicate_prepared(batch, None, csv=csv)
+        _check_balanced(done.summary)
         files = write_files(done.files, out_dir)
         manifest = _manifest(batch, done.summary, started, t0, None, None, replayed=False)
         _write_manifest(manifest, out_dir)
@@ -373,12 +376,24 @@ def run_batch(
             "max_setl_time": done.payouts["setl_time"].max() if done.payouts.height else None,
             "summary": json.dumps(done.summary.to_json(), ensure_ascii=False),
         }
+        _check_balanced(done.summary)
         ledger.apply(record, done.payouts, prior, done.costs, done.files, crash_hook=_crash_point)
         after = _ledger_state(ledger)
         files = write_files(done.files, out_dir)
         manifest = _manifest(batch, done.summary, started, t0, before, after, replayed=False)
         _write_manifest(manifest, out_dir)
         return BatchResult(done.summary, files, done.payout_file, done.quarantine, False, manifest)
+
+
+def _check_balanced(s: BatchSummary) -> None:
+    """Refuse to apply a batch whose settlements are not all accounted for."""
+    if not s.balanced:
+        raise ReconciliationError(
+            f"batch {s.batch_id} does not balance: {s.settlements_in:,} settlement rows in, but "
+            f"{s.adjudicated:,} adjudicated + {s.quarantined:,} quarantined + "
+            f"{s.identical_repeats:,} identical repeats = "
+            f"{s.adjudicated + s.quarantined + s.identical_repeats:,}; nothing was applied"
+        )
 
 
 def _unique_batch_id(ledger: Ledger, batch: PreparedBatch, *, explicit: bool) -> PreparedBatch:
