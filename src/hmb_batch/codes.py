@@ -131,9 +131,3 @@ _CODES = (
 )
 
 REASON_CODES: dict[str, ReasonCode] = {c.code: c for c in _CODES}
-
-
-def describe(code: str) -> str:
-    """'CODE 中文 / English' for a known code; the code itself otherwise."""
-    c = REASON_CODES.get(code)
-    return f"{code} {c.zh} / {c.en}" if c else code

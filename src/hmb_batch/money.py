@@ -15,7 +15,7 @@ Reading rules (issue 2):
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 import polars as pl
 
@@ -79,9 +79,3 @@ def yuan_to_fen(value: str | int | Decimal) -> int:
 def fen_to_yuan(fen: int) -> Decimal:
     """Fen to a two-place Decimal, for display."""
     return (Decimal(fen) / 100).quantize(Decimal("0.01"))
-
-
-def half_up_div(numerator: int, denominator: int) -> int:
-    """Integer division rounding half away from zero (the rule text's 四舍五入)."""
-    q = (Decimal(numerator) / Decimal(denominator)).quantize(Decimal(1), rounding=ROUND_HALF_UP)
-    return int(q)

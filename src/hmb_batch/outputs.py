@@ -1,14 +1,9 @@
 """Output files of a batch: payouts, quarantine, fee-line audit. Money Decimal(18, 2).
 
-Each file is written to a temporary name in the same folder and renamed into place, so a reader
-(or a crash) never sees half a file.
+The pipeline renders these frames to bytes and writes them (temporary name, then rename).
 """
 
 from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
 
 import polars as pl
 
@@ -83,23 +78,6 @@ def lines_frame(lines: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _atomic(path: Path, write: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))  # type: ignore[operator]
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_parquet(df: pl.DataFrame, path: Path) -> None:
-    """Write Parquet atomically."""
-    _atomic(path, lambda p: df.write_parquet(p))
-
-
 def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:
     """A frame CSV can hold: lists joined by '|', structs flattened, money as plain decimals."""
     cols: list[pl.Expr] = []
@@ -134,9 +112,3 @@ def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:
                     .alias(f"resp_{rid}_{field}")
                 )
     return out
-
-
-def write_csv(df: pl.DataFrame, path: Path) -> None:
-    """Write UTF-8 CSV atomically (money as plain decimals)."""
-    text = to_text_frame(df)
-    _atomic(path, lambda p: text.write_csv(p))

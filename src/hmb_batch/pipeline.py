@@ -317,20 +317,25 @@ def run_batch(
 ) -> BatchResult:
     """Adjudicate one batch, apply it to the ledger (if any), write its files into ``out_dir``."""
     started = dt.datetime.now()
-    t0 = time.monotonic()
+    clock = _Laps()
     if ledger_path is None:
         batch = prepare_batch(inputs)
+        clock.lap("read_and_validate")
         done = adjudicate_prepared(batch, None, csv=csv)
+        clock.lap("adjudicate")
         _check_balanced(done.summary)
         files = write_files(done.files, out_dir)
-        manifest = _manifest(batch, done.summary, started, t0, None, None, replayed=False)
+        clock.lap("write_outputs")
+        manifest = _manifest(batch, done.summary, started, clock, None, None, replayed=False)
         _write_manifest(manifest, out_dir)
         return BatchResult(done.summary, files, done.payout_file, done.quarantine, False, manifest)
 
     with open_ledger(
         ledger_path, wait=wait, holder=f"batch of {inputs.extract}, pid {os.getpid()}"
     ) as ledger:
+        clock.lap("lock")
         batch = prepare_batch(inputs)
+        clock.lap("read_and_validate")
         before = _ledger_state(ledger)
         existing = ledger.find_batch(batch_key=batch.batch_key)
         if existing is not None:
@@ -339,7 +344,7 @@ def run_batch(
             payout_file = pl.read_parquet(io.BytesIO(stored["payouts.parquet"]))
             quarantine = pl.read_parquet(io.BytesIO(stored["quarantine.parquet"]))
             summary = BatchSummary.from_json(ledger.batch_summary(existing.batch_id))
-            manifest = _manifest(batch, summary, started, t0, before, before, replayed=True)
+            manifest = _manifest(batch, summary, started, clock, before, before, replayed=True)
             _write_manifest(manifest, out_dir)
             return BatchResult(summary, files, payout_file, quarantine, True, manifest)
         batch = _unique_batch_id(ledger, batch, explicit=inputs.batch_id is not None)
@@ -358,7 +363,9 @@ def run_batch(
                 "everything already applied"
             )
         prior = ledger.prior_for(batch.settlements, cost_ids(batch.plan))
+        clock.lap("ledger_read")
         done = adjudicate_prepared(batch, prior, csv=csv)
+        clock.lap("adjudicate")
         seq = len(ledger.batches()) + 1
         record = {
             "batch_id": batch.batch_id,
@@ -378,11 +385,26 @@ def run_batch(
         }
         _check_balanced(done.summary)
         ledger.apply(record, done.payouts, prior, done.costs, done.files, crash_hook=_crash_point)
+        clock.lap("ledger_commit")
         after = _ledger_state(ledger)
         files = write_files(done.files, out_dir)
-        manifest = _manifest(batch, done.summary, started, t0, before, after, replayed=False)
+        clock.lap("write_outputs")
+        manifest = _manifest(batch, done.summary, started, clock, before, after, replayed=False)
         _write_manifest(manifest, out_dir)
         return BatchResult(done.summary, files, done.payout_file, done.quarantine, False, manifest)
+
+
+class _Laps:
+    """Wall-clock seconds per stage, for the manifest."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.monotonic()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.monotonic()
+        self.laps[name] = round(now - self.last, 3)
+        self.last = now
 
 
 def _check_balanced(s: BatchSummary) -> None:
@@ -422,7 +444,7 @@ def _manifest(
     batch: PreparedBatch,
     summary: BatchSummary,
     started: dt.datetime,
-    t0: float,
+    clock: _Laps,
     before: list[dict[str, Any]] | None,
     after: list[dict[str, Any]] | None,
     *,
@@ -439,7 +461,8 @@ def _manifest(
         "ledger_after": after,
         "counts": summary.to_json(),
         "started_at": started.isoformat(timespec="seconds"),
-        "elapsed_seconds": round(time.monotonic() - t0, 3),
+        "timings_seconds": clock.laps,
+        "elapsed_seconds": round(time.monotonic() - clock.start, 3),
     }
 
 

@@ -64,29 +64,3 @@ def load_lists(
     ]
     _stop_on_errors(df, f"lists file {path}", extra)
     return df.drop(ERRORS, FILE, ROW)
-
-
-def empty_roster() -> pl.DataFrame:
-    """A roster with no members (everyone is NOT_ENROLLED)."""
-    schema = {c.name: pl.String for c in ROSTER.columns}
-    df = pl.DataFrame(schema=schema)
-    return df.with_columns(
-        pl.col("plan_year").cast(pl.Int64),
-        pl.col("consecutive_years").cast(pl.Int64),
-        pl.col("pre_existing").cast(pl.Boolean),
-        *[pl.col(c).cast(pl.Date) for c in ROSTER.names if ROSTER.column(c).kind.value == "date"],
-    )
-
-
-def empty_lists() -> pl.DataFrame:
-    """No list entries."""
-    return pl.DataFrame(
-        schema={
-            "list": pl.String,
-            "code": pl.String,
-            "name": pl.String,
-            "item_kind": pl.String,
-            "valid_from": pl.Date,
-            "valid_to": pl.Date,
-        }
-    )
