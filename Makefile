@@ -3,9 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_SIZES ?= 10000000,50000000
+BENCH_NIGHTLY_MEMBERS ?= 2000000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow check lint format typecheck clean sample-data
+.PHONY: help install demo test test-slow check lint format typecheck clean sample-data bench
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +46,9 @@ typecheck: $(STAMP) ## mypy (strict) on the package
 	$(BIN)/mypy
 
 check: lint typecheck test ## lint, types and tests
+
+bench: $(STAMP) ## benchmarks against the read floor and a DuckDB SQL baseline -> BENCHMARKS.md
+	$(BIN)/python benchmarks/run.py --sizes $(BENCH_SIZES) --repeat 3 --nightly-members $(BENCH_NIGHTLY_MEMBERS)
 
 sample-data: $(STAMP) ## regenerate sample_data/ (deterministic)
 	$(BIN)/hmb-batch generate --members 2000 --year 2022 --seed 20220101 --out sample_data --nights 2
