@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-BENCH_SIZES ?= 10000000,50000000
+BENCH_SIZES ?= 10000000
 BENCH_NIGHTLY_MEMBERS ?= 2000000
 
 .DEFAULT_GOAL := help
@@ -35,8 +35,8 @@ test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -q -m slow
 
 lint: $(STAMP) ## ruff lint and format check
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: $(STAMP) ## apply ruff formatting and safe fixes
 	$(BIN)/ruff check --fix src tests

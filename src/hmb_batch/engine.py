@@ -28,7 +28,7 @@ from hmb_batch.plan.compiled import (
     CompiledEdition,
     list_flag,
 )
-from hmb_batch.validation import DETAIL, IS_REVERSAL, REASONS
+from hmb_batch.validation import DETAIL, IS_REVERSAL, REASONS, Materialize
 
 ORDER = ["batch_seq", "setl_time", "setl_id"]
 MEMBER_YEAR = ["psn_no", "plan_year"]
@@ -318,6 +318,7 @@ def _increments(
     lists: pl.LazyFrame,
     edition: CompiledEdition,
     costs: list[str],
+    materialize: Materialize | None = None,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
     """Cost increments per settlement (zero when denied) and the fee-line audit."""
     denied = pl.col("denials").list.len() > 0
@@ -335,6 +336,8 @@ def _increments(
             pl.when(c.in_scope & ~denied).then(c.line_amount).otherwise(0).alias(f"line__{cid}")
         )
     fl = fl.with_columns(line_amount_cols)
+    if materialize is not None:  # the payouts and the line audit both read the judged lines
+        (fl,) = materialize([fl])
     per_settlement = fl.group_by("setl_id").agg(
         [pl.col(f"line__{cid}").sum() for cid in line_costs]
     )
@@ -438,6 +441,7 @@ def adjudicate(
     prior: PriorState | None = None,
     *,
     years: list[int],
+    materialize: Materialize | None = None,
 ) -> Adjudication:
     """Adjudicate validated settlements (with ``batch_seq`` and ``batch_id``) under ``plan``.
 
@@ -446,7 +450,8 @@ def adjudicate(
 
     ``years``: the plan years present (settlement years and, for reversals, the prior registry's
     years); the caller knows them from the data. Roster: typed roster with ``pre_existing`` as
-    a boolean. Returns lazy frames in fen.
+    a boolean. ``materialize`` (optional) may compute shared intermediate frames once (see
+    :func:`hmb_batch.validation.validate`). Returns lazy frames in fen.
     """
     costs = cost_ids(plan)
     resps = responsibility_ids(plan)
@@ -460,7 +465,7 @@ def adjudicate(
         if edition is None:
             continue
         judged = _denials(originals, roster, edition, year)
-        judged, audit = _increments(judged, fee_lines, lists, edition, costs)
+        judged, audit = _increments(judged, fee_lines, lists, edition, costs, materialize)
         judged_parts.append(judged)
         audit_parts.append(audit)
     if not judged_parts:

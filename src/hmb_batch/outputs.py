@@ -71,11 +71,9 @@ def payouts_frame(
 
 
 def lines_frame(lines: pl.DataFrame) -> pl.DataFrame:
-    """The fee-line audit frame: money in yuan, one row per line, in setl_id/feedetl_sn order."""
+    """The fee-line audit frame: money in yuan, one row per line (grouped by settlement)."""
     money = [c for c, t in lines.schema.items() if t == pl.Int64]
-    return lines.with_columns([to_decimal(pl.col(c)).alias(c) for c in money]).sort(
-        "setl_id", "feedetl_sn"
-    )
+    return lines.with_columns([to_decimal(pl.col(c)).alias(c) for c in money])
 
 
 def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:

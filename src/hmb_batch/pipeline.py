@@ -161,7 +161,7 @@ def prepare_batch(inputs: BatchInputs) -> PreparedBatch:
     # (Bounded-memory streaming for province-scale extracts is issue 5.)
     typed_settlements, typed_lines = pl.collect_all([extract.settlements, extract.fee_lines])
     extract = replace(extract, settlements=typed_settlements.lazy(), fee_lines=typed_lines.lazy())
-    checked = validate(extract)
+    checked = validate(extract, materialize=_collected)
     settlements, fee_lines, quarantine, counts = pl.collect_all(
         [
             checked.settlements.with_columns(
@@ -197,6 +197,10 @@ def prepare_batch(inputs: BatchInputs) -> PreparedBatch:
         identical_repeats=n_repeats,
         repeated_fee_lines=n_repeated_lines,
     )
+
+
+def _collected(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
+    return [f.lazy() for f in pl.collect_all(frames)]
 
 
 @dataclass(frozen=True)
@@ -238,6 +242,7 @@ def adjudicate_prepared(
         plan,
         prior,
         years=years,
+        materialize=_collected,
     )
     payouts, engine_q, lines_audit = pl.collect_all(
         [result.payouts, result.quarantine, result.lines]

@@ -9,6 +9,7 @@ keep one copy and are counted.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import polars as pl
@@ -149,11 +150,16 @@ def _first_copy(key: list[str]) -> pl.Expr:
     return (pl.col("_variants") > 1) | (pl.col("_copies") == 1) | pl.struct(key).is_first_distinct()
 
 
-def validate(extract: Extract) -> ValidatedBatch:
+Materialize = Callable[[list[pl.LazyFrame]], list[pl.LazyFrame]]
+
+
+def validate(extract: Extract, materialize: Materialize | None = None) -> ValidatedBatch:
     """Give every settlement and fee line of a batch a verdict.
 
     Two phases: cheap boolean checks on every row decide the verdicts; messages are then
-    formatted for the rejected settlements only.
+    formatted for the rejected settlements only. ``materialize`` (optional) receives the checked
+    fee lines and settlements and may compute them once (e.g. collect them), so that the accepted
+    frames and the quarantine do not each recompute the checks.
     """
     s = extract.settlements.with_columns(
         (pl.col("refd_setl_flag") == "1").fill_null(False).alias(IS_REVERSAL)
@@ -214,6 +220,8 @@ def validate(extract: Extract) -> ValidatedBatch:
     ).list.drop_nulls()
     rejected_any = pl.any_horizontal(list(checks.values()))
     s = s.with_columns(rejected_any.alias("_rejected"))
+    if materialize is not None:
+        lines, s = materialize([lines, s])
     accepted = s.filter(~pl.col("_rejected")).drop(_scratch(s), ERRORS)
 
     # --- messages, for the rejected only ---------------------------------------------------
