@@ -34,6 +34,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / "data"
 BIN = Path(sys.executable).parent
+ANALYSIS_MARKER = "<!-- analysis: kept by benchmarks/run.py -->"
 LINES_PER_MEMBER = 10  # the generator's ratio: ~2 settlements and ~10 fee lines per member
 
 
@@ -55,22 +56,30 @@ def measure(
     cwd: Path | None = None,
     before: list[str] | None = None,
 ) -> Run:
-    """Median wall time and the largest peak RSS over ``repeat`` fresh processes."""
+    """Median wall time and the largest peak RSS over ``repeat`` fresh processes.
+
+    GNU time reports the command's own peak RSS (a child forked from this harness would also
+    count the harness's pages).
+    """
     times, peaks = [], []
     for _ in range(repeat):
         if before:
             subprocess.run(before, check=True, capture_output=True)
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(
+            ["/usr/bin/time", "-f", "HMB_PEAK_KB %M", *cmd],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         elapsed = time.perf_counter() - start
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        proc.stdout.close() if proc.stdout else None
-        proc.stderr.close() if proc.stderr else None
-        if os.waitstatus_to_exitcode(status) != 0:
-            return Run(label, elapsed, usage.ru_maxrss / 1024, False, err.strip()[-300:])
+        marks = [ln for ln in proc.stderr.splitlines() if ln.startswith("HMB_PEAK_KB ")]
+        peak = int(marks[-1].split()[1]) / 1024 if marks else float("nan")
+        if proc.returncode != 0:
+            return Run(label, elapsed, peak, False, proc.stderr.strip()[-300:])
         times.append(elapsed)
-        peaks.append(usage.ru_maxrss / 1024)
+        peaks.append(peak)
     return Run(label, statistics.median(times), max(peaks), True)
 
 
@@ -304,7 +313,13 @@ def write_report(
             + ("" if run.ok else f" (failed: {run.note})")
             + ".",
         ]
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # keep the hand-written analysis (everything from the marker on) across re-runs
+    kept = ""
+    if out.exists():
+        text = out.read_text(encoding="utf-8")
+        if ANALYSIS_MARKER in text:
+            kept = "\n" + text[text.index(ANALYSIS_MARKER) :]
+    out.write_text("\n".join(lines) + "\n" + kept, encoding="utf-8")
 
 
 def main() -> None:

@@ -479,18 +479,18 @@ def generate_year(
 def split_nights(out_dir: Path, nights: int) -> list[Path]:
     """Split a generated year's settlements and fee lines into ``nights`` nightly extracts.
 
-    Nights are equal spans of days by settlement time, written to ``nightly/NN/`` (Parquet), so
-    the year can be run batch by batch on one ledger. Streams each night from the files.
+    Nights are equal spans of the year's days by settlement time, written to ``nightly/NN/``
+    (Parquet), so the year can be run batch by batch on one ledger. Streams each night from the
+    files.
     """
     settlements = pl.scan_parquet(out_dir / "settlements.parquet")
     fees = pl.scan_parquet(out_dir / "fees.parquet")
     day = pl.col("setl_time").dt.ordinal_day() - 1
-    span = -(-366 // nights)
     folders = []
     for n in range(nights):
         folder = out_dir / "nightly" / f"{n + 1:02d}"
         folder.mkdir(parents=True, exist_ok=True)
-        night = settlements.filter((day // span) == n)
+        night = settlements.filter((day * nights // 366) == n)
         night.sink_parquet(folder / "settlements.parquet")
         fees.join(night.select("setl_id"), on="setl_id", how="semi").sink_parquet(
             folder / "fees.parquet"
