@@ -422,16 +422,27 @@ class Ledger:
 
     # --- inspection ---------------------------------------------------------------------
     def state(self) -> pl.DataFrame:
-        """Per plan year: members, settlements, year-to-date payable and payout (fen)."""
+        """Per plan year: members, settlements, year-to-date payable and payout (fen).
+
+        Members are the member-years with accumulators (every adjudicated settlement creates
+        one); plain aggregates, no DISTINCT, so this stays fast on a province's ledger.
+        """
         return _frame(
             self.con.sql(
                 """
-            SELECT plan_year::BIGINT AS plan_year, count(DISTINCT psn_no) AS members,
-                   count(*) AS settlements,
-                   coalesce(sum(payable_fen), 0)::BIGINT AS payable_fen,
-                   coalesce(sum(payout_fen), 0)::BIGINT AS payout_fen
-            FROM settlements GROUP BY plan_year ORDER BY plan_year
-            """
+                WITH s AS (
+                    SELECT plan_year, count(*) AS settlements,
+                           coalesce(sum(payable_fen), 0)::BIGINT AS payable_fen,
+                           coalesce(sum(payout_fen), 0)::BIGINT AS payout_fen
+                    FROM settlements GROUP BY plan_year
+                ), m AS (
+                    SELECT plan_year, count(*) AS members FROM accumulators
+                    WHERE cost = (SELECT min(cost) FROM accumulators) GROUP BY plan_year
+                )
+                SELECT s.plan_year::BIGINT AS plan_year, coalesce(m.members, 0) AS members,
+                       s.settlements, s.payable_fen, s.payout_fen
+                FROM s LEFT JOIN m USING (plan_year) ORDER BY plan_year
+                """
             )
         )
 
