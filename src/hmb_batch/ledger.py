@@ -12,14 +12,19 @@ Tables (schema version 1; analysts may open the file with DuckDB and query them)
                      member, plan year, edition, payable/payout and year-to-date after it, in fen.
 ``settlement_costs`` each settlement's increment of each cost (e.g. compliant, reasonable) and the
                      year to date after it, in fen.
-``accumulators``     year to date per member, plan year and cost, in fen.
-``accumulator_log``  per batch, each touched accumulator before and after (for revert and audit).
+``accumulator_log``  per batch, each touched accumulator before and after, in fen.
+``accumulators``     (a view) year to date per member, plan year and cost: the latest
+                     ``after_fen`` of the applied batches.
 ``payout_history``   every payout ever decided, per batch; ``reverted`` marks undone batches.
 ``batch_files``      the output files each batch wrote (so a retry rewrites them identically).
 
 Money is BIGINT fen. A batch is applied in one transaction; a process killed at any moment leaves
-the ledger as before the batch or as after it. One writer at a time: a lock file beside the
-ledger (``PATH.lock``) is held for the whole run; a second run waits, then fails naming the holder.
+the ledger as before the batch or as after it. The ledger is append-only (a revert marks its batch
+``reverted`` and removes that batch's registry rows): appends keep DuckDB's checkpoints cheap,
+where updating accumulators in place and primary-key indexes made every nightly commit rewrite
+most of the file. Uniqueness of ``setl_id`` is checked inside each batch's transaction instead.
+One writer at a time: a lock file beside the ledger (``PATH.lock``) is held for the whole run; a
+second run waits, then fails naming the holder.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ MIGRATIONS: dict[int, list[str]] = {
             settlements_in BIGINT, adjudicated BIGINT, quarantined BIGINT,
             total_payout_fen BIGINT, max_setl_time TIMESTAMP, summary JSON)""",
         """CREATE TABLE settlements(
-            setl_id VARCHAR PRIMARY KEY, batch_id VARCHAR NOT NULL, psn_no VARCHAR NOT NULL,
+            setl_id VARCHAR NOT NULL, batch_id VARCHAR NOT NULL, psn_no VARCHAR NOT NULL,
             plan_year INTEGER NOT NULL, status VARCHAR NOT NULL, reasons VARCHAR[],
             is_reversal BOOLEAN NOT NULL, init_setl_id VARCHAR, setl_time TIMESTAMP,
             edition VARCHAR, payable_fen BIGINT, payout_fen BIGINT,
@@ -62,9 +67,6 @@ MIGRATIONS: dict[int, list[str]] = {
         """CREATE TABLE settlement_costs(
             setl_id VARCHAR NOT NULL, cost VARCHAR NOT NULL, increment_fen BIGINT NOT NULL,
             cum_fen BIGINT NOT NULL)""",
-        """CREATE TABLE accumulators(
-            psn_no VARCHAR NOT NULL, plan_year INTEGER NOT NULL, cost VARCHAR NOT NULL,
-            amount_fen BIGINT NOT NULL, PRIMARY KEY (psn_no, plan_year, cost))""",
         """CREATE TABLE accumulator_log(
             batch_id VARCHAR NOT NULL, psn_no VARCHAR NOT NULL, plan_year INTEGER NOT NULL,
             cost VARCHAR NOT NULL, before_fen BIGINT, after_fen BIGINT NOT NULL)""",
@@ -74,8 +76,11 @@ MIGRATIONS: dict[int, list[str]] = {
             reverted BOOLEAN NOT NULL DEFAULT FALSE)""",
         """CREATE TABLE batch_files(
             batch_id VARCHAR NOT NULL, name VARCHAR NOT NULL, content BLOB NOT NULL)""",
-        "CREATE INDEX settlement_costs_setl ON settlement_costs(setl_id)",
-        "CREATE INDEX settlements_init ON settlements(init_setl_id)",
+        """CREATE VIEW accumulators AS
+            SELECT l.psn_no, l.plan_year, l.cost, arg_max(l.after_fen, b.seq) AS amount_fen
+            FROM accumulator_log l JOIN batches b USING (batch_id)
+            WHERE b.status = 'applied'
+            GROUP BY l.psn_no, l.plan_year, l.cost""",
     ],
 }
 
@@ -251,8 +256,11 @@ class Ledger:
         acc_long = _frame(
             self.con.sql(
                 """
-            SELECT a.psn_no, a.plan_year::BIGINT AS plan_year, a.cost, a.amount_fen
-            FROM accumulators a JOIN members USING (psn_no)
+            SELECT l.psn_no, l.plan_year::BIGINT AS plan_year, l.cost,
+                   arg_max(l.after_fen, b.seq) AS amount_fen
+            FROM accumulator_log l JOIN members USING (psn_no) JOIN batches b USING (batch_id)
+            WHERE b.status = 'applied'
+            GROUP BY l.psn_no, l.plan_year, l.cost
             """
             )
         )
@@ -347,16 +355,19 @@ class Ledger:
                 record,
             )
             con.register("_registry", registry.to_arrow())
+            seen = con.execute(
+                "SELECT s.setl_id FROM settlements s JOIN _registry r USING (setl_id) LIMIT 5"
+            ).fetchall()
+            if seen:  # the engine quarantines these; this guards the ledger itself
+                raise LedgerError(
+                    f"batch {batch_id} would record settlements already in the ledger "
+                    f"({', '.join(r[0] for r in seen)}); nothing was applied"
+                )
             con.execute("INSERT INTO settlements SELECT * FROM _registry")
             con.register("_costs", setl_costs.to_arrow())
             con.execute("INSERT INTO settlement_costs SELECT * FROM _costs")
             con.register("_log", log.to_arrow())
             con.execute("INSERT INTO accumulator_log SELECT * FROM _log")
-            con.execute(
-                """INSERT INTO accumulators SELECT psn_no, plan_year, cost, after_fen FROM _log
-                   ON CONFLICT (psn_no, plan_year, cost)
-                   DO UPDATE SET amount_fen = excluded.amount_fen"""
-            )
             con.register("_history", history.to_arrow())
             con.execute("INSERT INTO payout_history SELECT * FROM _history")
             con.register("_files", blobs.to_arrow())
@@ -390,18 +401,8 @@ class Ledger:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(
-                """UPDATE accumulators a SET amount_fen = l.before_fen FROM accumulator_log l
-                   WHERE l.batch_id = $b AND l.before_fen IS NOT NULL AND a.psn_no = l.psn_no
-                   AND a.plan_year = l.plan_year AND a.cost = l.cost""",
-                {"b": batch_id},
-            )
-            con.execute(
-                """DELETE FROM accumulators a USING accumulator_log l
-                   WHERE l.batch_id = $b AND l.before_fen IS NULL AND a.psn_no = l.psn_no
-                   AND a.plan_year = l.plan_year AND a.cost = l.cost""",
-                {"b": batch_id},
-            )
+            # the batch's accumulator_log rows stay as history; marking the batch reverted takes
+            # them out of the accumulators view
             con.execute(
                 "DELETE FROM settlement_costs WHERE setl_id IN "
                 "(SELECT setl_id FROM settlements WHERE batch_id = $b)",
@@ -424,8 +425,9 @@ class Ledger:
     def state(self) -> pl.DataFrame:
         """Per plan year: members, settlements, year-to-date payable and payout (fen).
 
-        Members are the member-years with accumulators (every adjudicated settlement creates
-        one); plain aggregates, no DISTINCT, so this stays fast on a province's ledger.
+        Members are the member-years first touched by an applied batch (every adjudicated
+        settlement touches one); plain aggregates, no DISTINCT, so this stays fast on a
+        province's ledger.
         """
         return _frame(
             self.con.sql(
@@ -436,8 +438,11 @@ class Ledger:
                            coalesce(sum(payout_fen), 0)::BIGINT AS payout_fen
                     FROM settlements GROUP BY plan_year
                 ), m AS (
-                    SELECT plan_year, count(*) AS members FROM accumulators
-                    WHERE cost = (SELECT min(cost) FROM accumulators) GROUP BY plan_year
+                    SELECT l.plan_year, count(*) AS members
+                    FROM accumulator_log l JOIN batches b USING (batch_id)
+                    WHERE b.status = 'applied' AND l.before_fen IS NULL
+                      AND l.cost = (SELECT min(cost) FROM accumulator_log)
+                    GROUP BY l.plan_year
                 )
                 SELECT s.plan_year::BIGINT AS plan_year, coalesce(m.members, 0) AS members,
                        s.settlements, s.payable_fen, s.payout_fen
