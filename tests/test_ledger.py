@@ -436,3 +436,43 @@ def test_a_batch_that_does_not_balance_is_not_applied(
         run_batch(inputs, tmp_path / "out", ledger_path=ledger)
     assert _snapshot(ledger)["batches"] == []
     assert not (tmp_path / "out" / "payouts.parquet").exists()
+
+
+def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_path: Path) -> None:
+    from hmb_batch.engine import PriorState
+    from hmb_batch.ledger import LedgerError
+    from hmb_batch.pipeline import adjudicate_prepared, prepare_batch
+
+    ledger = tmp_path / "ledger.duckdb"
+    night = year / "nightly" / "00"
+    inputs = _inputs(year, night / "settlements.parquet", night / "fees.parquet")
+    run_batch(inputs, tmp_path / "out", ledger_path=ledger)
+    before = _snapshot(ledger)
+    # bypass the engine's duplicate check: apply the same adjudication again under a new id
+    batch = prepare_batch(inputs)
+    done = adjudicate_prepared(batch, PriorState.empty(["compliant", "reasonable"]), csv=False)
+    record = {
+        "batch_id": "again",
+        "seq": 2,
+        "batch_key": "k",
+        "inputs": "{}",
+        "editions": "{}",
+        "hmb_version": "t",
+        "started_at": None,
+        "finished_at": None,
+        "settlements_in": 0,
+        "adjudicated": 0,
+        "quarantined": 0,
+        "total_payout_fen": 0,
+        "max_setl_time": None,
+        "summary": "{}",
+    }
+    with open_ledger(ledger) as lg, pytest.raises(LedgerError, match="already in the ledger"):
+        lg.apply(
+            record,
+            done.payouts,
+            PriorState.empty(["compliant", "reasonable"]),
+            done.costs,
+            done.files,
+        )
+    assert _snapshot(ledger) == before
