@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+import polars as pl
+
 
 class Stage(StrEnum):
     """Where in the run a code is given."""
@@ -131,3 +133,24 @@ _CODES = (
 )
 
 REASON_CODES: dict[str, ReasonCode] = {c.code: c for c in _CODES}
+
+
+def code_list(flags: list[tuple[pl.Expr, str]]) -> pl.Expr:
+    """The codes whose condition holds, in the order given, once each, as a list[str] column.
+
+    Built as one joined string then split: a list assembled from ``when/then`` branches costs
+    about ten times more per row, which matters on every fee line of a province.
+    """
+    merged: dict[str, pl.Expr] = {}
+    for cond, code in flags:
+        if "|" in code:
+            raise ValueError(f"reason code {code!r} may not contain '|'")
+        merged[code] = (merged[code] | cond) if code in merged else cond
+    joined = pl.concat_str(
+        [pl.when(cond.fill_null(False)).then(pl.lit(code)) for code, cond in merged.items()],
+        separator="|",
+        ignore_nulls=True,
+    )
+    return (
+        pl.when(joined == "").then(pl.lit([], pl.List(pl.String))).otherwise(joined.str.split("|"))
+    )

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from hmb_batch.codes import code_list
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.compiled import (
     ADMISSION_CODES,
@@ -274,11 +275,9 @@ def _denials(
         (service >= pl.col("basic_suspended_from"))
         & ((service <= pl.col("basic_suspended_to")) | pl.col("basic_suspended_to").is_null())
     ).fill_null(False)
-    reasons = pl.concat_list(
-        pl.when(suspended).then(pl.lit("BASIC_SUSPENDED")),
-        pl.when(~enrolled).then(pl.lit("NOT_ENROLLED")),
-        pl.when(waiting).then(pl.lit("WAITING_PERIOD")),
-    ).list.drop_nulls()
+    reasons = code_list(
+        [(suspended, "BASIC_SUSPENDED"), (~enrolled, "NOT_ENROLLED"), (waiting, "WAITING_PERIOD")]
+    )
     return (
         originals.filter(pl.col("plan_year") == year)
         .join(r, on=["psn_no", "plan_year"], how="left")
@@ -357,21 +356,21 @@ def _increments(
     s = s.with_columns(inc_exprs).drop([f"line__{cid}" for cid in line_costs])
 
     # fee-line audit: why each line counted or not
-    reasons: list[pl.Expr] = [pl.when(denied).then(pl.lit("DENIED_SETTLEMENT"))]
+    reasons: list[tuple[pl.Expr, str]] = [(denied, "DENIED_SETTLEMENT")]
     for list_name, code in EXCLUSION_CODES.items():
         if list_name in edition.lists:
-            reasons.append(pl.when(pl.col(list_flag(list_name))).then(pl.lit(code)))
+            reasons.append((pl.col(list_flag(list_name)), code))
     for cid, c in edition.costs.items():
         if c.not_admitted is not None:
             code = next(iter(ADMISSION_CODES.values()))
-            reasons.append(pl.when(c.not_admitted & c.in_scope & ~denied).then(pl.lit(code)))
+            reasons.append((c.not_admitted & c.in_scope & ~denied, code))
         if c.audit_code is None:
             continue
         if cid in line_costs:
             counted = pl.col(f"line__{cid}") != 0
         else:
             counted = (pl.col("inscp_scp_amt") != 0) & (pl.col(f"_settle_{cid}") != 0)
-        reasons.append(pl.when(counted & ~denied).then(pl.lit(c.audit_code)))
+        reasons.append((counted & ~denied, c.audit_code))
     settlement_costs = [cid for cid, c in edition.costs.items() if c.line_amount is None]
     audit = (
         fl.join(
@@ -381,12 +380,7 @@ def _increments(
             on="setl_id",
             how="left",
         )
-        .with_columns(
-            pl.concat_list(reasons)
-            .list.drop_nulls()
-            .list.unique(maintain_order=True)
-            .alias(REASONS)
-        )
+        .with_columns(code_list(reasons).alias(REASONS))
         .select(
             "setl_id",
             "feedetl_sn",
