@@ -16,8 +16,8 @@ from hmb_batch import __version__, render
 from hmb_batch.codes import REASON_CODES
 from hmb_batch.config import load_config
 from hmb_batch.errors import ConfigError, ExitCode, HmbError
-from hmb_batch.plan.catalog import select_plan, shipped_edition_files, shipped_editions
-from hmb_batch.plan.check import check_data, load_edition
+from hmb_batch.plan.catalog import select_plan, shipped_editions
+from hmb_batch.plan.check import check_data
 
 app = typer.Typer(
     name="hmb-batch",
@@ -388,6 +388,3 @@ def main() -> None:
     except HmbError as exc:  # pragma: no cover - commands catch their own
         err.print(f"error: {exc}")
         sys.exit(int(exc.exit_code))
-
-
-__all__ = ["app", "load_edition", "main", "shipped_edition_files"]
