@@ -183,6 +183,23 @@ class Extract:
 runner = CliRunner()
 
 
+def adjudicate_args(files: dict[str, Path], out: str | Path, *extra: str) -> list[str]:
+    """The ``adjudicate`` command line for the files :meth:`Extract.write` wrote."""
+    return [
+        "adjudicate",
+        str(files["settlements"]),
+        "--fees",
+        str(files["fees"]),
+        "--roster",
+        str(files["roster"]),
+        "--lists",
+        str(files["lists"]),
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
 def run_cli(args: list[str]) -> Any:
     """Run the CLI in-process; return typer's Result."""
     return runner.invoke(app, args, catch_exceptions=False)
@@ -191,24 +208,7 @@ def run_cli(args: list[str]) -> Any:
 def adjudicate(ex: Extract, tmp: Path, *extra: str, plan: str = "zhelibao") -> pl.DataFrame:
     """Adjudicate a tiny extract through the CLI; the payouts file, keyed by setl_id."""
     files = ex.write(tmp / "in")
-    result = run_cli(
-        [
-            "adjudicate",
-            str(files["settlements"]),
-            "--fees",
-            str(files["fees"]),
-            "--roster",
-            str(files["roster"]),
-            "--lists",
-            str(files["lists"]),
-            "--plan",
-            plan,
-            "--out",
-            str(tmp / "out"),
-            "--quiet",
-            *extra,
-        ]
-    )
+    result = run_cli(adjudicate_args(files, str(tmp / "out"), "--plan", plan, "--quiet", *extra))
     assert result.exit_code == 0, result.output
     return pl.read_parquet(tmp / "out" / "payouts.parquet")
 

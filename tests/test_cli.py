@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import GOLDEN, run_cli
+from conftest import GOLDEN, Extract, adjudicate_args, run_cli
 
 COMMANDS = [
     [],
@@ -118,28 +118,13 @@ def test_missing_input_file_is_exit_code_3(tmp_path: Path) -> None:
 
 
 def test_bad_roster_row_stops_the_run_with_the_rows_named(tmp_path: Path) -> None:
-    from conftest import Extract
-
     ex = Extract()
     ex.on_list("negative", "NEG1", "2021-01-01")
     ex.member("M1", pay_date="2021-13-01")
     ex.member("M1")  # and a second row for the same member and year
     ex.claim("S1", "M1", "2022-03-01 10:00:00", reasonable="100")
     files = ex.write(tmp_path / "in")
-    r = run_cli(
-        [
-            "adjudicate",
-            str(files["settlements"]),
-            "--fees",
-            str(files["fees"]),
-            "--roster",
-            str(files["roster"]),
-            "--lists",
-            str(files["lists"]),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    r = run_cli(adjudicate_args(files, str(tmp_path / "out")))
     assert r.exit_code == 8
     assert "roster.csv row 1: column pay_date" in r.output and "'2021-13-01'" in r.output
     assert "more than one roster row" in r.output
@@ -147,27 +132,13 @@ def test_bad_roster_row_stops_the_run_with_the_rows_named(tmp_path: Path) -> Non
 
 
 def test_plan_without_an_edition_for_the_year(tmp_path: Path) -> None:
-    from conftest import Extract
-
     ex = Extract()
     ex.on_list("negative", "NEG1", "2021-01-01")
     ex.on_list("admission", "SV1", "2021-01-01")
     ex.member("M1", plan_year=2030)
     ex.claim("S1", "M1", "2030-03-01 10:00:00", reasonable="100")
     files = ex.write(tmp_path / "in")
-    args = [
-        "adjudicate",
-        str(files["settlements"]),
-        "--fees",
-        str(files["fees"]),
-        "--roster",
-        str(files["roster"]),
-        "--lists",
-        str(files["lists"]),
-        "--out",
-        str(tmp_path / "out"),
-        "--quiet",
-    ]
+    args = adjudicate_args(files, str(tmp_path / "out"), "--quiet")
     r = run_cli(args)
     assert r.exit_code == 5 and "no edition for plan year(s) [2030]" in r.output
     # one covered year in the batch: the uncovered settlements are quarantined, not dropped

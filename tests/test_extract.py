@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from conftest import GOLDEN, Extract, run_cli
+from conftest import GOLDEN, Extract, adjudicate_args, run_cli
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.errors import SchemaError
 from hmb_batch.extract import ERRORS, FILE, ROW, read_extract, read_table
@@ -106,21 +106,9 @@ def test_site_column_names_map_through_hmb_toml(ex: Extract, tmp_path: Path) -> 
     renamed.write_csv(files["settlements"])
     (tmp_path / "hmb.toml").write_text('[columns]\nJSID = "setl_id"\n', encoding="utf-8")
     r = run_cli(
-        [
-            "adjudicate",
-            str(files["settlements"]),
-            "--fees",
-            str(files["fees"]),
-            "--roster",
-            str(files["roster"]),
-            "--lists",
-            str(files["lists"]),
-            "--config",
-            str(tmp_path / "hmb.toml"),
-            "--out",
-            str(tmp_path / "out"),
-            "--quiet",
-        ]
+        adjudicate_args(
+            files, str(tmp_path / "out"), "--config", str(tmp_path / "hmb.toml"), "--quiet"
+        )
     )
     assert r.exit_code == 0, r.output
     p = pl.read_parquet(tmp_path / "out" / "payouts.parquet")
@@ -138,20 +126,7 @@ def test_missing_required_column_stops_before_anything_is_written(
     )
     with pytest.raises(SchemaError, match="setl_time"):
         read_extract(files["settlements"], files["fees"])
-    r = run_cli(
-        [
-            "adjudicate",
-            str(files["settlements"]),
-            "--fees",
-            str(files["fees"]),
-            "--roster",
-            str(files["roster"]),
-            "--lists",
-            str(files["lists"]),
-            "--out",
-            str(tmp_path / "out"),
-        ]
-    )
+    r = run_cli(adjudicate_args(files, str(tmp_path / "out")))
     assert r.exit_code == 4
     assert "settlements.csv" in r.output and "setl_time" in r.output
     assert not (tmp_path / "out").exists()
@@ -159,21 +134,7 @@ def test_missing_required_column_stops_before_anything_is_written(
 
 def _quarantine(ex: Extract, tmp_path: Path) -> pl.DataFrame:
     files = ex.write(tmp_path / "in")
-    r = run_cli(
-        [
-            "adjudicate",
-            str(files["settlements"]),
-            "--fees",
-            str(files["fees"]),
-            "--roster",
-            str(files["roster"]),
-            "--lists",
-            str(files["lists"]),
-            "--out",
-            str(tmp_path / "out"),
-            "--quiet",
-        ]
-    )
+    r = run_cli(adjudicate_args(files, str(tmp_path / "out"), "--quiet"))
     assert r.exit_code == 0, r.output
     return pl.read_parquet(tmp_path / "out" / "quarantine.parquet")
 

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from conftest import GOLDEN, MONEY_COLS, Extract, run_cli, yuan
+from conftest import GOLDEN, MONEY_COLS, Extract, adjudicate_args, run_cli, yuan
 from hmb_batch.ledger import open_ledger
 from hmb_batch.pipeline import CRASH_ENV, BatchInputs, run_batch
 
@@ -337,21 +337,7 @@ def test_reversals_and_duplicates_across_batches(tmp_path: Path) -> None:
     def night(ex: Extract, name: str) -> pl.DataFrame:
         files = ex.write(tmp_path / name)
         r = run_cli(
-            [
-                "adjudicate",
-                str(files["settlements"]),
-                "--fees",
-                str(files["fees"]),
-                "--roster",
-                str(files["roster"]),
-                "--lists",
-                str(files["lists"]),
-                "--ledger",
-                str(ledger),
-                "--out",
-                str(tmp_path / name / "out"),
-                "--quiet",
-            ]
+            adjudicate_args(files, str(tmp_path / name / "out"), "--ledger", str(ledger), "--quiet")
         )
         assert r.exit_code == 0, r.output
         return pl.read_parquet(tmp_path / name / "out" / "quarantine.parquet")
