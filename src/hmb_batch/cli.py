@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
@@ -14,10 +14,15 @@ from rich.table import Table
 
 from hmb_batch import __version__, render
 from hmb_batch.codes import REASON_CODES
-from hmb_batch.config import load_config
+from hmb_batch.config import load_config, read_toml
 from hmb_batch.errors import ConfigError, ExitCode, HmbError
 from hmb_batch.plan.catalog import select_plan, shipped_editions
 from hmb_batch.plan.check import check_data
+
+if TYPE_CHECKING:
+    from hmb_batch.ledger import Ledger
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="hmb-batch",
@@ -53,6 +58,19 @@ LedgerOption = Annotated[
 ]
 ConfigOption = Annotated[Path | None, typer.Option(help="Configuration file (default ./hmb.toml).")]
 WaitOption = Annotated[float, typer.Option(help="Seconds to wait for a running batch.")]
+
+
+def _on_ledger(
+    ledger: Path | None, config: Path | None, wait: float, action: Callable[[Ledger], T]
+) -> T:
+    """Open the ledger under its lock, run ``action`` on it; errors become messages."""
+    from hmb_batch.ledger import open_ledger
+
+    try:
+        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
+            return action(lg)
+    except HmbError as exc:
+        raise _fail(exc) from None
 
 
 def _ledger_path(ledger: Path | None, config: Path | None) -> Path:
@@ -290,11 +308,7 @@ def plan_check(
         names = None
         if lists is not None:
             names = sorted(load_lists(lists)["list"].unique().to_list())
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"{file}: cannot be read as TOML: {exc}") from exc
-        e, problems = check_data(data, names)
+        e, problems = check_data(read_toml(file), names)
     except HmbError as exc:
         raise _fail(exc) from None
     if problems:
@@ -311,13 +325,8 @@ def ledger_status(
     ledger: LedgerOption = None, config: ConfigOption = None, wait: WaitOption = 30.0
 ) -> None:
     """Batches, plan years, members and totals in the ledger."""
-    from hmb_batch.ledger import open_ledger
-
-    try:
-        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
-            render.ledger_status(out, lg.batches(), lg.state())
-    except HmbError as exc:
-        raise _fail(exc) from None
+    batches, state = _on_ledger(ledger, config, wait, lambda lg: (lg.batches(), lg.state()))
+    render.ledger_status(out, batches, state)
 
 
 @ledger_app.command("batches", epilog="Example: hmb-batch ledger batches --ledger ledger.duckdb")
@@ -325,13 +334,7 @@ def ledger_batches(
     ledger: LedgerOption = None, config: ConfigOption = None, wait: WaitOption = 30.0
 ) -> None:
     """Every batch applied (or reverted), in order."""
-    from hmb_batch.ledger import open_ledger
-
-    try:
-        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
-            render.ledger_batches(out, lg.batches())
-    except HmbError as exc:
-        raise _fail(exc) from None
+    render.ledger_batches(out, _on_ledger(ledger, config, wait, lambda lg: lg.batches()))
 
 
 @ledger_app.command(
@@ -345,13 +348,7 @@ def ledger_member(
     wait: WaitOption = 30.0,
 ) -> None:
     """A member's statement: each settlement, its increments, year to date and payout."""
-    from hmb_batch.ledger import open_ledger
-
-    try:
-        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
-            statement = lg.member_statement(psn_no, year)
-    except HmbError as exc:
-        raise _fail(exc) from None
+    statement = _on_ledger(ledger, config, wait, lambda lg: lg.member_statement(psn_no, year))
     if statement.height == 0:
         err.print(f"no settlements for member {psn_no}" + (f" in {year}" if year else ""))
         raise typer.Exit(1)
@@ -368,13 +365,7 @@ def ledger_revert(
     wait: WaitOption = 30.0,
 ) -> None:
     """Undo the most recent batch exactly (accumulators, registry; payouts marked reverted)."""
-    from hmb_batch.ledger import open_ledger
-
-    try:
-        with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
-            record = lg.revert(batch_id)
-    except HmbError as exc:
-        raise _fail(exc) from None
+    record = _on_ledger(ledger, config, wait, lambda lg: lg.revert(batch_id))
     out.print(
         f"reverted batch {record.batch_id} (seq {record.seq}): {record.adjudicated:,} "
         "settlements removed from the ledger, their payouts marked reverted"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -72,6 +73,16 @@ class Config(BaseModel):
         return p if p.is_absolute() else self.base_dir / p
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file's contents; ConfigError naming the file if it cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+
+
 def load_config(path: Path | None) -> Config:
     """Load ``path`` (or ./hmb.toml if present; else defaults). ConfigError lists every problem."""
     if path is None:
@@ -79,12 +90,7 @@ def load_config(path: Path | None) -> Config:
         if not candidate.exists():
             return Config()
         path = candidate
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    data = read_toml(path)
     try:
         cfg = Config.model_validate({**data, "base_dir": path.parent})
     except ValidationError as exc:

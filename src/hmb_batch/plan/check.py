@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from hmb_batch.codes import REASON_CODES
+from hmb_batch.config import read_toml
 from hmb_batch.errors import ConfigError
 from hmb_batch.plan.model import (
     KNOWN_LISTS,
@@ -304,13 +304,7 @@ def _valid_part(adapter: TypeAdapter[Any], value: object) -> Any:
 
 def load_edition(path: Path, list_names: Iterable[str] | None = None) -> Edition:
     """Read and validate an edition file; ConfigError listing every problem if it is invalid."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-    edition, problems = check_data(data, list_names)
+    edition, problems = check_data(read_toml(path), list_names)
     if problems or edition is None:
         lines = "\n".join(f"  - {p}" for p in problems)
         raise ConfigError(f"{path}: {len(problems)} problem(s) in the plan edition:\n{lines}")

@@ -42,14 +42,18 @@ LINE_MONEY = tuple(c for c in FEE_LINES.of_kind(Kind.MONEY) if c != "det_item_fe
 KNOWN_LISTS = ("negative", "admission", "special_drug")
 
 
-def _fen(value: object) -> int:
+def _decimal(value: object, example: str) -> Decimal:
+    """A TOML number or string as an exact Decimal (floats through their shortest repr)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ValueError(f'expected an amount in yuan such as "18000.00", found {value!r}')
+        raise ValueError(f"expected {example}, found {value!r}")
     try:
-        d = Decimal(str(value))
+        return Decimal(str(value))
     except InvalidOperation as exc:
-        raise ValueError(f'expected an amount in yuan such as "18000.00", found {value!r}') from exc
-    fen = d * 100
+        raise ValueError(f"expected {example}, found {value!r}") from exc
+
+
+def _fen(value: object) -> int:
+    fen = _decimal(value, 'an amount in yuan such as "18000.00"') * 100
     if fen != fen.to_integral_value():
         raise ValueError(f"{value!r} has more than two decimals (amounts are exact to the fen)")
     if fen < 0:
@@ -58,13 +62,7 @@ def _fen(value: object) -> int:
 
 
 def _ppm(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
-        raise ValueError(f'expected a rate such as "0.75", found {value!r}')
-    try:
-        d = Decimal(str(value))
-    except InvalidOperation as exc:
-        raise ValueError(f'expected a rate such as "0.75", found {value!r}') from exc
-    ppm = d * RATE_SCALE
+    ppm = _decimal(value, 'a rate such as "0.75"') * RATE_SCALE
     if ppm != ppm.to_integral_value():
         raise ValueError(f"{value!r} has more than six decimals")
     if not 0 <= ppm <= RATE_SCALE:
