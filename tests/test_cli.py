@@ -120,6 +120,7 @@ def test_missing_input_file_is_exit_code_3(tmp_path: Path) -> None:
 def test_bad_roster_row_stops_the_run_with_the_rows_named(tmp_path: Path) -> None:
     ex = Extract()
     ex.on_list("negative", "NEG1", "2021-01-01")
+    ex.on_list("admission", "ADM1", "2021-01-01")
     ex.member("M1", pay_date="2021-13-01")
     ex.member("M1")  # and a second row for the same member and year
     ex.claim("S1", "M1", "2022-03-01 10:00:00", reasonable="100")

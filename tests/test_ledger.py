@@ -14,7 +14,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from conftest import GOLDEN, MONEY_COLS, Extract, adjudicate_args, run_cli, yuan
-from hmb_batch.ledger import open_ledger
+from hmb_batch.ledger import batch_rows, file_rows, open_ledger
 from hmb_batch.pipeline import CRASH_ENV, BatchInputs, run_batch
 
 KEY = ["setl_id", "psn_no", "plan_year", "status", "reasons", *MONEY_COLS]
@@ -156,12 +156,12 @@ def test_nightly_batches_equal_one_run_of_the_whole_year(year: Path, tmp_path: P
             tmp_path / "out" / folder.name,
             ledger_path=ledger,
         )
-        nightly.append(res.payouts)
+        nightly.append(res.payouts.collect())
     whole = run_batch(
         _inputs(year, year / "settlements.parquet", year / "fees.parquet"),
         tmp_path / "whole",
         ledger_path=tmp_path / "whole.duckdb",
-    ).payouts
+    ).payouts.collect()
     cols = [
         "setl_id",
         "psn_no",
@@ -186,7 +186,7 @@ def test_nightly_batches_equal_one_run_of_the_whole_year(year: Path, tmp_path: P
 def test_a_folder_or_glob_of_extracts_is_one_batch(year: Path, tmp_path: Path) -> None:
     whole = run_batch(
         _inputs(year, year / "settlements.parquet", year / "fees.parquet"), tmp_path / "whole"
-    ).payouts
+    ).payouts.collect()
     globbed = run_batch(
         _inputs(
             year,
@@ -194,7 +194,7 @@ def test_a_folder_or_glob_of_extracts_is_one_batch(year: Path, tmp_path: Path) -
             str(year / "nightly" / "*" / "fees.parquet"),
         ),
         tmp_path / "glob",
-    ).payouts
+    ).payouts.collect()
     cols = ["setl_id", "status", "payout_amt", "cum_payout_amt"]
     assert_frame_equal(globbed.select(cols).sort("setl_id"), whole.select(cols).sort("setl_id"))
 
@@ -456,9 +456,14 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
     with open_ledger(ledger) as lg, pytest.raises(LedgerError, match="already in the ledger"):
         lg.apply(
             record,
-            done.payouts,
-            PriorState.empty(["compliant", "reasonable"]),
-            done.costs,
-            done.files,
+            {
+                **batch_rows(
+                    "again",
+                    done.payouts,
+                    PriorState.empty(["compliant", "reasonable"]).accumulators.collect(),
+                    done.costs,
+                ),
+                "batch_files": file_rows("again", done.files),
+            },
         )
     assert _snapshot(ledger) == before

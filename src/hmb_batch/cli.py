@@ -159,10 +159,24 @@ def adjudicate(
     batch_id: Annotated[
         str | None, typer.Option(help="Batch id (default: extract name + content hash).")
     ] = None,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Memory bound, e.g. 1GiB or 800MB: a batch that would not fit runs in "
+                "partitions through temporary files in the output folder."
+            )
+        ),
+    ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(min=1, help="Run in this many partitions (default: from --memory-limit)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
     """Adjudicate one batch: validate, apply the plan, write payouts, quarantine and line audit."""
+    from hmb_batch.partitioned import parse_size
     from hmb_batch.pipeline import BatchInputs, run_batch
 
     try:
@@ -193,6 +207,8 @@ def adjudicate(
             ledger_path=ledger or cfg.path(d.ledger),
             wait=wait,
             allow_out_of_order=allow_out_of_order,
+            memory_limit=parse_size(limit) if (limit := memory_limit or d.memory_limit) else None,
+            partitions=partitions,
         )
     except HmbError as exc:
         raise _fail(exc) from None

@@ -9,6 +9,7 @@ Example::
     plan = "zhelibao"            # family, edition id, edition file or folder
     out = "out"
     encoding = "utf-8"           # CSV encoding: utf-8 (BOM or not) or gbk
+    memory_limit = "1GiB"        # bound memory: a bigger batch runs in partitions
 
     [columns]                    # the site's column name = the contract's name
     JSID = "setl_id"
@@ -44,6 +45,7 @@ class AdjudicateDefaults(BaseModel):
     ledger: Path | None = None
     out: Path = Path("out")
     encoding: str = "utf-8"
+    memory_limit: str | None = None
 
 
 class Config(BaseModel):

@@ -284,11 +284,14 @@ def read_extract(
     *,
     column_map: Mapping[str, str] | None = None,
     encoding: str = "utf-8",
+    distinct: bool = True,
 ) -> Extract:
     """Read a batch extract of either shape into typed settlements and fee lines.
 
     ``extract`` (and ``fees``) may be several files — a year of nightly extracts, or the parts of
     a partitioned export — read as one batch; each row keeps its own file and row number.
+    ``distinct=False`` leaves a wide file's repeated settlement headers in place (a partitioned
+    run applies :func:`distinct_headers` to each partition instead of to the whole batch).
     """
     extract_files = _paths(extract)
     if fees is not None:
@@ -324,9 +327,16 @@ def read_extract(
                 raw, SETTLEMENTS, column_map=column_map, prefix=WIDE_PREFIX, file_label=str(path)
             )
         )
-    # Every line repeats its settlement's columns: keep one copy per distinct header (a header
-    # that differs between two lines of one settlement stays twice and is a conflict downstream).
-    settlements = _concat(settlement_parts).unique(
-        subset=SETTLEMENTS.names, keep="first", maintain_order=True
-    )
+    settlements = _concat(settlement_parts)
+    if distinct:
+        settlements = distinct_headers(settlements)
     return Extract(settlements, _concat(line_parts), "wide", tuple(extract_files))
+
+
+def distinct_headers(settlements: pl.LazyFrame) -> pl.LazyFrame:
+    """A wide file's settlement rows, one per distinct header.
+
+    Every line repeats its settlement's columns: keep one copy per distinct header (a header
+    that differs between two lines of one settlement stays twice and is a conflict downstream).
+    """
+    return settlements.unique(subset=SETTLEMENTS.names, keep="first", maintain_order=True)

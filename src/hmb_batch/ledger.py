@@ -32,10 +32,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from hmb_batch.engine import MEMBER_YEAR, PriorState, cum, inc
 from hmb_batch.errors import ExitCode, HmbError
 from hmb_batch.validation import IS_REVERSAL
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -82,6 +83,50 @@ MIGRATIONS: dict[int, list[str]] = {
             WHERE b.status = 'applied'
             GROUP BY l.psn_no, l.plan_year, l.cost""",
     ],
+    # bounded-memory batches keep their output files' digests, not their bytes
+    2: [
+        "ALTER TABLE batch_files ADD COLUMN sha256 VARCHAR",
+        "ALTER TABLE batch_files ALTER COLUMN content DROP NOT NULL",
+    ],
+}
+
+# What one batch inserts, in this order (see :func:`batch_rows`).
+BATCH_TABLES = (
+    "settlements",
+    "settlement_costs",
+    "accumulator_log",
+    "payout_history",
+    "batch_files",
+)
+_TABLE_COLUMNS = {
+    "settlements": [
+        "setl_id",
+        "batch_id",
+        "psn_no",
+        "plan_year",
+        "status",
+        "reasons",
+        "is_reversal",
+        "init_setl_id",
+        "setl_time",
+        "edition",
+        "payable_fen",
+        "payout_fen",
+        "cum_payable_fen",
+        "cum_payout_fen",
+    ],
+    "settlement_costs": ["setl_id", "cost", "increment_fen", "cum_fen"],
+    "accumulator_log": ["batch_id", "psn_no", "plan_year", "cost", "before_fen", "after_fen"],
+    "payout_history": [
+        "batch_id",
+        "setl_id",
+        "psn_no",
+        "plan_year",
+        "status",
+        "payout_fen",
+        "reverted",
+    ],
+    "batch_files": ["batch_id", "name", "content", "sha256"],
 }
 
 
@@ -197,12 +242,16 @@ class Ledger:
         summary: dict[str, Any] = json.loads(rows[0][0])
         return summary
 
-    def batch_files(self, batch_id: str) -> dict[str, bytes]:
-        """The output files a batch wrote, by file name."""
+    def batch_files(self, batch_id: str) -> dict[str, bytes | str]:
+        """The output files a batch wrote, by file name: the bytes, or (files a bounded-memory
+        run did not keep) the SHA-256 as a hex string."""
         rows = self.con.execute(
-            "SELECT name, content FROM batch_files WHERE batch_id = ?", [batch_id]
+            "SELECT name, content, sha256 FROM batch_files WHERE batch_id = ?", [batch_id]
         ).fetchall()
-        return {name: bytes(content) for name, content in rows}
+        return {
+            name: bytes(content) if content is not None else str(digest)
+            for name, content, digest in rows
+        }
 
     def max_setl_time(self) -> dt.datetime | None:
         """The latest settlement time of any applied batch."""
@@ -270,82 +319,36 @@ class Ledger:
         accumulators = _widen(keys, acc_long, MEMBER_YEAR, "amount_fen", cum, costs)
         return PriorState(registry.lazy(), accumulators.lazy())
 
+    def limit_memory(self, limit: int) -> None:
+        """Keep DuckDB within ``limit`` bytes (it spills to ``<ledger>.tmp`` beyond that)."""
+        self.con.execute(f"SET memory_limit = '{max(limit >> 20, 64)}MiB'")
+
     # --- writing ------------------------------------------------------------------------
     def apply(
         self,
         record: dict[str, Any],
-        payouts: pl.DataFrame,
-        prior: PriorState,
-        costs: list[str],
-        files: dict[str, bytes],
+        rows: Mapping[str, pl.DataFrame | str],
         crash_hook: Any = None,
     ) -> None:
         """Apply one adjudicated batch in a single transaction.
 
-        ``payouts``: the engine's payout frame (fen). ``prior``: what :meth:`prior_for` gave
-        (the accumulators before). ``files``: the batch's output files, kept for retries.
+        ``rows``: for each of :data:`BATCH_TABLES`, the rows to insert — a frame (see
+        :func:`batch_rows`) or the path or glob of Parquet files holding them (bounded-memory
+        runs build them partition by partition; DuckDB then reads them within its memory limit).
         """
         batch_id = record["batch_id"]
-        registry = payouts.select(
-            "setl_id",
-            pl.lit(batch_id).alias("batch_id"),
-            "psn_no",
-            pl.col("plan_year").cast(pl.Int32),
-            "status",
-            pl.col("reasons"),
-            pl.col(IS_REVERSAL),
-            "init_setl_id",
-            "setl_time",
-            "edition",
-            pl.col("payable").alias("payable_fen"),
-            pl.col("payout").alias("payout_fen"),
-            pl.col("cum_payable").alias("cum_payable_fen"),
-            pl.col("cum_payout").alias("cum_payout_fen"),
-        )
-        setl_costs = pl.concat(
-            [
-                payouts.select(
-                    "setl_id",
-                    pl.lit(c).alias("cost"),
-                    pl.col(inc(c)).alias("increment_fen"),
-                    pl.col(cum(c)).alias("cum_fen"),
-                )
-                for c in costs
-            ]
-        )
-        after = (
-            payouts.sort("batch_seq", "setl_time", "setl_id")
-            .group_by(MEMBER_YEAR, maintain_order=True)
-            .agg([pl.col(cum(c)).last() for c in costs])
-        )
-        after_long = _lengthen(after, cum, costs, "after_fen")
-        before_long = _lengthen(prior.accumulators.collect(), cum, costs, "before_fen")
-        log = after_long.join(before_long, on=[*MEMBER_YEAR, "cost"], how="left").select(
-            pl.lit(batch_id).alias("batch_id"),
-            "psn_no",
-            pl.col("plan_year").cast(pl.Int32),
-            "cost",
-            "before_fen",
-            "after_fen",
-        )
-        history = payouts.select(
-            pl.lit(batch_id).alias("batch_id"),
-            "setl_id",
-            "psn_no",
-            pl.col("plan_year").cast(pl.Int32),
-            "status",
-            pl.col("payout").alias("payout_fen"),
-            pl.lit(False).alias("reverted"),
-        )
-        blobs = pl.DataFrame(
-            {
-                "batch_id": [batch_id] * len(files),
-                "name": list(files),
-                "content": list(files.values()),
-            },
-            schema={"batch_id": pl.String, "name": pl.String, "content": pl.Binary},
-        )
         con = self.con
+        registered: list[str] = []
+
+        def source(table: str) -> str:
+            value = rows[table]
+            if isinstance(value, str):
+                return "read_parquet(" + _quote(value) + ")"
+            view = f"_{table}"
+            con.register(view, value.to_arrow())
+            registered.append(view)
+            return view
+
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(
@@ -354,24 +357,19 @@ class Ledger:
                    $adjudicated, $quarantined, $total_payout_fen, $max_setl_time, $summary)""",
                 record,
             )
-            con.register("_registry", registry.to_arrow())
+            registry = source("settlements")
             seen = con.execute(
-                "SELECT s.setl_id FROM settlements s JOIN _registry r USING (setl_id) LIMIT 5"
+                f"SELECT s.setl_id FROM settlements s JOIN {registry} r USING (setl_id) LIMIT 5"
             ).fetchall()
             if seen:  # the engine quarantines these; this guards the ledger itself
                 raise LedgerError(
                     f"batch {batch_id} would record settlements already in the ledger "
                     f"({', '.join(r[0] for r in seen)}); nothing was applied"
                 )
-            con.execute("INSERT INTO settlements SELECT * FROM _registry")
-            con.register("_costs", setl_costs.to_arrow())
-            con.execute("INSERT INTO settlement_costs SELECT * FROM _costs")
-            con.register("_log", log.to_arrow())
-            con.execute("INSERT INTO accumulator_log SELECT * FROM _log")
-            con.register("_history", history.to_arrow())
-            con.execute("INSERT INTO payout_history SELECT * FROM _history")
-            con.register("_files", blobs.to_arrow())
-            con.execute("INSERT INTO batch_files SELECT * FROM _files")
+            for table in BATCH_TABLES:
+                src = registry if table == "settlements" else source(table)
+                cols = ", ".join(_TABLE_COLUMNS[table])
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {src}")
             if crash_hook is not None:
                 crash_hook("commit")
             con.execute("COMMIT")
@@ -379,7 +377,7 @@ class Ledger:
             con.execute("ROLLBACK")
             raise
         finally:
-            for view in ("_registry", "_costs", "_log", "_history", "_files"):
+            for view in registered:
                 with contextlib.suppress(Exception):
                     con.unregister(view)
 
@@ -474,6 +472,99 @@ class Ledger:
                 params=params,
             )
         )
+
+
+def batch_rows(
+    batch_id: str, payouts: pl.DataFrame, accumulators_before: pl.DataFrame, costs: list[str]
+) -> dict[str, pl.DataFrame]:
+    """The ledger rows of one batch (or one member partition of it), except ``batch_files``.
+
+    ``payouts``: the engine's payout frame (fen). ``accumulators_before``: the year to date
+    before the batch of the members it touches (:attr:`PriorState.accumulators`).
+    """
+    registry = payouts.select(
+        "setl_id",
+        pl.lit(batch_id).alias("batch_id"),
+        "psn_no",
+        pl.col("plan_year").cast(pl.Int32),
+        "status",
+        pl.col("reasons"),
+        pl.col(IS_REVERSAL),
+        "init_setl_id",
+        "setl_time",
+        "edition",
+        pl.col("payable").alias("payable_fen"),
+        pl.col("payout").alias("payout_fen"),
+        pl.col("cum_payable").alias("cum_payable_fen"),
+        pl.col("cum_payout").alias("cum_payout_fen"),
+    )
+    setl_costs = pl.concat(
+        [
+            payouts.select(
+                "setl_id",
+                pl.lit(c).alias("cost"),
+                pl.col(inc(c)).alias("increment_fen"),
+                pl.col(cum(c)).alias("cum_fen"),
+            )
+            for c in costs
+        ]
+    )
+    after = (
+        payouts.sort("batch_seq", "setl_time", "setl_id")
+        .group_by(MEMBER_YEAR, maintain_order=True)
+        .agg([pl.col(cum(c)).last() for c in costs])
+    )
+    after_long = _lengthen(after, cum, costs, "after_fen")
+    before_long = _lengthen(accumulators_before, cum, costs, "before_fen")
+    log = after_long.join(before_long, on=[*MEMBER_YEAR, "cost"], how="left").select(
+        pl.lit(batch_id).alias("batch_id"),
+        "psn_no",
+        pl.col("plan_year").cast(pl.Int32),
+        "cost",
+        "before_fen",
+        "after_fen",
+    )
+    history = payouts.select(
+        pl.lit(batch_id).alias("batch_id"),
+        "setl_id",
+        "psn_no",
+        pl.col("plan_year").cast(pl.Int32),
+        "status",
+        pl.col("payout").alias("payout_fen"),
+        pl.lit(False).alias("reverted"),
+    )
+    return {
+        "settlements": registry,
+        "settlement_costs": setl_costs,
+        "accumulator_log": log,
+        "payout_history": history,
+    }
+
+
+def file_rows(batch_id: str, files: Mapping[str, bytes | str]) -> pl.DataFrame:
+    """``batch_files`` rows: each output file's bytes (kept for replays) or, for a file too big
+    to keep (bounded-memory runs), only its SHA-256 given as a hex string."""
+    kept = {k: v for k, v in files.items() if isinstance(v, bytes)}
+    return pl.DataFrame(
+        {
+            "batch_id": [batch_id] * len(files),
+            "name": list(files),
+            "content": [v if isinstance(v, bytes) else None for v in files.values()],
+            "sha256": [
+                hashlib.sha256(kept[k]).hexdigest() if k in kept else v for k, v in files.items()
+            ],
+        },
+        schema={
+            "batch_id": pl.String,
+            "name": pl.String,
+            "content": pl.Binary,
+            "sha256": pl.String,
+        },
+    )
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _frame(result: Any) -> pl.DataFrame:

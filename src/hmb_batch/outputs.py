@@ -72,14 +72,29 @@ def payouts_frame(
 
 def lines_frame(lines: pl.DataFrame) -> pl.DataFrame:
     """The fee-line audit frame: money in yuan, one row per line (grouped by settlement)."""
-    money = [c for c, t in lines.schema.items() if t == pl.Int64]
+    money = [c for c, t in lines.collect_schema().items() if t == pl.Int64]
     return lines.with_columns([to_decimal(pl.col(c)).alias(c) for c in money])
 
 
 def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:
     """A frame CSV can hold: lists joined by '|', structs flattened, money as plain decimals."""
+    ids: list[str] = []
+    if "responsibilities" in df.columns and len(df) > 0:
+        ids = (
+            df["responsibilities"]
+            .list.eval(pl.element().struct.field("id"))
+            .explode()
+            .unique(maintain_order=True)
+            .drop_nulls()
+            .to_list()
+        )
+    return to_text(df.lazy(), ids).collect()
+
+
+def to_text(frame: pl.LazyFrame, responsibilities: list[str]) -> pl.LazyFrame:
+    """Lazy :func:`to_text_frame` for a payout frame whose responsibility ids are known."""
     cols: list[pl.Expr] = []
-    for name, dtype in df.schema.items():
+    for name, dtype in frame.collect_schema().items():
         if isinstance(dtype, pl.List) and isinstance(dtype.inner, pl.Struct):
             continue  # flattened below
         if isinstance(dtype, pl.List):
@@ -88,25 +103,15 @@ def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:
             cols.append(pl.col(name).cast(MONEY_OUT).cast(pl.String).alias(name))
         else:
             cols.append(pl.col(name))
-    out = df.select(cols)
-    if "responsibilities" in df.columns and len(df) > 0:
-        ids = (
-            df["responsibilities"]
-            .list.eval(pl.element().struct.field("id"))
-            .explode()
-            .unique(maintain_order=True)
-        )
-        for rid in ids.drop_nulls().to_list():
-            for field in ("payable_amt", "payout_amt"):
-                out = out.with_columns(
-                    df["responsibilities"]
-                    .list.eval(
-                        pl.element()
-                        .filter(pl.element().struct.field("id") == rid)
-                        .struct.field(field)
-                    )
-                    .list.first()
-                    .cast(pl.String)
-                    .alias(f"resp_{rid}_{field}")
+    for rid in responsibilities:
+        for field in ("payable_amt", "payout_amt"):
+            cols.append(
+                pl.col("responsibilities")
+                .list.eval(
+                    pl.element().filter(pl.element().struct.field("id") == rid).struct.field(field)
                 )
-    return out
+                .list.first()
+                .cast(pl.String)
+                .alias(f"resp_{rid}_{field}")
+            )
+    return frame.select(cols)

@@ -11,12 +11,14 @@ transaction, and only then write the output files (temporary name, then rename).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import glob
 import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import time
 from collections.abc import Mapping
@@ -26,17 +28,17 @@ from typing import Any
 
 import polars as pl
 
-from hmb_batch import __version__
-from hmb_batch.engine import PriorState, adjudicate, cost_ids, plan_years
+from hmb_batch import __version__, partitioned
+from hmb_batch.engine import PriorState, cost_ids, plan_years
 from hmb_batch.errors import ConfigError, InputUnreadable, ReconciliationError
 from hmb_batch.extract import read_extract
-from hmb_batch.ledger import Ledger, LedgerError, open_ledger
+from hmb_batch.ledger import Ledger, LedgerError, batch_rows, file_rows, open_ledger
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.outputs import lines_frame, payouts_frame, to_text_frame
 from hmb_batch.plan.catalog import PlanSelection, select_plan
 from hmb_batch.reference import load_lists, load_roster
+from hmb_batch.stages import CheckedFrames, check_extract, run_engine
 from hmb_batch.summary import BatchSummary, summarise
-from hmb_batch.validation import DETAIL, REASONS, quarantine_frame, validate
 
 CRASH_ENV = "HMB_TEST_CRASH_AT"  # test hook: SIGKILL this process at a named stage
 
@@ -67,8 +69,8 @@ class BatchResult:
 
     summary: BatchSummary
     files: dict[str, Path]
-    payouts: pl.DataFrame
-    quarantine: pl.DataFrame
+    payouts: pl.LazyFrame  # the payout file's rows (bounded-memory runs: scanned from it)
+    quarantine: pl.LazyFrame
     replayed: bool = False  # the same batch was applied before: files rewritten, ledger unchanged
     manifest: dict[str, Any] = field(default_factory=dict)
 
@@ -105,30 +107,22 @@ def file_hash(path: Path) -> str:
 
 
 @dataclass(frozen=True)
-class PreparedBatch:
-    """A batch read and validated, before the engine: everything in memory, typed."""
+class BatchHeader:
+    """Who a batch is: its id, content key, input files with hashes, plan and reference lists."""
 
     batch_id: str
     batch_key: str
     inputs: dict[str, list[dict[str, str]]]
     plan: PlanSelection
     edition_hashes: dict[str, str]
-    roster: pl.DataFrame
     lists: pl.DataFrame
-    settlements: pl.DataFrame
-    fee_lines: pl.DataFrame
-    validation_quarantine: pl.DataFrame
-    shape: str
-    settlements_in: int
-    fee_lines_in: int
-    identical_repeats: int
-    repeated_fee_lines: int
+    extract_files: list[Path]
+    fee_files: list[Path]
 
 
-def prepare_batch(inputs: BatchInputs) -> PreparedBatch:
-    """Read reference data, choose the plan, read and validate the extract."""
+def describe_batch(inputs: BatchInputs) -> BatchHeader:
+    """Read the lists, choose the plan, hash every input file: the batch's identity."""
     cmap = inputs.column_map
-    roster = load_roster(inputs.roster, cmap, inputs.encoding)
     lists = load_lists(inputs.lists, cmap, inputs.encoding)
     plan = select_plan(inputs.plan, sorted(lists["list"].unique().to_list()))
     extract_files = expand_inputs(inputs.extract)
@@ -152,55 +146,38 @@ def prepare_batch(inputs: BatchInputs) -> PreparedBatch:
     first = extract_files[0]
     label = first.stem if first.parent.name in ("", ".") else f"{first.parent.name}-{first.stem}"
     batch_id = inputs.batch_id or f"{label}-{batch_key[:12]}"
+    return BatchHeader(
+        batch_id, batch_key, described, plan, edition_hashes, lists, extract_files, fee_files
+    )
 
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch read and validated, before the engine: everything in memory, typed."""
+
+    header: BatchHeader
+    roster: pl.DataFrame
+    checked: CheckedFrames
+    shape: str
+
+    @property
+    def batch_id(self) -> str:
+        """The batch id (derived from the inputs unless given)."""
+        return self.header.batch_id
+
+
+def prepare_batch(inputs: BatchInputs, header: BatchHeader | None = None) -> PreparedBatch:
+    """Read reference data, choose the plan, read and validate the extract (in memory)."""
+    header = header or describe_batch(inputs)
+    roster = load_roster(inputs.roster, inputs.column_map, inputs.encoding)
     extract = read_extract(
-        extract_files, fee_files or None, column_map=cmap, encoding=inputs.encoding
+        header.extract_files,
+        header.fee_files or None,
+        column_map=inputs.column_map,
+        encoding=inputs.encoding,
     )
     _crash_point("read")
-    # Parse the files once; validation and the engine then work on the typed frames in memory.
-    # (Bounded-memory streaming for province-scale extracts is issue 5.)
-    typed_settlements, typed_lines = pl.collect_all([extract.settlements, extract.fee_lines])
-    extract = replace(extract, settlements=typed_settlements.lazy(), fee_lines=typed_lines.lazy())
-    checked = validate(extract, materialize=_collected)
-    settlements, fee_lines, quarantine, counts = pl.collect_all(
-        [
-            checked.settlements.with_columns(
-                pl.lit(0, pl.Int64).alias("batch_seq"), pl.lit(batch_id).alias("batch_id")
-            ),
-            checked.fee_lines.with_columns(pl.lit(0, pl.Int64).alias("batch_seq")),
-            checked.quarantine,
-            pl.concat(
-                [
-                    checked.repeats.select(pl.col("dropped").sum().cast(pl.Int64).alias("n")),
-                    checked.repeated_lines.select(
-                        pl.col("dropped").sum().cast(pl.Int64).alias("n")
-                    ),
-                ]
-            ),
-        ]
-    )
-    n_repeats, n_repeated_lines = (int(x or 0) for x in counts["n"].to_list())
-    return PreparedBatch(
-        batch_id=batch_id,
-        batch_key=batch_key,
-        inputs=described,
-        plan=plan,
-        edition_hashes=edition_hashes,
-        roster=roster,
-        lists=lists,
-        settlements=settlements,
-        fee_lines=fee_lines,
-        validation_quarantine=quarantine,
-        shape=extract.shape,
-        settlements_in=typed_settlements.height,
-        fee_lines_in=typed_lines.height,
-        identical_repeats=n_repeats,
-        repeated_fee_lines=n_repeated_lines,
-    )
-
-
-def _collected(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
-    return [f.lazy() for f in pl.collect_all(frames)]
+    return PreparedBatch(header, roster, check_extract(extract, header.batch_id), extract.shape)
 
 
 @dataclass(frozen=True)
@@ -221,12 +198,8 @@ def _parquet_bytes(df: pl.DataFrame) -> bytes:
     return buf.getvalue()
 
 
-def adjudicate_prepared(
-    batch: PreparedBatch, prior: PriorState | None, *, csv: bool
-) -> Adjudicated:
-    """Run the engine on a prepared batch and render the output files in memory."""
-    plan = batch.plan
-    years = plan_years(batch.settlements, prior)
+def covered_years(plan: PlanSelection, years: list[int]) -> None:
+    """Refuse a batch none of whose plan years the plan covers (exit 5)."""
     uncovered = [y for y in years if plan.for_year(y) is None]
     if uncovered and len(uncovered) == len(years):
         raise ConfigError(
@@ -234,54 +207,47 @@ def adjudicate_prepared(
             f"(it covers {plan.years}); give --plan with an edition id or file to apply one "
             "edition to every year"
         )
-    result = adjudicate(
-        batch.settlements.lazy(),
-        batch.fee_lines.lazy(),
-        batch.roster.lazy(),
-        batch.lists.lazy(),
-        plan,
-        prior,
-        years=years,
-        materialize=_collected,
-    )
-    payouts, engine_q, lines_audit = pl.collect_all(
-        [result.payouts, result.quarantine, result.lines]
+
+
+def adjudicate_prepared(
+    batch: PreparedBatch, prior: PriorState | None, *, csv: bool
+) -> Adjudicated:
+    """Run the engine on a prepared batch and render the output files in memory."""
+    plan = batch.header.plan
+    years = plan_years(batch.checked.settlements, prior)
+    covered_years(plan, years)
+    done = run_engine(
+        batch.batch_id, plan, batch.checked, batch.roster, batch.header.lists, prior, years
     )
     _crash_point("compute")
-    quarantine = pl.concat(
-        [
-            batch.validation_quarantine,
-            quarantine_frame(
-                engine_q.lazy(),
-                batch.fee_lines.lazy().join(
-                    engine_q.lazy().select("setl_id", REASONS, DETAIL), on="setl_id", how="inner"
-                ),
-            ).collect(),
-        ],
-        how="diagonal_relaxed",
-    ).with_columns(pl.lit(batch.batch_id).alias("batch_id"))
+    c = batch.checked
     summary = summarise(
         batch_id=batch.batch_id,
-        editions=sorted({e.id for y in years if (e := plan.for_year(y)) is not None}),
+        editions=editions_used(plan, years),
         shape=batch.shape,
-        settlements_in=batch.settlements_in,
-        fee_lines_in=batch.fee_lines_in,
-        identical_repeats=batch.identical_repeats,
-        repeated_fee_lines=batch.repeated_fee_lines,
-        payouts=payouts,
-        quarantine=quarantine,
+        settlements_in=c.settlements_in,
+        fee_lines_in=c.fee_lines_in,
+        identical_repeats=c.identical_repeats,
+        repeated_fee_lines=c.repeated_fee_lines,
+        payouts=done.payouts,
+        quarantine=done.quarantine,
     )
-    payout_file = payouts_frame(payouts, result.costs, result.responsibilities)
+    payout_file = payouts_frame(done.payouts, done.costs, done.responsibilities)
     files = {
         "payouts.parquet": _parquet_bytes(payout_file),
-        "quarantine.parquet": _parquet_bytes(quarantine),
-        "lines.parquet": _parquet_bytes(lines_frame(lines_audit)),
+        "quarantine.parquet": _parquet_bytes(done.quarantine),
+        "lines.parquet": _parquet_bytes(lines_frame(done.lines)),
     }
     if csv:
         buf = io.BytesIO()
         to_text_frame(payout_file).write_csv(buf)
         files["payouts.csv"] = buf.getvalue()
-    return Adjudicated(payouts, quarantine, summary, files, payout_file, result.costs)
+    return Adjudicated(done.payouts, done.quarantine, summary, files, payout_file, done.costs)
+
+
+def editions_used(plan: PlanSelection, years: list[int]) -> list[str]:
+    """The ids of the editions that apply to ``years``."""
+    return sorted({e.id for y in years if (e := plan.for_year(y)) is not None})
 
 
 def write_files(files: dict[str, bytes], out_dir: Path) -> dict[str, Path]:
@@ -294,7 +260,7 @@ def write_files(files: dict[str, bytes], out_dir: Path) -> dict[str, Path]:
         tmp.write_bytes(content)
         _crash_point("outputs")
         os.replace(tmp, target)
-        written[name.split(".")[0] + ("_csv" if name.endswith(".csv") else "")] = target
+        written[_file_key(name)] = target
     return written
 
 
@@ -319,84 +285,280 @@ def run_batch(
     ledger_path: Path | None = None,
     wait: float = 30.0,
     allow_out_of_order: bool = False,
+    memory_limit: int | None = None,
+    partitions: int | None = None,
 ) -> BatchResult:
-    """Adjudicate one batch, apply it to the ledger (if any), write its files into ``out_dir``."""
+    """Adjudicate one batch, apply it to the ledger (if any), write its files into ``out_dir``.
+
+    ``memory_limit`` (bytes): a batch that would not fit is run in partitions
+    (:mod:`hmb_batch.partitioned`); ``partitions`` forces a number of partitions.
+    """
     started = dt.datetime.now()
     clock = _Laps()
-    if ledger_path is None:
-        batch = prepare_batch(inputs)
-        clock.lap("read_and_validate")
-        done = adjudicate_prepared(batch, None, csv=csv)
-        clock.lap("adjudicate")
-        _check_balanced(done.summary)
-        files = write_files(done.files, out_dir)
-        clock.lap("write_outputs")
-        manifest = _manifest(batch, done.summary, started, clock, None, None, replayed=False)
-        _write_manifest(manifest, out_dir)
-        return BatchResult(done.summary, files, done.payout_file, done.quarantine, False, manifest)
-
-    with open_ledger(
-        ledger_path, wait=wait, holder=f"batch of {inputs.extract}, pid {os.getpid()}"
-    ) as ledger:
+    opened: contextlib.AbstractContextManager[Ledger | None] = (
+        open_ledger(ledger_path, wait=wait, holder=f"batch of {inputs.extract}, pid {os.getpid()}")
+        if ledger_path is not None
+        else contextlib.nullcontext()
+    )
+    with opened as ledger:
+        if ledger is not None and memory_limit is not None:
+            ledger.limit_memory(memory_limit // 2)
         clock.lap("lock")
-        batch = prepare_batch(inputs)
-        clock.lap("read_and_validate")
-        before = _ledger_state(ledger)
-        existing = ledger.find_batch(batch_key=batch.batch_key)
-        if existing is not None:
-            stored = ledger.batch_files(existing.batch_id)
-            files = write_files(stored, out_dir)
-            payout_file = pl.read_parquet(io.BytesIO(stored["payouts.parquet"]))
-            quarantine = pl.read_parquet(io.BytesIO(stored["quarantine.parquet"]))
-            summary = BatchSummary.from_json(ledger.batch_summary(existing.batch_id))
-            manifest = _manifest(batch, summary, started, clock, before, before, replayed=True)
-            _write_manifest(manifest, out_dir)
-            return BatchResult(summary, files, payout_file, quarantine, True, manifest)
-        batch = _unique_batch_id(ledger, batch, explicit=inputs.batch_id is not None)
-        newest = ledger.max_setl_time()
-        latest_here = batch.settlements["setl_time"].max() if batch.settlements.height else None
-        if (
-            not allow_out_of_order
-            and newest is not None
-            and latest_here is not None
-            and latest_here < newest  # type: ignore[operator]
-        ):
-            raise LedgerError(
-                f"batch {batch.batch_id} looks out of order: its latest settlement "
-                f"({latest_here!s}) is earlier than the ledger's latest ({newest!s}). Run nightly "
-                "extracts in order, or give --allow-out-of-order to take its settlements after "
-                "everything already applied"
+        header = describe_batch(inputs)
+        before = _ledger_state(ledger) if ledger is not None else None
+        if ledger is not None:
+            existing = ledger.find_batch(batch_key=header.batch_key)
+            if existing is not None:
+                return _replay(ledger, existing.batch_id, header, out_dir, started, clock, before)
+            header = _unique_batch_id(ledger, header, explicit=inputs.batch_id is not None)
+        n = partitions or 1
+        if partitions is None and memory_limit is not None:
+            n = partitioned.partitions_for(
+                partitioned.estimated_fee_lines(header.fee_files or header.extract_files),
+                memory_limit,
             )
-        prior = ledger.prior_for(batch.settlements, cost_ids(batch.plan))
-        clock.lap("ledger_read")
+        if n > 1:
+            return _run_partitioned(
+                inputs,
+                header,
+                ledger,
+                out_dir,
+                n,
+                csv=csv,
+                allow_out_of_order=allow_out_of_order,
+                memory_limit=memory_limit,
+                started=started,
+                clock=clock,
+                before=before,
+            )
+        batch = prepare_batch(inputs, header)
+        clock.lap("read_and_validate")
+        settlements = batch.checked.settlements
+        latest = settlements["setl_time"].max() if settlements.height else None
+        prior = None
+        if ledger is not None:
+            _check_order(ledger, header.batch_id, latest, allow_out_of_order)  # type: ignore[arg-type]
+            prior = ledger.prior_for(settlements, cost_ids(header.plan))
+            clock.lap("ledger_read")
         done = adjudicate_prepared(batch, prior, csv=csv)
         clock.lap("adjudicate")
-        seq = len(ledger.batches()) + 1
-        record = {
-            "batch_id": batch.batch_id,
-            "seq": seq,
-            "batch_key": batch.batch_key,
-            "inputs": json.dumps(batch.inputs, ensure_ascii=False),
-            "editions": json.dumps(batch.edition_hashes),
-            "hmb_version": __version__,
-            "started_at": started,
-            "finished_at": dt.datetime.now(),
-            "settlements_in": done.summary.settlements_in,
-            "adjudicated": done.summary.adjudicated,
-            "quarantined": done.summary.quarantined,
-            "total_payout_fen": done.summary.total_payout_fen,
-            "max_setl_time": done.payouts["setl_time"].max() if done.payouts.height else None,
-            "summary": json.dumps(done.summary.to_json(), ensure_ascii=False),
-        }
         _check_balanced(done.summary)
-        ledger.apply(record, done.payouts, prior, done.costs, done.files, crash_hook=_crash_point)
-        clock.lap("ledger_commit")
-        after = _ledger_state(ledger)
+        after = None
+        if ledger is not None:
+            assert prior is not None
+            rows: dict[str, pl.DataFrame | str] = {
+                **batch_rows(
+                    header.batch_id, done.payouts, prior.accumulators.collect(), done.costs
+                ),
+                "batch_files": file_rows(header.batch_id, done.files),
+            }
+            ledger.apply(
+                _record(ledger, header, done.summary, started, latest),  # type: ignore[arg-type]
+                rows,
+                crash_hook=_crash_point,
+            )
+            clock.lap("ledger_commit")
+            after = _ledger_state(ledger)
         files = write_files(done.files, out_dir)
         clock.lap("write_outputs")
-        manifest = _manifest(batch, done.summary, started, clock, before, after, replayed=False)
+        manifest = _manifest(header, done.summary, started, clock, before, after, replayed=False)
         _write_manifest(manifest, out_dir)
-        return BatchResult(done.summary, files, done.payout_file, done.quarantine, False, manifest)
+        return BatchResult(
+            done.summary, files, done.payout_file.lazy(), done.quarantine.lazy(), False, manifest
+        )
+
+
+def _run_partitioned(
+    inputs: BatchInputs,
+    header: BatchHeader,
+    ledger: Ledger | None,
+    out_dir: Path,
+    n: int,
+    *,
+    csv: bool,
+    allow_out_of_order: bool,
+    memory_limit: int | None,
+    started: dt.datetime,
+    clock: _Laps,
+    before: list[dict[str, Any]] | None,
+) -> BatchResult:
+    """:func:`run_batch` for a batch in ``n`` partitions (spill folder inside ``out_dir``)."""
+    spill = out_dir / f".hmb-spill-{os.getpid()}"
+    shutil.rmtree(spill, ignore_errors=True)
+    spill.mkdir(parents=True)
+    try:
+        staged = partitioned.stage_batch(
+            header.batch_id,
+            header.extract_files,
+            header.fee_files,
+            inputs.roster,
+            n,
+            spill,
+            column_map=dict(inputs.column_map or {}),
+            encoding=inputs.encoding,
+        )
+        _crash_point("read")
+        clock.lap("read_and_validate")
+        if ledger is not None:
+            _check_order(ledger, header.batch_id, staged.max_setl_time, allow_out_of_order)
+        costs = cost_ids(header.plan)
+
+        def prior_for(settlements: pl.DataFrame) -> PriorState | None:
+            return ledger.prior_for(settlements, costs) if ledger is not None else None
+
+        outcome = partitioned.adjudicate_partitions(
+            staged,
+            batch_id=header.batch_id,
+            plan=header.plan,
+            lists=header.lists,
+            prior_for=prior_for,
+            with_ledger=ledger is not None,
+            csv=csv,
+            memory_limit=memory_limit or partitioned.RUNTIME_BYTES * 2,
+        )
+        covered_years(header.plan, outcome.years)
+        _crash_point("compute")
+        clock.lap("adjudicate")
+        summary = summarise(
+            batch_id=header.batch_id,
+            editions=editions_used(header.plan, outcome.years),
+            shape=staged.shape,
+            settlements_in=staged.settlements_in,
+            fee_lines_in=staged.fee_lines_in,
+            identical_repeats=staged.identical_repeats,
+            repeated_fee_lines=staged.repeated_fee_lines,
+            payouts=outcome.payouts,
+            quarantine=outcome.quarantine,
+        )
+        _check_balanced(summary)
+        after = None
+        if ledger is not None:
+            digests = {name: file_hash(path) for name, path in outcome.files.items()}
+            rows: dict[str, pl.DataFrame | str] = {
+                **outcome.ledger_rows,
+                "batch_files": file_rows(header.batch_id, digests),
+            }
+            ledger.apply(
+                _record(ledger, header, summary, started, staged.max_setl_time),
+                rows,
+                crash_hook=_crash_point,
+            )
+            clock.lap("ledger_commit")
+            after = _ledger_state(ledger)
+        files = install_files(outcome.files, out_dir)
+        clock.lap("write_outputs")
+        manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
+        manifest["partitions"] = n
+        _write_manifest(manifest, out_dir)
+        return BatchResult(
+            summary,
+            files,
+            pl.scan_parquet(files["payouts"]),
+            pl.scan_parquet(files["quarantine"]),
+            False,
+            manifest,
+        )
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _file_key(name: str) -> str:
+    return name.split(".")[0] + ("_csv" if name.endswith(".csv") else "")
+
+
+def install_files(staged: dict[str, Path], out_dir: Path) -> dict[str, Path]:
+    """Move files assembled in the spill folder (same file system) into place, atomically."""
+    written = {}
+    for name, path in staged.items():
+        target = out_dir / name
+        _crash_point("outputs")
+        os.replace(path, target)
+        written[_file_key(name)] = target
+    return written
+
+
+def _replay(
+    ledger: Ledger,
+    batch_id: str,
+    header: BatchHeader,
+    out_dir: Path,
+    started: dt.datetime,
+    clock: _Laps,
+    before: list[dict[str, Any]] | None,
+) -> BatchResult:
+    """The same inputs were applied before: rewrite that batch's files, leave the ledger as is.
+
+    A bounded-memory batch kept only its files' digests: files still in place with those
+    digests are accepted; otherwise the replay is refused (the ledger is unchanged either way).
+    """
+    stored = ledger.batch_files(batch_id)
+    kept = {k: v for k, v in stored.items() if isinstance(v, bytes)}
+    for name, digest in stored.items():
+        if isinstance(digest, str):
+            target = out_dir / name
+            if not target.exists() or file_hash(target) != digest:
+                raise LedgerError(
+                    f"batch {batch_id} with these inputs was applied before; it ran in "
+                    f"partitions, so the ledger kept only the digests of its output files, and "
+                    f"{target} is missing or different. The ledger is unchanged; the files are "
+                    "in that run's output folder"
+                )
+    files = write_files(kept, out_dir)
+    files |= {_file_key(k): out_dir / k for k in stored if k not in kept}
+    summary = BatchSummary.from_json(ledger.batch_summary(batch_id))
+    manifest = _manifest(header, summary, started, clock, before, before, replayed=True)
+    _write_manifest(manifest, out_dir)
+    return BatchResult(
+        summary,
+        files,
+        pl.scan_parquet(files["payouts"]),
+        pl.scan_parquet(files["quarantine"]),
+        True,
+        manifest,
+    )
+
+
+def _check_order(
+    ledger: Ledger, batch_id: str, latest_here: dt.datetime | None, allow_out_of_order: bool
+) -> None:
+    newest = ledger.max_setl_time()
+    if (
+        not allow_out_of_order
+        and newest is not None
+        and latest_here is not None
+        and latest_here < newest
+    ):
+        raise LedgerError(
+            f"batch {batch_id} looks out of order: its latest settlement "
+            f"({latest_here!s}) is earlier than the ledger's latest ({newest!s}). Run nightly "
+            "extracts in order, or give --allow-out-of-order to take its settlements after "
+            "everything already applied"
+        )
+
+
+def _record(
+    ledger: Ledger,
+    header: BatchHeader,
+    summary: BatchSummary,
+    started: dt.datetime,
+    max_setl_time: dt.datetime | None,
+) -> dict[str, Any]:
+    return {
+        "batch_id": header.batch_id,
+        "seq": len(ledger.batches()) + 1,
+        "batch_key": header.batch_key,
+        "inputs": json.dumps(header.inputs, ensure_ascii=False),
+        "editions": json.dumps(header.edition_hashes),
+        "hmb_version": __version__,
+        "started_at": started,
+        "finished_at": dt.datetime.now(),
+        "settlements_in": summary.settlements_in,
+        "adjudicated": summary.adjudicated,
+        "quarantined": summary.quarantined,
+        "total_payout_fen": summary.total_payout_fen,
+        "max_setl_time": max_setl_time,
+        "summary": json.dumps(summary.to_json(), ensure_ascii=False),
+    }
 
 
 class _Laps:
@@ -423,30 +585,25 @@ def _check_balanced(s: BatchSummary) -> None:
         )
 
 
-def _unique_batch_id(ledger: Ledger, batch: PreparedBatch, *, explicit: bool) -> PreparedBatch:
+def _unique_batch_id(ledger: Ledger, header: BatchHeader, *, explicit: bool) -> BatchHeader:
     """Keep batch ids unique: an explicit id in use is refused; a derived id in use (the same
     inputs applied, then reverted) gets a ``-rN`` suffix, so the reverted record stays."""
     taken = {b.batch_id for b in ledger.batches()}
-    if batch.batch_id not in taken:
-        return batch
+    if header.batch_id not in taken:
+        return header
     if explicit:
         raise LedgerError(
-            f"batch id {batch.batch_id} is already in the ledger with other inputs; "
+            f"batch id {header.batch_id} is already in the ledger with other inputs; "
             "give another --batch-id"
         )
     n = 2
-    while f"{batch.batch_id}-r{n}" in taken:
+    while f"{header.batch_id}-r{n}" in taken:
         n += 1
-    new_id = f"{batch.batch_id}-r{n}"
-    return replace(
-        batch,
-        batch_id=new_id,
-        settlements=batch.settlements.with_columns(pl.lit(new_id).alias("batch_id")),
-    )
+    return replace(header, batch_id=f"{header.batch_id}-r{n}")
 
 
 def _manifest(
-    batch: PreparedBatch,
+    header: BatchHeader,
     summary: BatchSummary,
     started: dt.datetime,
     clock: _Laps,
@@ -456,12 +613,12 @@ def _manifest(
     replayed: bool,
 ) -> dict[str, Any]:
     return {
-        "batch_id": batch.batch_id,
-        "batch_key": batch.batch_key,
+        "batch_id": header.batch_id,
+        "batch_key": header.batch_key,
         "replayed": replayed,
         "hmb_version": __version__,
-        "inputs": batch.inputs,
-        "editions": batch.edition_hashes,
+        "inputs": header.inputs,
+        "editions": header.edition_hashes,
         "ledger_before": before,
         "ledger_after": after,
         "counts": summary.to_json(),

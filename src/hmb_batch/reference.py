@@ -20,20 +20,21 @@ _SHOW = 10
 _TRUE = ["1", "y", "yes", "true", "是"]
 
 
-def _stop_on_errors(frame: pl.DataFrame, what: str, extra: list[str]) -> None:
+def _messages(frame: pl.DataFrame) -> list[str]:
     messages = frame.select(pl.col(ERRORS).list.explode(keep_nulls=False, empty_as_null=False))
-    found = messages.to_series().to_list() + extra
+    found: list[str] = messages.to_series().to_list()
+    return found
+
+
+def _stop_on_errors(found: list[str], what: str) -> None:
     if found:
         shown = "\n".join(f"  - {m}" for m in found[:_SHOW])
         more = f"\n  (+{len(found) - _SHOW} more)" if len(found) > _SHOW else ""
         raise ReferenceDataError(f"the {what} has {len(found)} problem(s):\n{shown}{more}")
 
 
-def load_roster(
-    path: Path, column_map: Mapping[str, str] | None = None, encoding: str = "utf-8"
-) -> pl.DataFrame:
-    """Read and check the roster: one row per member and plan year, every value readable."""
-    df = read_table(path, ROSTER, column_map=column_map, encoding=encoding).collect()
+def roster_problems(df: pl.DataFrame, path: Path) -> list[str]:
+    """What is wrong with typed roster rows (a whole roster, or all rows of some members)."""
     dups = (
         df.filter(pl.len().over("psn_no", "plan_year") > 1)
         .group_by("psn_no", "plan_year")
@@ -45,10 +46,28 @@ def load_roster(
         f"roster row for plan year {r['plan_year']} (expected one)"
         for r in dups.head(_SHOW).iter_rows(named=True)
     ]
-    _stop_on_errors(df, f"roster {path}", extra)
+    return _messages(df) + extra
+
+
+def stop_on_roster_problems(found: list[str], path: Path) -> None:
+    """Stop the run (exit 8) naming the first problems, if there are any."""
+    _stop_on_errors(found, f"roster {path}")
+
+
+def roster_frame(df: pl.DataFrame) -> pl.DataFrame:
+    """Checked typed roster rows as the engine reads them (``pre_existing`` a boolean)."""
     return df.with_columns(
         pl.col("pre_existing").str.to_lowercase().is_in(_TRUE).fill_null(False)
     ).drop(ERRORS, FILE, ROW)
+
+
+def load_roster(
+    path: Path, column_map: Mapping[str, str] | None = None, encoding: str = "utf-8"
+) -> pl.DataFrame:
+    """Read and check the roster: one row per member and plan year, every value readable."""
+    df = read_table(path, ROSTER, column_map=column_map, encoding=encoding).collect()
+    stop_on_roster_problems(roster_problems(df, path), path)
+    return roster_frame(df)
 
 
 def load_lists(
@@ -62,5 +81,5 @@ def load_lists(
         f"before valid_from {r['valid_from']}"
         for r in backwards.head(_SHOW).iter_rows(named=True)
     ]
-    _stop_on_errors(df, f"lists file {path}", extra)
+    _stop_on_errors(_messages(df) + extra, f"lists file {path}")
     return df.drop(ERRORS, FILE, ROW)

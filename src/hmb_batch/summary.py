@@ -67,9 +67,10 @@ class BatchSummary:
         return d
 
 
-def _counts(series: pl.Series) -> dict[str, int]:
-    vc = series.value_counts(sort=True)
-    return {str(k): int(n) for k, n in vc.iter_rows()}
+def _counts(frame: pl.DataFrame) -> dict[str, int]:
+    """(key, n) rows as a dict, largest count first (ties by key, so the order is stable)."""
+    rows = frame.sort(["n", "key"], descending=[True, False]).iter_rows()
+    return {str(k): int(n) for k, n in rows}
 
 
 def summarise(
@@ -81,13 +82,31 @@ def summarise(
     fee_lines_in: int,
     identical_repeats: int,
     repeated_fee_lines: int,
-    payouts: pl.DataFrame,
-    quarantine: pl.DataFrame,
+    payouts: pl.DataFrame | pl.LazyFrame,
+    quarantine: pl.DataFrame | pl.LazyFrame,
 ) -> BatchSummary:
-    """Build the summary from the payout frame (fen) and the quarantine frame."""
-    q_settlements = quarantine.filter(pl.col("record") == "settlement")
-    denied = payouts.filter(pl.col("status") == "denied")
-    by_year = payouts.group_by("plan_year").agg(pl.col("payout").sum()).sort("plan_year")
+    """Build the summary from the payout frame (fen) and the quarantine frame.
+
+    Either may be lazy (a bounded-memory run scans its partition files): only aggregates are
+    collected.
+    """
+    p = payouts.lazy()
+    q = quarantine.lazy().filter(pl.col("record") == "settlement")
+
+    def by(frame: pl.LazyFrame, key: pl.Expr) -> pl.LazyFrame:
+        return frame.group_by(key.alias("key")).agg(pl.len().cast(pl.Int64).alias("n"))
+
+    reasons = pl.col("reasons").list.explode(keep_nulls=False, empty_as_null=False)
+    totals, by_status, denied, q_total, q_reasons, by_year = pl.collect_all(
+        [
+            p.select(pl.len().cast(pl.Int64).alias("n"), pl.col("payout").sum().alias("fen")),
+            by(p, pl.col("status")),
+            by(p.filter(pl.col("status") == "denied").select(reasons), pl.col("reasons")),
+            q.select(pl.len().cast(pl.Int64).alias("n")),
+            by(q.select(reasons), pl.col("reasons")),
+            p.group_by("plan_year").agg(pl.col("payout").sum()).sort("plan_year"),
+        ]
+    )
     return BatchSummary(
         batch_id=batch_id,
         editions=editions,
@@ -96,13 +115,11 @@ def summarise(
         fee_lines_in=fee_lines_in,
         identical_repeats=identical_repeats,
         repeated_fee_lines=repeated_fee_lines,
-        adjudicated=payouts.height,
-        quarantined=q_settlements.height,
-        by_status=_counts(payouts["status"]) if payouts.height else {},
-        denied_by_reason=_counts(denied["reasons"].explode()) if denied.height else {},
-        quarantined_by_reason=(
-            _counts(q_settlements["reasons"].explode()) if q_settlements.height else {}
-        ),
-        total_payout_fen=int(payouts["payout"].sum() or 0),
+        adjudicated=int(totals["n"][0]),
+        quarantined=int(q_total["n"][0]),
+        by_status=_counts(by_status),
+        denied_by_reason=_counts(denied),
+        quarantined_by_reason=_counts(q_reasons),
+        total_payout_fen=int(totals["fen"][0] or 0),
         payout_by_plan_year_fen={int(y): int(v) for y, v in by_year.iter_rows()},
     )
