@@ -18,11 +18,12 @@ import atexit
 import codecs
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS, Contract, Kind
 from hmb_batch.errors import InputUnreadable, SchemaError
@@ -278,59 +279,93 @@ def _concat(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
 
 
+def typed_frames(
+    raw: pl.LazyFrame, path: Path, role: str, column_map: Mapping[str, str] | None = None
+) -> dict[str, pl.LazyFrame]:
+    """One raw file (or a slice of it) typed: ``role`` 'settlements' or 'fee_lines' (two-file
+    extracts) gives that table; 'wide' gives both, ``settlements`` one row per line."""
+    if role == "settlements":
+        return {
+            "settlements": type_table(raw, SETTLEMENTS, column_map=column_map, file_label=str(path))
+        }
+    if role == "fee_lines":
+        return {
+            "fee_lines": type_table(raw, FEE_LINES, column_map=column_map, file_label=str(path))
+        }
+    found = [n for n in raw.collect_schema().names() if n not in (ROW, FILE)]
+    names = {n.lower() for n in found}
+    site = {k.lower(): v.lower() for k, v in (column_map or {}).items()}
+    names |= {site[n] for n in names if n in site}
+    if "feedetl_sn" not in names:
+        raise SchemaError(str(path), "fee_lines", ["feedetl_sn"], found)
+    return {
+        "settlements": type_table(
+            raw, SETTLEMENTS, column_map=column_map, prefix=WIDE_PREFIX, file_label=str(path)
+        ),
+        "fee_lines": type_table(raw, FEE_LINES, column_map=column_map, file_label=str(path)),
+    }
+
+
+def extract_roles(
+    extract: Sequence[Path], fees: Sequence[Path] | None
+) -> tuple[str, list[tuple[Path, str]]]:
+    """The extract's shape and each file's role (see :func:`typed_frames`)."""
+    if fees is not None:
+        return "two-file", [(p, "settlements") for p in extract] + [(p, "fee_lines") for p in fees]
+    return "wide", [(p, "wide") for p in extract]
+
+
 def read_extract(
     extract: Path | Sequence[Path],
     fees: Path | Sequence[Path] | None = None,
     *,
     column_map: Mapping[str, str] | None = None,
     encoding: str = "utf-8",
-    distinct: bool = True,
 ) -> Extract:
     """Read a batch extract of either shape into typed settlements and fee lines.
 
     ``extract`` (and ``fees``) may be several files — a year of nightly extracts, or the parts of
     a partitioned export — read as one batch; each row keeps its own file and row number.
-    ``distinct=False`` leaves a wide file's repeated settlement headers in place (a partitioned
-    run applies :func:`distinct_headers` to each partition instead of to the whole batch).
     """
     extract_files = _paths(extract)
-    if fees is not None:
-        fee_files = _paths(fees)
-        return Extract(
-            _concat(
-                [
-                    read_table(p, SETTLEMENTS, column_map=column_map, encoding=encoding)
-                    for p in extract_files
-                ]
-            ),
-            _concat(
-                [
-                    read_table(p, FEE_LINES, column_map=column_map, encoding=encoding)
-                    for p in fee_files
-                ]
-            ),
-            "two-file",
-            (*extract_files, *fee_files),
-        )
-    settlement_parts, line_parts = [], []
-    for path in extract_files:
-        raw = scan_raw(path, encoding)
-        found = [n for n in raw.collect_schema().names() if n not in (ROW, FILE)]
-        names = {n.lower() for n in found}
-        site = {k.lower(): v.lower() for k, v in (column_map or {}).items()}
-        names |= {site[n] for n in names if n in site}
-        if "feedetl_sn" not in names:
-            raise SchemaError(str(path), "fee_lines", ["feedetl_sn"], found)
-        line_parts.append(type_table(raw, FEE_LINES, column_map=column_map, file_label=str(path)))
-        settlement_parts.append(
-            type_table(
-                raw, SETTLEMENTS, column_map=column_map, prefix=WIDE_PREFIX, file_label=str(path)
-            )
-        )
-    settlements = _concat(settlement_parts)
-    if distinct:
+    fee_files = _paths(fees) if fees is not None else None
+    shape, roles = extract_roles(extract_files, fee_files)
+    parts: dict[str, list[pl.LazyFrame]] = {"settlements": [], "fee_lines": []}
+    for path, role in roles:
+        for name, frame in typed_frames(scan_raw(path, encoding), path, role, column_map).items():
+            parts[name].append(frame)
+    settlements = _concat(parts["settlements"])
+    if shape == "wide":
         settlements = distinct_headers(settlements)
-    return Extract(settlements, _concat(line_parts), "wide", tuple(extract_files))
+    files = (*extract_files, *(fee_files or []))
+    return Extract(settlements, _concat(parts["fee_lines"]), shape, files)
+
+
+def raw_slices(
+    path: Path, rows: int, spill: Path, encoding: str = "utf-8"
+) -> Iterator[pl.LazyFrame]:
+    """A file as raw frames of at most ``rows`` rows each, with their ``_file`` and ``_row``.
+
+    For bounded-memory runs: a Parquet file is read a batch at a time; a CSV file is first
+    converted to Parquet in ``spill`` (all columns as text) by a streaming pass.
+    """
+    source = scan_raw(path, encoding).drop(ROW, FILE)
+    if detect_format(path) == "csv":
+        converted = spill / f"csv-{len(list(spill.glob('csv-*')))}.parquet"
+        source.sink_parquet(converted, row_group_size=rows)
+        parquet = converted
+    else:
+        parquet = path
+    offset = 1
+    for batch in pq.ParquetFile(parquet).iter_batches(batch_size=rows):
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        yield (
+            frame.lazy()
+            .with_row_index(ROW, offset=offset)
+            .with_columns(pl.lit(str(path)).alias(FILE))
+        )
+        offset += frame.height
 
 
 def distinct_headers(settlements: pl.LazyFrame) -> pl.LazyFrame:

@@ -30,16 +30,23 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
-from hmb_batch.contracts import ROSTER
+from hmb_batch.contracts import FEE_LINES, ROSTER, SETTLEMENTS, Contract
 from hmb_batch.engine import PriorState, cost_ids, plan_years, responsibility_ids
 from hmb_batch.errors import ConfigError, HmbError
 from hmb_batch.extract import (
+    FILE,
+    ROW,
     Extract,
     detect_format,
     distinct_headers,
-    read_extract,
-    read_table,
+    extract_roles,
+    raw_slices,
+    type_table,
+    typed_frames,
 )
 from hmb_batch.ledger import BATCH_TABLES, batch_rows
 from hmb_batch.outputs import lines_frame, payouts_frame, to_text
@@ -49,14 +56,16 @@ from hmb_batch.stages import CheckedFrames, check_extract, run_engine
 
 MiB = 1 << 20
 GiB = 1 << 30
-# Peak resident memory per fee line of an in-memory run, measured (BENCHMARKS.md: 11.3 GB at
-# 10M lines), and what any run holds before its first line (interpreter, Polars, DuckDB).
-BYTES_PER_FEE_LINE = 1_200
-RUNTIME_BYTES = 320 * MiB
+# Peak resident memory per fee line while one partition is validated and adjudicated (measured:
+# ~1.5-2 KB transient; an in-memory run averages 1.1 KB), and what a run holds besides its
+# partition: interpreter, Polars, DuckDB, one slice being typed (BENCHMARKS.md).
+BYTES_PER_FEE_LINE = 2_000
+RUNTIME_BYTES = 400 * MiB
 MIN_PARTITION_BYTES = 64 * MiB
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) partitions.
 CSV_BYTES_PER_LINE = 100
 PART = "_part"
+SLICE_ROWS = 100_000  # rows typed at a time when partitioning (the bound of that pass)
 _SEED = 0x484D42  # any fixed seed: partitions only need to agree within one run
 
 
@@ -104,21 +113,78 @@ def _part_of(column: str, n: int) -> pl.Expr:
     return (pl.col(column).hash(seed=_SEED) % n).cast(pl.UInt32).alias(PART)
 
 
-def _sink_parts(frames: dict[Path, pl.LazyFrame]) -> None:
-    """Stream each frame into hive parts ``folder/_part=K/*.parquet`` in one pass."""
-    pl.collect_all(
-        [
-            frame.sink_parquet(
-                pl.PartitionBy(folder, key=PART, include_key=False), mkdir=True, lazy=True
-            )
-            for folder, frame in frames.items()
-        ]
-    )
+class _PartWriters:
+    """One Arrow IPC stream per partition (``folder/K.arrows``), appended slice by slice."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.writers: dict[int, ipc.RecordBatchStreamWriter] = {}
+        self.schema: pa.Schema | None = None
+
+    def write(self, frame: pl.DataFrame) -> None:
+        for (k,), part in frame.partition_by(PART, as_dict=True, include_key=False).items():
+            table = part.to_arrow()
+            writer = self.writers.get(int(k))
+            if writer is None:
+                writer = ipc.new_stream(
+                    str(self.folder / f"{k}.arrows"),
+                    table.schema,
+                    options=ipc.IpcWriteOptions(compression="lz4"),
+                )
+                self.writers[int(k)] = writer
+            writer.write_table(table)
+
+    def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _partition_files(
+    roles: list[tuple[Path, str]],
+    keys: dict[str, str],
+    folder: Path,
+    n: int,
+    *,
+    column_map: dict[str, str] | None,
+    encoding: str,
+    typed: Callable[[pl.LazyFrame, Path, str], dict[str, pl.LazyFrame]],
+) -> dict[str, pl.Schema]:
+    """Type each file slice by slice and append each slice's rows to their partition's stream.
+
+    ``keys``: table name -> the column its partition is a hash of. Returns each table's schema.
+    Memory: one slice (:data:`SLICE_ROWS` rows) at a time, whatever the size of the files.
+    """
+    writers = {name: _PartWriters(folder / name) for name in keys}
+    schemas: dict[str, pl.Schema] = {}
+    try:
+        for path, role in roles:
+            for raw in raw_slices(path, SLICE_ROWS, folder, encoding):
+                frames = typed(raw, path, role)
+                names = [name for name in keys if name in frames]
+                done = pl.collect_all(
+                    [frames[name].with_columns(_part_of(keys[name], n)) for name in names]
+                )
+                for name, frame in zip(names, done, strict=True):
+                    schemas.setdefault(name, frame.drop(PART).schema)
+                    writers[name].write(frame)
+    finally:
+        for w in writers.values():
+            w.close()
+    for sub in folder.glob("csv-*.parquet"):
+        sub.unlink()
+    return schemas
 
 
 def _part(folder: Path, k: int) -> pl.LazyFrame | None:
-    files = sorted((folder / f"{PART}={k}").glob("*.parquet"))
-    return pl.scan_parquet(files) if files else None
+    path = folder / f"{k}.arrows"
+    return pl.read_ipc_stream(path).lazy() if path.exists() else None
+
+
+def _typed_schema(contract: Contract, column_map: dict[str, str] | None) -> pl.Schema:
+    """The typed schema of a table no slice was read for (an empty file)."""
+    empty = pl.LazyFrame(schema={ROW: pl.UInt32, FILE: pl.String})
+    return type_table(empty, contract, column_map=column_map, require=False).collect_schema()
 
 
 def _empty(schema: pl.Schema) -> pl.LazyFrame:
@@ -154,8 +220,17 @@ def stage_batch(
 ) -> StagedBatch:
     """Roster and extract into partitions (steps 1 and 2 of the module docstring)."""
     n = partitions
-    typed_roster = read_table(roster, ROSTER, column_map=column_map, encoding=encoding)
-    _sink_parts({folder / "roster": typed_roster.with_columns(_part_of("psn_no", n))})
+    roster_schema = _partition_files(
+        [(roster, "roster")],
+        {"roster": "psn_no"},
+        folder,
+        n,
+        column_map=column_map,
+        encoding=encoding,
+        typed=lambda raw, path, _role: {
+            "roster": type_table(raw, ROSTER, column_map=column_map, file_label=str(path))
+        },
+    ).get("roster")
     problems: list[str] = []
     for j in range(n):
         part = _part(folder / "roster", j)
@@ -163,36 +238,36 @@ def stage_batch(
             problems += roster_problems(part.collect(), roster)
     stop_on_roster_problems(problems, roster)
 
-    extract = read_extract(
-        extract_files, fee_files or None, column_map=column_map, encoding=encoding, distinct=False
+    shape, roles = extract_roles(extract_files, fee_files or None)
+    schemas = _partition_files(
+        roles,
+        {"settlements": "setl_id", "fee_lines": "setl_id"},
+        folder / "a",
+        n,
+        column_map=column_map,
+        encoding=encoding,
+        typed=lambda raw, path, role: typed_frames(raw, path, role, column_map),
     )
-    _sink_parts(
-        {
-            folder / "a-settlements": extract.settlements.with_columns(_part_of("setl_id", n)),
-            folder / "a-lines": extract.fee_lines.with_columns(_part_of("setl_id", n)),
-        }
-    )
-    staged = StagedBatch(
-        folder, n, extract.shape, roster_frame(typed_roster.limit(0).collect()).schema
-    )
-    s_schema = extract.settlements.collect_schema()
-    l_schema = extract.fee_lines.collect_schema()
+    typed_roster = pl.DataFrame(schema=roster_schema or _typed_schema(ROSTER, column_map))
+    staged = StagedBatch(folder, n, shape, roster_frame(typed_roster).schema)
+    s_schema = schemas.get("settlements") or _typed_schema(SETTLEMENTS, column_map)
+    l_schema = schemas.get("fee_lines") or _typed_schema(FEE_LINES, column_map)
     for sub in ("b-settlements", "b-lines", "quarantine"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for k in range(n):
-        settlements = _part(folder / "a-settlements", k)
-        lines = _part(folder / "a-lines", k)
+        settlements = _part(folder / "a" / "settlements", k)
+        lines = _part(folder / "a" / "fee_lines", k)
         if settlements is None and lines is None:
             continue
         settlements = settlements if settlements is not None else _empty(s_schema)
-        if extract.shape == "wide":
+        if shape == "wide":
             settlements = distinct_headers(settlements)
         checked = check_extract(
             Extract(
                 settlements,
                 lines if lines is not None else _empty(l_schema),
-                extract.shape,
-                extract.files,
+                shape,
+                (*extract_files, *fee_files),
             ),
             batch_id,
         )
@@ -346,13 +421,11 @@ def adjudicate_partitions(
         "lines.parquet": out / "lines.parquet",
     }
     _sorted_payout_file(folder / "payout-file", files["payouts.parquet"], memory_limit, folder)
-    quarantine.sink_parquet(files["quarantine.parquet"])
-    pl.scan_parquet(folder / "lines" / "*.parquet").sink_parquet(files["lines.parquet"])
+    quarantine.collect().write_parquet(files["quarantine.parquet"])  # rejects: usually few
+    _concat_parquet(sorted((folder / "lines").glob("*.parquet")), files["lines.parquet"])
     if csv:
         files["payouts.csv"] = out / "payouts.csv"
-        to_text(pl.scan_parquet(files["payouts.parquet"]), responsibilities).sink_csv(
-            files["payouts.csv"]
-        )
+        _write_csv(files["payouts.parquet"], files["payouts.csv"], responsibilities)
     return PartitionedOutcome(
         payouts=pl.scan_parquet(folder / "payouts" / "*.parquet"),
         quarantine=pl.scan_parquet(files["quarantine.parquet"]),
@@ -361,6 +434,32 @@ def adjudicate_partitions(
         years=sorted(years_seen),
         costs=costs,
     )
+
+
+def _concat_parquet(parts: list[Path], target: Path) -> None:
+    """Part files (one partition each, same schema) into one file, one part in memory at a time.
+
+    (A Polars streaming sink of a large scan buffers more than one partition here.)
+    """
+    writer: pq.ParquetWriter | None = None
+    try:
+        for part in parts:
+            table = pq.read_table(part)
+            if writer is None:
+                writer = pq.ParquetWriter(target, table.schema, compression="zstd")
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _write_csv(payouts: Path, target: Path, responsibilities: list[str]) -> None:
+    """payouts.csv from the payout file, a slice at a time."""
+    with target.open("wb") as fh:
+        for i, batch in enumerate(pq.ParquetFile(payouts).iter_batches(batch_size=SLICE_ROWS)):
+            frame = pl.from_arrow(batch)
+            assert isinstance(frame, pl.DataFrame)
+            to_text(frame.lazy(), responsibilities).collect().write_csv(fh, include_header=i == 0)
 
 
 def _any(folder: Path) -> Path:
