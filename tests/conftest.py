@@ -8,6 +8,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pytest
 from typer.testing import CliRunner
@@ -232,3 +233,48 @@ def ex() -> Extract:
 def date(s: str) -> dt.date:
     """ISO date."""
     return dt.date.fromisoformat(s)
+
+
+def golden_batch(ledger: Path, out: Path, name: str, *extra: str) -> Any:
+    """Run golden batch ``name`` through the CLI on ``ledger``; output in ``out/name``."""
+    b = GOLDEN / name
+    return run_cli(
+        [
+            "adjudicate",
+            str(b / "settlements.parquet"),
+            "--fees",
+            str(b / "fees.parquet"),
+            "--roster",
+            str(GOLDEN / "roster.parquet"),
+            "--lists",
+            str(GOLDEN / "lists.parquet"),
+            "--plan",
+            "zhelibao",
+            "--ledger",
+            str(ledger),
+            "--out",
+            str(out / name),
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
+def ledger_snapshot(ledger: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every ledger table's rows (sorted; batch timestamps left out), for equality checks."""
+    con = duckdb.connect(str(ledger), read_only=True)
+    try:
+        out = {}
+        for table in (
+            "batches",
+            "settlements",
+            "settlement_costs",
+            "accumulators",
+            "accumulator_log",
+            "payout_history",
+        ):
+            cols = "* EXCLUDE (started_at, finished_at)" if table == "batches" else "*"
+            out[table] = sorted(con.execute(f"SELECT {cols} FROM {table}").fetchall(), key=str)
+        return out
+    finally:
+        con.close()

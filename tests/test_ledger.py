@@ -13,42 +13,27 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from conftest import GOLDEN, MONEY_COLS, Extract, adjudicate_args, run_cli, yuan
+from conftest import (
+    GOLDEN,
+    MONEY_COLS,
+    Extract,
+    adjudicate_args,
+    golden_batch,
+    ledger_snapshot,
+    run_cli,
+    yuan,
+)
 from hmb_batch.ledger import batch_rows, file_rows, open_ledger
 from hmb_batch.pipeline import CRASH_ENV, BatchInputs, run_batch
 
 KEY = ["setl_id", "psn_no", "plan_year", "status", "reasons", *MONEY_COLS]
 
 
-def _golden_batch(ledger: Path, out: Path, name: str, *extra: str) -> Any:
-    b = GOLDEN / name
-    return run_cli(
-        [
-            "adjudicate",
-            str(b / "settlements.parquet"),
-            "--fees",
-            str(b / "fees.parquet"),
-            "--roster",
-            str(GOLDEN / "roster.parquet"),
-            "--lists",
-            str(GOLDEN / "lists.parquet"),
-            "--plan",
-            "zhelibao",
-            "--ledger",
-            str(ledger),
-            "--out",
-            str(out / name),
-            "--quiet",
-            *extra,
-        ]
-    )
-
-
 def test_golden_year_night_by_night_on_one_ledger(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.duckdb"
     got, quarantined = [], []
     for name in ("batch_00", "batch_01", "batch_02"):
-        r = _golden_batch(ledger, tmp_path, name)
+        r = golden_batch(ledger, tmp_path, name)
         assert r.exit_code == 0, r.output
         got.append(pl.read_parquet(tmp_path / name / "payouts.parquet").select(KEY))
         q = pl.read_parquet(tmp_path / name / "quarantine.parquet")
@@ -69,12 +54,12 @@ def test_golden_year_night_by_night_on_one_ledger(tmp_path: Path) -> None:
 
 def test_rerunning_a_batch_changes_nothing_and_rewrites_identical_files(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.duckdb"
-    assert _golden_batch(ledger, tmp_path / "first", "batch_00").exit_code == 0
-    before = _snapshot(ledger)
-    r = _golden_batch(ledger, tmp_path / "again", "batch_00", "--json")
+    assert golden_batch(ledger, tmp_path / "first", "batch_00").exit_code == 0
+    before = ledger_snapshot(ledger)
+    r = golden_batch(ledger, tmp_path / "again", "batch_00", "--json")
     assert r.exit_code == 0
     assert '"replayed": true' in r.output
-    assert _snapshot(ledger) == before
+    assert ledger_snapshot(ledger) == before
     for name in ("payouts.parquet", "quarantine.parquet", "lines.parquet"):
         first = (tmp_path / "first" / "batch_00" / name).read_bytes()
         assert (tmp_path / "again" / "batch_00" / name).read_bytes() == first
@@ -82,30 +67,11 @@ def test_rerunning_a_batch_changes_nothing_and_rewrites_identical_files(tmp_path
 
 def test_out_of_order_batch_is_refused_unless_allowed(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.duckdb"
-    assert _golden_batch(ledger, tmp_path, "batch_02").exit_code == 0
-    r = _golden_batch(ledger, tmp_path, "batch_00")
+    assert golden_batch(ledger, tmp_path, "batch_02").exit_code == 0
+    r = golden_batch(ledger, tmp_path, "batch_00")
     assert r.exit_code == 9
     assert "out of order" in r.output and "--allow-out-of-order" in r.output
-    assert _golden_batch(ledger, tmp_path, "batch_00", "--allow-out-of-order").exit_code == 0
-
-
-def _snapshot(ledger: Path) -> dict[str, list[tuple[Any, ...]]]:
-    con = duckdb.connect(str(ledger), read_only=True)
-    try:
-        out = {}
-        for table in (
-            "batches",
-            "settlements",
-            "settlement_costs",
-            "accumulators",
-            "accumulator_log",
-            "payout_history",
-        ):
-            cols = "* EXCLUDE (started_at, finished_at)" if table == "batches" else "*"
-            out[table] = sorted(con.execute(f"SELECT {cols} FROM {table}").fetchall(), key=str)
-        return out
-    finally:
-        con.close()
+    assert golden_batch(ledger, tmp_path, "batch_00", "--allow-out-of-order").exit_code == 0
 
 
 # --- a generated year split into nightly extracts ------------------------------------------
@@ -180,7 +146,10 @@ def test_nightly_batches_equal_one_run_of_the_whole_year(year: Path, tmp_path: P
     assert split.filter(pl.col("status") == "paid").height > 10
     assert split.filter(pl.col("status") == "reversal").height > 0
     # the nightly ledger and the whole-year ledger agree on every accumulator
-    assert _snapshot(ledger)["accumulators"] == _snapshot(tmp_path / "whole.duckdb")["accumulators"]
+    assert (
+        ledger_snapshot(ledger)["accumulators"]
+        == ledger_snapshot(tmp_path / "whole.duckdb")["accumulators"]
+    )
 
 
 def test_a_folder_or_glob_of_extracts_is_one_batch(year: Path, tmp_path: Path) -> None:
@@ -238,10 +207,10 @@ def test_killed_at_any_stage_leaves_the_ledger_before_or_after(
 ) -> None:
     ledger = tmp_path / "ledger.duckdb"
     assert _cli(_night_args(year, "00", ledger, tmp_path / "n00")).returncode == 0
-    before = _snapshot(ledger)
+    before = ledger_snapshot(ledger)
     killed = _cli(_night_args(year, "01", ledger, tmp_path / "n01"), {CRASH_ENV: stage})
     assert killed.returncode == -9  # SIGKILL
-    state = _snapshot(ledger)
+    state = ledger_snapshot(ledger)
     if stage == "outputs":  # killed after the commit, while writing files
         assert len(state["batches"]) == 2
         assert not (tmp_path / "n01" / "payouts.parquet").exists()
@@ -254,8 +223,8 @@ def test_killed_at_any_stage_leaves_the_ledger_before_or_after(
     reference = tmp_path / "reference.duckdb"
     for night in ("00", "01"):
         assert _cli(_night_args(year, night, reference, tmp_path / "ref" / night)).returncode == 0
-    assert _snapshot(ledger)["accumulators"] == _snapshot(reference)["accumulators"]
-    assert _snapshot(ledger)["settlements"] == _snapshot(reference)["settlements"]
+    assert ledger_snapshot(ledger)["accumulators"] == ledger_snapshot(reference)["accumulators"]
+    assert ledger_snapshot(ledger)["settlements"] == ledger_snapshot(reference)["settlements"]
     assert (tmp_path / "n01" / "payouts.parquet").read_bytes() == (
         tmp_path / "ref" / "01" / "payouts.parquet"
     ).read_bytes()
@@ -284,13 +253,13 @@ def test_revert_the_last_batch_exactly_and_refuse_an_earlier_one(
         first, second = (b.batch_id for b in lg.batches())
     reference = tmp_path / "one.duckdb"
     assert _cli(_night_args(year, "00", reference, tmp_path / "ref")).returncode == 0
-    after_first = _snapshot(reference)
+    after_first = ledger_snapshot(reference)
 
     refused = run_cli(["ledger", "revert", first, "--ledger", str(ledger)])
     assert refused.exit_code == 9 and "later batches" in refused.output and second in refused.output
     done = run_cli(["ledger", "revert", second, "--ledger", str(ledger)])
     assert done.exit_code == 0, done.output
-    state = _snapshot(ledger)
+    state = ledger_snapshot(ledger)
     for table in ("settlements", "settlement_costs", "accumulators"):
         assert state[table] == after_first[table], table
     history = duckdb.connect(str(ledger), read_only=True)
@@ -393,7 +362,7 @@ def test_manifest_records_inputs_editions_and_ledger_state(tmp_path: Path) -> No
     import json
 
     ledger = tmp_path / "ledger.duckdb"
-    assert _golden_batch(ledger, tmp_path, "batch_00").exit_code == 0
+    assert golden_batch(ledger, tmp_path, "batch_00").exit_code == 0
     m = json.loads((tmp_path / "batch_00" / "manifest.json").read_text(encoding="utf-8"))
     assert m["inputs"]["extract"][0]["sha256"] and m["editions"]["zhelibao-2022"]
     assert m["ledger_before"] == [] and m["ledger_after"][0]["plan_year"] == 2022
@@ -420,7 +389,7 @@ def test_a_batch_that_does_not_balance_is_not_applied(
     monkeypatch.setattr(pipeline, "summarise", lose_one)
     with pytest.raises(ReconciliationError, match="does not balance"):
         run_batch(inputs, tmp_path / "out", ledger_path=ledger)
-    assert _snapshot(ledger)["batches"] == []
+    assert ledger_snapshot(ledger)["batches"] == []
     assert not (tmp_path / "out" / "payouts.parquet").exists()
 
 
@@ -433,7 +402,7 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
     night = year / "nightly" / "00"
     inputs = _inputs(year, night / "settlements.parquet", night / "fees.parquet")
     run_batch(inputs, tmp_path / "out", ledger_path=ledger)
-    before = _snapshot(ledger)
+    before = ledger_snapshot(ledger)
     # bypass the engine's duplicate check: apply the same adjudication again under a new id
     batch = prepare_batch(inputs)
     done = adjudicate_prepared(batch, PriorState.empty(["compliant", "reasonable"]), csv=False)
@@ -466,4 +435,4 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
                 "batch_files": file_rows("again", done.files),
             },
         )
-    assert _snapshot(ledger) == before
+    assert ledger_snapshot(ledger) == before

@@ -109,6 +109,12 @@ def partitions_for(fee_lines: int, memory_limit: int) -> int:
     return max(1, math.ceil(fee_lines * BYTES_PER_FEE_LINE / usable))
 
 
+def duckdb_share(memory_limit: int) -> int:
+    """What DuckDB may use (sorting the payout file, the ledger commit): the limit less the
+    runtime, which the Python side keeps while DuckDB works, and less a margin."""
+    return max((memory_limit - RUNTIME_BYTES) * 3 // 4, 64 * MiB)
+
+
 def _part_of(column: str, n: int) -> pl.Expr:
     return (pl.col(column).hash(seed=_SEED) % n).cast(pl.UInt32).alias(PART)
 
@@ -468,10 +474,10 @@ def _any(folder: Path) -> Path:
 
 def _sorted_payout_file(parts: Path, target: Path, memory_limit: int, folder: Path) -> None:
     """The payout file in processing order, as an in-memory run writes it: DuckDB sorts the
-    parts within half the memory limit, spilling to the spill folder."""
+    parts within :func:`duckdb_share` of the limit, spilling to the spill folder."""
     con = duckdb.connect()
     try:
-        con.execute(f"SET memory_limit = '{max(memory_limit // 2 // MiB, 64)}MiB'")
+        con.execute(f"SET memory_limit = '{duckdb_share(memory_limit) // MiB}MiB'")
         con.execute(f"SET temp_directory = '{folder / 'duckdb-spill'}'")
         con.execute("SET preserve_insertion_order = true")
         src = str(parts / "*.parquet").replace("'", "''")

@@ -302,7 +302,7 @@ def run_batch(
     )
     with opened as ledger:
         if ledger is not None and memory_limit is not None:
-            ledger.limit_memory(memory_limit // 2)
+            ledger.limit_memory(partitioned.duckdb_share(memory_limit))
         clock.lap("lock")
         header = describe_batch(inputs)
         before = _ledger_state(ledger) if ledger is not None else None

@@ -1,0 +1,217 @@
+"""Bounded-memory runs: a batch in partitions gives exactly what an in-memory run gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from conftest import GOLDEN, golden_batch, ledger_snapshot, run_cli
+from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
+from hmb_batch.errors import ConfigError
+from hmb_batch.partitioned import GiB, MiB, parse_size, partitions_for
+
+NIGHTS = ("batch_00", "batch_01", "batch_02")
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    """Every output file of two runs holds the same rows (the payout file in the same order)."""
+    assert_frame_equal(
+        pl.read_parquet(a / "payouts.parquet"), pl.read_parquet(b / "payouts.parquet")
+    )
+    lines_key = ["setl_id", "feedetl_sn"]
+    assert_frame_equal(
+        pl.read_parquet(a / "lines.parquet").sort(lines_key),
+        pl.read_parquet(b / "lines.parquet").sort(lines_key),
+    )
+    q_key = ["record", "_file", "_row"]
+    qa, qb = pl.read_parquet(a / "quarantine.parquet"), pl.read_parquet(b / "quarantine.parquet")
+    assert_frame_equal(qa.sort(q_key), qb.select(qa.columns).sort(q_key))
+    if (a / "payouts.csv").exists():
+        assert (a / "payouts.csv").read_bytes() == (b / "payouts.csv").read_bytes()
+    counts = [json.loads((d / "manifest.json").read_text())["counts"] for d in (a, b)]
+    assert counts[0] == counts[1]
+
+
+@pytest.mark.parametrize("ext", ["parquet", "csv"])
+def test_golden_year_in_partitions_equals_the_in_memory_run(tmp_path: Path, ext: str) -> None:
+    for mode, extra in (("memory", ()), ("parts", ("--partitions", "5"))):
+        for name in NIGHTS:
+            b = GOLDEN / name
+            r = run_cli(
+                [
+                    "adjudicate",
+                    str(b / f"settlements.{ext}"),
+                    "--fees",
+                    str(b / f"fees.{ext}"),
+                    "--roster",
+                    str(GOLDEN / f"roster.{ext}"),
+                    "--lists",
+                    str(GOLDEN / f"lists.{ext}"),
+                    "--plan",
+                    "zhelibao",
+                    "--ledger",
+                    str(tmp_path / f"{mode}.duckdb"),
+                    "--out",
+                    str(tmp_path / mode / name),
+                    "--csv",
+                    "--quiet",
+                    *extra,
+                ]
+            )
+            assert r.exit_code == 0, r.output
+    for name in NIGHTS:
+        _same_outputs(tmp_path / "memory" / name, tmp_path / "parts" / name)
+        manifest = json.loads((tmp_path / "parts" / name / "manifest.json").read_text())
+        assert manifest["partitions"] == 5
+        assert not list((tmp_path / "parts" / name).glob(".hmb-spill-*"))  # spill cleaned up
+    # quarantines of both kinds came through: validation's (stage A) and the engine's (stage B)
+    reasons = pl.concat(
+        pl.read_parquet(tmp_path / "parts" / n / "quarantine.parquet").select("reasons")
+        for n in NIGHTS
+    )["reasons"].explode()
+    assert {"DUPLICATE_SETTLEMENT", "AMOUNT_IDENTITY"} <= set(reasons.to_list())
+    memory, parts = (ledger_snapshot(tmp_path / f"{m}.duckdb") for m in ("memory", "parts"))
+    for table in ("settlements", "settlement_costs", "accumulators", "payout_history"):
+        assert memory[table] == parts[table], table
+
+
+def test_a_wide_extract_in_partitions(tmp_path: Path) -> None:
+    b = GOLDEN / "batch_00"
+    s = pl.read_parquet(b / "settlements.parquet")
+    f = pl.read_parquet(b / "fees.parquet")
+    shared = set(SETTLEMENTS.names) & set(FEE_LINES.names) - {"setl_id"}
+    wide = f.join(s.rename({c: f"setl_{c}" for c in shared}), on="setl_id", how="inner")
+    wide.write_parquet(tmp_path / "wide.parquet")
+    for mode, extra in (("memory", ()), ("parts", ("--partitions", "3"))):
+        r = run_cli(
+            [
+                "adjudicate",
+                str(tmp_path / "wide.parquet"),
+                "--roster",
+                str(GOLDEN / "roster.parquet"),
+                "--lists",
+                str(GOLDEN / "lists.parquet"),
+                "--plan",
+                "zhelibao",
+                "--out",
+                str(tmp_path / mode),
+                "--quiet",
+                *extra,
+            ]
+        )
+        assert r.exit_code == 0, r.output
+    _same_outputs(tmp_path / "memory", tmp_path / "parts")
+    assert pl.read_parquet(tmp_path / "parts" / "payouts.parquet").height > 100
+
+
+def test_a_partitioned_batch_replays_without_touching_the_ledger(tmp_path: Path) -> None:
+    ledger = tmp_path / "ledger.duckdb"
+    assert golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4").exit_code == 0
+    before = ledger_snapshot(ledger)
+    payouts = (tmp_path / "batch_00" / "payouts.parquet").read_bytes()
+    again = golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4", "--json")
+    assert again.exit_code == 0 and json.loads(again.output)["replayed"] is True
+    assert (tmp_path / "batch_00" / "payouts.parquet").read_bytes() == payouts
+    # the ledger kept only the files' digests: a replay into a folder without them is refused
+    (tmp_path / "batch_00" / "payouts.parquet").unlink()
+    refused = golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4")
+    assert refused.exit_code == 9
+    assert "applied before" in refused.output and "ledger is unchanged" in refused.output
+    assert ledger_snapshot(ledger) == before
+
+
+def test_memory_limits_are_parsed_and_checked(tmp_path: Path) -> None:
+    assert parse_size("1GiB") == GiB == parse_size("1g") == parse_size("1024MB")
+    assert parse_size("1.5G") == GiB * 3 // 2 and parse_size("123") == 123
+    with pytest.raises(ConfigError, match="not a size"):
+        parse_size("lots")
+    assert partitions_for(1000, GiB) == 1
+    assert partitions_for(50_000_000, GiB) > partitions_for(10_000_000, GiB) > 1
+    with pytest.raises(ConfigError, match="too small"):
+        partitions_for(1000, 100 * MiB)
+    r = golden_batch(tmp_path / "l.duckdb", tmp_path, "batch_00", "--memory-limit", "100MB")
+    assert r.exit_code == 5 and "--memory-limit 100 MiB is too small" in r.output
+    assert (
+        not (tmp_path / "l.duckdb").exists()
+        or ledger_snapshot(tmp_path / "l.duckdb")["batches"] == []
+    )
+
+
+_PEAK = """
+import resource, subprocess, sys
+rc = subprocess.run(sys.argv[1:]).returncode
+print("PEAK_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.exit(rc)
+"""
+
+
+@pytest.mark.slow
+def test_a_tiny_memory_limit_holds_and_changes_nothing(tmp_path: Path) -> None:
+    """~1M fee lines under a 600 MiB limit: partitions, peak RSS under the limit, same results."""
+    hmb = str(Path(sys.executable).parent / "hmb-batch")
+    data = tmp_path / "data"
+    subprocess.run(
+        [
+            hmb,
+            "generate",
+            "--members",
+            "100000",
+            "--year",
+            "2022",
+            "--seed",
+            "3",
+            "--out",
+            str(data),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    base = [
+        hmb,
+        "adjudicate",
+        str(data / "settlements.parquet"),
+        "--fees",
+        str(data / "fees.parquet"),
+        "--roster",
+        str(data / "roster.parquet"),
+        "--lists",
+        str(data / "lists.parquet"),
+        "--plan",
+        "zhelibao",
+        "--csv",
+        "--quiet",
+    ]
+    peaks = {}
+    for mode, extra in (("memory", []), ("bounded", ["--memory-limit", "600MiB"])):
+        out = tmp_path / mode
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _PEAK,
+                *base,
+                "--out",
+                str(out),
+                "--ledger",
+                str(out / "l.duckdb"),
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+        )
+        assert proc.returncode == 0, proc.stderr
+        peaks[mode] = int(proc.stdout.split("PEAK_KB")[1]) * 1024
+    _same_outputs(tmp_path / "memory", tmp_path / "bounded")
+    assert json.loads((tmp_path / "bounded" / "manifest.json").read_text())["partitions"] > 1
+    assert peaks["bounded"] < 600 * MiB < peaks["memory"], peaks
+    memory, bounded = (ledger_snapshot(tmp_path / m / "l.duckdb") for m in ("memory", "bounded"))
+    for table in ("settlements", "settlement_costs", "accumulators", "payout_history"):
+        assert memory[table] == bounded[table], table
