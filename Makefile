@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-BENCH_SIZES ?= 10000000
+BENCH_SIZES ?= 10000000,50000000
+BENCH_MEMORY_LIMIT ?= 1GiB
 BENCH_NIGHTLY_MEMBERS ?= 2000000
 
 .DEFAULT_GOAL := help
@@ -48,7 +49,8 @@ typecheck: $(STAMP) ## mypy (strict) on the package
 check: lint typecheck test ## lint, types and tests
 
 bench: $(STAMP) ## benchmarks against the read floor and a DuckDB SQL baseline -> BENCHMARKS.md
-	$(BIN)/python benchmarks/run.py --sizes $(BENCH_SIZES) --repeat 3 --nightly-members $(BENCH_NIGHTLY_MEMBERS)
+	$(BIN)/python benchmarks/run.py --sizes $(BENCH_SIZES) --repeat 3 --repeat-large 1 \
+		--memory-limit $(BENCH_MEMORY_LIMIT) --nightly-members $(BENCH_NIGHTLY_MEMBERS)
 
 sample-data: $(STAMP) ## regenerate sample_data/ (deterministic)
 	$(BIN)/hmb-batch generate --members 2000 --year 2022 --seed 20220101 --out sample_data --nights 2

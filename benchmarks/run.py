@@ -1,13 +1,15 @@
 """Benchmarks: hmb-batch against the read floor and a plain DuckDB SQL baseline.
 
-    python benchmarks/run.py [--sizes 10000000,50000000] [--repeat 3] [--out BENCHMARKS.md]
+    python benchmarks/run.py [--sizes 10000000,50000000] [--repeat 3] [--repeat-large 1]
+        [--memory-limit 1GiB] [--in-memory-up-to 10000000] [--out BENCHMARKS.md]
 
 For each size (fee lines), generates an extract (cached under benchmarks/data/, ignored by git)
 with the generator's realistic ratio of lines to settlements to members, then runs — each in a
 fresh process, median of ``--repeat`` runs, peak RSS from the OS (``wait4``):
 
 1. the read floor (benchmarks/floor.py), Parquet and CSV;
-2. ``hmb-batch adjudicate`` on the extract with a fresh ledger, Parquet and CSV input;
+2. ``hmb-batch adjudicate --memory-limit`` on the extract with a fresh ledger, Parquet and CSV
+   input (and, up to ``--in-memory-up-to`` lines, an in-memory run for comparison);
 3. the DuckDB SQL baseline (benchmarks/baseline.sql), checked against hmb-batch to the fen;
 4. (``--nightly``) a nightly batch of ~500k lines against a ledger already holding the year.
 
@@ -111,7 +113,9 @@ def ensure_data(lines: int) -> Path:
     return folder
 
 
-def bench_size(lines: int, repeat: int, work: Path) -> dict[str, object]:
+def bench_size(
+    lines: int, repeat: int, work: Path, memory_limit: str, in_memory: bool
+) -> dict[str, object]:
     data = ensure_data(lines)
     n_lines = pl.scan_parquet(data / "fees.parquet").select(pl.len()).collect().item()
     n_settlements = pl.scan_parquet(data / "settlements.parquet").select(pl.len()).collect().item()
@@ -124,7 +128,7 @@ def bench_size(lines: int, repeat: int, work: Path) -> dict[str, object]:
     ledger = work / f"ledger-{lines}.duckdb"
     clean = ["rm", "-rf", str(ledger), str(ledger) + ".lock", str(ledger) + ".wal", str(out)]
 
-    def adjudicate(ext: str) -> list[str]:
+    def adjudicate(ext: str, *extra: str) -> list[str]:
         return [
             hmb,
             "adjudicate",
@@ -140,8 +144,10 @@ def bench_size(lines: int, repeat: int, work: Path) -> dict[str, object]:
             "--out",
             str(out),
             "--quiet",
+            *extra,
         ]
 
+    limit = ("--memory-limit", memory_limit)
     runs = {
         "floor_parquet": measure(
             "read floor (Parquet)", [py, str(HERE / "floor.py"), str(data)], repeat
@@ -150,7 +156,10 @@ def bench_size(lines: int, repeat: int, work: Path) -> dict[str, object]:
             "read floor (CSV)", [py, str(HERE / "floor.py"), str(data), "csv"], repeat
         ),
         "hmb_parquet": measure(
-            "hmb-batch adjudicate (Parquet)", adjudicate("parquet"), repeat, before=clean
+            f"hmb-batch adjudicate --memory-limit {memory_limit} (Parquet)",
+            adjudicate("parquet", *limit),
+            repeat,
+            before=clean,
         ),
     }
     hmb_payouts = out / "payouts.parquet"
@@ -158,7 +167,16 @@ def bench_size(lines: int, repeat: int, work: Path) -> dict[str, object]:
     if runs["hmb_parquet"].ok:
         kept = work / f"hmb-payouts-{lines}.parquet"
         shutil.copy(hmb_payouts, kept)
-    runs["hmb_csv"] = measure("hmb-batch adjudicate (CSV)", adjudicate("csv"), repeat, before=clean)
+    runs["hmb_csv"] = measure(
+        f"hmb-batch adjudicate --memory-limit {memory_limit} (CSV)",
+        adjudicate("csv", *limit),
+        repeat,
+        before=clean,
+    )
+    if in_memory:
+        runs["hmb_memory"] = measure(
+            "hmb-batch adjudicate in memory (Parquet)", adjudicate("parquet"), repeat, before=clean
+        )
     baseline_out = work / f"baseline-{lines}.parquet"
     runs["duckdb"] = measure(
         "DuckDB SQL baseline", [py, str(HERE / "baseline.py"), str(data), str(baseline_out)], repeat
@@ -326,6 +344,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="10000000,50000000")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat-large", type=int, default=1, help="repeats for sizes above 10M lines")
+    ap.add_argument("--memory-limit", default="1GiB", help="hmb-batch's --memory-limit")
+    ap.add_argument(
+        "--in-memory-up-to",
+        type=int,
+        default=10_000_000,
+        help="also run hmb-batch in memory up to this many lines",
+    )
     ap.add_argument(
         "--nightly-members",
         type=int,
@@ -336,7 +362,16 @@ def main() -> None:
     args = ap.parse_args()
     work = DATA / "work"
     work.mkdir(parents=True, exist_ok=True)
-    results = [bench_size(int(s), args.repeat, work) for s in args.sizes.split(",")]
+    results = [
+        bench_size(
+            int(s),
+            args.repeat if int(s) <= 10_000_000 else args.repeat_large,
+            work,
+            args.memory_limit,
+            int(s) <= args.in_memory_up_to,
+        )
+        for s in args.sizes.split(",")
+    ]
     nightly = (
         bench_nightly(args.repeat, work, args.nightly_members) if args.nightly_members else None
     )
