@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from conftest import GOLDEN, golden_batch, ledger_snapshot, run_cli
+from conftest import GOLDEN, Extract, adjudicate_args, golden_batch, ledger_snapshot, run_cli
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.errors import ConfigError
 from hmb_batch.partitioned import GiB, MiB, parse_size, partitions_for
@@ -215,3 +215,15 @@ def test_a_tiny_memory_limit_holds_and_changes_nothing(tmp_path: Path) -> None:
     memory, bounded = (ledger_snapshot(tmp_path / m / "l.duckdb") for m in ("memory", "bounded"))
     for table in ("settlements", "settlement_costs", "accumulators", "payout_history"):
         assert memory[table] == bounded[table], table
+
+
+def test_an_empty_batch_in_partitions_writes_empty_files_with_their_columns(
+    ex: Extract, tmp_path: Path
+) -> None:
+    ex.member("M1")
+    files = ex.write(tmp_path / "in")
+    for mode, extra in (("memory", ()), ("parts", ("--partitions", "3"))):
+        r = run_cli(adjudicate_args(files, tmp_path / mode, "--quiet", *extra))
+        assert r.exit_code == 0, r.output
+    _same_outputs(tmp_path / "memory", tmp_path / "parts")
+    assert pl.read_parquet(tmp_path / "parts" / "payouts.parquet").height == 0

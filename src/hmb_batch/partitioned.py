@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import resource
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,18 @@ def duckdb_share(memory_limit: int) -> int:
     """What DuckDB may use (sorting the payout file, the ledger commit): the limit less the
     runtime, which the Python side keeps while DuckDB works, and less a margin."""
     return max((memory_limit - RUNTIME_BYTES) * 3 // 4, 64 * MiB)
+
+
+def _allow_open_files(needed: int) -> None:
+    """Partitioning keeps two files open per partition: raise the soft limit if need be."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            raise ConfigError(
+                f"{needed} open files are needed for this many partitions but the system allows "
+                f"{hard}; give a larger --memory-limit (fewer partitions) or raise `ulimit -n`"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def _part_of(column: str, n: int) -> pl.Expr:
@@ -211,6 +224,7 @@ class StagedBatch:
     repeated_fee_lines: int = 0
     years: set[int] = field(default_factory=set)
     max_setl_time: dt.datetime | None = None
+    checked_schemas: tuple[pl.Schema, pl.Schema] | None = None  # settlements, fee lines
 
 
 def stage_batch(
@@ -226,6 +240,7 @@ def stage_batch(
 ) -> StagedBatch:
     """Roster and extract into partitions (steps 1 and 2 of the module docstring)."""
     n = partitions
+    _allow_open_files(2 * n + 64)
     roster_schema = _partition_files(
         [(roster, "roster")],
         {"roster": "psn_no"},
@@ -258,8 +273,31 @@ def stage_batch(
     staged = StagedBatch(folder, n, shape, roster_frame(typed_roster).schema)
     s_schema = schemas.get("settlements") or _typed_schema(SETTLEMENTS, column_map)
     l_schema = schemas.get("fee_lines") or _typed_schema(FEE_LINES, column_map)
-    for sub in ("b-settlements", "b-lines", "quarantine"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "quarantine").mkdir(parents=True, exist_ok=True)
+    by_member = {
+        "settlements": _PartWriters(folder / "b-settlements"),
+        "fee_lines": _PartWriters(folder / "b-lines"),
+    }
+    try:
+        _validate_parts(
+            staged, by_member, batch_id, (*extract_files, *fee_files), s_schema, l_schema
+        )
+    finally:
+        for w in by_member.values():
+            w.close()
+    return staged
+
+
+def _validate_parts(
+    staged: StagedBatch,
+    by_member: dict[str, _PartWriters],
+    batch_id: str,
+    files: tuple[Path, ...],
+    s_schema: pl.Schema,
+    l_schema: pl.Schema,
+) -> None:
+    """Stage A: validate each settlement part; append its checked rows to their member parts."""
+    folder, n, shape = staged.folder, staged.partitions, staged.shape
     for k in range(n):
         settlements = _part(folder / "a" / "settlements", k)
         lines = _part(folder / "a" / "fee_lines", k)
@@ -273,10 +311,11 @@ def stage_batch(
                 settlements,
                 lines if lines is not None else _empty(l_schema),
                 shape,
-                (*extract_files, *fee_files),
+                files,
             ),
             batch_id,
         )
+        staged.checked_schemas = (checked.settlements.schema, checked.fee_lines.schema)
         staged.settlements_in += checked.settlements_in
         staged.fee_lines_in += checked.fee_lines_in
         staged.identical_repeats += checked.identical_repeats
@@ -293,23 +332,17 @@ def stage_batch(
                 f"internal error: {checked.fee_lines.height - lines_out.height} checked fee "
                 f"line(s) of partition {k} have no checked settlement; nothing was applied"
             )
-        _write_by_part(s, folder / "b-settlements" / f"{k}.parquet", n)
-        _write_by_part(lines_out, folder / "b-lines" / f"{k}.parquet", n)
+        by_member["settlements"].write(s)
+        by_member["fee_lines"].write(lines_out)
         checked.quarantine.with_columns(pl.lit(batch_id).alias("batch_id")).write_parquet(
             folder / "quarantine" / f"a-{k}.parquet"
         )
-    return staged
-
-
-def _write_by_part(frame: pl.DataFrame, path: Path, n: int) -> None:
-    """Sorted by member part, about one row group per part: stage B's filter on the part then
-    reads only its own row groups (Parquet statistics)."""
-    rows = max(1, math.ceil(frame.height / n))
-    frame.sort(PART).write_parquet(path, row_group_size=rows, statistics=True)
-
-
-def _member_part(folder: Path, j: int) -> pl.DataFrame:
-    return pl.scan_parquet(folder / "*.parquet").filter(pl.col(PART) == j).drop(PART).collect()
+    if staged.checked_schemas is None:  # nothing read at all: the columns of an empty batch
+        empty = check_extract(Extract(_empty(s_schema), _empty(l_schema), shape, files), batch_id)
+        staged.checked_schemas = (empty.settlements.schema, empty.fee_lines.schema)
+        empty.quarantine.with_columns(pl.lit(batch_id).alias("batch_id")).write_parquet(
+            folder / "quarantine" / "a-0.parquet"
+        )
 
 
 @dataclass(frozen=True)
@@ -347,11 +380,15 @@ def adjudicate_partitions(
         (folder / sub).mkdir(exist_ok=True)
     years_seen = set(staged.years)
     no_quarantine = pl.DataFrame()
+    assert staged.checked_schemas is not None
+    settlement_schema, line_schema = staged.checked_schemas
     for j in range(staged.partitions):
-        settlements = _member_part(folder / "b-settlements", j)
-        if settlements.height == 0:
+        settlements_part = _part(folder / "b-settlements", j)
+        if settlements_part is None:
             continue  # stage A writes a part's lines only with their settlements
-        lines = _member_part(folder / "b-lines", j)
+        settlements = settlements_part.collect()
+        lines_part = _part(folder / "b-lines", j)
+        lines = lines_part.collect() if lines_part is not None else pl.DataFrame(schema=line_schema)
         roster_part = _part(folder / "roster", j)
         roster = (
             roster_frame(roster_part.collect())
@@ -390,10 +427,8 @@ def adjudicate_partitions(
             batch_id,
             plan,
             CheckedFrames(
-                pl.DataFrame(schema=pl.read_parquet_schema(_any(folder / "b-settlements"))).drop(
-                    PART
-                ),
-                pl.DataFrame(schema=pl.read_parquet_schema(_any(folder / "b-lines"))).drop(PART),
+                pl.DataFrame(schema=settlement_schema),
+                pl.DataFrame(schema=line_schema),
                 no_quarantine,
                 0,
                 0,
@@ -466,10 +501,6 @@ def _write_csv(payouts: Path, target: Path, responsibilities: list[str]) -> None
             frame = pl.from_arrow(batch)
             assert isinstance(frame, pl.DataFrame)
             to_text(frame.lazy(), responsibilities).collect().write_csv(fh, include_header=i == 0)
-
-
-def _any(folder: Path) -> Path:
-    return next(iter(sorted(folder.glob("*.parquet"))))
 
 
 def _sorted_payout_file(parts: Path, target: Path, memory_limit: int, folder: Path) -> None:
