@@ -3,11 +3,12 @@
 import os
 from importlib.metadata import PackageNotFoundError, version
 
-# Return freed memory to the OS at once (Polars' jemalloc, Arrow's pool), so resident memory
-# tracks what a run holds and --memory-limit means what it says; costs ~7% of speed (measured).
-# Set before Polars or PyArrow is first imported; a caller's own settings win.
+# Return freed memory to the OS at once (Polars' jemalloc; Arrow's jemalloc pool, whose decay
+# hmb_batch.partitioned sets), so resident memory tracks what a run holds and --memory-limit
+# means what it says; costs ~7% of speed (measured). Set before Polars or PyArrow is first
+# imported; a caller's own settings win.
 os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
-os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 try:
     __version__ = version("hmb-batch")

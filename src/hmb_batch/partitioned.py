@@ -69,6 +69,9 @@ PART = "_part"
 SLICE_ROWS = 100_000  # rows typed at a time when partitioning (the bound of that pass)
 _SEED = 0x484D42  # any fixed seed: partitions only need to agree within one run
 
+if pa.default_memory_pool().backend_name == "jemalloc":  # see hmb_batch/__init__.py
+    pa.jemalloc_set_decay_ms(0)
+
 
 def parse_size(text: str) -> int:
     """Bytes from '1GiB', '1.5G', '800MB', '800M', '512MiB' or a plain number of bytes."""
@@ -149,7 +152,7 @@ class _PartWriters:
                 writer = ipc.new_stream(
                     str(self.folder / f"{k}.arrows"),
                     table.schema,
-                    options=ipc.IpcWriteOptions(compression="lz4"),
+                    options=ipc.IpcWriteOptions(compression="lz4", use_threads=False),
                 )
                 self.writers[int(k)] = writer
             writer.write_table(table)
@@ -497,7 +500,8 @@ def _concat_parquet(parts: list[Path], target: Path) -> None:
 def _write_csv(payouts: Path, target: Path, responsibilities: list[str]) -> None:
     """payouts.csv from the payout file, a slice at a time."""
     with target.open("wb") as fh:
-        for i, batch in enumerate(pq.ParquetFile(payouts).iter_batches(batch_size=SLICE_ROWS)):
+        reader = pq.ParquetFile(payouts, pre_buffer=False)
+        for i, batch in enumerate(reader.iter_batches(batch_size=SLICE_ROWS)):
             frame = pl.from_arrow(batch)
             assert isinstance(frame, pl.DataFrame)
             to_text(frame.lazy(), responsibilities).collect().write_csv(fh, include_header=i == 0)
