@@ -200,7 +200,8 @@ def _partition_files(
 
 def _part(folder: Path, k: int) -> pl.LazyFrame | None:
     path = folder / f"{k}.arrows"
-    return pl.read_ipc_stream(path).lazy() if path.exists() else None
+    # one contiguous frame: the streams hold one small batch per slice or partition written
+    return pl.read_ipc_stream(path).rechunk().lazy() if path.exists() else None
 
 
 def _typed_schema(contract: Contract, column_map: dict[str, str] | None) -> pl.Schema:
