@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -16,6 +17,7 @@ from conftest import GOLDEN, Extract, adjudicate_args, golden_batch, ledger_snap
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.errors import ConfigError
 from hmb_batch.partitioned import GiB, MiB, parse_size, partitions_for
+from hmb_batch.pipeline import CRASH_ENV
 
 NIGHTS = ("batch_00", "batch_01", "batch_02")
 
@@ -227,3 +229,60 @@ def test_an_empty_batch_in_partitions_writes_empty_files_with_their_columns(
         assert r.exit_code == 0, r.output
     _same_outputs(tmp_path / "memory", tmp_path / "parts")
     assert pl.read_parquet(tmp_path / "parts" / "payouts.parquet").height == 0
+
+
+def _golden_cli(ledger: Path, out: Path, name: str, env: dict[str, str] | None = None) -> Any:
+    b = GOLDEN / name
+    args = [
+        "adjudicate",
+        str(b / "settlements.parquet"),
+        "--fees",
+        str(b / "fees.parquet"),
+        "--roster",
+        str(GOLDEN / "roster.parquet"),
+        "--lists",
+        str(GOLDEN / "lists.parquet"),
+        "--plan",
+        "zhelibao",
+        "--ledger",
+        str(ledger),
+        "--out",
+        str(out / name),
+        "--partitions",
+        "3",
+        "--quiet",
+    ]
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "hmb-batch"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("stage", ["read", "compute", "commit", "outputs"])
+def test_a_partitioned_run_killed_at_any_stage_completes_on_retry(
+    tmp_path: Path, stage: str
+) -> None:
+    ledger = tmp_path / "ledger.duckdb"
+    assert _golden_cli(ledger, tmp_path, "batch_00").returncode == 0
+    before = ledger_snapshot(ledger)
+    killed = _golden_cli(ledger, tmp_path, "batch_01", {CRASH_ENV: stage})
+    assert killed.returncode == -9
+    if stage == "outputs":  # after the commit: the assembled files wait in the spill folder
+        assert len(ledger_snapshot(ledger)["batches"]) == 2
+    else:
+        assert ledger_snapshot(ledger) == before
+    retry = _golden_cli(ledger, tmp_path, "batch_01")
+    assert retry.returncode == 0, retry.stderr
+    assert not list((tmp_path / "batch_01").glob(".hmb-spill-*"))
+    reference = tmp_path / "reference.duckdb"
+    for name in ("batch_00", "batch_01"):
+        assert _golden_cli(reference, tmp_path / "ref", name).returncode == 0
+    got, want = ledger_snapshot(ledger), ledger_snapshot(reference)
+    for table in ("settlements", "settlement_costs", "accumulators", "payout_history"):
+        assert got[table] == want[table], table
+    assert (tmp_path / "batch_01" / "payouts.parquet").read_bytes() == (
+        tmp_path / "ref" / "batch_01" / "payouts.parquet"
+    ).read_bytes()

@@ -382,10 +382,15 @@ def _run_partitioned(
     clock: _Laps,
     before: list[dict[str, Any]] | None,
 ) -> BatchResult:
-    """:func:`run_batch` for a batch in ``n`` partitions (spill folder inside ``out_dir``)."""
-    spill = out_dir / f".hmb-spill-{os.getpid()}"
+    """:func:`run_batch` for a batch in ``n`` partitions (spill folder inside ``out_dir``).
+
+    The spill folder is removed at the end, and on failure before the ledger commit. After the
+    commit it is kept until the output files are in place: a retry (a replay) takes them from it.
+    """
+    spill = out_dir / f"{SPILL_PREFIX}{os.getpid()}"
     shutil.rmtree(spill, ignore_errors=True)
     spill.mkdir(parents=True)
+    committed = installed = False
     try:
         staged = partitioned.stage_batch(
             header.batch_id,
@@ -443,9 +448,11 @@ def _run_partitioned(
                 rows,
                 crash_hook=_crash_point,
             )
+            committed = True
             clock.lap("ledger_commit")
             after = _ledger_state(ledger)
         files = install_files(outcome.files, out_dir)
+        installed = True
         clock.lap("write_outputs")
         manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
         manifest["partitions"] = n
@@ -459,7 +466,30 @@ def _run_partitioned(
             manifest,
         )
     finally:
-        shutil.rmtree(spill, ignore_errors=True)
+        if installed or not committed:
+            shutil.rmtree(spill, ignore_errors=True)
+            _remove_stale_spills(out_dir)
+
+
+SPILL_PREFIX = ".hmb-spill-"
+
+
+def _remove_stale_spills(out_dir: Path) -> None:
+    """Remove spill folders of runs that are gone (killed), once a later run has succeeded."""
+    for folder in out_dir.glob(f"{SPILL_PREFIX}*"):
+        pid = folder.name.removeprefix(SPILL_PREFIX)
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _file_key(name: str) -> str:
@@ -488,15 +518,23 @@ def _replay(
 ) -> BatchResult:
     """The same inputs were applied before: rewrite that batch's files, leave the ledger as is.
 
-    A bounded-memory batch kept only its files' digests: files still in place with those
-    digests are accepted; otherwise the replay is refused (the ledger is unchanged either way).
+    A bounded-memory batch kept only its files' digests: files in place with those digests are
+    accepted, and files a killed run had assembled but not yet moved into place (its spill
+    folder) are moved now; otherwise the replay is refused (the ledger is unchanged either way).
     """
     stored = ledger.batch_files(batch_id)
     kept = {k: v for k, v in stored.items() if isinstance(v, bytes)}
     for name, digest in stored.items():
         if isinstance(digest, str):
             target = out_dir / name
-            if not target.exists() or file_hash(target) != digest:
+            if target.exists() and file_hash(target) == digest:
+                continue
+            leftover = [
+                p for p in out_dir.glob(f"{SPILL_PREFIX}*/out/{name}") if file_hash(p) == digest
+            ]
+            if leftover:
+                os.replace(leftover[0], target)
+            else:
                 raise LedgerError(
                     f"batch {batch_id} with these inputs was applied before; it ran in "
                     f"partitions, so the ledger kept only the digests of its output files, and "
@@ -508,6 +546,7 @@ def _replay(
     summary = BatchSummary.from_json(ledger.batch_summary(batch_id))
     manifest = _manifest(header, summary, started, clock, before, before, replayed=True)
     _write_manifest(manifest, out_dir)
+    _remove_stale_spills(out_dir)
     return BatchResult(
         summary,
         files,
