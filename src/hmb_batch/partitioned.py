@@ -66,11 +66,11 @@ MIN_PARTITION_BYTES = 64 * MiB
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) partitions.
 CSV_BYTES_PER_LINE = 100
 PART = "_part"
-SLICE_ROWS = 100_000  # rows typed at a time when partitioning (the bound of that pass)
+SLICE_ROWS = 50_000  # rows typed at a time when partitioning (the bound of that pass)
 _SEED = 0x484D42  # any fixed seed: partitions only need to agree within one run
 
 if pa.default_memory_pool().backend_name == "jemalloc":  # see hmb_batch/__init__.py
-    pa.jemalloc_set_decay_ms(0)
+    pa.jemalloc_set_decay_ms(100)
 
 
 def parse_size(text: str) -> int:
