@@ -1,22 +1,25 @@
 """Bounded-memory runs: a batch too big for the memory limit, adjudicated in partitions.
 
-An in-memory run holds about :data:`BYTES_PER_FEE_LINE` of memory per fee line. When a batch would
-need more than ``--memory-limit``, it is split into N partitions sized to fit, in streaming passes
-over temporary Parquet files (the spill folder), and no step holds more than one partition:
+A partition of N fee lines needs about N × :data:`BYTES_PER_FEE_LINE` of memory on top of
+:data:`RUNTIME_BYTES`. When a batch would need more than ``--memory-limit``, it is split into
+partitions sized to fit, through a spill folder, and no step holds more than one partition:
 
-1. the roster is streamed into N parts by a hash of ``psn_no`` and checked part by part (a member's
-   rows are all in one part, so duplicate rows are still found);
-2. the extract is streamed, typed, into N parts by a hash of ``setl_id`` (stage A): validation is
-   settlement-local, so each part is validated on its own; the checked settlements and their fee
-   lines are written again, tagged with their member's part;
-3. each member part (stage B) holds every settlement of its members, so the engine adjudicates it
-   exactly as an in-memory run would — reversals, the year to date and the ledger's prior state
-   are all per member — and its payouts, audit, quarantine and ledger rows go to part files;
-4. the output files are assembled from the parts (the payout file sorted by DuckDB within its own
-   memory limit, spilling to disk), the summary is aggregated from them, and the ledger reads its
-   rows from the part files inside one transaction.
+1. the roster and the extract are typed :data:`SLICE_ROWS` rows at a time and each slice's rows
+   appended to one Arrow IPC stream per partition: the roster by a hash of ``psn_no`` (checked
+   part by part: a member's rows are all in one part, so duplicate rows are still found), the
+   extract by a hash of ``setl_id``;
+2. stage A: validation is settlement-local, so each settlement partition is validated on its own;
+   its checked settlements and fee lines are appended to streams by a hash of the member;
+3. stage B: each member partition holds every settlement of its members, so the engine
+   adjudicates it exactly as an in-memory run would — reversals, the year to date and the ledger's
+   prior state are all per member — and its payouts, audit, quarantine and ledger rows go to
+   Parquet part files;
+4. the output files are assembled from the parts (the payout file sorted by DuckDB within
+   :func:`duckdb_share` of the limit, spilling to disk), the summary is aggregated from them, and
+   the ledger inserts its rows from the part files inside one transaction.
 
-The results equal an in-memory run's (tested); the line audit comes in member-part order.
+The results equal an in-memory run's (tests/test_partitioned.py); the line audit comes in
+member-partition order. Why not Polars' streaming sinks: see BENCHMARKS.md.
 """
 
 from __future__ import annotations
