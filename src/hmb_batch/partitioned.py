@@ -64,7 +64,7 @@ GiB = 1 << 30
 # ~1.5-2 KB transient; an in-memory run averages 1.1 KB), and what a run holds besides its
 # partition: interpreter, Polars, DuckDB, one slice being typed (BENCHMARKS.md).
 BYTES_PER_FEE_LINE = 2_000
-RUNTIME_BYTES = 400 * MiB
+RUNTIME_BYTES = 512 * MiB
 MIN_PARTITION_BYTES = 64 * MiB
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) partitions.
 CSV_BYTES_PER_LINE = 100
