@@ -56,7 +56,7 @@ from hmb_batch.ledger import BATCH_TABLES, batch_rows
 from hmb_batch.outputs import lines_frame, payouts_frame, to_text
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.reference import roster_frame, roster_problems, stop_on_roster_problems
-from hmb_batch.stages import CheckedFrames, check_extract, run_engine
+from hmb_batch.stages import CheckedFrames, EngineFrames, check_extract, run_engine
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -415,21 +415,9 @@ def adjudicate_partitions(
             prior,
             years,
         )
-        name = f"{j}.parquet"
-        done.payouts.write_parquet(folder / "payouts" / name)
-        payouts_frame(done.payouts, costs, responsibilities).write_parquet(
-            folder / "payout-file" / name
+        _write_member_part(
+            folder, j, batch_id, done, prior, costs, responsibilities, with_ledger=with_ledger
         )
-        lines_frame(done.lines).write_parquet(folder / "lines" / name)
-        done.quarantine.write_parquet(folder / "quarantine" / f"b-{j}.parquet")
-        if with_ledger:
-            before = (
-                prior.accumulators.collect()
-                if prior is not None
-                else PriorState.empty(costs).accumulators.collect()
-            )
-            for table, rows in batch_rows(batch_id, done.payouts, before, costs).items():
-                rows.write_parquet(folder / f"ledger-{table}" / name)
     if not any((folder / "payouts").iterdir()):  # an empty batch: parts with the right columns
         empty = run_engine(
             batch_id,
@@ -448,15 +436,9 @@ def adjudicate_partitions(
             None,
             sorted(staged.years),
         )
-        empty.payouts.write_parquet(folder / "payouts" / "0.parquet")
-        payouts_frame(empty.payouts, costs, responsibilities).write_parquet(
-            folder / "payout-file" / "0.parquet"
+        _write_member_part(
+            folder, 0, batch_id, empty, None, costs, responsibilities, with_ledger=with_ledger
         )
-        lines_frame(empty.lines).write_parquet(folder / "lines" / "0.parquet")
-        if with_ledger:
-            before = PriorState.empty(costs).accumulators.collect()
-            for table, rows in batch_rows(batch_id, empty.payouts, before, costs).items():
-                rows.write_parquet(folder / f"ledger-{table}" / "0.parquet")
 
     quarantine = pl.concat(
         [pl.scan_parquet(p) for p in sorted((folder / "quarantine").glob("*.parquet"))],
@@ -483,6 +465,32 @@ def adjudicate_partitions(
         years=sorted(years_seen),
         costs=costs,
     )
+
+
+def _write_member_part(
+    folder: Path,
+    j: int,
+    batch_id: str,
+    done: EngineFrames,
+    prior: PriorState | None,
+    costs: list[str],
+    responsibilities: list[str],
+    *,
+    with_ledger: bool,
+) -> None:
+    """One member partition's results as part files: engine payouts (fen), payout file rows,
+    line audit, the engine's quarantine and, with a ledger, its ledger rows."""
+    name = f"{j}.parquet"
+    done.payouts.write_parquet(folder / "payouts" / name)
+    payouts_frame(done.payouts, costs, responsibilities).write_parquet(
+        folder / "payout-file" / name
+    )
+    lines_frame(done.lines).write_parquet(folder / "lines" / name)
+    done.quarantine.write_parquet(folder / "quarantine" / f"b-{j}.parquet")
+    if with_ledger:
+        before = (prior or PriorState.empty(costs)).accumulators.collect()
+        for table, rows in batch_rows(batch_id, done.payouts, before, costs).items():
+            rows.write_parquet(folder / f"ledger-{table}" / name)
 
 
 def _concat_parquet(parts: list[Path], target: Path) -> None:
