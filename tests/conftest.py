@@ -235,29 +235,31 @@ def date(s: str) -> dt.date:
     return dt.date.fromisoformat(s)
 
 
+def golden_args(name: str, out: Path, *extra: str, ledger: Path | None = None) -> list[str]:
+    """The ``adjudicate`` command line for golden batch ``name`` (Parquet), output in ``out``."""
+    b = GOLDEN / name
+    return [
+        "adjudicate",
+        str(b / "settlements.parquet"),
+        "--fees",
+        str(b / "fees.parquet"),
+        "--roster",
+        str(GOLDEN / "roster.parquet"),
+        "--lists",
+        str(GOLDEN / "lists.parquet"),
+        "--plan",
+        "zhelibao",
+        *(["--ledger", str(ledger)] if ledger is not None else []),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
+
+
 def golden_batch(ledger: Path, out: Path, name: str, *extra: str) -> Any:
     """Run golden batch ``name`` through the CLI on ``ledger``; output in ``out/name``."""
-    b = GOLDEN / name
-    return run_cli(
-        [
-            "adjudicate",
-            str(b / "settlements.parquet"),
-            "--fees",
-            str(b / "fees.parquet"),
-            "--roster",
-            str(GOLDEN / "roster.parquet"),
-            "--lists",
-            str(GOLDEN / "lists.parquet"),
-            "--plan",
-            "zhelibao",
-            "--ledger",
-            str(ledger),
-            "--out",
-            str(out / name),
-            "--quiet",
-            *extra,
-        ]
-    )
+    return run_cli(golden_args(name, out / name, *extra, ledger=ledger))
 
 
 def ledger_snapshot(ledger: Path) -> dict[str, list[tuple[Any, ...]]]:

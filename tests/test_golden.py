@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from conftest import GOLDEN, MONEY_COLS, run_cli
+from conftest import GOLDEN, MONEY_COLS, golden_args, run_cli
 from hmb_batch.engine import adjudicate, plan_years
 from hmb_batch.extract import read_extract
 from hmb_batch.money import to_decimal
@@ -97,24 +97,7 @@ def test_golden_year_every_settlement_to_the_fen(ext: str) -> None:
 
 
 def test_golden_first_batch_through_the_cli(tmp_path: Path) -> None:
-    b = GOLDEN / "batch_00"
-    result = run_cli(
-        [
-            "adjudicate",
-            str(b / "settlements.parquet"),
-            "--fees",
-            str(b / "fees.parquet"),
-            "--roster",
-            str(GOLDEN / "roster.parquet"),
-            "--lists",
-            str(GOLDEN / "lists.parquet"),
-            "--plan",
-            "zhelibao",
-            "--out",
-            str(tmp_path),
-            "--quiet",
-        ]
-    )
+    result = run_cli(golden_args("batch_00", tmp_path))
     assert result.exit_code == 0, result.output
     got = pl.read_parquet(tmp_path / "payouts.parquet").select(KEY).sort("setl_id")
     assert_frame_equal(got, _expected(["batch_00"]))

@@ -13,7 +13,15 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from conftest import GOLDEN, Extract, adjudicate_args, golden_batch, ledger_snapshot, run_cli
+from conftest import (
+    GOLDEN,
+    Extract,
+    adjudicate_args,
+    golden_args,
+    golden_batch,
+    ledger_snapshot,
+    run_cli,
+)
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.errors import ConfigError
 from hmb_batch.partitioned import GiB, MiB, parse_size, partitions_for
@@ -232,26 +240,7 @@ def test_an_empty_batch_in_partitions_writes_empty_files_with_their_columns(
 
 
 def _golden_cli(ledger: Path, out: Path, name: str, env: dict[str, str] | None = None) -> Any:
-    b = GOLDEN / name
-    args = [
-        "adjudicate",
-        str(b / "settlements.parquet"),
-        "--fees",
-        str(b / "fees.parquet"),
-        "--roster",
-        str(GOLDEN / "roster.parquet"),
-        "--lists",
-        str(GOLDEN / "lists.parquet"),
-        "--plan",
-        "zhelibao",
-        "--ledger",
-        str(ledger),
-        "--out",
-        str(out / name),
-        "--partitions",
-        "3",
-        "--quiet",
-    ]
+    args = golden_args(name, out / name, "--partitions", "3", ledger=ledger)
     return subprocess.run(
         [str(Path(sys.executable).parent / "hmb-batch"), *args],
         capture_output=True,
