@@ -432,7 +432,7 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
                     PriorState.empty(["compliant", "reasonable"]).accumulators.collect(),
                     done.costs,
                 ),
-                "batch_files": file_rows("again", done.files),
+                "batch_files": file_rows("again", {name: "0" * 64 for name in done.files}),
             },
         )
     assert ledger_snapshot(ledger) == before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -24,6 +25,7 @@ from conftest import (
 )
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.errors import ConfigError
+from hmb_batch.ledger import FileArchive
 from hmb_batch.partitioned import GiB, MiB, parse_size, partitions_for
 from hmb_batch.pipeline import CRASH_ENV
 
@@ -129,11 +131,19 @@ def test_a_partitioned_batch_replays_without_touching_the_ledger(tmp_path: Path)
     again = golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4", "--json")
     assert again.exit_code == 0 and json.loads(again.output)["replayed"] is True
     assert (tmp_path / "batch_00" / "payouts.parquet").read_bytes() == payouts
-    # the ledger kept only the files' digests: a replay into a folder without them is refused
+    # a lost payout file comes back from the ledger's archive, byte for byte
+    (tmp_path / "batch_00" / "payouts.parquet").unlink()
+    assert golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4").exit_code == 0
+    assert (tmp_path / "batch_00" / "payouts.parquet").read_bytes() == payouts
+    # with the archived copy damaged as well, the replay is refused and says what is missing
+    archived = FileArchive(ledger).path_of(hashlib.sha256(payouts).hexdigest())
+    archived.chmod(0o644)
+    archived.write_bytes(payouts[:-1])
     (tmp_path / "batch_00" / "payouts.parquet").unlink()
     refused = golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4")
     assert refused.exit_code == 9
     assert "applied before" in refused.output and "ledger is unchanged" in refused.output
+    assert "payouts.parquet" in refused.output and "archive" in refused.output
     assert ledger_snapshot(ledger) == before
 
 
@@ -259,7 +269,7 @@ def test_a_partitioned_run_killed_at_any_stage_completes_on_retry(
     before = ledger_snapshot(ledger)
     killed = _golden_cli(ledger, tmp_path, "batch_01", {CRASH_ENV: stage})
     assert killed.returncode == -9
-    if stage == "outputs":  # after the commit: the assembled files wait in the spill folder
+    if stage == "outputs":  # after the commit: the files wait in the ledger's archive
         assert len(ledger_snapshot(ledger)["batches"]) == 2
     else:
         assert ledger_snapshot(ledger) == before

@@ -16,13 +16,19 @@ Tables (schema version 1; analysts may open the file with DuckDB and query them)
 ``accumulators``     (a view) year to date per member, plan year and cost: the latest
                      ``after_fen`` of the applied batches.
 ``payout_history``   every payout ever decided, per batch; ``reverted`` marks undone batches.
-``batch_files``      the output files each batch wrote (so a retry rewrites them identically).
+``batch_files``      the output files each batch wrote: name and SHA-256 (the bytes are in the
+                     file archive beside the ledger, ``PATH.files/``, so a retry rewrites them
+                     identically; ledgers written before it kept them in ``content``).
 
 Money is BIGINT fen. A batch is applied in one transaction; a process killed at any moment leaves
 the ledger as before the batch or as after it. The ledger is append-only (a revert marks its batch
 ``reverted`` and removes that batch's registry rows): appends keep DuckDB's checkpoints cheap,
 where updating accumulators in place and primary-key indexes made every nightly commit rewrite
 most of the file. Uniqueness of ``setl_id`` is checked inside each batch's transaction instead.
+Output files live outside the DuckDB file on purpose: DuckDB rewrites a table's last row group
+at each checkpoint, and a BLOB column holding every night's files made each nightly commit
+rewrite the whole history of files (1.3 s and growing after 47 nights of a 2M-member year).
+
 One writer at a time: a lock file beside the ledger (``PATH.lock``) is held for the whole run; a
 second run waits, then fails naming the holder.
 """
@@ -130,6 +136,59 @@ _TABLE_COLUMNS = {
 }
 
 
+class FileArchive:
+    """The ledger's output files, content-addressed: ``PATH.files/<sha256[:2]>/<sha256>``.
+
+    Files are written (and synced) before the batch's transaction commits, so every committed
+    batch's files are there; a run killed before its commit leaves at most an unreferenced file,
+    which a later batch with the same content reuses. Archived files are read-only.
+    """
+
+    def __init__(self, ledger_path: Path) -> None:
+        self.root = ledger_path.with_name(ledger_path.name + ".files")
+
+    def path_of(self, digest: str) -> Path:
+        """Where the file with this SHA-256 is (or would be) kept."""
+        return self.root / digest[:2] / digest
+
+    def keep(self, content: bytes | Path) -> str:
+        """Archive bytes or a file's content; returns its SHA-256 (hex)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".incoming.{os.getpid()}"
+        h = hashlib.sha256()
+        with tmp.open("wb") as out:
+            if isinstance(content, bytes):
+                h.update(content)
+                out.write(content)
+            else:
+                with content.open("rb") as src:
+                    while chunk := src.read(1 << 22):
+                        h.update(chunk)
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = h.hexdigest()
+        target = self.path_of(digest)
+        if target.exists():
+            tmp.unlink()
+        else:
+            target.parent.mkdir(exist_ok=True)
+            tmp.chmod(0o444)
+            os.replace(tmp, target)
+        return digest
+
+    def find(self, digest: str) -> Path | None:
+        """The archived file with this SHA-256, if it is there and intact."""
+        path = self.path_of(digest)
+        if not path.exists():
+            return None
+        h = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+        return path if h.hexdigest() == digest else None
+
+
 class LedgerBusy(HmbError):
     """Another hmb-batch holds the ledger."""
 
@@ -192,6 +251,7 @@ class Ledger:
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection) -> None:
         self.path = path
         self.con = con
+        self.archive = FileArchive(path)
 
     # --- schema ------------------------------------------------------------------------
     def _migrate(self) -> None:
@@ -243,8 +303,8 @@ class Ledger:
         return summary
 
     def batch_files(self, batch_id: str) -> dict[str, bytes | str]:
-        """The output files a batch wrote, by file name: the bytes, or (files a bounded-memory
-        run did not keep) the SHA-256 as a hex string."""
+        """The output files a batch wrote, by file name: the SHA-256 as a hex string (the file
+        is in :attr:`archive`), or the bytes (ledgers written before the archive)."""
         rows = self.con.execute(
             "SELECT name, content, sha256 FROM batch_files WHERE batch_id = ?", [batch_id]
         ).fetchall()
@@ -541,18 +601,15 @@ def batch_rows(
     }
 
 
-def file_rows(batch_id: str, files: Mapping[str, bytes | str]) -> pl.DataFrame:
-    """``batch_files`` rows: each output file's bytes (kept for replays) or, for a file too big
-    to keep (bounded-memory runs), only its SHA-256 given as a hex string."""
-    kept = {k: v for k, v in files.items() if isinstance(v, bytes)}
+def file_rows(batch_id: str, digests: Mapping[str, str]) -> pl.DataFrame:
+    """``batch_files`` rows: each output file's name and SHA-256 (the bytes are archived with
+    :meth:`FileArchive.keep`)."""
     return pl.DataFrame(
         {
-            "batch_id": [batch_id] * len(files),
-            "name": list(files),
-            "content": [v if isinstance(v, bytes) else None for v in files.values()],
-            "sha256": [
-                hashlib.sha256(kept[k]).hexdigest() if k in kept else v for k, v in files.items()
-            ],
+            "batch_id": [batch_id] * len(digests),
+            "name": list(digests),
+            "content": [None] * len(digests),
+            "sha256": list(digests.values()),
         },
         schema={
             "batch_id": pl.String,

@@ -350,7 +350,10 @@ def run_batch(
                 **batch_rows(
                     header.batch_id, done.payouts, prior.accumulators.collect(), done.costs
                 ),
-                "batch_files": file_rows(header.batch_id, done.files),
+                "batch_files": file_rows(
+                    header.batch_id,
+                    {name: ledger.archive.keep(content) for name, content in done.files.items()},
+                ),
             }
             ledger.apply(
                 _record(ledger, header, done.summary, started, latest),  # type: ignore[arg-type]
@@ -384,13 +387,12 @@ def _run_partitioned(
 ) -> BatchResult:
     """:func:`run_batch` for a batch in ``n`` partitions (spill folder inside ``out_dir``).
 
-    The spill folder is removed at the end, and on failure before the ledger commit. After the
-    commit it is kept until the output files are in place: a retry (a replay) takes them from it.
+    The spill folder is removed at the end, whatever happens; the ledger's archive holds the
+    output files from before the commit, so a retry after a kill (a replay) takes them from it.
     """
     spill = out_dir / f"{SPILL_PREFIX}{os.getpid()}"
     shutil.rmtree(spill, ignore_errors=True)
     spill.mkdir(parents=True)
-    committed = installed = False
     try:
         staged = partitioned.stage_batch(
             header.batch_id,
@@ -438,7 +440,7 @@ def _run_partitioned(
         _check_balanced(summary)
         after = None
         if ledger is not None:
-            digests = {name: file_hash(path) for name, path in outcome.files.items()}
+            digests = {name: ledger.archive.keep(path) for name, path in outcome.files.items()}
             rows: dict[str, pl.DataFrame | str] = {
                 **outcome.ledger_rows,
                 "batch_files": file_rows(header.batch_id, digests),
@@ -448,11 +450,9 @@ def _run_partitioned(
                 rows,
                 crash_hook=_crash_point,
             )
-            committed = True
             clock.lap("ledger_commit")
             after = _ledger_state(ledger)
         files = install_files(outcome.files, out_dir)
-        installed = True
         clock.lap("write_outputs")
         manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
         manifest["partitions"] = n
@@ -466,9 +466,8 @@ def _run_partitioned(
             manifest,
         )
     finally:
-        if installed or not committed:
-            shutil.rmtree(spill, ignore_errors=True)
-            _remove_stale_spills(out_dir)
+        shutil.rmtree(spill, ignore_errors=True)
+        _remove_stale_spills(out_dir)
 
 
 SPILL_PREFIX = ".hmb-spill-"
@@ -490,6 +489,20 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def copy_files(files: Mapping[str, Path], out_dir: Path) -> dict[str, Path]:
+    """Copy files into ``out_dir`` under the given names, atomically (see :func:`write_files`)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, source in files.items():
+        target = out_dir / name
+        tmp = out_dir / f".{name}.{os.getpid()}.tmp"
+        shutil.copyfile(source, tmp)
+        _crash_point("outputs")
+        os.replace(tmp, target)
+        written[_file_key(name)] = target
+    return written
 
 
 def _file_key(name: str) -> str:
@@ -518,31 +531,28 @@ def _replay(
 ) -> BatchResult:
     """The same inputs were applied before: rewrite that batch's files, leave the ledger as is.
 
-    A bounded-memory batch kept only its files' digests: files in place with those digests are
-    accepted, and files a killed run had assembled but not yet moved into place (its spill
-    folder) are moved now; otherwise the replay is refused (the ledger is unchanged either way).
+    The files come from the ledger's archive (or, for ledgers written before it, the ledger
+    itself); a file missing from both is refused (the ledger is unchanged either way).
     """
     stored = ledger.batch_files(batch_id)
     kept = {k: v for k, v in stored.items() if isinstance(v, bytes)}
+    archived: dict[str, Path] = {}
     for name, digest in stored.items():
         if isinstance(digest, str):
-            target = out_dir / name
-            if target.exists() and file_hash(target) == digest:
+            found = ledger.archive.find(digest)
+            if found is not None:
+                archived[name] = found
                 continue
-            leftover = [
-                p for p in out_dir.glob(f"{SPILL_PREFIX}*/out/{name}") if file_hash(p) == digest
-            ]
-            if leftover:
-                os.replace(leftover[0], target)
-            else:
+            target = out_dir / name
+            if not (target.exists() and file_hash(target) == digest):
                 raise LedgerError(
-                    f"batch {batch_id} with these inputs was applied before; it ran in "
-                    f"partitions, so the ledger kept only the digests of its output files, and "
-                    f"{target} is missing or different. The ledger is unchanged; the files are "
-                    "in that run's output folder"
+                    f"batch {batch_id} with these inputs was applied before, but its file "
+                    f"{name} (SHA-256 {digest}) is missing from the ledger's archive "
+                    f"{ledger.archive.root} or damaged, and {target} is missing or different. "
+                    "The ledger is unchanged; restore the archive from the ledger's backup"
                 )
-    files = write_files(kept, out_dir)
-    files |= {_file_key(k): out_dir / k for k in stored if k not in kept}
+    files = write_files(kept, out_dir) | copy_files(archived, out_dir)
+    files |= {_file_key(k): out_dir / k for k in stored if k not in kept and k not in archived}
     summary = BatchSummary.from_json(ledger.batch_summary(batch_id))
     manifest = _manifest(header, summary, started, clock, before, before, replayed=True)
     _write_manifest(manifest, out_dir)
