@@ -258,6 +258,25 @@ def type_table(
     return base.drop([_RAW + n for n in mapping]).join(messages, on=ROW, how="left")
 
 
+def rows_with(
+    raw: pl.LazyFrame,
+    contract: Contract,
+    column: str,
+    values: pl.Series,
+    column_map: Mapping[str, str] | None = None,
+) -> pl.LazyFrame:
+    """The raw rows whose ``column`` (a contract column, read as text) is one of ``values``.
+
+    Filtering before typing keeps the cost with the rows kept (a night's members of a roster of
+    millions); row numbers stay those of the file.
+    """
+    found = [n for n in raw.collect_schema().names() if n not in (ROW, FILE)]
+    src = _name_map(found, contract, column_map or {}).get(column)
+    if src is None:
+        return raw  # type_table names the missing column
+    return raw.filter(pl.col(src).cast(pl.String).str.strip_chars().is_in(values.implode()))
+
+
 def read_table(
     path: Path,
     contract: Contract,

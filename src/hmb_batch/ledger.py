@@ -313,6 +313,16 @@ class Ledger:
             for name, content, digest in rows
         }
 
+    def knows_roster(self, digest: str) -> bool:
+        """Whether a batch (applied or since reverted) read a roster file with this SHA-256 —
+        and so checked all of it."""
+        rows = self.con.execute(
+            "SELECT 1 FROM batches WHERE json_extract_string(inputs, '$.roster[0].sha256') = ? "
+            "LIMIT 1",
+            [digest],
+        ).fetchall()
+        return bool(rows)
+
     def max_setl_time(self) -> dt.datetime | None:
         """The latest settlement time of any applied batch."""
         rows = self.con.execute(

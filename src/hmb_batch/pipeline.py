@@ -166,18 +166,26 @@ class PreparedBatch:
         return self.header.batch_id
 
 
-def prepare_batch(inputs: BatchInputs, header: BatchHeader | None = None) -> PreparedBatch:
-    """Read reference data, choose the plan, read and validate the extract (in memory)."""
+def prepare_batch(
+    inputs: BatchInputs, header: BatchHeader | None = None, *, roster_checked: bool = False
+) -> PreparedBatch:
+    """Read reference data, choose the plan, read and validate the extract (in memory).
+
+    ``roster_checked``: the roster file was checked whole by an earlier batch (same SHA-256), so
+    only the rows of this batch's members are read and checked.
+    """
     header = header or describe_batch(inputs)
-    roster = load_roster(inputs.roster, inputs.column_map, inputs.encoding)
     extract = read_extract(
         header.extract_files,
         header.fee_files or None,
         column_map=inputs.column_map,
         encoding=inputs.encoding,
     )
+    checked = check_extract(extract, header.batch_id)
+    members = checked.settlements["psn_no"].unique() if roster_checked else None
+    roster = load_roster(inputs.roster, inputs.column_map, inputs.encoding, members=members)
     _crash_point("read")
-    return PreparedBatch(header, roster, check_extract(extract, header.batch_id), extract.shape)
+    return PreparedBatch(header, roster, checked, extract.shape)
 
 
 @dataclass(frozen=True)
@@ -331,7 +339,10 @@ def run_batch(
                 clock=clock,
                 before=before,
             )
-        batch = prepare_batch(inputs, header)
+        roster_checked = ledger is not None and ledger.knows_roster(
+            header.inputs["roster"][0]["sha256"]
+        )
+        batch = prepare_batch(inputs, header, roster_checked=roster_checked)
         clock.lap("read_and_validate")
         settlements = batch.checked.settlements
         latest = settlements["setl_time"].max() if settlements.height else None

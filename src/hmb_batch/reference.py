@@ -14,7 +14,7 @@ import polars as pl
 
 from hmb_batch.contracts import LISTS, ROSTER
 from hmb_batch.errors import ReferenceDataError
-from hmb_batch.extract import ERRORS, FILE, ROW, read_table
+from hmb_batch.extract import ERRORS, FILE, ROW, read_table, rows_with, scan_raw, type_table
 
 _SHOW = 10
 _TRUE = ["1", "y", "yes", "true", "是"]
@@ -62,10 +62,21 @@ def roster_frame(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def load_roster(
-    path: Path, column_map: Mapping[str, str] | None = None, encoding: str = "utf-8"
+    path: Path,
+    column_map: Mapping[str, str] | None = None,
+    encoding: str = "utf-8",
+    *,
+    members: pl.Series | None = None,
 ) -> pl.DataFrame:
-    """Read and check the roster: one row per member and plan year, every value readable."""
-    df = read_table(path, ROSTER, column_map=column_map, encoding=encoding).collect()
+    """Read and check the roster: one row per member and plan year, every value readable.
+
+    ``members``: read and check only these members' rows — for a roster file that was checked
+    whole before (the ledger knows its SHA-256), a night needs only the members it touches.
+    """
+    raw = scan_raw(path, encoding)
+    if members is not None:
+        raw = rows_with(raw, ROSTER, "psn_no", members, column_map)
+    df = type_table(raw, ROSTER, column_map=column_map, file_label=str(path)).collect()
     stop_on_roster_problems(roster_problems(df, path), path)
     return roster_frame(df)
 
