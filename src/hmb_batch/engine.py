@@ -18,10 +18,12 @@ loops are over plan years, costs and list names, never over members or settlemen
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
 from hmb_batch.codes import code_list
+from hmb_batch.contracts import COMPONENT_PAIRS, LINE_COMPONENTS
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.compiled import (
     ADMISSION_CODES,
@@ -372,6 +374,7 @@ def _increments(
             counted = (pl.col("inscp_scp_amt") != 0) & (pl.col(f"_settle_{cid}") != 0)
         reasons.append((counted & ~denied, c.audit_code))
     settlement_costs = [cid for cid, c in edition.costs.items() if c.line_amount is None]
+    dispositions = _component_dispositions(edition, denied)
     audit = (
         fl.join(
             s.select(
@@ -394,9 +397,52 @@ def _increments(
             "inscp_scp_amt",
             REASONS,
             *[pl.col(f"line__{cid}").alias(f"{cid}_counted") for cid in line_costs],
+            *dispositions,
         )
     )
     return s, audit
+
+
+def disposition_column(component: str) -> str:
+    """Audit column naming where a fee-line component went (see :func:`_component_dispositions`)."""
+    return f"{component}__disposition"
+
+
+def _component_dispositions(edition: CompiledEdition, denied: pl.Expr) -> list[pl.Expr]:
+    """Per fee-line component, one code saying where its amount went (first that applies).
+
+    ``DENIED_SETTLEMENT``; the counting cost's audit code (e.g. ``COUNTED_REASONABLE``); the
+    code of the list that excluded it (``NEGATIVE_LIST``); ``NOT_ADMITTED`` (a part wanted the
+    line on a list); ``SETTLEMENT_LEVEL`` (the component a settlement cost starts from, e.g.
+    inscp_scp_amt for the compliant cost: accounted per settlement, see hmb_batch.reconcile);
+    ``NOT_COVERED`` (no cost counts it). The reconciliation adds amounts up by these codes.
+    """
+    starts = {
+        COMPONENT_PAIRS[c.start]
+        for c in edition.costs.values()
+        if c.start is not None and c.start in COMPONENT_PAIRS
+    }
+    out = []
+    for comp in LINE_COMPONENTS:
+        code: Any = pl.when(denied).then(pl.lit("DENIED_SETTLEMENT"))
+        for cid, c in edition.costs.items():
+            if comp in c.counts_component:
+                counted = c.in_scope & c.counts_component[comp]
+                code = code.when(counted).then(pl.lit(c.audit_code or f"COUNTED_{cid.upper()}"))
+        for c in edition.costs.values():
+            if c.excluded is not None and comp in c.counts_component | c.refuses_component:
+                list_code = next(
+                    (EXCLUSION_CODES[n] for n in sorted(c.lists) if n in EXCLUSION_CODES),
+                    "EXCLUDED_LIST",
+                )
+                code = code.when(c.in_scope & c.excluded).then(pl.lit(list_code))
+            if comp in c.refuses_component:
+                code = code.when(c.in_scope & c.refuses_component[comp]).then(
+                    pl.lit(next(iter(ADMISSION_CODES.values())))
+                )
+        fallback = "SETTLEMENT_LEVEL" if comp in starts else "NOT_COVERED"
+        out.append(code.otherwise(pl.lit(fallback)).alias(disposition_column(comp)))
+    return out
 
 
 def _benefit_columns(

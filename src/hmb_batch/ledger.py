@@ -42,7 +42,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -313,6 +313,14 @@ class Ledger:
             for name, content, digest in rows
         }
 
+    def batch_payout_fen(self, batch_id: str) -> int:
+        """The sum of the payouts the payout history holds for a batch."""
+        rows = self.con.execute(
+            "SELECT coalesce(sum(payout_fen), 0)::BIGINT FROM payout_history WHERE batch_id = ?",
+            [batch_id],
+        ).fetchall()
+        return int(rows[0][0])
+
     def knows_roster(self, digest: str) -> bool:
         """Whether a batch (applied or since reverted) read a roster file with this SHA-256 —
         and so checked all of it."""
@@ -371,23 +379,48 @@ class Ledger:
             .drop_nulls()
             .unique()
         )
-        self.con.register("members", members.to_arrow())
-        acc_long = _frame(
-            self.con.sql(
-                """
-            SELECT l.psn_no, l.plan_year::BIGINT AS plan_year, l.cost,
-                   arg_max(l.after_fen, b.seq) AS amount_fen
-            FROM accumulator_log l JOIN members USING (psn_no) JOIN batches b USING (batch_id)
-            WHERE b.status = 'applied'
-            GROUP BY l.psn_no, l.plan_year, l.cost
-            """
-            )
-        )
+        acc_long = self.year_to_date(members)
         self.con.unregister("ids")
-        self.con.unregister("members")
         keys = acc_long.select(MEMBER_YEAR).unique()
         accumulators = _widen(keys, acc_long, MEMBER_YEAR, "amount_fen", cum, costs)
         return PriorState(registry.lazy(), accumulators.lazy())
+
+    def year_to_date(self, members: pl.DataFrame) -> pl.DataFrame:
+        """The accumulators of these members (``psn_no``): psn_no, plan_year, cost, amount_fen."""
+        self.con.register("members", members.select("psn_no").to_arrow())
+        try:
+            return _frame(
+                self.con.sql(
+                    """
+                SELECT l.psn_no, l.plan_year::BIGINT AS plan_year, l.cost,
+                       arg_max(l.after_fen, b.seq) AS amount_fen
+                FROM accumulator_log l JOIN members USING (psn_no) JOIN batches b USING (batch_id)
+                WHERE b.status = 'applied'
+                GROUP BY l.psn_no, l.plan_year, l.cost
+                """
+                )
+            )
+        finally:
+            self.con.unregister("members")
+
+    def increments_of(self, members: pl.DataFrame) -> pl.DataFrame:
+        """What the registry holds for these members: the sum of their applied settlements'
+        increments per plan year and cost (psn_no, plan_year, cost, amount_fen)."""
+        self.con.register("members", members.select("psn_no").to_arrow())
+        try:
+            return _frame(
+                self.con.sql(
+                    """
+                SELECT s.psn_no, s.plan_year::BIGINT AS plan_year, c.cost,
+                       sum(c.increment_fen)::BIGINT AS amount_fen
+                FROM settlements s JOIN members USING (psn_no)
+                     JOIN settlement_costs c USING (setl_id)
+                GROUP BY s.psn_no, s.plan_year, c.cost
+                """
+                )
+            )
+        finally:
+            self.con.unregister("members")
 
     def limit_memory(self, limit: int) -> None:
         """Keep DuckDB within ``limit`` bytes (it spills to ``<ledger>.tmp`` beyond that)."""
@@ -399,12 +432,15 @@ class Ledger:
         record: dict[str, Any],
         rows: Mapping[str, pl.DataFrame | str],
         crash_hook: Any = None,
+        verify: Callable[[Ledger], None] | None = None,
     ) -> None:
         """Apply one adjudicated batch in a single transaction.
 
         ``rows``: for each of :data:`BATCH_TABLES`, the rows to insert — a frame (see
         :func:`batch_rows`) or the path or glob of Parquet files holding them (bounded-memory
         runs build them partition by partition; DuckDB then reads them within its memory limit).
+        ``verify`` is called after the inserts, before the commit (see pipeline: the ledger after
+        must equal the ledger before plus the batch); if it raises, nothing is applied.
         """
         batch_id = record["batch_id"]
         con = self.con
@@ -440,6 +476,8 @@ class Ledger:
                 src = registry if table == "settlements" else source(table)
                 cols = ", ".join(_TABLE_COLUMNS[table])
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {src}")
+            if verify is not None:  # inside the transaction: raising rolls everything back
+                verify(self)
             if crash_hook is not None:
                 crash_hook("commit")
             con.execute("COMMIT")

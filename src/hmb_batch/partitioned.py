@@ -409,7 +409,7 @@ def adjudicate_partitions(
         done = run_engine(
             batch_id,
             plan,
-            CheckedFrames(settlements, lines, no_quarantine, 0, 0, 0, 0),
+            CheckedFrames(settlements, lines, no_quarantine, 0, 0, 0, 0, no_quarantine),
             roster,
             lists,
             prior,
@@ -430,6 +430,7 @@ def adjudicate_partitions(
                 0,
                 0,
                 0,
+                no_quarantine,
             ),
             pl.DataFrame(schema=staged.roster_schema),
             lists,

@@ -29,13 +29,14 @@ from typing import Any
 import polars as pl
 
 from hmb_batch import __version__, partitioned
-from hmb_batch.engine import PriorState, cost_ids, plan_years
+from hmb_batch.engine import PriorState, cost_ids, cum, inc, plan_years
 from hmb_batch.errors import ConfigError, InputUnreadable, ReconciliationError
 from hmb_batch.extract import read_extract
 from hmb_batch.ledger import Ledger, LedgerError, batch_rows, file_rows, open_ledger
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.outputs import lines_frame, payouts_frame, to_text_frame
 from hmb_batch.plan.catalog import PlanSelection, select_plan
+from hmb_batch.reconcile import SHOW, Identity, Reconciliation, Totals, batch_totals, reconcile
 from hmb_batch.reference import load_lists, load_roster
 from hmb_batch.stages import CheckedFrames, check_extract, run_engine
 from hmb_batch.summary import BatchSummary, summarise
@@ -198,6 +199,7 @@ class Adjudicated:
     files: dict[str, bytes]
     payout_file: pl.DataFrame
     costs: list[str]
+    lines: pl.DataFrame  # the engine's fee-line audit, fen
 
 
 def _parquet_bytes(df: pl.DataFrame) -> bytes:
@@ -250,7 +252,143 @@ def adjudicate_prepared(
         buf = io.BytesIO()
         to_text_frame(payout_file).write_csv(buf)
         files["payouts.csv"] = buf.getvalue()
-    return Adjudicated(done.payouts, done.quarantine, summary, files, payout_file, done.costs)
+    return Adjudicated(
+        done.payouts, done.quarantine, summary, files, payout_file, done.costs, done.lines
+    )
+
+
+def reconcile_prepared(
+    batch: PreparedBatch,
+    done: Adjudicated,
+    prior: PriorState | None,
+    accumulator_log: pl.DataFrame | None,
+) -> Reconciliation:
+    """The identities of an in-memory batch (see :mod:`hmb_batch.reconcile`)."""
+    totals = batch_totals(
+        plan=batch.header.plan,
+        line_sums=batch.checked.line_sums,
+        fee_lines=batch.checked.fee_lines.lazy(),
+        settlements=batch.checked.settlements.lazy(),
+        roster=batch.roster.lazy(),
+        payouts=done.payouts.lazy(),
+        audit=done.lines.lazy(),
+        quarantine=done.quarantine.lazy(),
+        prior=prior,
+        accumulator_log=accumulator_log.lazy() if accumulator_log is not None else None,
+        costs=done.costs,
+    )
+    return _reconciliation(batch.batch_id, totals, done.summary, accumulator_log is not None)
+
+
+def _reconciliation(
+    batch_id: str, totals: Totals, s: BatchSummary, with_ledger: bool
+) -> Reconciliation:
+    return reconcile(
+        batch_id,
+        totals,
+        settlements_in=s.settlements_in,
+        adjudicated=s.adjudicated,
+        quarantined=s.quarantined,
+        identical_repeats=s.identical_repeats,
+        by_status=s.by_status,
+        quarantined_by_reason=s.quarantined_by_reason,
+        with_ledger=with_ledger,
+    )
+
+
+def ledger_before_identity(ledger: Ledger, payouts: pl.DataFrame, costs: list[str]) -> Identity:
+    """The ledger as found, for the batch's members: each accumulator equals the sum of the
+    increments of the member's settlements in the registry (a ledger edited by hand, or
+    damaged, between batches fails here)."""
+    members = payouts.select("psn_no").unique()
+    held = ledger.year_to_date(members).filter(pl.col("cost").is_in(costs))
+    registry = ledger.increments_of(members).filter(pl.col("cost").is_in(costs))
+    key = ["psn_no", "plan_year", "cost"]
+    both = held.join(registry, on=key, how="full", coalesce=True, suffix="_registry").with_columns(
+        pl.col("amount_fen").fill_null(0), pl.col("amount_fen_registry").fill_null(0)
+    )
+    bad = both.filter(pl.col("amount_fen") != pl.col("amount_fen_registry")).sort(key)
+    return Identity(
+        "ledger.before",
+        "ledger",
+        "the ledger's accumulators of the batch's members = the sum of their settlements' "
+        "increments in the registry",
+        int(both["amount_fen_registry"].sum() or 0),
+        int(both["amount_fen"].sum() or 0),
+        first=[
+            f"{r['psn_no']} {r['plan_year']} {r['cost']} (registry "
+            f"{fen_to_yuan(r['amount_fen_registry'])}, accumulator {fen_to_yuan(r['amount_fen'])})"
+            for r in bad.head(SHOW).iter_rows(named=True)
+        ],
+    )
+
+
+def _verify_after(payouts: pl.DataFrame, prior: PriorState, costs: list[str], batch_id: str) -> Any:
+    """The ledger after = the ledger before + the batch, per plan year and cost (checked inside
+    the commit's transaction, for the batch's members), and its payout history holds the
+    batch's payouts."""
+    members = payouts.select("psn_no").unique()
+    before = (
+        prior.accumulators.join(members.lazy(), on="psn_no", how="semi")
+        .collect()
+        .unpivot(index=["psn_no", "plan_year"], on=[cum(c) for c in costs], variable_name="cost")
+        .with_columns(pl.col("cost").str.strip_prefix(cum("")))
+        .group_by("plan_year", "cost")
+        .agg(pl.col("value").sum().alias("before"))
+    )
+    batch = (
+        payouts.unpivot(index=["plan_year"], on=[inc(c) for c in costs], variable_name="cost")
+        .with_columns(pl.col("cost").str.strip_prefix(inc("")), pl.col("plan_year").cast(pl.Int64))
+        .group_by("plan_year", "cost")
+        .agg(pl.col("value").sum().alias("batch"))
+    )
+
+    def verify(ledger: Ledger) -> None:
+        after = (
+            ledger.year_to_date(members)
+            .filter(pl.col("cost").is_in(costs))
+            .group_by("plan_year", "cost")
+            .agg(pl.col("amount_fen").sum().alias("after"))
+        )
+        key = ["plan_year", "cost"]
+        table = (
+            before.with_columns(pl.col("plan_year").cast(pl.Int64))
+            .join(batch, on=key, how="full", coalesce=True)
+            .join(after, on=key, how="full", coalesce=True)
+            .fill_null(0)
+            .sort(key)
+        )
+        found = ledger.batch_payout_fen(batch_id)
+        ids = [
+            Identity(
+                f"ledger.after.{r['plan_year']}.{r['cost']}",
+                "ledger",
+                "the ledger after = the ledger before + this batch (year to date of the "
+                "batch's members)",
+                r["before"] + r["batch"],
+                r["after"],
+            )
+            for r in table.iter_rows(named=True)
+        ]
+        ids.append(
+            Identity(
+                "ledger.payout_history",
+                "ledger",
+                "the payout history records the batch's payouts",
+                int(payouts["payout"].sum() or 0),
+                found,
+            )
+        )
+        failed = [i for i in ids if not i.passed]
+        if failed:
+            raise ReconciliationError(_refusal(batch_id, failed))
+
+    return verify
+
+
+def _refusal(batch_id: str, failed: list[Identity]) -> str:
+    shown = "\n".join(f"  - {i.message()}" for i in failed)
+    return f"batch {batch_id} does not reconcile; nothing was applied:\n{shown}"
 
 
 def editions_used(plan: PlanSelection, years: list[int]) -> list[str]:
@@ -354,13 +492,26 @@ def run_batch(
         done = adjudicate_prepared(batch, prior, csv=csv)
         clock.lap("adjudicate")
         _check_balanced(done.summary)
+        new_rows = (
+            batch_rows(header.batch_id, done.payouts, prior.accumulators.collect(), done.costs)
+            if ledger is not None and prior is not None
+            else None
+        )
+        recon = reconcile_prepared(
+            batch, done, prior, new_rows["accumulator_log"] if new_rows else None
+        )
+        if ledger is not None:
+            recon = recon.with_identities(
+                [ledger_before_identity(ledger, done.payouts, done.costs)]
+            )
+        done.files["reconciliation.json"] = _reconciliation_json(recon)
+        _check_reconciled(recon, out_dir)
+        clock.lap("reconcile")
         after = None
         if ledger is not None:
-            assert prior is not None
+            assert prior is not None and new_rows is not None
             rows: dict[str, pl.DataFrame | str] = {
-                **batch_rows(
-                    header.batch_id, done.payouts, prior.accumulators.collect(), done.costs
-                ),
+                **new_rows,
                 "batch_files": file_rows(
                     header.batch_id,
                     {name: ledger.archive.keep(content) for name, content in done.files.items()},
@@ -370,6 +521,7 @@ def run_batch(
                 _record(ledger, header, done.summary, started, latest),  # type: ignore[arg-type]
                 rows,
                 crash_hook=_crash_point,
+                verify=_verify_after(done.payouts, prior, done.costs, header.batch_id),
             )
             clock.lap("ledger_commit")
             after = _ledger_state(ledger)
@@ -642,6 +794,21 @@ def _check_balanced(s: BatchSummary) -> None:
             f"{s.adjudicated:,} adjudicated + {s.quarantined:,} quarantined + "
             f"{s.identical_repeats:,} identical repeats = "
             f"{s.adjudicated + s.quarantined + s.identical_repeats:,}; nothing was applied"
+        )
+
+
+def _reconciliation_json(recon: Reconciliation) -> bytes:
+    return json.dumps(recon.to_json(), ensure_ascii=False, indent=2).encode()
+
+
+def _check_reconciled(recon: Reconciliation, out_dir: Path) -> None:
+    """Refuse a batch any of whose identities fails (exit 6), leaving reconciliation.json (and
+    nothing else) in ``out_dir`` for the people who must find out why."""
+    failed = recon.failures()
+    if failed:
+        write_files({"reconciliation.json": _reconciliation_json(recon)}, out_dir)
+        raise ReconciliationError(
+            _refusal(recon.batch_id, failed) + f"\n(all identities: {out_dir}/reconciliation.json)"
         )
 
 

@@ -13,6 +13,7 @@ import polars as pl
 from hmb_batch.engine import PriorState, adjudicate
 from hmb_batch.extract import Extract
 from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.reconcile import IDENTICAL_REPEAT, INPUT, component_sums
 from hmb_batch.validation import DETAIL, REASONS, quarantine_frame, validate
 
 
@@ -31,6 +32,7 @@ class CheckedFrames:
     fee_lines_in: int
     identical_repeats: int
     repeated_fee_lines: int
+    line_sums: pl.DataFrame  # input and identical-repeat totals per component (reconcile)
 
 
 def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
@@ -38,32 +40,32 @@ def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
     typed_settlements, typed_lines = pl.collect_all([extract.settlements, extract.fee_lines])
     extract = replace(extract, settlements=typed_settlements.lazy(), fee_lines=typed_lines.lazy())
     checked = validate(extract, materialize=collected)
-    settlements, fee_lines, quarantine, counts = pl.collect_all(
+    settlements, fee_lines, quarantine, repeats, line_sums = pl.collect_all(
         [
             checked.settlements.with_columns(
                 pl.lit(0, pl.Int64).alias("batch_seq"), pl.lit(batch_id).alias("batch_id")
             ),
             checked.fee_lines.with_columns(pl.lit(0, pl.Int64).alias("batch_seq")),
             checked.quarantine,
+            checked.repeats.select(pl.col("dropped").sum().cast(pl.Int64).alias("n")),
             pl.concat(
                 [
-                    checked.repeats.select(pl.col("dropped").sum().cast(pl.Int64).alias("n")),
-                    checked.repeated_lines.select(
-                        pl.col("dropped").sum().cast(pl.Int64).alias("n")
-                    ),
+                    component_sums(typed_lines.lazy(), INPUT),
+                    component_sums(checked.repeated_lines, IDENTICAL_REPEAT),
                 ]
             ),
         ]
     )
-    n_repeats, n_repeated_lines = (int(x or 0) for x in counts["n"].to_list())
+    repeated = line_sums.filter(pl.col("disposition") == IDENTICAL_REPEAT)["lines"]
     return CheckedFrames(
         settlements,
         fee_lines,
         quarantine,
         typed_settlements.height,
         typed_lines.height,
-        n_repeats,
-        n_repeated_lines,
+        int(repeats["n"][0] or 0),
+        int(repeated[0]) if len(repeated) else 0,
+        line_sums,
     )
 
 

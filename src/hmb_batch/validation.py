@@ -41,6 +41,7 @@ class ValidatedBatch:
     ``fee_lines``: the accepted settlements' lines, one row per (setl_id, feedetl_sn).
     ``quarantine``: rejected settlement rows and fee lines with ``reasons`` and ``detail``.
     ``repeats``: one row per setl_id repeated identically, with ``copies`` dropped.
+    ``repeated_lines``: the fee-line copies dropped as identical repeats (one row per copy).
     """
 
     settlements: pl.LazyFrame
@@ -169,11 +170,11 @@ def validate(extract: Extract, materialize: Materialize | None = None) -> Valida
     # --- fee lines -------------------------------------------------------------------------
     line_key = ["setl_id", "feedetl_sn"]
     lines = _duplicates(extract.fee_lines, line_key, FEE_LINES.names)
-    repeated_lines = (
-        lines.filter((pl.col("_copies") > 1) & (pl.col("_variants") == 1))
-        .group_by(line_key)
-        .agg((pl.len() - 1).alias("dropped"))
-    )
+    repeated_lines = lines.filter(
+        (pl.col("_copies") > 1)
+        & (pl.col("_variants") == 1)
+        & ~pl.struct(line_key).is_first_distinct()
+    ).select(*LINE_COMPONENTS)
     lines = _line_checks(lines.filter(_first_copy(line_key)), reversal_ids)
     per_settlement = lines.group_by("setl_id").agg(
         pl.len().alias("_n_lines"),

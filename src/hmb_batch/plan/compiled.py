@@ -66,6 +66,13 @@ class CompiledCost:
     audit_code: str | None
     excluded: pl.Expr | None  # line on an excluded list
     not_admitted: pl.Expr | None  # a part refused for want of list membership
+    # per fee-line component: does this cost count it on this line / refuse it for want of a list
+    counts_component: dict[str, pl.Expr] = field(default_factory=dict)
+    refuses_component: dict[str, pl.Expr] = field(default_factory=dict)
+    # settlement costs: start − less_funds (clipped at 0) − less_after (clipped at 0)
+    start: str | None = None
+    less_funds: tuple[str, ...] = ()
+    less_after: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -99,12 +106,17 @@ def _compile_cost(cid: str, cost: Cost) -> CompiledCost:
             cost.audit_code,
             None,
             None,
+            start=cost.start,
+            less_funds=tuple(cost.less_funds),
+            less_after=tuple(cost.less_after),
         )
     excluded = pl.any_horizontal(
         [pl.lit(False), *[pl.col(list_flag(n)) for n in cost.exclude_lists]]
     )
     line_terms = []
     refused = []
+    counts: dict[str, list[pl.Expr]] = {}
+    refuses: dict[str, list[pl.Expr]] = {}
     for part in cost.parts:
         matches = pl.lit(True)
         if part.list_types:
@@ -116,8 +128,12 @@ def _compile_cost(cid: str, cost: Cost) -> CompiledCost:
         amount = pl.sum_horizontal([pl.col(c) for c in part.components])
         if part.on_list is not None:
             refused.append(matches & ~pl.col(list_flag(part.on_list)) & (amount != 0))
+            for comp in part.components:
+                refuses.setdefault(comp, []).append(matches & ~pl.col(list_flag(part.on_list)))
             matches = matches & pl.col(list_flag(part.on_list))
         line_terms.append(pl.when(matches).then(amount).otherwise(0))
+        for comp in part.components:
+            counts.setdefault(comp, []).append(matches)
     line_amount = pl.when(excluded).then(0).otherwise(pl.sum_horizontal([pl.lit(0), *line_terms]))
     settlement_amount = pl.sum_horizontal(
         [
@@ -142,6 +158,8 @@ def _compile_cost(cid: str, cost: Cost) -> CompiledCost:
         cost.audit_code,
         excl,
         not_admitted,
+        counts_component={k: ~excluded & pl.any_horizontal(v) for k, v in counts.items()},
+        refuses_component={k: ~excluded & pl.any_horizontal(v) for k, v in refuses.items()},
     )
 
 
