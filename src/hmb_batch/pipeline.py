@@ -296,12 +296,14 @@ def _reconciliation(
     )
 
 
-def ledger_before_identity(ledger: Ledger, payouts: pl.DataFrame, costs: list[str]) -> Identity:
-    """The ledger as found, for the batch's members: each accumulator equals the sum of the
-    increments of the member's settlements in the registry (a ledger edited by hand, or
-    damaged, between batches fails here)."""
+def ledger_before_identity(
+    ledger: Ledger, payouts: pl.DataFrame, prior: PriorState, costs: list[str]
+) -> Identity:
+    """The ledger as found, for the batch's members: each accumulator (``prior``, as read from
+    the ledger) equals the sum of the increments of the member's settlements in the registry
+    (a ledger edited by hand, or damaged, between batches fails here)."""
     members = payouts.select("psn_no").unique()
-    held = ledger.year_to_date(members).filter(pl.col("cost").is_in(costs))
+    held = _long_accumulators(prior, members, costs).rename({"value": "amount_fen"})
     registry = ledger.increments_of(members).filter(pl.col("cost").is_in(costs))
     key = ["psn_no", "plan_year", "cost"]
     both = held.join(registry, on=key, how="full", coalesce=True, suffix="_registry").with_columns(
@@ -323,16 +325,23 @@ def ledger_before_identity(ledger: Ledger, payouts: pl.DataFrame, costs: list[st
     )
 
 
+def _long_accumulators(prior: PriorState, members: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
+    """The prior year to date of ``members``: psn_no, plan_year, cost, value (fen)."""
+    return (
+        prior.accumulators.join(members.lazy(), on="psn_no", how="semi")
+        .collect()
+        .unpivot(index=["psn_no", "plan_year"], on=[cum(c) for c in costs], variable_name="cost")
+        .with_columns(pl.col("cost").str.strip_prefix(cum("")), pl.col("value").fill_null(0))
+    )
+
+
 def _verify_after(payouts: pl.DataFrame, prior: PriorState, costs: list[str], batch_id: str) -> Any:
     """The ledger after = the ledger before + the batch, per plan year and cost (checked inside
     the commit's transaction, for the batch's members), and its payout history holds the
     batch's payouts."""
     members = payouts.select("psn_no").unique()
     before = (
-        prior.accumulators.join(members.lazy(), on="psn_no", how="semi")
-        .collect()
-        .unpivot(index=["psn_no", "plan_year"], on=[cum(c) for c in costs], variable_name="cost")
-        .with_columns(pl.col("cost").str.strip_prefix(cum("")))
+        _long_accumulators(prior, members, costs)
         .group_by("plan_year", "cost")
         .agg(pl.col("value").sum().alias("before"))
     )
@@ -500,9 +509,9 @@ def run_batch(
         recon = reconcile_prepared(
             batch, done, prior, new_rows["accumulator_log"] if new_rows else None
         )
-        if ledger is not None:
+        if ledger is not None and prior is not None:
             recon = recon.with_identities(
-                [ledger_before_identity(ledger, done.payouts, done.costs)]
+                [ledger_before_identity(ledger, done.payouts, prior, done.costs)]
             )
         done.files["reconciliation.json"] = _reconciliation_json(recon)
         _check_reconciled(recon, out_dir)

@@ -176,23 +176,25 @@ def batch_totals(
             _audit_sums(audit),
         ]
     )
-    originals = payouts.filter(~pl.col(IS_REVERSAL)).join(
-        settlements.select(
-            "setl_id",
-            *{
-                c
-                for c in settlements.collect_schema().names()
-                if c not in payouts.collect_schema().names()
-            },
-        ),
-        on="setl_id",
-        how="left",
+    header = [
+        c for c in settlements.collect_schema().names() if c not in payouts.collect_schema().names()
+    ]
+    codes = [SETTLEMENT_LEVEL] + [
+        _code(cid, c.audit_code) for e in plan.editions for cid, c in e.costs.items()
+    ]
+    originals, by_setl = pl.collect_all(
+        [
+            payouts.filter(~pl.col(IS_REVERSAL)).join(
+                settlements.select("setl_id", *header), on="setl_id", how="left"
+            ),
+            _per_settlement(audit, codes),
+        ]
     )
     parts: list[pl.LazyFrame] = []
     mismatches: list[pl.LazyFrame] = []
     for edition in {e.id: e for e in plan.editions}.values():
         mine = originals.filter(pl.col("edition") == edition.id)
-        p, m = _cost_checks(edition, mine, audit, costs)
+        p, m = _cost_checks(edition, mine, by_setl, costs)
         parts += p
         mismatches += m
     years, payout_years, m = _batch_level(plan, payouts, roster, prior, accumulator_log, costs)
@@ -213,65 +215,57 @@ def batch_totals(
     return Totals(*frames)
 
 
+def _per_settlement(audit: pl.LazyFrame, codes: Iterable[str]) -> pl.LazyFrame:
+    """Per settlement, what its lines put under each disposition code (all components)."""
+    return audit.group_by("setl_id").agg(
+        pl.sum_horizontal(
+            [
+                pl.when(pl.col(disposition_column(k)) == code).then(_fen(k)).otherwise(0)
+                for k in LINE_COMPONENTS
+            ]
+        )
+        .sum()
+        .alias(code)
+        for code in sorted(set(codes))
+    )
+
+
 def _cost_checks(
     edition: CompiledEdition,
-    originals: pl.LazyFrame,
-    audit: pl.LazyFrame,
+    originals: pl.DataFrame,
+    by_setl: pl.DataFrame,
     costs: Sequence[str],
 ) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
-    """Per cost: increments against what lines and settlement parts counted, per settlement."""
+    """Per cost: increments against what lines and settlement parts counted, per settlement.
+
+    ``originals``: the edition's non-reversal settlements of the payouts with their header
+    columns; ``by_setl``: :func:`_per_settlement` of the audit.
+    """
     denied = pl.col("status") == "denied"
     parts: list[pl.LazyFrame] = []
     mismatches: list[pl.LazyFrame] = []
-    line_ids = originals.select("setl_id")
+    rows = originals.join(by_setl, on="setl_id", how="left")
     for cid, c in edition.costs.items():
         if cid not in costs:
             continue
-        code = c.audit_code or f"COUNTED_{cid.upper()}"
+        code = _code(cid, c.audit_code)
         if c.line_amount is not None:
-            counted = (
-                audit.join(line_ids, on="setl_id", how="semi")
-                .select(
-                    "setl_id",
-                    pl.sum_horizontal(
-                        [
-                            pl.when(pl.col(disposition_column(k)) == code)
-                            .then(_fen(k))
-                            .otherwise(0)
-                            for k in LINE_COMPONENTS
-                        ]
-                    ).alias("_lines"),
-                )
-                .group_by("setl_id")
-                .agg(pl.col("_lines").sum())
-            )
-            check = originals.join(counted, on="setl_id", how="left").select(
+            check = rows.select(
                 "setl_id",
                 (
-                    pl.col("_lines").fill_null(0)
+                    pl.col(code).fill_null(0)
                     + pl.when(denied | ~c.in_scope).then(0).otherwise(c.settlement_amount)
                 )
                 .cast(pl.Int64)
                 .alias("expected_fen"),
                 pl.col(inc(cid)).alias("found_fen"),
             )
-            parts.append(
-                pl.concat(
-                    [
-                        check.select(
-                            pl.lit(cid).alias("cost"),
-                            pl.lit(COUNTED_FROM_LINES).alias("part"),
-                            pl.col("expected_fen").sum().alias("amount_fen"),
-                        ),
-                        check.select(
-                            pl.lit(cid).alias("cost"),
-                            pl.lit(code).alias("part"),
-                            pl.col("found_fen").sum().alias("amount_fen"),
-                        ),
-                    ]
-                )
+            sums = check.select(
+                pl.col("expected_fen").sum().alias(COUNTED_FROM_LINES),
+                pl.col("found_fen").sum().alias(code),
             )
-            mismatches.append(_mismatches(check, f"cost_counted.{cid}", "setl_id"))
+            parts.append(_long(cid, sums))
+            mismatches.append(_mismatches(check.lazy(), f"cost_counted.{cid}", "setl_id"))
             continue
         # a settlement cost: its start splits into paid by funds, moved, out of scope, counted
         assert c.start is not None
@@ -279,59 +273,53 @@ def _cost_checks(
         funds = pl.sum_horizontal([pl.lit(0), *[_fen(f) for f in c.less_funds]])
         after = pl.sum_horizontal([pl.lit(0), *[_fen(f) for f in c.less_after]])
         rest = (start - funds).clip(lower_bound=0)
-        live = ~denied & c.in_scope
-        split = originals.filter(~denied).select(
-            "setl_id",
-            start.alias("_start"),
-            pl.when(live).then(pl.min_horizontal(start, funds)).otherwise(0).alias(PAID_BY_FUNDS),
-            pl.when(live).then(pl.min_horizontal(rest, after)).otherwise(0).alias("_moved"),
-            pl.when(live).then(0).otherwise(start).alias(OUT_OF_SCOPE),
-            pl.col(inc(cid)).alias("_counted"),
-        )
+        live = c.in_scope
         moved = "MOVED_" + "_".join(c.less_after).upper() if c.less_after else "MOVED"
-        parts.append(
-            split.select(
-                pl.lit(cid).alias("cost"),
-                pl.concat_list(
-                    pl.struct(
-                        pl.lit(PAID_BY_FUNDS).alias("part"), pl.col(PAID_BY_FUNDS).alias("v")
-                    ),
-                    pl.struct(pl.lit(moved).alias("part"), pl.col("_moved").alias("v")),
-                    pl.struct(pl.lit(OUT_OF_SCOPE).alias("part"), pl.col(OUT_OF_SCOPE).alias("v")),
-                    pl.struct(pl.lit(code).alias("part"), pl.col("_counted").alias("v")),
-                    pl.struct(pl.lit(START).alias("part"), pl.col("_start").alias("v")),
-                ).alias("_p"),
-            )
-            .explode("_p")
-            .select("cost", pl.col("_p").struct.field("part"), pl.col("_p").struct.field("v"))
-            .group_by("cost", "part")
-            .agg(pl.col("v").sum().alias("amount_fen"))
+        split = rows.filter(~denied).select(
+            "setl_id",
+            start.alias(START),
+            pl.when(live).then(pl.min_horizontal(start, funds)).otherwise(0).alias(PAID_BY_FUNDS),
+            pl.when(live).then(pl.min_horizontal(rest, after)).otherwise(0).alias(moved),
+            pl.when(live).then(0).otherwise(start).alias(OUT_OF_SCOPE),
+            pl.col(inc(cid)).alias(code),
+            *(
+                [pl.col(SETTLEMENT_LEVEL).fill_null(0).alias("_lines_left")]
+                if SETTLEMENT_LEVEL in rows.columns
+                else [pl.lit(0, pl.Int64).alias("_lines_left")]
+            ),
         )
+        parts.append(_long(cid, split.select(pl.exclude("setl_id", "_lines_left").sum())))
         check = split.select(
             "setl_id",
-            pl.col("_start").alias("expected_fen"),
-            (pl.col(PAID_BY_FUNDS) + pl.col("_moved") + pl.col(OUT_OF_SCOPE) + pl.col("_counted"))
+            pl.col(START).alias("expected_fen"),
+            (pl.col(PAID_BY_FUNDS) + pl.col(moved) + pl.col(OUT_OF_SCOPE) + pl.col(code))
             .cast(pl.Int64)
             .alias("found_fen"),
         )
-        mismatches.append(_mismatches(check, f"cost_split.{cid}", "setl_id"))
+        mismatches.append(_mismatches(check.lazy(), f"cost_split.{cid}", "setl_id"))
         if c.start in COMPONENT_PAIRS:
             # what the lines left at settlement level must be what the settlement split
             comp = COMPONENT_PAIRS[c.start]
-            left = (
-                audit.join(line_ids, on="setl_id", how="semi")
-                .filter(pl.col(disposition_column(comp)) == "SETTLEMENT_LEVEL")
-                .group_by("setl_id")
-                .agg(_fen(comp).sum().alias("expected_fen"))
+            both = split.select(
+                "setl_id",
+                pl.col("_lines_left").alias("expected_fen"),
+                pl.col(START).alias("found_fen"),
             )
-            both = left.join(
-                split.select("setl_id", pl.col("_start").alias("found_fen")),
-                on="setl_id",
-                how="full",
-                coalesce=True,
-            ).with_columns(pl.col("expected_fen").fill_null(0), pl.col("found_fen").fill_null(0))
-            mismatches.append(_mismatches(both, f"settlement_level.{comp}", "setl_id"))
+            mismatches.append(_mismatches(both.lazy(), f"settlement_level.{comp}", "setl_id"))
     return parts, mismatches
+
+
+def _code(cid: str, audit_code: str | None) -> str:
+    return audit_code or f"COUNTED_{cid.upper()}"
+
+
+def _long(cost: str, sums: pl.DataFrame) -> pl.LazyFrame:
+    """One row of sums (a column per part) as (cost, part, amount_fen) rows."""
+    return (
+        sums.unpivot(variable_name="part", value_name="amount_fen")
+        .select(pl.lit(cost).alias("cost"), "part", pl.col("amount_fen").cast(pl.Int64))
+        .lazy()
+    )
 
 
 def _batch_level(
