@@ -97,7 +97,8 @@ def test_adjudicate_in_a_subprocess_with_json_summary(tmp_path: Path) -> None:
     csv = pl.read_csv(tmp_path / "payouts.csv", infer_schema=False)
     parquet = pl.read_parquet(tmp_path / "payouts.parquet")
     assert csv["payout_amt"].to_list() == [str(x) for x in parquet["payout_amt"]]
-    assert "psn_name" not in csv.columns and "certno" not in csv.columns
+    # personal data is masked in payout files (tests/test_privacy.py has the details)
+    assert all(name.endswith("*") for name in csv["psn_name"].drop_nulls())
 
 
 def test_missing_input_file_is_exit_code_3(tmp_path: Path) -> None:

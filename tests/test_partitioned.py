@@ -49,6 +49,13 @@ def _same_outputs(a: Path, b: Path) -> None:
         assert (a / "payouts.csv").read_bytes() == (b / "payouts.csv").read_bytes()
     counts = [json.loads((d / "manifest.json").read_text())["counts"] for d in (a, b)]
     assert counts[0] == counts[1]
+    # the reconciliation adds partitions up to the same totals; the reports show the same tables
+    recon = [json.loads((d / "reconciliation.json").read_text()) for d in (a, b)]
+    assert recon[0] == recon[1] and recon[0]["passed"]
+    reports = [(d / "report.md").read_text().splitlines() for d in (a, b)]
+    assert [x for x in reports[0] if "generated" not in x] == [
+        x for x in reports[1] if "generated" not in x
+    ]
 
 
 @pytest.mark.parametrize("ext", ["parquet", "csv"])

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -172,10 +173,18 @@ def adjudicate(
         int | None,
         typer.Option(min=1, help="Run in this many partitions (default: from --memory-limit)."),
     ] = None,
+    unmasked: Annotated[
+        bool,
+        typer.Option(
+            "--unmasked",
+            help="Write psn_name and certno in full in the payout files (masked by default).",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
-    """Adjudicate one batch: validate, apply the plan, write payouts, quarantine and line audit."""
+    """Adjudicate one batch: validate, apply the plan, reconcile, write payouts, quarantine,
+    line audit, reconciliation.json and the report (report.html, report.md)."""
     from hmb_batch.partitioned import parse_size
     from hmb_batch.pipeline import BatchInputs, run_batch
 
@@ -200,16 +209,25 @@ def adjudicate(
             batch_id=batch_id,
         )
         target = out_dir or cfg.path(d.out) or Path("out")
-        result = run_batch(
-            inputs,
-            target,
-            csv=csv,
-            ledger_path=ledger or cfg.path(d.ledger),
-            wait=wait,
-            allow_out_of_order=allow_out_of_order,
-            memory_limit=parse_size(limit) if (limit := memory_limit or d.memory_limit) else None,
-            partitions=partitions,
-        )
+        # progress on stderr only for a person at a terminal: cron logs and pipes stay clean
+        show = not (quiet or as_json) and err.is_terminal
+        with err.status("reading and validating …") if show else contextlib.nullcontext() as st:
+            result = run_batch(
+                inputs,
+                target,
+                csv=csv,
+                ledger_path=ledger or cfg.path(d.ledger),
+                wait=wait,
+                allow_out_of_order=allow_out_of_order,
+                memory_limit=parse_size(limit)
+                if (limit := memory_limit or d.memory_limit)
+                else None,
+                partitions=partitions,
+                unmasked=unmasked,
+                progress=(lambda stage, secs: st.update(f"{stage} done ({secs:.1f} s) …"))
+                if st is not None
+                else None,
+            )
     except HmbError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -218,6 +236,7 @@ def adjudicate(
                 {
                     "summary": result.summary.to_json(),
                     "replayed": result.replayed,
+                    "reconciled": _reconciled(result.files),
                     "files": {k: str(v) for k, v in result.files.items()},
                 },
                 ensure_ascii=False,
@@ -229,7 +248,55 @@ def adjudicate(
                 f"batch {result.summary.batch_id} was applied before with the same inputs and "
                 "plan editions: the ledger is unchanged; its files were written again."
             )
-        render.batch_summary(out, result.summary, {k: str(v) for k, v in result.files.items()})
+        render.batch_summary(
+            out,
+            result.summary,
+            {k: str(v) for k, v in result.files.items()},
+            _reconciled(result.files),
+        )
+
+
+def _reconciled(files: dict[str, Path]) -> dict[str, Any] | None:
+    """Pass/fail and identity count from the batch's reconciliation.json (None if absent)."""
+    path = files.get("reconciliation")
+    if path is None or not path.exists():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return {
+        "passed": data["passed"],
+        "identities": len(data["identities"]),
+        "failed": [i["name"] for i in data["identities"] if not i["passed"]],
+    }
+
+
+@app.command(epilog="Example: hmb-batch report --ledger ledger.duckdb --year 2022 --out reports")
+def report(
+    year: Annotated[int, typer.Option(help="Plan year.")],
+    ledger: LedgerOption = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+    plan: Annotated[
+        str | None,
+        typer.Option(help="Plan (family, edition id or file) for premium and brackets."),
+    ] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("."),
+) -> None:
+    """The year-to-date report of a plan year from the ledger alone: report.html, report.md."""
+    from hmb_batch.pipeline import write_files, year_report
+    from hmb_batch.report import render_html, render_markdown
+
+    try:
+        cfg = load_config(config)
+        selection = select_plan(plan or cfg.adjudicate.plan)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    data = _on_ledger(ledger, config, wait, lambda lg: year_report(lg, year, selection))
+    files = write_files(
+        {"report.html": render_html(data).encode(), "report.md": render_markdown(data).encode()},
+        out_dir,
+    )
+    for path in files.values():
+        out.print(f"report: {path}")
 
 
 @app.command(

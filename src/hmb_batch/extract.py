@@ -258,6 +258,14 @@ def type_table(
     return base.drop([_RAW + n for n in mapping]).join(messages, on=ROW, how="left")
 
 
+def source_column(
+    raw: pl.LazyFrame, contract: Contract, column: str, column_map: Mapping[str, str] | None = None
+) -> str | None:
+    """The raw column that carries a contract column (None if the file lacks it)."""
+    found = [n for n in raw.collect_schema().names() if n not in (ROW, FILE)]
+    return _name_map(found, contract, column_map or {}).get(column)
+
+
 def rows_with(
     raw: pl.LazyFrame,
     contract: Contract,
@@ -270,8 +278,7 @@ def rows_with(
     Filtering before typing keeps the cost with the rows kept (a night's members of a roster of
     millions); row numbers stay those of the file.
     """
-    found = [n for n in raw.collect_schema().names() if n not in (ROW, FILE)]
-    src = _name_map(found, contract, column_map or {}).get(column)
+    src = source_column(raw, contract, column, column_map)
     if src is None:
         return raw  # type_table names the missing column
     return raw.filter(pl.col(src).cast(pl.String).str.strip_chars().is_in(values.implode()))

@@ -1,6 +1,6 @@
 """The ledger: an embedded DuckDB file holding the year to date between nightly batches.
 
-Tables (schema version 1; analysts may open the file with DuckDB and query them):
+Tables (schema version 3; analysts may open the file with DuckDB and query them):
 
 ``meta``             key/value: ``schema_version``.
 ``batches``          one row per batch: ``batch_id``, ``seq`` (application order), ``batch_key``
@@ -9,7 +9,8 @@ Tables (schema version 1; analysts may open the file with DuckDB and query them)
                      ``started_at``, ``finished_at``, ``status`` (``applied`` | ``reverted``),
                      counts, ``total_payout_fen``, ``max_setl_time``, ``summary`` (JSON).
 ``settlements``      the registry of adjudicated settlements (denied included): status, reasons,
-                     member, plan year, edition, payable/payout and year-to-date after it, in fen.
+                     member, plan year, edition, payable/payout and year-to-date after it, in fen;
+                     med_type, district and hospital (for reports from the ledger alone).
 ``settlement_costs`` each settlement's increment of each cost (e.g. compliant, reasonable) and the
                      year to date after it, in fen.
 ``accumulator_log``  per batch, each touched accumulator before and after, in fen.
@@ -54,7 +55,7 @@ from hmb_batch.engine import MEMBER_YEAR, PriorState, cum, inc
 from hmb_batch.errors import ExitCode, HmbError
 from hmb_batch.validation import IS_REVERSAL
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -94,6 +95,13 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE batch_files ADD COLUMN sha256 VARCHAR",
         "ALTER TABLE batch_files ALTER COLUMN content DROP NOT NULL",
     ],
+    # reports from the ledger alone: where each settlement was treated
+    3: [
+        "ALTER TABLE settlements ADD COLUMN med_type VARCHAR",
+        "ALTER TABLE settlements ADD COLUMN insu_admdvs VARCHAR",
+        "ALTER TABLE settlements ADD COLUMN fixmedins_code VARCHAR",
+        "ALTER TABLE settlements ADD COLUMN fixmedins_name VARCHAR",
+    ],
 }
 
 # What one batch inserts, in this order (see :func:`batch_rows`).
@@ -120,6 +128,10 @@ _TABLE_COLUMNS = {
         "payout_fen",
         "cum_payable_fen",
         "cum_payout_fen",
+        "med_type",
+        "insu_admdvs",
+        "fixmedins_code",
+        "fixmedins_name",
     ],
     "settlement_costs": ["setl_id", "cost", "increment_fen", "cum_fen"],
     "accumulator_log": ["batch_id", "psn_no", "plan_year", "cost", "before_fen", "after_fen"],
@@ -320,6 +332,30 @@ class Ledger:
             [batch_id],
         ).fetchall()
         return int(rows[0][0])
+
+    def year_settlements(self, plan_year: int) -> pl.DataFrame:
+        """The applied settlements of a plan year, as reports read them (money in fen)."""
+        return _frame(
+            self.con.sql(
+                """
+            SELECT s.plan_year::BIGINT AS plan_year, s.status, s.reasons, s.setl_time,
+                   s.insu_admdvs, s.fixmedins_code, s.fixmedins_name, s.edition,
+                   s.payable_fen, s.payout_fen, s.cum_payable_fen
+            FROM settlements s WHERE s.plan_year = $y
+            """,
+                params={"y": plan_year},
+            )
+        )
+
+    def year_batches(self, plan_year: int) -> list[dict[str, Any]]:
+        """The summaries of the applied batches with settlements in a plan year, in order."""
+        rows = self.con.execute(
+            """SELECT summary FROM batches b WHERE status = 'applied' AND EXISTS
+               (SELECT 1 FROM settlements s WHERE s.batch_id = b.batch_id AND s.plan_year = ?)
+               ORDER BY seq""",
+            [plan_year],
+        ).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def knows_roster(self, digest: str) -> bool:
         """Whether a batch (applied or since reverted) read a roster file with this SHA-256 —
@@ -605,6 +641,10 @@ def batch_rows(
         pl.col("payout").alias("payout_fen"),
         pl.col("cum_payable").alias("cum_payable_fen"),
         pl.col("cum_payout").alias("cum_payout_fen"),
+        "med_type",
+        "insu_admdvs",
+        "fixmedins_code",
+        "fixmedins_name",
     )
     setl_costs = pl.concat(
         [

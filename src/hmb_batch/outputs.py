@@ -26,16 +26,39 @@ PAYOUT_COLUMNS = [
 ]
 
 
+def masked_name(expr: pl.Expr) -> pl.Expr:
+    """A name with every character after the first replaced by ``*`` (张三丰 → 张**)."""
+    return pl.concat_str(expr.str.slice(0, 1), expr.str.slice(1).str.replace_all(".", "*"))
+
+
+def masked_certno(expr: pl.Expr) -> pl.Expr:
+    """A certificate number with all but its first 3 and last 4 characters replaced by ``*``."""
+    n = expr.str.len_chars()
+    middle = expr.str.slice(3, (n - 7).clip(lower_bound=0)).str.replace_all(".", "*")
+    return (
+        pl.when(n > 7)
+        .then(pl.concat_str(expr.str.slice(0, 3), middle, expr.str.slice(-4)))
+        .otherwise(expr.str.replace_all(".", "*"))
+    )
+
+
 def payouts_frame(
-    payouts: pl.DataFrame, costs: list[str], responsibilities: list[str]
+    payouts: pl.DataFrame,
+    costs: list[str],
+    responsibilities: list[str],
+    *,
+    unmasked: bool = False,
 ) -> pl.DataFrame:
     """The payout file's frame from the engine's payouts (fen), in processing order.
 
     Columns: the contract's (README: Output files), then ``edition``, ``init_setl_id``,
     ``setl_time``, ``med_type``, ``insu_admdvs``, ``fixmedins_code``, ``fixmedins_name``,
-    ``cum_<cost>_amt`` and ``responsibilities`` (a list of {id, payable_amt, payout_amt}).
-    Personal fields (psn_name, certno) are never written here.
+    ``cum_<cost>_amt``, ``responsibilities`` (a list of {id, payable_amt, payout_amt}), and
+    ``psn_name`` and ``certno``: masked (张**, 330**********1234) unless ``unmasked``.
     """
+    name, cert = pl.col("psn_name"), pl.col("certno")
+    if not unmasked:
+        name, cert = masked_name(name), masked_certno(cert)
     resp = pl.concat_list(
         [
             pl.struct(
@@ -67,6 +90,8 @@ def payouts_frame(
         "fixmedins_name",
         *[to_decimal(pl.col(cum(c))).alias(f"cum_{c}_amt") for c in costs],
         resp.alias("responsibilities"),
+        name.alias("psn_name"),
+        cert.alias("certno"),
     )
 
 

@@ -233,6 +233,7 @@ class StagedBatch:
     years: set[int] = field(default_factory=set)
     max_setl_time: dt.datetime | None = None
     checked_schemas: tuple[pl.Schema, pl.Schema] | None = None  # settlements, fee lines
+    line_sums: list[pl.DataFrame] = field(default_factory=list)  # per settlement part (reconcile)
 
 
 def stage_batch(
@@ -328,6 +329,7 @@ def _validate_parts(
         staged.fee_lines_in += checked.fee_lines_in
         staged.identical_repeats += checked.identical_repeats
         staged.repeated_fee_lines += checked.repeated_fee_lines
+        staged.line_sums.append(checked.line_sums)
         s = checked.settlements.with_columns(_part_of("psn_no", n))
         if s.height:
             staged.years |= set(plan_years(s, None))
@@ -348,9 +350,21 @@ def _validate_parts(
     if staged.checked_schemas is None:  # nothing read at all: the columns of an empty batch
         empty = check_extract(Extract(_empty(s_schema), _empty(l_schema), shape, files), batch_id)
         staged.checked_schemas = (empty.settlements.schema, empty.fee_lines.schema)
+        staged.line_sums.append(empty.line_sums)
         empty.quarantine.with_columns(pl.lit(batch_id).alias("batch_id")).write_parquet(
             folder / "quarantine" / "a-0.parquet"
         )
+
+
+@dataclass(frozen=True)
+class MemberPartition:
+    """One member partition after the engine: what the reconciliation reads."""
+
+    checked: CheckedFrames
+    roster: pl.DataFrame
+    done: EngineFrames
+    prior: PriorState | None
+    accumulator_log: pl.DataFrame | None  # the ledger rows it would insert (with a ledger)
 
 
 @dataclass(frozen=True)
@@ -375,10 +389,14 @@ def adjudicate_partitions(
     with_ledger: bool,
     csv: bool,
     memory_limit: int,
+    unmasked: bool = False,
+    on_partition: Callable[[MemberPartition], None] | None = None,
 ) -> PartitionedOutcome:
     """Adjudicate each member part, then assemble the outputs (steps 3 and 4).
 
     ``prior_for``: the ledger's prior state for a part's settlements (None without a ledger).
+    ``on_partition`` sees each member partition's frames while they are in memory (the
+    reconciliation adds up its totals there).
     """
     folder = staged.folder
     costs = cost_ids(plan)
@@ -406,40 +424,49 @@ def adjudicate_partitions(
         prior = prior_for(settlements)
         years = sorted(staged.years | set(plan_years(settlements, prior)))
         years_seen |= set(years)
-        done = run_engine(
+        checked = CheckedFrames(settlements, lines, no_quarantine, 0, 0, 0, 0, no_quarantine)
+        done = run_engine(batch_id, plan, checked, roster, lists, prior, years)
+        rows = _write_member_part(
+            folder,
+            j,
             batch_id,
-            plan,
-            CheckedFrames(settlements, lines, no_quarantine, 0, 0, 0, 0, no_quarantine),
-            roster,
-            lists,
+            done,
             prior,
-            years,
+            costs,
+            responsibilities,
+            with_ledger=with_ledger,
+            unmasked=unmasked,
         )
-        _write_member_part(
-            folder, j, batch_id, done, prior, costs, responsibilities, with_ledger=with_ledger
-        )
+        if on_partition is not None:
+            log = rows["accumulator_log"] if rows is not None else None
+            on_partition(MemberPartition(checked, roster, done, prior, log))
     if not any((folder / "payouts").iterdir()):  # an empty batch: parts with the right columns
-        empty = run_engine(
+        nothing = CheckedFrames(
+            pl.DataFrame(schema=settlement_schema),
+            pl.DataFrame(schema=line_schema),
+            no_quarantine,
+            0,
+            0,
+            0,
+            0,
+            no_quarantine,
+        )
+        no_roster = pl.DataFrame(schema=staged.roster_schema)
+        empty = run_engine(batch_id, plan, nothing, no_roster, lists, None, sorted(staged.years))
+        rows = _write_member_part(
+            folder,
+            0,
             batch_id,
-            plan,
-            CheckedFrames(
-                pl.DataFrame(schema=settlement_schema),
-                pl.DataFrame(schema=line_schema),
-                no_quarantine,
-                0,
-                0,
-                0,
-                0,
-                no_quarantine,
-            ),
-            pl.DataFrame(schema=staged.roster_schema),
-            lists,
+            empty,
             None,
-            sorted(staged.years),
+            costs,
+            responsibilities,
+            with_ledger=with_ledger,
+            unmasked=unmasked,
         )
-        _write_member_part(
-            folder, 0, batch_id, empty, None, costs, responsibilities, with_ledger=with_ledger
-        )
+        if on_partition is not None:
+            log = rows["accumulator_log"] if rows is not None else None
+            on_partition(MemberPartition(nothing, no_roster, empty, None, log))
 
     quarantine = pl.concat(
         [pl.scan_parquet(p) for p in sorted((folder / "quarantine").glob("*.parquet"))],
@@ -478,20 +505,24 @@ def _write_member_part(
     responsibilities: list[str],
     *,
     with_ledger: bool,
-) -> None:
+    unmasked: bool,
+) -> dict[str, pl.DataFrame] | None:
     """One member partition's results as part files: engine payouts (fen), payout file rows,
-    line audit, the engine's quarantine and, with a ledger, its ledger rows."""
+    line audit, the engine's quarantine and, with a ledger, its ledger rows (returned)."""
     name = f"{j}.parquet"
     done.payouts.write_parquet(folder / "payouts" / name)
-    payouts_frame(done.payouts, costs, responsibilities).write_parquet(
+    payouts_frame(done.payouts, costs, responsibilities, unmasked=unmasked).write_parquet(
         folder / "payout-file" / name
     )
     lines_frame(done.lines).write_parquet(folder / "lines" / name)
     done.quarantine.write_parquet(folder / "quarantine" / f"b-{j}.parquet")
-    if with_ledger:
-        before = (prior or PriorState.empty(costs)).accumulators.collect()
-        for table, rows in batch_rows(batch_id, done.payouts, before, costs).items():
-            rows.write_parquet(folder / f"ledger-{table}" / name)
+    if not with_ledger:
+        return None
+    before = (prior or PriorState.empty(costs)).accumulators.collect()
+    ledger_rows = batch_rows(batch_id, done.payouts, before, costs)
+    for table, rows in ledger_rows.items():
+        rows.write_parquet(folder / f"ledger-{table}" / name)
+    return ledger_rows
 
 
 def _concat_parquet(parts: list[Path], target: Path) -> None:

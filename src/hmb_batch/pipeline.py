@@ -21,7 +21,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,11 +33,24 @@ from hmb_batch.engine import PriorState, cost_ids, cum, inc, plan_years
 from hmb_batch.errors import ConfigError, InputUnreadable, ReconciliationError
 from hmb_batch.extract import read_extract
 from hmb_batch.ledger import Ledger, LedgerError, batch_rows, file_rows, open_ledger
-from hmb_batch.money import fen_to_yuan
+from hmb_batch.money import fen_to_yuan, yuan_to_fen
 from hmb_batch.outputs import lines_frame, payouts_frame, to_text_frame
 from hmb_batch.plan.catalog import PlanSelection, select_plan
-from hmb_batch.reconcile import SHOW, Identity, Reconciliation, Totals, batch_totals, reconcile
-from hmb_batch.reference import load_lists, load_roster
+from hmb_batch.reconcile import (
+    QUARANTINED,
+    SHOW,
+    Identity,
+    Reconciliation,
+    Totals,
+    batch_totals,
+    combine,
+    component_sums,
+    no_line_sums,
+    quarantined_line_fen,
+    reconcile,
+)
+from hmb_batch.reference import enrolled_by_year, load_lists, load_roster
+from hmb_batch.report import LossRatio, ReportData, render_html, render_markdown, report_data
 from hmb_batch.stages import CheckedFrames, check_extract, run_engine
 from hmb_batch.summary import BatchSummary, summarise
 
@@ -220,7 +233,7 @@ def covered_years(plan: PlanSelection, years: list[int]) -> None:
 
 
 def adjudicate_prepared(
-    batch: PreparedBatch, prior: PriorState | None, *, csv: bool
+    batch: PreparedBatch, prior: PriorState | None, *, csv: bool, unmasked: bool = False
 ) -> Adjudicated:
     """Run the engine on a prepared batch and render the output files in memory."""
     plan = batch.header.plan
@@ -242,7 +255,7 @@ def adjudicate_prepared(
         payouts=done.payouts,
         quarantine=done.quarantine,
     )
-    payout_file = payouts_frame(done.payouts, done.costs, done.responsibilities)
+    payout_file = payouts_frame(done.payouts, done.costs, done.responsibilities, unmasked=unmasked)
     files = {
         "payouts.parquet": _parquet_bytes(payout_file),
         "quarantine.parquet": _parquet_bytes(done.quarantine),
@@ -335,39 +348,62 @@ def _long_accumulators(prior: PriorState, members: pl.DataFrame, costs: list[str
     )
 
 
-def _verify_after(payouts: pl.DataFrame, prior: PriorState, costs: list[str], batch_id: str) -> Any:
+@dataclass(frozen=True)
+class AfterExpectation:
+    """What the ledger must hold after the commit, for the batch's members."""
+
+    members: pl.DataFrame  # psn_no
+    by_year: pl.DataFrame  # plan_year, cost, before, batch (fen)
+    payout_fen: int
+
+    @staticmethod
+    def of(payouts: pl.DataFrame, prior: PriorState, costs: list[str]) -> AfterExpectation:
+        """From a batch's (or partition's) engine payouts and the prior it was computed on."""
+        members = payouts.select("psn_no").unique()
+        before = (
+            _long_accumulators(prior, members, costs)
+            .group_by("plan_year", "cost")
+            .agg(pl.col("value").sum().alias("before"))
+        )
+        batch = (
+            payouts.unpivot(index=["plan_year"], on=[inc(c) for c in costs], variable_name="cost")
+            .with_columns(
+                pl.col("cost").str.strip_prefix(inc("")), pl.col("plan_year").cast(pl.Int64)
+            )
+            .group_by("plan_year", "cost")
+            .agg(pl.col("value").sum().alias("batch"))
+        )
+        by_year = before.with_columns(pl.col("plan_year").cast(pl.Int64)).join(
+            batch, on=["plan_year", "cost"], how="full", coalesce=True
+        )
+        return AfterExpectation(members, by_year.fill_null(0), int(payouts["payout"].sum() or 0))
+
+    @staticmethod
+    def combine(parts: list[AfterExpectation]) -> AfterExpectation:
+        """Add up partitions (their members are disjoint)."""
+        return AfterExpectation(
+            pl.concat([p.members for p in parts]),
+            pl.concat([p.by_year for p in parts])
+            .group_by("plan_year", "cost")
+            .agg(pl.col("before").sum(), pl.col("batch").sum()),
+            sum(p.payout_fen for p in parts),
+        )
+
+
+def _verify_after(expected: AfterExpectation, costs: list[str], batch_id: str) -> Any:
     """The ledger after = the ledger before + the batch, per plan year and cost (checked inside
     the commit's transaction, for the batch's members), and its payout history holds the
     batch's payouts."""
-    members = payouts.select("psn_no").unique()
-    before = (
-        _long_accumulators(prior, members, costs)
-        .group_by("plan_year", "cost")
-        .agg(pl.col("value").sum().alias("before"))
-    )
-    batch = (
-        payouts.unpivot(index=["plan_year"], on=[inc(c) for c in costs], variable_name="cost")
-        .with_columns(pl.col("cost").str.strip_prefix(inc("")), pl.col("plan_year").cast(pl.Int64))
-        .group_by("plan_year", "cost")
-        .agg(pl.col("value").sum().alias("batch"))
-    )
 
     def verify(ledger: Ledger) -> None:
         after = (
-            ledger.year_to_date(members)
+            ledger.year_to_date(expected.members)
             .filter(pl.col("cost").is_in(costs))
             .group_by("plan_year", "cost")
             .agg(pl.col("amount_fen").sum().alias("after"))
         )
         key = ["plan_year", "cost"]
-        table = (
-            before.with_columns(pl.col("plan_year").cast(pl.Int64))
-            .join(batch, on=key, how="full", coalesce=True)
-            .join(after, on=key, how="full", coalesce=True)
-            .fill_null(0)
-            .sort(key)
-        )
-        found = ledger.batch_payout_fen(batch_id)
+        table = expected.by_year.join(after, on=key, how="full", coalesce=True).fill_null(0)
         ids = [
             Identity(
                 f"ledger.after.{r['plan_year']}.{r['cost']}",
@@ -377,15 +413,15 @@ def _verify_after(payouts: pl.DataFrame, prior: PriorState, costs: list[str], ba
                 r["before"] + r["batch"],
                 r["after"],
             )
-            for r in table.iter_rows(named=True)
+            for r in table.sort(key).iter_rows(named=True)
         ]
         ids.append(
             Identity(
                 "ledger.payout_history",
                 "ledger",
                 "the payout history records the batch's payouts",
-                int(payouts["payout"].sum() or 0),
-                found,
+                expected.payout_fen,
+                ledger.batch_payout_fen(batch_id),
             )
         )
         failed = [i for i in ids if not i.passed]
@@ -393,6 +429,72 @@ def _verify_after(payouts: pl.DataFrame, prior: PriorState, costs: list[str], ba
             raise ReconciliationError(_refusal(batch_id, failed))
 
     return verify
+
+
+class PartitionAudit:
+    """The reconciliation of a partitioned run, added up member partition by member partition."""
+
+    def __init__(self, plan: PlanSelection, ledger: Ledger | None) -> None:
+        self.plan = plan
+        self.ledger = ledger
+        self.totals: list[Totals] = []
+        self.before: list[Identity] = []
+        self.after: list[AfterExpectation] = []
+
+    def __call__(self, part: partitioned.MemberPartition) -> None:
+        """Take one member partition's totals (``adjudicate_partitions`` calls it)."""
+        done, prior = part.done, part.prior
+        self.totals.append(
+            batch_totals(
+                plan=self.plan,
+                line_sums=no_line_sums(),  # stage A's input and repeats are added once
+                fee_lines=part.checked.fee_lines.lazy(),
+                settlements=part.checked.settlements.lazy(),
+                roster=part.roster.lazy(),
+                payouts=done.payouts.lazy(),
+                audit=done.lines.lazy(),
+                quarantine=done.quarantine.clear().lazy(),  # counted once, from the whole file
+                prior=prior,
+                accumulator_log=part.accumulator_log.lazy()
+                if part.accumulator_log is not None
+                else None,
+                costs=done.costs,
+            )
+        )
+        if self.ledger is not None and prior is not None:
+            self.before.append(ledger_before_identity(self.ledger, done.payouts, prior, done.costs))
+            self.after.append(AfterExpectation.of(done.payouts, prior, done.costs))
+
+    def reconciliation(
+        self,
+        batch_id: str,
+        staged: partitioned.StagedBatch,
+        quarantine: pl.LazyFrame,
+        summary: BatchSummary,
+    ) -> Reconciliation:
+        """All partitions' totals, stage A's input and repeat totals and the quarantine's."""
+        lines = pl.concat(
+            [
+                *staged.line_sums,
+                component_sums(quarantined_line_fen(quarantine), QUARANTINED).collect(),
+            ],
+            how="vertical_relaxed",
+        )
+        totals = combine([*self.totals, Totals.of_lines(lines)])
+        recon = _reconciliation(batch_id, totals, summary, self.ledger is not None)
+        if self.before:
+            first = [f for i in self.before for f in i.first][:SHOW]
+            recon = recon.with_identities(
+                [
+                    replace(
+                        self.before[0],
+                        expected=sum(i.expected for i in self.before),
+                        found=sum(i.found for i in self.before),
+                        first=first,
+                    )
+                ]
+            )
+        return recon
 
 
 def _refusal(batch_id: str, failed: list[Identity]) -> str:
@@ -442,14 +544,18 @@ def run_batch(
     allow_out_of_order: bool = False,
     memory_limit: int | None = None,
     partitions: int | None = None,
+    unmasked: bool = False,
+    progress: Callable[[str, float], None] | None = None,
 ) -> BatchResult:
     """Adjudicate one batch, apply it to the ledger (if any), write its files into ``out_dir``.
 
     ``memory_limit`` (bytes): a batch that would not fit is run in partitions
-    (:mod:`hmb_batch.partitioned`); ``partitions`` forces a number of partitions.
+    (:mod:`hmb_batch.partitioned`); ``partitions`` forces a number of partitions. ``unmasked``:
+    the payout files carry psn_name and certno in full. ``progress`` is told each stage as it
+    ends, with its seconds.
     """
     started = dt.datetime.now()
-    clock = _Laps()
+    clock = _Laps(progress)
     opened: contextlib.AbstractContextManager[Ledger | None] = (
         open_ledger(ledger_path, wait=wait, holder=f"batch of {inputs.extract}, pid {os.getpid()}")
         if ledger_path is not None
@@ -482,6 +588,7 @@ def run_batch(
                 csv=csv,
                 allow_out_of_order=allow_out_of_order,
                 memory_limit=memory_limit,
+                unmasked=unmasked,
                 started=started,
                 clock=clock,
                 before=before,
@@ -498,7 +605,16 @@ def run_batch(
             _check_order(ledger, header.batch_id, latest, allow_out_of_order)  # type: ignore[arg-type]
             prior = ledger.prior_for(settlements, cost_ids(header.plan))
             clock.lap("ledger_read")
-        done = adjudicate_prepared(batch, prior, csv=csv)
+        done = adjudicate_prepared(batch, prior, csv=csv, unmasked=unmasked)
+        done = replace(
+            done,
+            summary=replace(
+                done.summary,
+                enrolled_by_plan_year=enrolled_by_year(
+                    inputs.roster, inputs.column_map, inputs.encoding
+                ),
+            ),
+        )
         clock.lap("adjudicate")
         _check_balanced(done.summary)
         new_rows = (
@@ -516,6 +632,8 @@ def run_batch(
         done.files["reconciliation.json"] = _reconciliation_json(recon)
         _check_reconciled(recon, out_dir)
         clock.lap("reconcile")
+        done.files.update(batch_report(header, done.payouts, done.summary, recon, before))
+        clock.lap("report")
         after = None
         if ledger is not None:
             assert prior is not None and new_rows is not None
@@ -530,7 +648,11 @@ def run_batch(
                 _record(ledger, header, done.summary, started, latest),  # type: ignore[arg-type]
                 rows,
                 crash_hook=_crash_point,
-                verify=_verify_after(done.payouts, prior, done.costs, header.batch_id),
+                verify=_verify_after(
+                    AfterExpectation.of(done.payouts, prior, done.costs),
+                    done.costs,
+                    header.batch_id,
+                ),
             )
             clock.lap("ledger_commit")
             after = _ledger_state(ledger)
@@ -553,6 +675,7 @@ def _run_partitioned(
     csv: bool,
     allow_out_of_order: bool,
     memory_limit: int | None,
+    unmasked: bool,
     started: dt.datetime,
     clock: _Laps,
     before: list[dict[str, Any]] | None,
@@ -585,6 +708,7 @@ def _run_partitioned(
         def prior_for(settlements: pl.DataFrame) -> PriorState | None:
             return ledger.prior_for(settlements, costs) if ledger is not None else None
 
+        audit = PartitionAudit(header.plan, ledger)
         outcome = partitioned.adjudicate_partitions(
             staged,
             batch_id=header.batch_id,
@@ -594,6 +718,8 @@ def _run_partitioned(
             with_ledger=ledger is not None,
             csv=csv,
             memory_limit=memory_limit or partitioned.RUNTIME_BYTES * 2,
+            unmasked=unmasked,
+            on_partition=audit,
         )
         covered_years(header.plan, outcome.years)
         _crash_point("compute")
@@ -609,10 +735,26 @@ def _run_partitioned(
             payouts=outcome.payouts,
             quarantine=outcome.quarantine,
         )
+        summary = replace(
+            summary,
+            enrolled_by_plan_year=enrolled_by_year(
+                inputs.roster, inputs.column_map, inputs.encoding
+            ),
+        )
         _check_balanced(summary)
+        recon = audit.reconciliation(header.batch_id, staged, outcome.quarantine, summary)
+        written = spill / "out"
+        extra = {"reconciliation.json": _reconciliation_json(recon)}
+        _check_reconciled(recon, out_dir)
+        clock.lap("reconcile")
+        extra |= batch_report(header, outcome.payouts, summary, recon, before)
+        for name, content in extra.items():
+            (written / name).write_bytes(content)
+        files_in_spill = {**outcome.files, **{name: written / name for name in extra}}
+        clock.lap("report")
         after = None
         if ledger is not None:
-            digests = {name: ledger.archive.keep(path) for name, path in outcome.files.items()}
+            digests = {name: ledger.archive.keep(path) for name, path in files_in_spill.items()}
             rows: dict[str, pl.DataFrame | str] = {
                 **outcome.ledger_rows,
                 "batch_files": file_rows(header.batch_id, digests),
@@ -621,10 +763,13 @@ def _run_partitioned(
                 _record(ledger, header, summary, started, staged.max_setl_time),
                 rows,
                 crash_hook=_crash_point,
+                verify=_verify_after(AfterExpectation.combine(audit.after), costs, header.batch_id)
+                if audit.after
+                else None,
             )
             clock.lap("ledger_commit")
             after = _ledger_state(ledger)
-        files = install_files(outcome.files, out_dir)
+        files = install_files(files_in_spill, out_dir)
         clock.lap("write_outputs")
         manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
         manifest["partitions"] = n
@@ -678,7 +823,8 @@ def copy_files(files: Mapping[str, Path], out_dir: Path) -> dict[str, Path]:
 
 
 def _file_key(name: str) -> str:
-    return name.split(".")[0] + ("_csv" if name.endswith(".csv") else "")
+    stem, _, ext = name.partition(".")
+    return stem + (f"_{ext}" if ext in ("csv", "md") else "")
 
 
 def install_files(staged: dict[str, Path], out_dir: Path) -> dict[str, Path]:
@@ -783,16 +929,19 @@ def _record(
 
 
 class _Laps:
-    """Wall-clock seconds per stage, for the manifest."""
+    """Wall-clock seconds per stage, for the manifest (and a progress display)."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Callable[[str, float], None] | None = None) -> None:
         self.start = self.last = time.monotonic()
         self.laps: dict[str, float] = {}
+        self.progress = progress
 
     def lap(self, name: str) -> None:
         now = time.monotonic()
         self.laps[name] = round(now - self.last, 3)
         self.last = now
+        if self.progress is not None:
+            self.progress(name, self.laps[name])
 
 
 def _check_balanced(s: BatchSummary) -> None:
@@ -804,6 +953,112 @@ def _check_balanced(s: BatchSummary) -> None:
             f"{s.identical_repeats:,} identical repeats = "
             f"{s.adjudicated + s.quarantined + s.identical_repeats:,}; nothing was applied"
         )
+
+
+def report_frame(payouts: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The engine's payout frame as reports read settlements (:data:`report.SETTLEMENT_COLUMNS`)."""
+    return payouts.lazy().select(
+        pl.col("plan_year").cast(pl.Int64),
+        "status",
+        "reasons",
+        "setl_time",
+        "insu_admdvs",
+        "fixmedins_code",
+        "fixmedins_name",
+        "edition",
+        pl.col("payable").alias("payable_fen"),
+        pl.col("payout").alias("payout_fen"),
+        pl.col("cum_payable").alias("cum_payable_fen"),
+    )
+
+
+def loss_ratios(
+    plan: PlanSelection,
+    enrolled: Mapping[int, int],
+    payout_by_year: Mapping[int, int],
+) -> list[LossRatio]:
+    """The loss ratio of each plan year with payouts, from its edition's premium parameters."""
+    out = []
+    for year in sorted(payout_by_year):
+        edition = plan.for_year(year)
+        if edition is None:
+            continue
+        premium = edition.edition.premium
+        out.append(
+            LossRatio(
+                year,
+                enrolled.get(year, 0),
+                premium.amount,
+                premium.operating_cost_share,
+                premium.target_loss_ratio,
+                payout_by_year[year],
+            )
+        )
+    return out
+
+
+def batch_report(
+    header: BatchHeader,
+    payouts: pl.DataFrame | pl.LazyFrame,
+    summary: BatchSummary,
+    recon: Reconciliation | None,
+    before: list[dict[str, Any]] | None,
+) -> dict[str, bytes]:
+    """``report.html`` and ``report.md`` of a batch; the loss ratio is the year to date when
+    the batch ran on a ledger (the ledger before + this batch), else this batch alone."""
+    ytd = dict(summary.payout_by_plan_year_fen)
+    for row in before or []:
+        year = int(row["plan_year"])
+        if year in ytd:
+            ytd[year] += yuan_to_fen(row["payout"])
+    name = header.plan.editions[0].edition.plan_name
+    scope = (
+        f"batch {header.batch_id}; loss ratio: year to date on the ledger"
+        if before is not None
+        else f"batch {header.batch_id}; loss ratio: this batch only (no ledger)"
+    )
+    data = report_data(
+        report_frame(payouts),
+        header.plan,
+        title=f"{name} 理算报告 · batch {header.batch_id}",
+        scope=scope,
+        quarantined_by_reason=summary.quarantined_by_reason,
+        loss_ratios=loss_ratios(header.plan, summary.enrolled_by_plan_year, ytd),
+        reconciliation=recon.to_json()["identities"] if recon is not None else (),
+    )
+    return {
+        "report.html": render_html(data).encode(),
+        "report.md": render_markdown(data).encode(),
+    }
+
+
+def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportData:
+    """The year-to-date report of a plan year from the ledger alone (``hmb-batch report``)."""
+    settlements = ledger.year_settlements(plan_year)
+    summaries = ledger.year_batches(plan_year)
+    quarantined: dict[str, int] = {}
+    for summary in summaries:
+        for code, n in summary.get("quarantined_by_reason", {}).items():
+            quarantined[code] = quarantined.get(code, 0) + int(n)
+    enrolled = {
+        int(k): int(v)
+        for summary in summaries
+        for k, v in summary.get("enrolled_by_plan_year", {}).items()
+    }
+    payout = int(settlements["payout_fen"].sum() or 0) if settlements.height else 0
+    edition = plan.for_year(plan_year)
+    name = edition.edition.plan_name if edition is not None else plan.label
+    return report_data(
+        settlements,
+        plan,
+        title=f"{name} 年度报告 · plan year {plan_year}",
+        scope=(
+            f"plan year {plan_year}, year to date: {len(summaries)} applied batch(es) in "
+            f"{ledger.path}; quarantine counts are those of these batches"
+        ),
+        quarantined_by_reason=quarantined,
+        loss_ratios=loss_ratios(plan, enrolled, {plan_year: payout}),
+    )
 
 
 def _reconciliation_json(recon: Reconciliation) -> bytes:

@@ -84,9 +84,25 @@ class Totals:
     payouts: pl.DataFrame  # plan_year, payout_fen, telescoped_fen, settlements
     mismatches: pl.DataFrame  # identity, key (setl_id or psn_no), expected_fen, found_fen
 
+    @staticmethod
+    def of_lines(components: pl.DataFrame) -> Totals:
+        """Totals holding only fee-line component rows (e.g. a partitioned run's input)."""
+        return Totals(
+            components.select(list(_COMPONENTS_SCHEMA)).cast(_COMPONENTS_SCHEMA),  # type: ignore[arg-type]
+            pl.DataFrame(schema=_PARTS_SCHEMA),
+            pl.DataFrame(schema=_YEARS_SCHEMA),
+            pl.DataFrame(schema=_PAYOUTS_SCHEMA),
+            pl.DataFrame(schema=_MISMATCH_SCHEMA),
+        )
+
 
 def _fen(col: str) -> pl.Expr:
     return pl.col(col).fill_null(0).cast(pl.Int64)
+
+
+def no_line_sums() -> pl.DataFrame:
+    """An empty frame of :func:`component_sums` rows."""
+    return pl.DataFrame(schema=_COMPONENTS_SCHEMA)
 
 
 def component_sums(frame: pl.LazyFrame, disposition: str | pl.Expr) -> pl.LazyFrame:
@@ -111,7 +127,7 @@ def _audit_sums(audit: pl.LazyFrame) -> pl.LazyFrame:
     return pl.concat(parts)
 
 
-def _quarantined_line_fen(quarantine: pl.LazyFrame) -> pl.LazyFrame:
+def quarantined_line_fen(quarantine: pl.LazyFrame) -> pl.LazyFrame:
     """The quarantine's fee-line records with their amounts back in fen (they are yuan there)."""
     lines = quarantine.filter(pl.col("record") == "fee_line")
     return lines.select(
@@ -171,7 +187,7 @@ def batch_totals(
     components = pl.concat(
         [
             line_sums.lazy(),
-            component_sums(_quarantined_line_fen(quarantine), QUARANTINED),
+            component_sums(quarantined_line_fen(quarantine), QUARANTINED),
             component_sums(fee_lines.join(reversal_ids, on="setl_id", how="semi"), REVERSAL),
             _audit_sums(audit),
         ]

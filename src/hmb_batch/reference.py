@@ -14,7 +14,16 @@ import polars as pl
 
 from hmb_batch.contracts import LISTS, ROSTER
 from hmb_batch.errors import ReferenceDataError
-from hmb_batch.extract import ERRORS, FILE, ROW, read_table, rows_with, scan_raw, type_table
+from hmb_batch.extract import (
+    ERRORS,
+    FILE,
+    ROW,
+    read_table,
+    rows_with,
+    scan_raw,
+    source_column,
+    type_table,
+)
 
 _SHOW = 10
 _TRUE = ["1", "y", "yes", "true", "是"]
@@ -79,6 +88,29 @@ def load_roster(
     df = type_table(raw, ROSTER, column_map=column_map, file_label=str(path)).collect()
     stop_on_roster_problems(roster_problems(df, path), path)
     return roster_frame(df)
+
+
+def enrolled_by_year(
+    path: Path, column_map: Mapping[str, str] | None = None, encoding: str = "utf-8"
+) -> dict[int, int]:
+    """Members with a roster row, per plan year (reads two columns; the roster is checked
+    where it is loaded)."""
+    raw = scan_raw(path, encoding)
+    member = source_column(raw, ROSTER, "psn_no", column_map)
+    year = source_column(raw, ROSTER, "plan_year", column_map)
+    if member is None or year is None:
+        return {}
+    counts = (
+        raw.select(
+            pl.col(year).cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False).alias("y"),
+            pl.col(member).cast(pl.String).str.strip_chars().alias("m"),
+        )
+        .drop_nulls()
+        .group_by("y")
+        .agg(pl.col("m").n_unique())
+        .collect()
+    )
+    return {int(y): int(n) for y, n in counts.sort("y").iter_rows()}
 
 
 def load_lists(

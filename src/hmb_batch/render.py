@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import polars as pl
 from rich.console import Console
 from rich.table import Table
@@ -21,8 +23,13 @@ def _pct(ppm: int) -> str:
     return f"{ppm * 100 / RATE_SCALE:g}%"
 
 
-def batch_summary(console: Console, s: BatchSummary, files: dict[str, str]) -> None:
-    """The one-screen summary of a batch."""
+def batch_summary(
+    console: Console,
+    s: BatchSummary,
+    files: dict[str, str],
+    reconciled: dict[str, Any] | None = None,
+) -> None:
+    """The one-screen summary of a batch (``reconciled``: the reconciliation's verdict)."""
     t = Table(
         title=f"hmb-batch · batch {s.batch_id} · {', '.join(s.editions) or '-'}",
         show_header=False,
@@ -40,7 +47,12 @@ def batch_summary(console: Console, s: BatchSummary, files: dict[str, str]) -> N
     t.add_row("total payout 赔付合计 (yuan)", _yuan(s.total_payout_fen))
     for year, fen in s.payout_by_plan_year_fen.items():
         t.add_row(f"  plan year {year}", _yuan(fen))
-    t.add_row("balanced 平衡", "yes" if s.balanced else "[red]NO[/red]")
+    if reconciled is None:
+        t.add_row("balanced 平衡", "yes" if s.balanced else "[red]NO[/red]")
+    elif reconciled["passed"]:
+        t.add_row("reconciled 对账", f"yes: all {reconciled['identities']} identities hold")
+    else:
+        t.add_row("reconciled 对账", f"[red]NO: {', '.join(reconciled['failed'])}[/red]")
     console.print(t)
     for title, counts in (
         ("denied by reason 拒付原因", s.denied_by_reason),

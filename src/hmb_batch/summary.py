@@ -34,6 +34,8 @@ class BatchSummary:
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     total_payout_fen: int = 0
     payout_by_plan_year_fen: dict[int, int] = field(default_factory=dict)
+    # members with a roster row, per plan year (the premium pool of the loss ratio)
+    enrolled_by_plan_year: dict[int, int] = field(default_factory=dict)
 
     @property
     def balanced(self) -> bool:
@@ -46,10 +48,13 @@ class BatchSummary:
         fields = {
             k: v
             for k, v in d.items()
-            if k not in ("total_payout", "payout_by_plan_year", "balanced")
+            if k not in ("total_payout", "payout_by_plan_year", "balanced", "enrolled_by_plan_year")
         }
         return BatchSummary(
             **fields,
+            enrolled_by_plan_year={
+                int(k): int(v) for k, v in d.get("enrolled_by_plan_year", {}).items()
+            },
             total_payout_fen=yuan_to_fen(d["total_payout"]),
             payout_by_plan_year_fen={
                 int(k): yuan_to_fen(v) for k, v in d["payout_by_plan_year"].items()
@@ -63,6 +68,7 @@ class BatchSummary:
         d["payout_by_plan_year"] = {
             str(k): str(fen_to_yuan(v)) for k, v in d.pop("payout_by_plan_year_fen").items()
         }
+        d["enrolled_by_plan_year"] = {str(k): v for k, v in self.enrolled_by_plan_year.items()}
         d["balanced"] = self.balanced
         return d
 
