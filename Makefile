@@ -8,7 +8,8 @@ BENCH_MEMORY_LIMIT ?= 1GiB
 BENCH_NIGHTLY_MEMBERS ?= 2000000
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow check lint format typecheck clean sample-data bench
+.PHONY: help install browser demo test test-slow check lint format typecheck clean sample-data \
+	bench screenshot
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -28,8 +29,14 @@ demo: $(STAMP) ## install, then run two nightly batches of sample_data/ on one l
 	cd sample_data && ../$(BIN)/hmb-batch adjudicate nightly/02/settlements.parquet \
 		--fees nightly/02/fees.parquet --out ../out/demo/night-02
 	cd sample_data && ../$(BIN)/hmb-batch ledger status
+	cd sample_data && ../$(BIN)/hmb-batch report --year 2022 --out ../out/demo/year-2022
+	@echo "report of the last night: out/demo/night-02/report.html (report.md and" \
+		"reconciliation.json beside it); year to date: out/demo/year-2022/report.html"
 
-test: $(STAMP) ## install, then run the tests (slow ones excluded)
+browser: ## install chromium and a CJK font where missing (for the HTML report test)
+	scripts/ensure-browser
+
+test: $(STAMP) browser ## install, then run the tests (slow ones excluded)
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP) ## run only the slow tests
@@ -51,6 +58,9 @@ check: lint typecheck test ## lint, types and tests
 bench: $(STAMP) ## benchmarks against the read floor and a DuckDB SQL baseline -> BENCHMARKS.md
 	$(BIN)/python benchmarks/run.py --sizes $(BENCH_SIZES) --repeat 3 --repeat-large 1 \
 		--memory-limit $(BENCH_MEMORY_LIMIT) --nightly-members $(BENCH_NIGHTLY_MEMBERS)
+
+screenshot: demo browser ## docs/report-sample.png from the demo's report
+	$(BIN)/python scripts/screenshot-report out/demo/night-02/report.html docs/report-sample.png
 
 sample-data: $(STAMP) ## regenerate sample_data/ (deterministic)
 	$(BIN)/hmb-batch generate --members 2000 --year 2022 --seed 20220101 --out sample_data --nights 2
