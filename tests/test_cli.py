@@ -152,3 +152,33 @@ def test_plan_without_an_edition_for_the_year(tmp_path: Path) -> None:
     s = q.filter(pl.col("record") == "settlement")
     assert s["setl_id"].to_list() == ["S1"] and s["reasons"].to_list() == [["NO_PLAN_EDITION"]]
     assert q.filter(pl.col("record") == "fee_line")["setl_id"].unique().to_list() == ["S1"]
+
+
+def test_a_run_under_cron_writes_nothing_to_stderr_and_summarises_on_stdout(
+    tmp_path: Path,
+) -> None:
+    # stderr is a pipe here, as under cron: no progress display, only the summary on stdout
+    b = GOLDEN / "batch_00"
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "hmb-batch"),
+            "adjudicate",
+            str(b / "settlements.parquet"),
+            "--fees",
+            str(b / "fees.parquet"),
+            "--roster",
+            str(GOLDEN / "roster.parquet"),
+            "--lists",
+            str(GOLDEN / "lists.parquet"),
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    assert "reconciled 对账" in proc.stdout and "identities hold" in proc.stdout
+    assert str(tmp_path / "report.html") in proc.stdout
