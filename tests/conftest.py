@@ -170,7 +170,8 @@ class Extract:
             ("roster", self.roster, ROSTER),
             ("lists", self.lists, LISTS),
         ):
-            cols = [c for c in contract.names if c != "union_aid_pay"]
+            # union_aid_pay is optional: written only when a row sets it (舟惠保 tests)
+            cols = [c for c in contract.names if c != "union_aid_pay" or any(c in r for r in rows)]
             df = pl.DataFrame(
                 [{c: r.get(c) for c in cols} for r in rows] if rows else None,
                 schema={c: pl.String for c in cols},

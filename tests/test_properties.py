@@ -24,7 +24,7 @@ from hmb_batch.engine import PriorState, adjudicate, carry_forward, cost_ids, in
 from hmb_batch.extract import FILE, ROW, type_table
 from hmb_batch.extract import Extract as Frames
 from hmb_batch.money import fen_to_yuan
-from hmb_batch.plan.catalog import select_plan
+from hmb_batch.plan.catalog import PlanSelection, select_plan
 from hmb_batch.validation import validate
 
 PLAN = select_plan("zhelibao-2022")
@@ -44,21 +44,50 @@ def _typed(rows: list[dict[str, Any]], contract: Any) -> pl.LazyFrame:
 
 
 class Year:
-    """A member's plan year, run through the engine in chunks."""
+    """A member's plan year, run through the engine in chunks.
 
-    def __init__(self, claims: list[tuple[int, int]], reversals: list[int]) -> None:
+    ``special``: per claim, an amount of special drugs (a line on the special_drug list);
+    ``plan``/``year``: the edition and plan year (default 浙丽保 2022).
+    """
+
+    def __init__(
+        self,
+        claims: list[tuple[int, int]],
+        reversals: list[int],
+        *,
+        plan: PlanSelection = PLAN,
+        year: int = 2022,
+        special: list[int] | None = None,
+        **member: Any,
+    ) -> None:
+        self.plan, self.year, self.costs = plan, year, cost_ids(plan)
         self.ex = Extract()
         self.ex.on_list("negative", "NEG1", "2021-01-01")
-        self.ex.member("M1")
-        start = dt.datetime(2022, 1, 3, 8, 0)
+        self.ex.on_list("special_drug", "SPD", "2021-01-01")
+        self.ex.member("M1", plan_year=year, **member)
+        start = dt.datetime(year, 1, 3, 8, 0)
         for i, (compliant, reasonable) in enumerate(claims):
             when = start + dt.timedelta(days=i)
+            drugs = (special or [])[i] if special and i < len(special) else 0
+            extra = (
+                [
+                    {
+                        "list_type": "101",
+                        "chrgitm_lv": "03",
+                        "fulamt_ownpay_amt": str(fen_to_yuan(drugs)),
+                        "code": "SPD",
+                    }
+                ]
+                if drugs
+                else None
+            )
             self.ex.claim(
                 f"S{i:03d}",
                 "M1",
                 when.isoformat(sep=" "),
                 compliant=str(fen_to_yuan(compliant)),
                 reasonable=str(fen_to_yuan(reasonable)),
+                extra_lines=extra,
             )
         for target in sorted(set(reversals)):
             when = start + dt.timedelta(days=target, hours=12)
@@ -71,7 +100,7 @@ class Year:
         lists = pl.DataFrame(self.ex.lists).with_columns(
             pl.col("valid_from").str.to_date(), pl.lit(None, pl.Date).alias("valid_to")
         )
-        prior = PriorState.empty(COSTS)
+        prior = PriorState.empty(self.costs)
         out = []
         bounds = [0, *sorted(set(cuts)), len(self.settlements)]
         for seq, (a, b) in enumerate(itertools.pairwise(bounds)):
@@ -91,19 +120,29 @@ class Year:
                 v.fee_lines.with_columns(pl.lit(seq, pl.Int64).alias("batch_seq")),
                 roster.lazy(),
                 lists.lazy(),
-                PLAN,
+                self.plan,
                 prior,
-                years=[2022],
+                years=[self.year],
             )
             p = result.payouts.collect()
             assert result.quarantine.collect().height == 0
             out.append(p)
-            prior = carry_forward(prior, p, COSTS)
+            prior = carry_forward(prior, p, self.costs)
         return pl.concat(out).sort("setl_time", "setl_id")
 
 
 def load_roster_frame(ex: Extract) -> pl.DataFrame:
     df = pl.DataFrame(ex.roster)
+    pre_existing = (
+        (pl.col("pre_existing") == "1").fill_null(False)
+        if "pre_existing" in df.columns
+        else pl.lit(False)
+    )
+    consecutive = (
+        pl.col("consecutive_years").cast(pl.Int64)
+        if "consecutive_years" in df.columns
+        else pl.lit(None, pl.Int64)
+    )
     return df.with_columns(
         pl.col("plan_year").cast(pl.Int64),
         pl.col("pay_date").str.to_date(),
@@ -118,8 +157,8 @@ def load_roster_frame(ex: Extract) -> pl.DataFrame:
             )
         ],
         pl.lit(None, pl.String).alias("special_event"),
-        pl.lit(False).alias("pre_existing"),
-        pl.lit(None, pl.Int64).alias("consecutive_years"),
+        pre_existing.alias("pre_existing"),
+        consecutive.alias("consecutive_years"),
     )
 
 

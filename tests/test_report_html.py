@@ -16,7 +16,16 @@ import pytest
 
 from conftest import GOLDEN, golden_batch, run_cli
 
-CHARTS = ["bands", "months", "districts", "hospitals", "distribution", "reasons", "loss_ratio"]
+CHARTS = [
+    "responsibilities",
+    "bands",
+    "months",
+    "districts",
+    "hospitals",
+    "distribution",
+    "reasons",
+    "loss_ratio",
+]
 
 
 def _browser_check(page_path: Path, screenshot: Path | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from hmb_batch import __version__, render
 from hmb_batch.codes import REASON_CODES
-from hmb_batch.config import load_config, read_toml
+from hmb_batch.config import load_config, read_toml, read_toml_text
 from hmb_batch.errors import ConfigError, ExitCode, HmbError
 from hmb_batch.plan.catalog import select_plan, shipped_editions
 from hmb_batch.plan.check import check_data
@@ -373,6 +373,52 @@ def plan_show(
         raise _fail(exc) from None
     for e in selection.editions:
         render.edition(out, e.edition)
+
+
+@plan_app.command(
+    "new",
+    epilog="Example: hmb-batch plan new --from zhouhuibao-2024 mycity-2025.toml --name 某惠保",
+)
+def plan_new(
+    file: Annotated[Path, typer.Argument(help="The edition file to write (.toml).")],
+    source: Annotated[
+        str, typer.Option("--from", help="Edition to start from (id, family or file).")
+    ],
+    plan: Annotated[
+        str | None, typer.Option(help="Plan family id (default: FILE's name before '-').")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="The plan's name (default: the id).")] = None,
+    year: Annotated[
+        int | None, typer.Option(help="Plan year (default: the source's year + 1).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite FILE.")] = False,
+) -> None:
+    """Write a starting edition for a new city, copied from an edition, every parameter
+    commented; edit it, then `hmb-batch plan check` it."""
+    from hmb_batch.plan.template import edition_template
+
+    try:
+        origin = select_plan(source).editions[-1].edition
+    except HmbError as exc:
+        raise _fail(exc) from None
+    plan_id = plan or file.stem.split("-")[0].lower().replace(" ", "_")
+    if file.exists() and not force:
+        err.print(f"[red]error:[/red] {file} exists; give --force to overwrite it")
+        raise typer.Exit(int(ExitCode.USAGE))
+    text = edition_template(
+        origin, plan=plan_id, plan_name=name or plan_id, year=year or origin.edition + 1
+    )
+    e, problems = check_data(read_toml_text(text, file), None)
+    if problems or e is None:  # a bug: the template must always check
+        err.print("[red]internal error: the written edition does not check[/red]")
+        for p in problems:
+            err.print(f"  - {p}", highlight=False)
+        raise typer.Exit(int(ExitCode.FAILURE))
+    file.write_text(text, encoding="utf-8")
+    out.print(
+        f"wrote {file}: {e.id}, a copy of {origin.id} with every parameter commented; "
+        f"edit it, then: hmb-batch plan check {file} --lists LISTS_FILE"
+    )
 
 
 @plan_app.command(

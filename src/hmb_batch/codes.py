@@ -124,6 +124,11 @@ _CODES = (
     ),
     ReasonCode("COUNTED_COMPLIANT", Stage.LINE, "计入合规医疗费用", "counted as compliant cost"),
     ReasonCode("COUNTED_REASONABLE", Stage.LINE, "计入合理医疗费用", "counted as reasonable cost"),
+    ReasonCode("COUNTED_IN_LIST", Stage.LINE, "计入目录内自付费用", "counted as in-list self-pay"),
+    ReasonCode(
+        "COUNTED_OUT_OF_LIST", Stage.LINE, "计入目录外自费费用", "counted as out-of-list self-pay"
+    ),
+    ReasonCode("COUNTED_SPECIAL_DRUG", Stage.LINE, "计入特药费用", "counted as special-drug cost"),
     ReasonCode(
         "DENIED_SETTLEMENT",
         Stage.LINE,

@@ -78,9 +78,16 @@ class Config(BaseModel):
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file's contents; ConfigError naming the file if it cannot be read or parsed."""
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from exc
+    return read_toml_text(text, path)
+
+
+def read_toml_text(text: str, path: Path) -> dict[str, Any]:
+    """TOML text's contents; ConfigError naming ``path`` if it cannot be parsed."""
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
 

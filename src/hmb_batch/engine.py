@@ -34,6 +34,8 @@ from hmb_batch.plan.compiled import (
 from hmb_batch.validation import DETAIL, IS_REVERSAL, REASONS, Materialize
 
 ORDER = ["batch_seq", "setl_time", "setl_id"]
+# per responsibility and settlement: this settlement's payable and payout, and the year to date
+RESPONSIBILITY_VALUES = ("payable", "payout", "cum_payable", "cum_payout")
 MEMBER_YEAR = ["psn_no", "plan_year"]
 CARRIED = [
     "med_type",
@@ -466,9 +468,11 @@ def _benefit_columns(
         if rid in after.benefit:
             cols.append((after.benefit[rid] - before.benefit[rid]).alias(f"resp__{rid}__payout"))
             cols.append((after.payable[rid] - before.payable[rid]).alias(f"resp__{rid}__payable"))
+            cols.append(after.benefit[rid].alias(f"resp__{rid}__cum_payout"))
+            cols.append(after.payable[rid].alias(f"resp__{rid}__cum_payable"))
         else:
-            cols.append(pl.lit(0, pl.Int64).alias(f"resp__{rid}__payout"))
-            cols.append(pl.lit(0, pl.Int64).alias(f"resp__{rid}__payable"))
+            for k in RESPONSIBILITY_VALUES:
+                cols.append(pl.lit(0, pl.Int64).alias(f"resp__{rid}__{k}"))
     return frame.with_columns(cols)
 
 
@@ -584,7 +588,7 @@ def adjudicate(
             *[
                 pl.lit(0, pl.Int64).alias(f"resp__{r}__{k}")
                 for r in resps
-                for k in ("payout", "payable")
+                for k in RESPONSIBILITY_VALUES
             ],
         )
     status = (

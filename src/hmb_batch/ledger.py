@@ -1,6 +1,6 @@
 """The ledger: an embedded DuckDB file holding the year to date between nightly batches.
 
-Tables (schema version 3; analysts may open the file with DuckDB and query them):
+Tables (schema version 4; analysts may open the file with DuckDB and query them):
 
 ``meta``             key/value: ``schema_version``.
 ``batches``          one row per batch: ``batch_id``, ``seq`` (application order), ``batch_key``
@@ -13,6 +13,8 @@ Tables (schema version 3; analysts may open the file with DuckDB and query them)
                      med_type, district and hospital (for reports from the ledger alone).
 ``settlement_costs`` each settlement's increment of each cost (e.g. compliant, reasonable) and the
                      year to date after it, in fen.
+``settlement_responsibilities`` each settlement's payable and payout per responsibility (责任) and
+                     the responsibility's year to date after it, in fen.
 ``accumulator_log``  per batch, each touched accumulator before and after, in fen.
 ``accumulators``     (a view) year to date per member, plan year and cost: the latest
                      ``after_fen`` of the applied batches.
@@ -51,11 +53,11 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from hmb_batch.engine import MEMBER_YEAR, PriorState, cum, inc
+from hmb_batch.engine import MEMBER_YEAR, RESPONSIBILITY_VALUES, PriorState, cum, inc
 from hmb_batch.errors import ExitCode, HmbError
 from hmb_batch.validation import IS_REVERSAL
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -102,12 +104,20 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE settlements ADD COLUMN fixmedins_code VARCHAR",
         "ALTER TABLE settlements ADD COLUMN fixmedins_name VARCHAR",
     ],
+    # each responsibility's payable and payout per settlement, and its year to date after it
+    4: [
+        """CREATE TABLE settlement_responsibilities(
+            setl_id VARCHAR NOT NULL, responsibility VARCHAR NOT NULL,
+            payable_fen BIGINT NOT NULL, payout_fen BIGINT NOT NULL,
+            cum_payable_fen BIGINT NOT NULL, cum_payout_fen BIGINT NOT NULL)""",
+    ],
 }
 
 # What one batch inserts, in this order (see :func:`batch_rows`).
 BATCH_TABLES = (
     "settlements",
     "settlement_costs",
+    "settlement_responsibilities",
     "accumulator_log",
     "payout_history",
     "batch_files",
@@ -134,6 +144,14 @@ _TABLE_COLUMNS = {
         "fixmedins_name",
     ],
     "settlement_costs": ["setl_id", "cost", "increment_fen", "cum_fen"],
+    "settlement_responsibilities": [
+        "setl_id",
+        "responsibility",
+        "payable_fen",
+        "payout_fen",
+        "cum_payable_fen",
+        "cum_payout_fen",
+    ],
     "accumulator_log": ["batch_id", "psn_no", "plan_year", "cost", "before_fen", "after_fen"],
     "payout_history": [
         "batch_id",
@@ -347,6 +365,19 @@ class Ledger:
             )
         )
 
+    def year_responsibilities(self, plan_year: int) -> pl.DataFrame:
+        """(responsibility, payout_fen) per applied settlement of a plan year and responsibility."""
+        return _frame(
+            self.con.sql(
+                """
+            SELECT r.responsibility, r.payout_fen
+            FROM settlement_responsibilities r JOIN settlements s USING (setl_id)
+            WHERE s.plan_year = $y
+            """,
+                params={"y": plan_year},
+            )
+        )
+
     def year_batches(self, plan_year: int) -> list[dict[str, Any]]:
         """The summaries of the applied batches with settlements in a plan year, in order."""
         rows = self.con.execute(
@@ -545,11 +576,12 @@ class Ledger:
         try:
             # the batch's accumulator_log rows stay as history; marking the batch reverted takes
             # them out of the accumulators view
-            con.execute(
-                "DELETE FROM settlement_costs WHERE setl_id IN "
-                "(SELECT setl_id FROM settlements WHERE batch_id = $b)",
-                {"b": batch_id},
-            )
+            for table in ("settlement_costs", "settlement_responsibilities"):
+                con.execute(
+                    f"DELETE FROM {table} WHERE setl_id IN "
+                    "(SELECT setl_id FROM settlements WHERE batch_id = $b)",
+                    {"b": batch_id},
+                )
             con.execute("DELETE FROM settlements WHERE batch_id = $b", {"b": batch_id})
             con.execute(
                 "UPDATE payout_history SET reverted = TRUE WHERE batch_id = $b", {"b": batch_id}
@@ -657,6 +689,24 @@ def batch_rows(
             for c in costs
         ]
     )
+    resps = sorted({c.split("__")[1] for c in payouts.columns if c.startswith("resp__")})
+    setl_resps = (
+        pl.concat(
+            [
+                payouts.select(
+                    "setl_id",
+                    pl.lit(r).alias("responsibility"),
+                    *[pl.col(f"resp__{r}__{k}").alias(f"{k}_fen") for k in RESPONSIBILITY_VALUES],
+                )
+                for r in resps
+            ]
+        )
+        if resps
+        else pl.DataFrame(
+            schema={"setl_id": pl.String, "responsibility": pl.String}
+            | {f"{k}_fen": pl.Int64 for k in RESPONSIBILITY_VALUES}
+        )
+    )
     after = (
         payouts.sort("batch_seq", "setl_time", "setl_id")
         .group_by(MEMBER_YEAR, maintain_order=True)
@@ -684,6 +734,7 @@ def batch_rows(
     return {
         "settlements": registry,
         "settlement_costs": setl_costs,
+        "settlement_responsibilities": setl_resps,
         "accumulator_log": log,
         "payout_history": history,
     }

@@ -29,7 +29,7 @@ from typing import Any
 import polars as pl
 
 from hmb_batch import __version__, partitioned
-from hmb_batch.engine import PriorState, cost_ids, cum, inc, plan_years
+from hmb_batch.engine import PriorState, cost_ids, cum, inc, plan_years, responsibility_ids
 from hmb_batch.errors import ConfigError, InputUnreadable, ReconciliationError
 from hmb_batch.extract import read_extract
 from hmb_batch.ledger import Ledger, LedgerError, batch_rows, file_rows, open_ledger
@@ -972,6 +972,23 @@ def report_frame(payouts: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def responsibility_frame(
+    payouts: pl.DataFrame | pl.LazyFrame, responsibilities: list[str]
+) -> pl.LazyFrame:
+    """(responsibility, payout_fen) per settlement and responsibility, from engine payouts."""
+    frames = [
+        payouts.lazy().select(
+            pl.lit(r).alias("responsibility"), pl.col(f"resp__{r}__payout").alias("payout_fen")
+        )
+        for r in responsibilities
+    ]
+    return (
+        pl.concat(frames)
+        if frames
+        else pl.LazyFrame(schema={"responsibility": pl.String, "payout_fen": pl.Int64})
+    )
+
+
 def loss_ratios(
     plan: PlanSelection,
     enrolled: Mapping[int, int],
@@ -1020,6 +1037,7 @@ def batch_report(
     data = report_data(
         report_frame(payouts),
         header.plan,
+        by_responsibility=responsibility_frame(payouts, responsibility_ids(header.plan)),
         title=f"{name} 理算报告 · batch {header.batch_id}",
         scope=scope,
         quarantined_by_reason=summary.quarantined_by_reason,
@@ -1051,6 +1069,7 @@ def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportDa
     return report_data(
         settlements,
         plan,
+        by_responsibility=ledger.year_responsibilities(plan_year),
         title=f"{name} 年度报告 · plan year {plan_year}",
         scope=(
             f"plan year {plan_year}, year to date: {len(summaries)} applied batch(es) in "

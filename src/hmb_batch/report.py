@@ -166,11 +166,13 @@ def report_data(
     loss_ratios: Sequence[LossRatio] = (),
     reconciliation: Sequence[dict[str, object]] = (),
     generated_at: dt.datetime | None = None,
+    by_responsibility: pl.DataFrame | pl.LazyFrame | None = None,
 ) -> ReportData:
     """Aggregate a settlement frame (:data:`SETTLEMENT_COLUMNS`) into a report.
 
     The frame may be lazy (a bounded-memory run scans its part files): only aggregates are
-    collected.
+    collected. ``by_responsibility``: (responsibility, payout_fen) rows, one per settlement and
+    responsibility, for the chart of payouts by responsibility (责任).
     """
     s = settlements.lazy().select(SETTLEMENT_COLUMNS)
     n = pl.len().alias("settlements")
@@ -244,7 +246,23 @@ def report_data(
         ("quarantined 隔离", f"{sum(quarantined_by_reason.values()):,}"),
         ("total payout 赔付合计 (yuan)", f"{fen_to_yuan(total):,}"),
     ]
+    responsibility_bars = []
+    if by_responsibility is not None:
+        per = (
+            by_responsibility.lazy()
+            .group_by("responsibility")
+            .agg(pay, n)
+            .sort(["payout_fen", "responsibility"], descending=[True, False])
+            .collect()
+        )
+        responsibility_bars = _bars(per, "responsibility")
     charts = [
+        Chart(
+            "responsibilities",
+            "按责任",
+            "Payouts by responsibility",
+            responsibility_bars,
+        ),
         Chart(
             "bands",
             "按赔付档次",
