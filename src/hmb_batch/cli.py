@@ -282,8 +282,9 @@ def report(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("."),
 ) -> None:
     """The year-to-date report of a plan year from the ledger alone: report.html, report.md."""
-    from hmb_batch.pipeline import write_files, year_report
+    from hmb_batch.pipeline import write_files
     from hmb_batch.report import render_html, render_markdown
+    from hmb_batch.reporting import year_report
 
     try:
         cfg = load_config(config)

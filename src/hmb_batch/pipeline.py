@@ -29,28 +29,25 @@ from typing import Any
 import polars as pl
 
 from hmb_batch import __version__, partitioned
-from hmb_batch.engine import PriorState, cost_ids, cum, inc, plan_years, responsibility_ids
+from hmb_batch.balancing import (
+    AfterExpectation,
+    PartitionAudit,
+    ledger_before_identity,
+    reconciliation_json,
+    reconciliation_of,
+    refusal,
+    verify_after,
+)
+from hmb_batch.engine import PriorState, cost_ids, plan_years
 from hmb_batch.errors import ConfigError, InputUnreadable, ReconciliationError
 from hmb_batch.extract import read_extract
 from hmb_batch.ledger import Ledger, LedgerError, batch_rows, file_rows, open_ledger
-from hmb_batch.money import fen_to_yuan, yuan_to_fen
+from hmb_batch.money import fen_to_yuan
 from hmb_batch.outputs import lines_frame, payouts_frame, to_text_frame
 from hmb_batch.plan.catalog import PlanSelection, select_plan
-from hmb_batch.reconcile import (
-    QUARANTINED,
-    SHOW,
-    Identity,
-    Reconciliation,
-    Totals,
-    batch_totals,
-    combine,
-    component_sums,
-    no_line_sums,
-    quarantined_line_fen,
-    reconcile,
-)
+from hmb_batch.reconcile import Reconciliation, batch_totals
 from hmb_batch.reference import enrolled_by_year, load_lists, load_roster
-from hmb_batch.report import LossRatio, ReportData, render_html, render_markdown, report_data
+from hmb_batch.reporting import batch_report
 from hmb_batch.stages import CheckedFrames, check_extract, run_engine
 from hmb_batch.summary import BatchSummary, summarise
 
@@ -290,216 +287,7 @@ def reconcile_prepared(
         accumulator_log=accumulator_log.lazy() if accumulator_log is not None else None,
         costs=done.costs,
     )
-    return _reconciliation(batch.batch_id, totals, done.summary, accumulator_log is not None)
-
-
-def _reconciliation(
-    batch_id: str, totals: Totals, s: BatchSummary, with_ledger: bool
-) -> Reconciliation:
-    return reconcile(
-        batch_id,
-        totals,
-        settlements_in=s.settlements_in,
-        adjudicated=s.adjudicated,
-        quarantined=s.quarantined,
-        identical_repeats=s.identical_repeats,
-        by_status=s.by_status,
-        quarantined_by_reason=s.quarantined_by_reason,
-        with_ledger=with_ledger,
-    )
-
-
-def ledger_before_identity(
-    ledger: Ledger, payouts: pl.DataFrame, prior: PriorState, costs: list[str]
-) -> Identity:
-    """The ledger as found, for the batch's members: each accumulator (``prior``, as read from
-    the ledger) equals the sum of the increments of the member's settlements in the registry
-    (a ledger edited by hand, or damaged, between batches fails here)."""
-    members = payouts.select("psn_no").unique()
-    held = _long_accumulators(prior, members, costs).rename({"value": "amount_fen"})
-    registry = ledger.increments_of(members).filter(pl.col("cost").is_in(costs))
-    key = ["psn_no", "plan_year", "cost"]
-    both = held.join(registry, on=key, how="full", coalesce=True, suffix="_registry").with_columns(
-        pl.col("amount_fen").fill_null(0), pl.col("amount_fen_registry").fill_null(0)
-    )
-    bad = both.filter(pl.col("amount_fen") != pl.col("amount_fen_registry")).sort(key)
-    return Identity(
-        "ledger.before",
-        "ledger",
-        "the ledger's accumulators of the batch's members = the sum of their settlements' "
-        "increments in the registry",
-        int(both["amount_fen_registry"].sum() or 0),
-        int(both["amount_fen"].sum() or 0),
-        first=[
-            f"{r['psn_no']} {r['plan_year']} {r['cost']} (registry "
-            f"{fen_to_yuan(r['amount_fen_registry'])}, accumulator {fen_to_yuan(r['amount_fen'])})"
-            for r in bad.head(SHOW).iter_rows(named=True)
-        ],
-    )
-
-
-def _long_accumulators(prior: PriorState, members: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
-    """The prior year to date of ``members``: psn_no, plan_year, cost, value (fen)."""
-    return (
-        prior.accumulators.join(members.lazy(), on="psn_no", how="semi")
-        .collect()
-        .unpivot(index=["psn_no", "plan_year"], on=[cum(c) for c in costs], variable_name="cost")
-        .with_columns(pl.col("cost").str.strip_prefix(cum("")), pl.col("value").fill_null(0))
-    )
-
-
-@dataclass(frozen=True)
-class AfterExpectation:
-    """What the ledger must hold after the commit, for the batch's members."""
-
-    members: pl.DataFrame  # psn_no
-    by_year: pl.DataFrame  # plan_year, cost, before, batch (fen)
-    payout_fen: int
-
-    @staticmethod
-    def of(payouts: pl.DataFrame, prior: PriorState, costs: list[str]) -> AfterExpectation:
-        """From a batch's (or partition's) engine payouts and the prior it was computed on."""
-        members = payouts.select("psn_no").unique()
-        before = (
-            _long_accumulators(prior, members, costs)
-            .group_by("plan_year", "cost")
-            .agg(pl.col("value").sum().alias("before"))
-        )
-        batch = (
-            payouts.unpivot(index=["plan_year"], on=[inc(c) for c in costs], variable_name="cost")
-            .with_columns(
-                pl.col("cost").str.strip_prefix(inc("")), pl.col("plan_year").cast(pl.Int64)
-            )
-            .group_by("plan_year", "cost")
-            .agg(pl.col("value").sum().alias("batch"))
-        )
-        by_year = before.with_columns(pl.col("plan_year").cast(pl.Int64)).join(
-            batch, on=["plan_year", "cost"], how="full", coalesce=True
-        )
-        return AfterExpectation(members, by_year.fill_null(0), int(payouts["payout"].sum() or 0))
-
-    @staticmethod
-    def combine(parts: list[AfterExpectation]) -> AfterExpectation:
-        """Add up partitions (their members are disjoint)."""
-        return AfterExpectation(
-            pl.concat([p.members for p in parts]),
-            pl.concat([p.by_year for p in parts])
-            .group_by("plan_year", "cost")
-            .agg(pl.col("before").sum(), pl.col("batch").sum()),
-            sum(p.payout_fen for p in parts),
-        )
-
-
-def _verify_after(expected: AfterExpectation, costs: list[str], batch_id: str) -> Any:
-    """The ledger after = the ledger before + the batch, per plan year and cost (checked inside
-    the commit's transaction, for the batch's members), and its payout history holds the
-    batch's payouts."""
-
-    def verify(ledger: Ledger) -> None:
-        after = (
-            ledger.year_to_date(expected.members)
-            .filter(pl.col("cost").is_in(costs))
-            .group_by("plan_year", "cost")
-            .agg(pl.col("amount_fen").sum().alias("after"))
-        )
-        key = ["plan_year", "cost"]
-        table = expected.by_year.join(after, on=key, how="full", coalesce=True).fill_null(0)
-        ids = [
-            Identity(
-                f"ledger.after.{r['plan_year']}.{r['cost']}",
-                "ledger",
-                "the ledger after = the ledger before + this batch (year to date of the "
-                "batch's members)",
-                r["before"] + r["batch"],
-                r["after"],
-            )
-            for r in table.sort(key).iter_rows(named=True)
-        ]
-        ids.append(
-            Identity(
-                "ledger.payout_history",
-                "ledger",
-                "the payout history records the batch's payouts",
-                expected.payout_fen,
-                ledger.batch_payout_fen(batch_id),
-            )
-        )
-        failed = [i for i in ids if not i.passed]
-        if failed:
-            raise ReconciliationError(_refusal(batch_id, failed))
-
-    return verify
-
-
-class PartitionAudit:
-    """The reconciliation of a partitioned run, added up member partition by member partition."""
-
-    def __init__(self, plan: PlanSelection, ledger: Ledger | None) -> None:
-        self.plan = plan
-        self.ledger = ledger
-        self.totals: list[Totals] = []
-        self.before: list[Identity] = []
-        self.after: list[AfterExpectation] = []
-
-    def __call__(self, part: partitioned.MemberPartition) -> None:
-        """Take one member partition's totals (``adjudicate_partitions`` calls it)."""
-        done, prior = part.done, part.prior
-        self.totals.append(
-            batch_totals(
-                plan=self.plan,
-                line_sums=no_line_sums(),  # stage A's input and repeats are added once
-                fee_lines=part.checked.fee_lines.lazy(),
-                settlements=part.checked.settlements.lazy(),
-                roster=part.roster.lazy(),
-                payouts=done.payouts.lazy(),
-                audit=done.lines.lazy(),
-                quarantine=done.quarantine.clear().lazy(),  # counted once, from the whole file
-                prior=prior,
-                accumulator_log=part.accumulator_log.lazy()
-                if part.accumulator_log is not None
-                else None,
-                costs=done.costs,
-            )
-        )
-        if self.ledger is not None and prior is not None:
-            self.before.append(ledger_before_identity(self.ledger, done.payouts, prior, done.costs))
-            self.after.append(AfterExpectation.of(done.payouts, prior, done.costs))
-
-    def reconciliation(
-        self,
-        batch_id: str,
-        staged: partitioned.StagedBatch,
-        quarantine: pl.LazyFrame,
-        summary: BatchSummary,
-    ) -> Reconciliation:
-        """All partitions' totals, stage A's input and repeat totals and the quarantine's."""
-        lines = pl.concat(
-            [
-                *staged.line_sums,
-                component_sums(quarantined_line_fen(quarantine), QUARANTINED).collect(),
-            ],
-            how="vertical_relaxed",
-        )
-        totals = combine([*self.totals, Totals.of_lines(lines)])
-        recon = _reconciliation(batch_id, totals, summary, self.ledger is not None)
-        if self.before:
-            first = [f for i in self.before for f in i.first][:SHOW]
-            recon = recon.with_identities(
-                [
-                    replace(
-                        self.before[0],
-                        expected=sum(i.expected for i in self.before),
-                        found=sum(i.found for i in self.before),
-                        first=first,
-                    )
-                ]
-            )
-        return recon
-
-
-def _refusal(batch_id: str, failed: list[Identity]) -> str:
-    shown = "\n".join(f"  - {i.message()}" for i in failed)
-    return f"batch {batch_id} does not reconcile; nothing was applied:\n{shown}"
+    return reconciliation_of(batch.batch_id, totals, done.summary, accumulator_log is not None)
 
 
 def editions_used(plan: PlanSelection, years: list[int]) -> list[str]:
@@ -629,10 +417,12 @@ def run_batch(
             recon = recon.with_identities(
                 [ledger_before_identity(ledger, done.payouts, prior, done.costs)]
             )
-        done.files["reconciliation.json"] = _reconciliation_json(recon)
+        done.files["reconciliation.json"] = reconciliation_json(recon)
         _check_reconciled(recon, out_dir)
         clock.lap("reconcile")
-        done.files.update(batch_report(header, done.payouts, done.summary, recon, before))
+        done.files.update(
+            batch_report(header.plan, header.batch_id, done.payouts, done.summary, recon, before)
+        )
         clock.lap("report")
         after = None
         if ledger is not None:
@@ -648,7 +438,7 @@ def run_batch(
                 _record(ledger, header, done.summary, started, latest),  # type: ignore[arg-type]
                 rows,
                 crash_hook=_crash_point,
-                verify=_verify_after(
+                verify=verify_after(
                     AfterExpectation.of(done.payouts, prior, done.costs),
                     done.costs,
                     header.batch_id,
@@ -744,10 +534,10 @@ def _run_partitioned(
         _check_balanced(summary)
         recon = audit.reconciliation(header.batch_id, staged, outcome.quarantine, summary)
         written = spill / "out"
-        extra = {"reconciliation.json": _reconciliation_json(recon)}
+        extra = {"reconciliation.json": reconciliation_json(recon)}
         _check_reconciled(recon, out_dir)
         clock.lap("reconcile")
-        extra |= batch_report(header, outcome.payouts, summary, recon, before)
+        extra |= batch_report(header.plan, header.batch_id, outcome.payouts, summary, recon, before)
         for name, content in extra.items():
             (written / name).write_bytes(content)
         files_in_spill = {**outcome.files, **{name: written / name for name in extra}}
@@ -763,7 +553,7 @@ def _run_partitioned(
                 _record(ledger, header, summary, started, staged.max_setl_time),
                 rows,
                 crash_hook=_crash_point,
-                verify=_verify_after(AfterExpectation.combine(audit.after), costs, header.batch_id)
+                verify=verify_after(AfterExpectation.combine(audit.after), costs, header.batch_id)
                 if audit.after
                 else None,
             )
@@ -955,143 +745,14 @@ def _check_balanced(s: BatchSummary) -> None:
         )
 
 
-def report_frame(payouts: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
-    """The engine's payout frame as reports read settlements (:data:`report.SETTLEMENT_COLUMNS`)."""
-    return payouts.lazy().select(
-        pl.col("plan_year").cast(pl.Int64),
-        "status",
-        "reasons",
-        "setl_time",
-        "insu_admdvs",
-        "fixmedins_code",
-        "fixmedins_name",
-        "edition",
-        pl.col("payable").alias("payable_fen"),
-        pl.col("payout").alias("payout_fen"),
-        pl.col("cum_payable").alias("cum_payable_fen"),
-    )
-
-
-def responsibility_frame(
-    payouts: pl.DataFrame | pl.LazyFrame, responsibilities: list[str]
-) -> pl.LazyFrame:
-    """(responsibility, payout_fen) per settlement and responsibility, from engine payouts."""
-    frames = [
-        payouts.lazy().select(
-            pl.lit(r).alias("responsibility"), pl.col(f"resp__{r}__payout").alias("payout_fen")
-        )
-        for r in responsibilities
-    ]
-    return (
-        pl.concat(frames)
-        if frames
-        else pl.LazyFrame(schema={"responsibility": pl.String, "payout_fen": pl.Int64})
-    )
-
-
-def loss_ratios(
-    plan: PlanSelection,
-    enrolled: Mapping[int, int],
-    payout_by_year: Mapping[int, int],
-) -> list[LossRatio]:
-    """The loss ratio of each plan year with payouts, from its edition's premium parameters."""
-    out = []
-    for year in sorted(payout_by_year):
-        edition = plan.for_year(year)
-        if edition is None:
-            continue
-        premium = edition.edition.premium
-        out.append(
-            LossRatio(
-                year,
-                enrolled.get(year, 0),
-                premium.amount,
-                premium.operating_cost_share,
-                premium.target_loss_ratio,
-                payout_by_year[year],
-            )
-        )
-    return out
-
-
-def batch_report(
-    header: BatchHeader,
-    payouts: pl.DataFrame | pl.LazyFrame,
-    summary: BatchSummary,
-    recon: Reconciliation | None,
-    before: list[dict[str, Any]] | None,
-) -> dict[str, bytes]:
-    """``report.html`` and ``report.md`` of a batch; the loss ratio is the year to date when
-    the batch ran on a ledger (the ledger before + this batch), else this batch alone."""
-    ytd = dict(summary.payout_by_plan_year_fen)
-    for row in before or []:
-        year = int(row["plan_year"])
-        if year in ytd:
-            ytd[year] += yuan_to_fen(row["payout"])
-    name = header.plan.editions[0].edition.plan_name
-    scope = (
-        f"batch {header.batch_id}; loss ratio: year to date on the ledger"
-        if before is not None
-        else f"batch {header.batch_id}; loss ratio: this batch only (no ledger)"
-    )
-    data = report_data(
-        report_frame(payouts),
-        header.plan,
-        by_responsibility=responsibility_frame(payouts, responsibility_ids(header.plan)),
-        title=f"{name} 理算报告 · batch {header.batch_id}",
-        scope=scope,
-        quarantined_by_reason=summary.quarantined_by_reason,
-        loss_ratios=loss_ratios(header.plan, summary.enrolled_by_plan_year, ytd),
-        reconciliation=recon.to_json()["identities"] if recon is not None else (),
-    )
-    return {
-        "report.html": render_html(data).encode(),
-        "report.md": render_markdown(data).encode(),
-    }
-
-
-def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportData:
-    """The year-to-date report of a plan year from the ledger alone (``hmb-batch report``)."""
-    settlements = ledger.year_settlements(plan_year)
-    summaries = ledger.year_batches(plan_year)
-    quarantined: dict[str, int] = {}
-    for summary in summaries:
-        for code, n in summary.get("quarantined_by_reason", {}).items():
-            quarantined[code] = quarantined.get(code, 0) + int(n)
-    enrolled = {
-        int(k): int(v)
-        for summary in summaries
-        for k, v in summary.get("enrolled_by_plan_year", {}).items()
-    }
-    payout = int(settlements["payout_fen"].sum() or 0) if settlements.height else 0
-    edition = plan.for_year(plan_year)
-    name = edition.edition.plan_name if edition is not None else plan.label
-    return report_data(
-        settlements,
-        plan,
-        by_responsibility=ledger.year_responsibilities(plan_year),
-        title=f"{name} 年度报告 · plan year {plan_year}",
-        scope=(
-            f"plan year {plan_year}, year to date: {len(summaries)} applied batch(es) in "
-            f"{ledger.path}; quarantine counts are those of these batches"
-        ),
-        quarantined_by_reason=quarantined,
-        loss_ratios=loss_ratios(plan, enrolled, {plan_year: payout}),
-    )
-
-
-def _reconciliation_json(recon: Reconciliation) -> bytes:
-    return json.dumps(recon.to_json(), ensure_ascii=False, indent=2).encode()
-
-
 def _check_reconciled(recon: Reconciliation, out_dir: Path) -> None:
     """Refuse a batch any of whose identities fails (exit 6), leaving reconciliation.json (and
     nothing else) in ``out_dir`` for the people who must find out why."""
     failed = recon.failures()
     if failed:
-        write_files({"reconciliation.json": _reconciliation_json(recon)}, out_dir)
+        write_files({"reconciliation.json": reconciliation_json(recon)}, out_dir)
         raise ReconciliationError(
-            _refusal(recon.batch_id, failed) + f"\n(all identities: {out_dir}/reconciliation.json)"
+            refusal(recon.batch_id, failed) + f"\n(all identities: {out_dir}/reconciliation.json)"
         )
 
 

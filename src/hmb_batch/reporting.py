@@ -1,0 +1,145 @@
+"""Report data for a batch (from the engine's payouts) or a plan year (from the ledger alone).
+
+:mod:`hmb_batch.report` aggregates and draws; this module gathers what it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import polars as pl
+
+from hmb_batch.engine import responsibility_ids
+from hmb_batch.ledger import Ledger
+from hmb_batch.money import yuan_to_fen
+from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.reconcile import Reconciliation
+from hmb_batch.report import LossRatio, ReportData, render_html, render_markdown, report_data
+from hmb_batch.summary import BatchSummary
+
+
+def report_frame(payouts: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The engine's payout frame as reports read settlements (:data:`report.SETTLEMENT_COLUMNS`)."""
+    return payouts.lazy().select(
+        pl.col("plan_year").cast(pl.Int64),
+        "status",
+        "reasons",
+        "setl_time",
+        "insu_admdvs",
+        "fixmedins_code",
+        "fixmedins_name",
+        "edition",
+        pl.col("payable").alias("payable_fen"),
+        pl.col("payout").alias("payout_fen"),
+        pl.col("cum_payable").alias("cum_payable_fen"),
+    )
+
+
+def responsibility_frame(
+    payouts: pl.DataFrame | pl.LazyFrame, responsibilities: list[str]
+) -> pl.LazyFrame:
+    """(responsibility, payout_fen) per settlement and responsibility, from engine payouts."""
+    frames = [
+        payouts.lazy().select(
+            pl.lit(r).alias("responsibility"), pl.col(f"resp__{r}__payout").alias("payout_fen")
+        )
+        for r in responsibilities
+    ]
+    return (
+        pl.concat(frames)
+        if frames
+        else pl.LazyFrame(schema={"responsibility": pl.String, "payout_fen": pl.Int64})
+    )
+
+
+def loss_ratios(
+    plan: PlanSelection,
+    enrolled: Mapping[int, int],
+    payout_by_year: Mapping[int, int],
+) -> list[LossRatio]:
+    """The loss ratio of each plan year with payouts, from its edition's premium parameters."""
+    out = []
+    for year in sorted(payout_by_year):
+        edition = plan.for_year(year)
+        if edition is None:
+            continue
+        premium = edition.edition.premium
+        out.append(
+            LossRatio(
+                year,
+                enrolled.get(year, 0),
+                premium.amount,
+                premium.operating_cost_share,
+                premium.target_loss_ratio,
+                payout_by_year[year],
+            )
+        )
+    return out
+
+
+def batch_report(
+    plan: PlanSelection,
+    batch_id: str,
+    payouts: pl.DataFrame | pl.LazyFrame,
+    summary: BatchSummary,
+    recon: Reconciliation | None,
+    before: list[dict[str, Any]] | None,
+) -> dict[str, bytes]:
+    """``report.html`` and ``report.md`` of a batch; the loss ratio is the year to date when
+    the batch ran on a ledger (the ledger before + this batch), else this batch alone."""
+    ytd = dict(summary.payout_by_plan_year_fen)
+    for row in before or []:
+        year = int(row["plan_year"])
+        if year in ytd:
+            ytd[year] += yuan_to_fen(row["payout"])
+    name = plan.editions[0].edition.plan_name
+    scope = (
+        f"batch {batch_id}; loss ratio: year to date on the ledger"
+        if before is not None
+        else f"batch {batch_id}; loss ratio: this batch only (no ledger)"
+    )
+    data = report_data(
+        report_frame(payouts),
+        plan,
+        by_responsibility=responsibility_frame(payouts, responsibility_ids(plan)),
+        title=f"{name} 理算报告 · batch {batch_id}",
+        scope=scope,
+        quarantined_by_reason=summary.quarantined_by_reason,
+        loss_ratios=loss_ratios(plan, summary.enrolled_by_plan_year, ytd),
+        reconciliation=recon.to_json()["identities"] if recon is not None else (),
+    )
+    return {
+        "report.html": render_html(data).encode(),
+        "report.md": render_markdown(data).encode(),
+    }
+
+
+def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportData:
+    """The year-to-date report of a plan year from the ledger alone (``hmb-batch report``)."""
+    settlements = ledger.year_settlements(plan_year)
+    summaries = ledger.year_batches(plan_year)
+    quarantined: dict[str, int] = {}
+    for summary in summaries:
+        for code, n in summary.get("quarantined_by_reason", {}).items():
+            quarantined[code] = quarantined.get(code, 0) + int(n)
+    enrolled = {
+        int(k): int(v)
+        for summary in summaries
+        for k, v in summary.get("enrolled_by_plan_year", {}).items()
+    }
+    payout = int(settlements["payout_fen"].sum() or 0) if settlements.height else 0
+    edition = plan.for_year(plan_year)
+    name = edition.edition.plan_name if edition is not None else plan.label
+    return report_data(
+        settlements,
+        plan,
+        by_responsibility=ledger.year_responsibilities(plan_year),
+        title=f"{name} 年度报告 · plan year {plan_year}",
+        scope=(
+            f"plan year {plan_year}, year to date: {len(summaries)} applied batch(es) in "
+            f"{ledger.path}; quarantine counts are those of these batches"
+        ),
+        quarantined_by_reason=quarantined,
+        loss_ratios=loss_ratios(plan, enrolled, {plan_year: payout}),
+    )
