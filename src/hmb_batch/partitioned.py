@@ -61,9 +61,10 @@ from hmb_batch.stages import CheckedFrames, EngineFrames, check_extract, run_eng
 MiB = 1 << 20
 GiB = 1 << 30
 # Peak resident memory per fee line while one partition is validated and adjudicated (measured:
-# ~1.5-2 KB transient; an in-memory run averages 1.1 KB), and what a run holds besides its
+# ~1.5-2 KB transient; an in-memory run averages 1.1 KB; 3 KB leaves room for the spikes that took
+# make bench's 1 GiB runs to 1,016-1,036 MiB at 2 KB), and what a run holds besides its
 # partition: interpreter, Polars, DuckDB, one slice being typed (BENCHMARKS.md).
-BYTES_PER_FEE_LINE = 2_000
+BYTES_PER_FEE_LINE = 3_000
 RUNTIME_BYTES = 512 * MiB
 MIN_PARTITION_BYTES = 64 * MiB
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) partitions.
@@ -120,7 +121,7 @@ def duckdb_share(memory_limit: int) -> int:
     """What DuckDB may use (sorting the payout file, the ledger commit): half of the limit less
     the runtime, since the Python side still holds the runtime and what it last freed (measured
     at 10M lines: with three quarters, the payout-file sort took the run 7% over the limit)."""
-    return max((memory_limit - RUNTIME_BYTES) // 2, 64 * MiB)
+    return max((memory_limit - RUNTIME_BYTES) // 2, 96 * MiB)
 
 
 def _allow_open_files(needed: int) -> None:
@@ -556,15 +557,22 @@ def _sorted_payout_file(parts: Path, target: Path, memory_limit: int, folder: Pa
     """The payout file in processing order, as an in-memory run writes it: DuckDB sorts the
     parts within :func:`duckdb_share` of the limit, spilling to the spill folder."""
     con = duckdb.connect()
+    share = duckdb_share(memory_limit)
     try:
-        con.execute(f"SET memory_limit = '{duckdb_share(memory_limit) // MiB}MiB'")
+        con.execute(f"SET memory_limit = '{share // MiB}MiB'")
+        # DuckDB's Parquet writer holds a whole row group: at 64 MiB, 122,880 payout rows (and
+        # even 8,192) failed to pin a block; 2,048 fitted. So row groups scale with the share,
+        # and a small share sorts on one thread.
+        row_group = min(122_880, max(2_048, share // (32 * 1024)))
+        if share < 256 * MiB:
+            con.execute("SET threads = 1")
         con.execute(f"SET temp_directory = '{folder / 'duckdb-spill'}'")
         con.execute("SET preserve_insertion_order = true")
         src = str(parts / "*.parquet").replace("'", "''")
         dst = str(target).replace("'", "''")
         con.execute(
             f"COPY (SELECT * FROM read_parquet('{src}') ORDER BY setl_time, setl_id) "
-            f"TO '{dst}' (FORMAT parquet, COMPRESSION zstd)"
+            f"TO '{dst}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {row_group})"
         )
     finally:
         con.close()
