@@ -343,6 +343,19 @@ class Ledger:
             for name, content, digest in rows
         }
 
+    def batch_accumulators(self, batch_id: str) -> pl.DataFrame:
+        """The year to date a batch's accumulator log rows set, summed by plan year and cost
+        (plan_year, cost, amount_fen)."""
+        return _frame(
+            self.con.sql(
+                """
+            SELECT plan_year::BIGINT AS plan_year, cost, sum(after_fen)::BIGINT AS amount_fen
+            FROM accumulator_log WHERE batch_id = $b GROUP BY plan_year, cost
+            """,
+                params={"b": batch_id},
+            )
+        )
+
     def batch_payout_fen(self, batch_id: str) -> int:
         """The sum of the payouts the payout history holds for a batch."""
         rows = self.con.execute(
