@@ -562,10 +562,10 @@ def _sorted_payout_file(parts: Path, target: Path, memory_limit: int, folder: Pa
         con.execute(f"SET memory_limit = '{share // MiB}MiB'")
         # DuckDB's Parquet writer holds a whole row group: at 64 MiB, 122,880 payout rows (and
         # even 8,192) failed to pin a block; 2,048 fitted. So row groups scale with the share,
-        # and a small share sorts on one thread.
+        # and the sort runs on one thread (two threads pin two sets of blocks: 10M payout rows
+        # failed to pin one in a 256 MiB share)
         row_group = min(122_880, max(2_048, share // (32 * 1024)))
-        if share < 256 * MiB:
-            con.execute("SET threads = 1")
+        con.execute("SET threads = 1")
         con.execute(f"SET temp_directory = '{folder / 'duckdb-spill'}'")
         con.execute("SET preserve_insertion_order = true")
         src = str(parts / "*.parquet").replace("'", "''")
