@@ -392,12 +392,14 @@ def adjudicate_partitions(
     memory_limit: int,
     unmasked: bool = False,
     on_partition: Callable[[MemberPartition], None] | None = None,
+    lap: Callable[[str], None] = lambda stage: None,
 ) -> PartitionedOutcome:
     """Adjudicate each member part, then assemble the outputs (steps 3 and 4).
 
     ``prior_for``: the ledger's prior state for a part's settlements (None without a ledger).
     ``on_partition`` sees each member partition's frames while they are in memory (the
-    reconciliation adds up its totals there).
+    reconciliation adds up its totals there). ``lap`` marks the end of the stages
+    "adjudicate" (the member parts) and "payout_file_sort" for the run's timings.
     """
     folder = staged.folder
     costs = cost_ids(plan)
@@ -469,6 +471,7 @@ def adjudicate_partitions(
             log = rows["accumulator_log"] if rows is not None else None
             on_partition(MemberPartition(nothing, no_roster, empty, None, log))
 
+    lap("adjudicate")
     quarantine = pl.concat(
         [pl.scan_parquet(p) for p in sorted((folder / "quarantine").glob("*.parquet"))],
         how="diagonal_relaxed",
@@ -481,6 +484,7 @@ def adjudicate_partitions(
         "lines.parquet": out / "lines.parquet",
     }
     _sorted_payout_file(folder / "payout-file", files["payouts.parquet"], memory_limit, folder)
+    lap("payout_file_sort")
     quarantine.collect().write_parquet(files["quarantine.parquet"])  # rejects: usually few
     _concat_parquet(sorted((folder / "lines").glob("*.parquet")), files["lines.parquet"])
     if csv:

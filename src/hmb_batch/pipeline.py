@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -510,10 +511,11 @@ def _run_partitioned(
             memory_limit=memory_limit or partitioned.RUNTIME_BYTES * 2,
             unmasked=unmasked,
             on_partition=audit,
+            lap=clock.lap,
         )
         covered_years(header.plan, outcome.years)
         _crash_point("compute")
-        clock.lap("adjudicate")
+        clock.lap("assemble_outputs")
         summary = summarise(
             batch_id=header.batch_id,
             editions=editions_used(header.plan, outcome.years),
@@ -719,19 +721,52 @@ def _record(
 
 
 class _Laps:
-    """Wall-clock seconds per stage, for the manifest (and a progress display)."""
+    """Wall-clock seconds and peak resident memory per stage, for the manifest (and a progress
+    display): which stage to look at when a run is slow or near its memory limit."""
 
     def __init__(self, progress: Callable[[str, float], None] | None = None) -> None:
         self.start = self.last = time.monotonic()
         self.laps: dict[str, float] = {}
+        self.peak_mib: dict[str, int] = {}
         self.progress = progress
+        stage_peak_rss()
 
     def lap(self, name: str) -> None:
         now = time.monotonic()
         self.laps[name] = round(now - self.last, 3)
         self.last = now
+        peak = stage_peak_rss()
+        if peak is not None:
+            self.peak_mib[name] = peak // partitioned.MiB
         if self.progress is not None:
             self.progress(name, self.laps[name])
+
+
+def stage_peak_rss() -> int | None:
+    """The process's peak resident memory (bytes) since the last call, where the OS can say.
+
+    Linux: VmHWM from /proc/self/status, then reset through /proc/self/clear_refs so the next
+    call sees the next stage's peak alone. Elsewhere the process's peak so far
+    (``ru_maxrss``), which never goes down. None where neither is available.
+    """
+    status = Path("/proc/self/status")
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+                break
+        else:
+            raise OSError("no VmHWM")
+        Path("/proc/self/clear_refs").write_text("5")
+        return peak
+    except (OSError, ValueError):
+        try:
+            import resource
+
+            scale = 1 if sys.platform == "darwin" else 1024
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+        except (ImportError, OSError):
+            return None
 
 
 def _check_balanced(s: BatchSummary) -> None:
@@ -795,6 +830,7 @@ def _manifest(
         "counts": summary.to_json(),
         "started_at": started.isoformat(timespec="seconds"),
         "timings_seconds": clock.laps,
+        "peak_rss_mib": clock.peak_mib,
         "elapsed_seconds": round(time.monotonic() - clock.start, 3),
     }
 
