@@ -126,7 +126,15 @@ def bench_size(
     hmb = str(BIN / "hmb-batch")
     out = work / f"out-{lines}"
     ledger = work / f"ledger-{lines}.duckdb"
-    clean = ["rm", "-rf", str(ledger), str(ledger) + ".lock", str(ledger) + ".wal", str(out)]
+    clean = [
+        "rm",
+        "-rf",
+        str(ledger),
+        str(ledger) + ".lock",
+        str(ledger) + ".wal",
+        str(ledger) + ".files",
+        str(out),
+    ]
 
     def adjudicate(ext: str, *extra: str) -> list[str]:
         return [

@@ -222,6 +222,24 @@ def row(payouts: pl.DataFrame, setl_id: str) -> dict[str, Any]:
     return rows[0]
 
 
+def responsibility_payouts(r: dict[str, Any]) -> dict[str, Decimal]:
+    """A payout row's payout per responsibility id."""
+    return {x["id"]: x["payout_amt"] for x in r["responsibilities"]}
+
+
+def special_drug_line(amount: str) -> dict[str, Any]:
+    """A fee line of the special-drug list's drug SPD, self-paid in full."""
+    return {"list_type": "101", "chrgitm_lv": "03", "fulamt_ownpay_amt": amount, "code": "SPD"}
+
+
+def extract_with_special_drugs() -> Extract:
+    """An empty tiny extract with a negative list (NEG1) and a special-drug list (SPD)."""
+    e = Extract()
+    e.on_list("negative", "NEG1", "2021-01-01")
+    e.on_list("special_drug", "SPD", "2021-01-01")
+    return e
+
+
 @pytest.fixture
 def ex() -> Extract:
     """An empty tiny extract with the standard lists."""
@@ -236,24 +254,32 @@ def date(s: str) -> dt.date:
     return dt.date.fromisoformat(s)
 
 
-def golden_args(name: str, out: Path, *extra: str, ledger: Path | None = None) -> list[str]:
-    """The ``adjudicate`` command line for golden batch ``name`` (Parquet), output in ``out``."""
+def golden_args(
+    name: str,
+    out: Path,
+    *extra: str,
+    ledger: Path | None = None,
+    ext: str = "parquet",
+    quiet: bool = True,
+) -> list[str]:
+    """The ``adjudicate`` command line for golden batch ``name`` (``ext`` files: parquet or
+    csv), output in ``out``."""
     b = GOLDEN / name
     return [
         "adjudicate",
-        str(b / "settlements.parquet"),
+        str(b / f"settlements.{ext}"),
         "--fees",
-        str(b / "fees.parquet"),
+        str(b / f"fees.{ext}"),
         "--roster",
-        str(GOLDEN / "roster.parquet"),
+        str(GOLDEN / f"roster.{ext}"),
         "--lists",
-        str(GOLDEN / "lists.parquet"),
+        str(GOLDEN / f"lists.{ext}"),
         "--plan",
         "zhelibao",
         *(["--ledger", str(ledger)] if ledger is not None else []),
         "--out",
         str(out),
-        "--quiet",
+        *(["--quiet"] if quiet else []),
         *extra,
     ]
 

@@ -5,7 +5,6 @@ Each case is computed by hand in its comment, from the edition file's parameters
 
 from __future__ import annotations
 
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import Extract, adjudicate, row, run_cli, yuan
+from conftest import (
+    adjudicate,
+    adjudicate_args,
+    extract_with_special_drugs,
+    responsibility_payouts,
+    row,
+    run_cli,
+    special_drug_line,
+    yuan,
+)
 from hmb_batch.plan.catalog import select_plan
 from hmb_batch.plan.check import load_edition
 from test_properties import SETTINGS, Year, amounts
@@ -24,28 +32,13 @@ XIANHUIBAO = str(EXAMPLES / "xianhuibao-2024.toml")
 JINHUIBAO = str(EXAMPLES / "jinhuibao-2024.toml")
 
 
-def _resp(r: dict[str, Any]) -> dict[str, Decimal]:
-    return {x["id"]: x["payout_amt"] for x in r["responsibilities"]}
-
-
-def _special(amount: str) -> dict[str, Any]:
-    return {"list_type": "101", "chrgitm_lv": "03", "fulamt_ownpay_amt": amount, "code": "SPD"}
-
-
-def _extract() -> Extract:
-    e = Extract()
-    e.on_list("negative", "NEG1", "2021-01-01")
-    e.on_list("special_drug", "SPD", "2021-01-01")
-    return e
-
-
 # --- 舟惠保 2024 -------------------------------------------------------------------------------
 
 
 def test_zhouhuibao_cap_reached_inside_one_settlement_and_the_consecutive_years_cap(
     tmp_path: Path,
 ) -> None:
-    ex = _extract()
+    ex = extract_with_special_drugs()
     ex.member("M1", plan_year=2024)
     ex.member("M3", plan_year=2024, consecutive_years="3")
     # 2,000,000 left after basic and catastrophic insurance, in one settlement:
@@ -56,11 +49,11 @@ def test_zhouhuibao_cap_reached_inside_one_settlement_and_the_consecutive_years_
     p = adjudicate(ex, tmp_path, plan="zhouhuibao")
     assert row(p, "S1")["payout_amt"] == yuan("500000")
     assert row(p, "S3")["payout_amt"] == yuan("593500")
-    assert _resp(row(p, "S1"))["catastrophic_supplement"] == yuan("500000")
+    assert responsibility_payouts(row(p, "S1"))["catastrophic_supplement"] == yuan("500000")
 
 
 def test_zhouhuibao_subtracts_union_mutual_aid_and_has_no_waiting_period(tmp_path: Path) -> None:
-    ex = _extract()
+    ex = extract_with_special_drugs()
     ex.member("M1", plan_year=2024, pay_date="2024-02-20")  # enrolled late: no waiting period
     # in-scope 30,000 less trade-union mutual aid 5,000 = 25,000: 10% × (25,000 − 15,000) = 1,000
     ex.claim("S1", "M1", "2024-02-21 10:00:00", compliant="30000", union_aid_pay="5000.00")
@@ -72,24 +65,26 @@ def test_zhouhuibao_subtracts_union_mutual_aid_and_has_no_waiting_period(tmp_pat
 def test_zhouhuibao_self_pay_drugs_after_the_3000_deductible_inpatient_only(
     tmp_path: Path,
 ) -> None:
-    ex = _extract()
+    ex = extract_with_special_drugs()
     ex.member("M1", plan_year=2024)
     # inpatient self-pay drugs 10,000: 60% (assumed rate) × (10,000 − 3,000) = 4,200
     ex.claim("S1", "M1", "2024-04-01 10:00:00", reasonable="10000")
     # general outpatient (med_type 11) self-pay drugs: not covered by responsibility 2
     ex.claim("S2", "M1", "2024-04-02 10:00:00", reasonable="10000", med_type="11")
     p = adjudicate(ex, tmp_path, plan="zhouhuibao-2024")
-    assert _resp(row(p, "S1"))["selfpay_drugs"] == yuan("4200")
+    assert responsibility_payouts(row(p, "S1"))["selfpay_drugs"] == yuan("4200")
     assert row(p, "S2")["payout_amt"] == yuan(0) and row(p, "S2")["selfpay_drugs_amt"] == yuan(0)
 
 
 def test_zhouhuibao_pharmacy_special_drug_from_the_first_yuan(tmp_path: Path) -> None:
-    ex = _extract()
+    ex = extract_with_special_drugs()
     ex.member("M1", plan_year=2024)
     # 5,000 of a listed drug bought at a designated pharmacy (med_type 41): 60% × 5,000 = 3,000
-    ex.claim("S1", "M1", "2024-05-01 10:00:00", med_type="41", extra_lines=[_special("5000.00")])
+    ex.claim(
+        "S1", "M1", "2024-05-01 10:00:00", med_type="41", extra_lines=[special_drug_line("5000.00")]
+    )
     r = row(adjudicate(ex, tmp_path, plan="zhouhuibao-2024"), "S1")
-    assert _resp(r) == {
+    assert responsibility_payouts(r) == {
         "catastrophic_supplement": yuan(0),
         "selfpay_drugs": yuan(0),
         "pharmacy_drugs": yuan("3000"),
@@ -106,7 +101,7 @@ def test_zhouhuibao_shows_its_assumptions() -> None:
 
 
 def test_xianhuibao_shared_deductible_consumed_by_two_responsibilities(tmp_path: Path) -> None:
-    ex = _extract()
+    ex = extract_with_special_drugs()
     ex.member("M1", plan_year=2024)
     ex.member("M2", plan_year=2024, pre_existing="1")
     # in-list 15,000 takes 15,000 of the shared 20,000; out-of-list 10,000 meets the other
@@ -114,7 +109,7 @@ def test_xianhuibao_shared_deductible_consumed_by_two_responsibilities(tmp_path:
     ex.claim("S1", "M1", "2024-03-01 10:00:00", compliant="15000", reasonable="10000")
     ex.claim("S2", "M2", "2024-03-01 10:00:00", compliant="15000", reasonable="10000")
     p = adjudicate(ex, tmp_path, plan=XIANHUIBAO)
-    assert _resp(row(p, "S1")) == {
+    assert responsibility_payouts(row(p, "S1")) == {
         "in_list": yuan(0),
         "out_list": yuan("3500"),
         "special_drugs": yuan(0),
@@ -125,11 +120,11 @@ def test_xianhuibao_shared_deductible_consumed_by_two_responsibilities(tmp_path:
 def test_xianhuibao_special_drug_zero_deductible_chronic_outpatient_and_plan_cap(
     tmp_path: Path,
 ) -> None:
-    ex = _extract()
+    ex = extract_with_special_drugs()
     for m in ("M1", "M2", "M3"):
         ex.member(m, plan_year=2024)
     # special drugs 10,000 from the first yuan: 60% = 6,000 (and not out-of-list cost)
-    ex.claim("S1", "M1", "2024-03-01 10:00:00", extra_lines=[_special("10000.00")])
+    ex.claim("S1", "M1", "2024-03-01 10:00:00", extra_lines=[special_drug_line("10000.00")])
     # chronic/special-disease outpatient (14) counts: in-list 30,000 − 20,000 → 80% = 8,000
     ex.claim("S2", "M2", "2024-03-01 10:00:00", compliant="30000", med_type="14")
     # plan-wide cap 2,000,000: in-list 1,500,000 → 80% × 1,480,000 = 1,184,000 → cap 1,000,000;
@@ -141,15 +136,15 @@ def test_xianhuibao_special_drug_zero_deductible_chronic_outpatient_and_plan_cap
         "2024-03-01 10:00:00",
         compliant="1500000",
         reasonable="1500000",
-        extra_lines=[_special("1000000.00")],
+        extra_lines=[special_drug_line("1000000.00")],
     )
     p = adjudicate(ex, tmp_path, plan=XIANHUIBAO)
-    assert _resp(row(p, "S1"))["special_drugs"] == yuan("6000")
+    assert responsibility_payouts(row(p, "S1"))["special_drugs"] == yuan("6000")
     assert row(p, "S1")["out_list_amt"] == yuan(0)
     assert row(p, "S2")["payout_amt"] == yuan("8000")
     r3 = row(p, "S3")
     assert r3["payout_amt"] == yuan("2000000")
-    assert _resp(r3) == {
+    assert responsibility_payouts(r3) == {
         "in_list": yuan("1000000"),
         "out_list": yuan("1000000"),
         "special_drugs": yuan(0),
@@ -160,7 +155,7 @@ def test_xianhuibao_special_drug_zero_deductible_chronic_outpatient_and_plan_cap
 
 
 def test_jinhuibao_brackets_pre_existing_and_shared_deductible(tmp_path: Path) -> None:
-    ex = _extract()
+    ex = extract_with_special_drugs()
     ex.member("M1", plan_year=2024)
     ex.member("M2", plan_year=2024, pre_existing="1")
     ex.member("M3", plan_year=2024)
@@ -173,7 +168,7 @@ def test_jinhuibao_brackets_pre_existing_and_shared_deductible(tmp_path: Path) -
     p = adjudicate(ex, tmp_path, plan=JINHUIBAO)
     assert row(p, "S1")["payout_amt"] == yuan("150000")
     assert row(p, "S2")["payout_amt"] == yuan("75000")
-    assert _resp(row(p, "S3")) == {
+    assert responsibility_payouts(row(p, "S3")) == {
         "in_list": yuan(0),
         "out_list": yuan("3000"),
         "special_drugs": yuan(0),
@@ -181,13 +176,13 @@ def test_jinhuibao_brackets_pre_existing_and_shared_deductible(tmp_path: Path) -
 
 
 def test_jinhuibao_special_drug_caps_and_the_plan_cap(tmp_path: Path) -> None:
-    ex = _extract()
+    ex = extract_with_special_drugs()
     ex.member("M1", plan_year=2024)
     ex.member("M3", plan_year=2024, consecutive_years="3")
     ex.member("M9", plan_year=2024)
     # special drugs 1,000,000: 50% = 500,000 → cap 300,000; after 3 consecutive years 400,000
-    ex.claim("S1", "M1", "2024-03-01 10:00:00", extra_lines=[_special("1000000.00")])
-    ex.claim("S3", "M3", "2024-03-01 10:00:00", extra_lines=[_special("1000000.00")])
+    ex.claim("S1", "M1", "2024-03-01 10:00:00", extra_lines=[special_drug_line("1000000.00")])
+    ex.claim("S3", "M3", "2024-03-01 10:00:00", extra_lines=[special_drug_line("1000000.00")])
     # two settlements reach the plan cap 1,500,000: the first, in-list 2,000,000 → payable
     # 1,985,000 → 70,000 + 80% × 1,885,000 = 1,578,000 → cap 1,000,000; the second, out-of-list
     # 2,000,000 → 60% = 1,200,000 → cap 500,000 (total 1,500,000) and special drugs get no room
@@ -197,7 +192,7 @@ def test_jinhuibao_special_drug_caps_and_the_plan_cap(tmp_path: Path) -> None:
         "M9",
         "2024-03-02 10:00:00",
         reasonable="2000000",
-        extra_lines=[_special("1000000.00")],
+        extra_lines=[special_drug_line("1000000.00")],
     )
     p = adjudicate(ex, tmp_path, plan=JINHUIBAO)
     assert row(p, "S1")["payout_amt"] == yuan("300000")
@@ -320,12 +315,12 @@ def test_the_ledger_keeps_each_responsibility_per_settlement_and_reports_break_i
 ) -> None:
     import duckdb
 
-    from conftest import adjudicate_args
-
-    ex = _extract()
+    ex = extract_with_special_drugs()
     ex.member("M1", plan_year=2024)
     ex.claim("S1", "M1", "2024-03-01 10:00:00", compliant="40000", reasonable="10000")
-    ex.claim("S2", "M1", "2024-03-05 10:00:00", med_type="41", extra_lines=[_special("5000.00")])
+    ex.claim(
+        "S2", "M1", "2024-03-05 10:00:00", med_type="41", extra_lines=[special_drug_line("5000.00")]
+    )
     files = ex.write(tmp_path / "in")
     ledger = tmp_path / "ledger.duckdb"
     args = adjudicate_args(files, tmp_path / "out", "--plan", "zhouhuibao", "--ledger", str(ledger))

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import GOLDEN, Extract, adjudicate_args, run_cli
+from conftest import GOLDEN, Extract, adjudicate_args, golden_args, run_cli
 
 COMMANDS = [
     [],
@@ -63,24 +63,9 @@ def test_codes_have_chinese_and_english_descriptions() -> None:
 
 
 def test_adjudicate_in_a_subprocess_with_json_summary(tmp_path: Path) -> None:
-    b = GOLDEN / "batch_00"
     exe = Path(sys.executable).parent / "hmb-batch"
     proc = subprocess.run(
-        [
-            str(exe),
-            "adjudicate",
-            str(b / "settlements.csv"),
-            "--fees",
-            str(b / "fees.csv"),
-            "--roster",
-            str(GOLDEN / "roster.csv"),
-            "--lists",
-            str(GOLDEN / "lists.csv"),
-            "--out",
-            str(tmp_path),
-            "--json",
-            "--csv",
-        ],
+        [str(exe), *golden_args("batch_00", tmp_path, "--json", "--csv", ext="csv", quiet=False)],
         capture_output=True,
         text=True,
         check=False,
@@ -158,20 +143,10 @@ def test_a_run_under_cron_writes_nothing_to_stderr_and_summarises_on_stdout(
     tmp_path: Path,
 ) -> None:
     # stderr is a pipe here, as under cron: no progress display, only the summary on stdout
-    b = GOLDEN / "batch_00"
     proc = subprocess.run(
         [
             str(Path(sys.executable).parent / "hmb-batch"),
-            "adjudicate",
-            str(b / "settlements.parquet"),
-            "--fees",
-            str(b / "fees.parquet"),
-            "--roster",
-            str(GOLDEN / "roster.parquet"),
-            "--lists",
-            str(GOLDEN / "lists.parquet"),
-            "--out",
-            str(tmp_path),
+            *golden_args("batch_00", tmp_path, quiet=False),
         ],
         capture_output=True,
         text=True,

@@ -62,27 +62,15 @@ def _same_outputs(a: Path, b: Path) -> None:
 def test_golden_year_in_partitions_equals_the_in_memory_run(tmp_path: Path, ext: str) -> None:
     for mode, extra in (("memory", ()), ("parts", ("--partitions", "5"))):
         for name in NIGHTS:
-            b = GOLDEN / name
             r = run_cli(
-                [
-                    "adjudicate",
-                    str(b / f"settlements.{ext}"),
-                    "--fees",
-                    str(b / f"fees.{ext}"),
-                    "--roster",
-                    str(GOLDEN / f"roster.{ext}"),
-                    "--lists",
-                    str(GOLDEN / f"lists.{ext}"),
-                    "--plan",
-                    "zhelibao",
-                    "--ledger",
-                    str(tmp_path / f"{mode}.duckdb"),
-                    "--out",
-                    str(tmp_path / mode / name),
+                golden_args(
+                    name,
+                    tmp_path / mode / name,
                     "--csv",
-                    "--quiet",
                     *extra,
-                ]
+                    ledger=tmp_path / f"{mode}.duckdb",
+                    ext=ext,
+                )
             )
             assert r.exit_code == 0, r.output
     for name in NIGHTS:

@@ -94,7 +94,6 @@ def _long_accumulators(prior: PriorState, members: pl.DataFrame, costs: list[str
 class AfterExpectation:
     """What the ledger must hold after the commit, for the batch's members."""
 
-    members: pl.DataFrame  # psn_no
     by_year: pl.DataFrame  # plan_year, cost, before, batch (fen)
     payout_fen: int
 
@@ -118,13 +117,12 @@ class AfterExpectation:
         by_year = before.with_columns(pl.col("plan_year").cast(pl.Int64)).join(
             batch, on=["plan_year", "cost"], how="full", coalesce=True
         )
-        return AfterExpectation(members, by_year.fill_null(0), int(payouts["payout"].sum() or 0))
+        return AfterExpectation(by_year.fill_null(0), int(payouts["payout"].sum() or 0))
 
     @staticmethod
     def combine(parts: list[AfterExpectation]) -> AfterExpectation:
         """Add up partitions (their members are disjoint)."""
         return AfterExpectation(
-            pl.concat([p.members for p in parts]),
             pl.concat([p.by_year for p in parts])
             .group_by("plan_year", "cost")
             .agg(pl.col("before").sum(), pl.col("batch").sum()),

@@ -411,22 +411,15 @@ def adjudicate_partitions(
     no_quarantine = pl.DataFrame()
     assert staged.checked_schemas is not None
     settlement_schema, line_schema = staged.checked_schemas
-    for j in range(staged.partitions):
-        settlements_part = _part(folder / "b-settlements", j)
-        if settlements_part is None:
-            continue  # stage A writes a part's lines only with their settlements
-        settlements = settlements_part.collect()
-        lines_part = _part(folder / "b-lines", j)
-        lines = lines_part.collect() if lines_part is not None else pl.DataFrame(schema=line_schema)
-        roster_part = _part(folder / "roster", j)
-        roster = (
-            roster_frame(roster_part.collect())
-            if roster_part is not None
-            else pl.DataFrame(schema=staged.roster_schema)
-        )
-        prior = prior_for(settlements)
-        years = sorted(staged.years | set(plan_years(settlements, prior)))
-        years_seen |= set(years)
+
+    def adjudicate_part(
+        j: int,
+        settlements: pl.DataFrame,
+        lines: pl.DataFrame,
+        roster: pl.DataFrame,
+        prior: PriorState | None,
+        years: list[int],
+    ) -> None:
         checked = CheckedFrames(settlements, lines, no_quarantine, 0, 0, 0, 0, no_quarantine)
         done = run_engine(batch_id, plan, checked, roster, lists, prior, years)
         rows = _write_member_part(
@@ -443,33 +436,33 @@ def adjudicate_partitions(
         if on_partition is not None:
             log = rows["accumulator_log"] if rows is not None else None
             on_partition(MemberPartition(checked, roster, done, prior, log))
+
+    for j in range(staged.partitions):
+        settlements_part = _part(folder / "b-settlements", j)
+        if settlements_part is None:
+            continue  # stage A writes a part's lines only with their settlements
+        settlements = settlements_part.collect()
+        lines_part = _part(folder / "b-lines", j)
+        lines = lines_part.collect() if lines_part is not None else pl.DataFrame(schema=line_schema)
+        roster_part = _part(folder / "roster", j)
+        roster = (
+            roster_frame(roster_part.collect())
+            if roster_part is not None
+            else pl.DataFrame(schema=staged.roster_schema)
+        )
+        prior = prior_for(settlements)
+        years = sorted(staged.years | set(plan_years(settlements, prior)))
+        years_seen |= set(years)
+        adjudicate_part(j, settlements, lines, roster, prior, years)
     if not any((folder / "payouts").iterdir()):  # an empty batch: parts with the right columns
-        nothing = CheckedFrames(
+        adjudicate_part(
+            0,
             pl.DataFrame(schema=settlement_schema),
             pl.DataFrame(schema=line_schema),
-            no_quarantine,
-            0,
-            0,
-            0,
-            0,
-            no_quarantine,
-        )
-        no_roster = pl.DataFrame(schema=staged.roster_schema)
-        empty = run_engine(batch_id, plan, nothing, no_roster, lists, None, sorted(staged.years))
-        rows = _write_member_part(
-            folder,
-            0,
-            batch_id,
-            empty,
+            pl.DataFrame(schema=staged.roster_schema),
             None,
-            costs,
-            responsibilities,
-            with_ledger=with_ledger,
-            unmasked=unmasked,
+            sorted(staged.years),
         )
-        if on_partition is not None:
-            log = rows["accumulator_log"] if rows is not None else None
-            on_partition(MemberPartition(nothing, no_roster, empty, None, log))
 
     lap("adjudicate")
     quarantine = pl.concat(

@@ -662,33 +662,29 @@ def reconcile(
     )
     for cost in sorted(set(t.settlement_parts["cost"].to_list())):
         parts = t.settlement_parts.filter(pl.col("cost") == cost)
-        names = set(parts["part"].to_list())
-        if COUNTED_FROM_LINES in names:
-            counted = parts.filter(~pl.col("part").is_in([COUNTED_FROM_LINES]))
-            ids.append(
-                Identity(
-                    f"cost_counted.{cost}",
-                    "settlement",
-                    f"{cost} increments = what each settlement's lines and settlement parts "
-                    "counted",
-                    _sum(parts.filter(pl.col("part") == COUNTED_FROM_LINES), "amount_fen"),
-                    _sum(counted, "amount_fen"),
-                    first=_first(t.mismatches, f"cost_counted.{cost}"),
-                )
+        if COUNTED_FROM_LINES in set(parts["part"].to_list()):
+            name, whole, text = (
+                "cost_counted",
+                COUNTED_FROM_LINES,
+                f"{cost} increments = what each settlement's lines and settlement parts counted",
             )
         else:
-            split = parts.filter(pl.col("part") != START)
-            ids.append(
-                Identity(
-                    f"cost_split.{cost}",
-                    "settlement",
-                    f"{cost}: start amount = paid by funds + moved to another cost + out of scope "
-                    "+ counted",
-                    _sum(parts.filter(pl.col("part") == START), "amount_fen"),
-                    _sum(split, "amount_fen"),
-                    first=_first(t.mismatches, f"cost_split.{cost}"),
-                )
+            name, whole, text = (
+                "cost_split",
+                START,
+                f"{cost}: start amount = paid by funds + moved to another cost + out of scope "
+                "+ counted",
             )
+        ids.append(
+            Identity(
+                f"{name}.{cost}",
+                "settlement",
+                text,
+                _sum(parts.filter(pl.col("part") == whole), "amount_fen"),
+                _sum(parts.filter(pl.col("part") != whole), "amount_fen"),
+                first=_first(t.mismatches, f"{name}.{cost}"),
+            )
+        )
     for comp in sorted(
         set(t.components.filter(pl.col("disposition") == SETTLEMENT_LEVEL)["component"].to_list())
     ):

@@ -15,24 +15,24 @@ from hmb_batch.ledger import Ledger
 from hmb_batch.money import yuan_to_fen
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.reconcile import Reconciliation
-from hmb_batch.report import LossRatio, ReportData, render_html, render_markdown, report_data
+from hmb_batch.report import (
+    SETTLEMENT_COLUMNS,
+    LossRatio,
+    ReportData,
+    render_html,
+    render_markdown,
+    report_data,
+)
 from hmb_batch.summary import BatchSummary
 
 
 def report_frame(payouts: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """The engine's payout frame as reports read settlements (:data:`report.SETTLEMENT_COLUMNS`)."""
-    return payouts.lazy().select(
-        pl.col("plan_year").cast(pl.Int64),
-        "status",
-        "reasons",
-        "setl_time",
-        "insu_admdvs",
-        "fixmedins_code",
-        "fixmedins_name",
-        "edition",
-        pl.col("payable").alias("payable_fen"),
-        pl.col("payout").alias("payout_fen"),
-        pl.col("cum_payable").alias("cum_payable_fen"),
+    return (
+        payouts.lazy()
+        .rename({engine: f"{engine}_fen" for engine in ("payable", "payout", "cum_payable")})
+        .with_columns(pl.col("plan_year").cast(pl.Int64))
+        .select(SETTLEMENT_COLUMNS)
     )
 
 

@@ -147,52 +147,54 @@ def edition_template(source: Edition, *, plan: str, plan_name: str, year: int) -
     return "\n".join(out) + "\n"
 
 
+def _set(*fields: tuple[str, str | None, str]) -> list[str]:
+    """Key lines for the fields that are set (None: left out, so the default applies)."""
+    return [_line(key, value, comment) for key, value, comment in fields if value is not None]
+
+
+def _list_or_none(values: list[str]) -> str | None:
+    return _list(values) if values else None
+
+
+def _s_or_none(value: str | None) -> str | None:
+    return _s(value) if value is not None else None
+
+
 def _cost(cid: str, c: Cost) -> list[str]:
     out = [
         f"[costs.{cid}]  # a per-settlement amount that accumulates over the plan year",
-        _line("label", _s(c.label), "what it is, in the rule text's words"),
-        _line("kind", _s(c.kind), "settlement: from settlement columns; fee_lines: from lines"),
+        *_set(
+            ("label", _s(c.label), "what it is, in the rule text's words"),
+            ("kind", _s(c.kind), "settlement: from settlement columns; fee_lines: from lines"),
+            ("med_types", _list_or_none(c.med_types), "medical categories covered (empty: all)"),
+            ("start", _s_or_none(c.start), "the settlement column it starts from"),
+            ("less_funds", _list_or_none(c.less_funds), "fund payments subtracted (floored at 0)"),
+            ("less_after", _list_or_none(c.less_after), "then subtracted (moved to another cost)"),
+            ("exclude_lists", _list_or_none(c.exclude_lists), "lines on these lists: none"),
+            ("audit_code", _s_or_none(c.audit_code), "line audit code (hmb-batch codes)"),
+        ),
     ]
-    if c.med_types:
-        out.append(
-            _line("med_types", _list(c.med_types), "medical categories covered (empty: all)")
-        )
-    if c.start is not None:
-        out.append(_line("start", _s(c.start), "the settlement column it starts from"))
-    if c.less_funds:
-        out.append(
-            _line("less_funds", _list(c.less_funds), "fund payments subtracted (floored at 0)")
-        )
-    if c.less_after:
-        out.append(
-            _line("less_after", _list(c.less_after), "then subtracted (moved to another cost)")
-        )
-    if c.exclude_lists:
-        out.append(_line("exclude_lists", _list(c.exclude_lists), "lines on these lists: none"))
-    if c.audit_code is not None:
-        out.append(_line("audit_code", _s(c.audit_code), "line audit code (hmb-batch codes)"))
     for part in c.parts:
         out += [
             "",
             f"[[costs.{cid}.parts]]  # fee-line components that count, on lines that match",
-            _line("label", _s(part.label), "what the part is"),
-            _line("components", _list(part.components), "fee-line amount columns counted"),
+            *_set(
+                ("label", _s(part.label), "what the part is"),
+                ("components", _list(part.components), "fee-line amount columns counted"),
+                ("list_types", _list_or_none(part.list_types), "list_type prefixes (1 drugs ...)"),
+                ("levels", _list_or_none(part.levels), "chrgitm_lv values (01 A, 02 B, 03)"),
+                ("on_list", _s_or_none(part.on_list), "only lines on this list at the date"),
+            ),
         ]
-        if part.list_types:
-            out.append(
-                _line("list_types", _list(part.list_types), "list_type prefixes (1 drugs ...)")
-            )
-        if part.levels:
-            out.append(_line("levels", _list(part.levels), "chrgitm_lv values (01 A, 02 B, 03)"))
-        if part.on_list is not None:
-            out.append(_line("on_list", _s(part.on_list), "only lines on this list at the date"))
     for sp in c.settlement_parts:
         out += [
             "",
             f"[[costs.{cid}.settlement_parts]]  # a settlement column counted at a factor",
-            _line("label", _s(sp.label), "what the part is"),
-            _line("component", _s(sp.component), "settlement column"),
-            _line("factor", _rate(sp.factor), "share counted, rounded half up to the fen"),
+            *_set(
+                ("label", _s(sp.label), "what the part is"),
+                ("component", _s(sp.component), "settlement column"),
+                ("factor", _rate(sp.factor), "share counted, rounded half up to the fen"),
+            ),
         ]
     return out
 
