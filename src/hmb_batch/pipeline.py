@@ -388,10 +388,12 @@ def run_batch(
         batch = prepare_batch(inputs, header, roster_checked=roster_checked)
         clock.lap("read_and_validate")
         settlements = batch.checked.settlements
-        latest = settlements["setl_time"].max() if settlements.height else None
+        latest: dt.datetime | None = (
+            settlements["setl_time"].max() if settlements.height else None  # type: ignore[assignment]
+        )
         prior = None
         if ledger is not None:
-            _check_order(ledger, header.batch_id, latest, allow_out_of_order)  # type: ignore[arg-type]
+            _check_order(ledger, header.batch_id, latest, allow_out_of_order)
             prior = ledger.prior_for(settlements, cost_ids(header.plan))
             clock.lap("ledger_read")
         done = adjudicate_prepared(batch, prior, csv=csv, unmasked=unmasked)
@@ -418,39 +420,23 @@ def run_batch(
             recon = recon.with_identities(
                 [ledger_before_identity(ledger, done.payouts, prior, done.costs)]
             )
-        done.files["reconciliation.json"] = reconciliation_json(recon)
-        _check_reconciled(recon, out_dir)
-        clock.lap("reconcile")
-        done.files.update(
-            batch_report(header.plan, header.batch_id, done.payouts, done.summary, recon, before)
+        files, manifest = _finish(
+            ledger,
+            header,
+            done.summary,
+            recon,
+            done.payouts,
+            dict(done.files),
+            rows=new_rows,
+            expected=AfterExpectation.of(done.payouts, prior, done.costs)
+            if prior is not None
+            else None,
+            latest=latest,
+            started=started,
+            clock=clock,
+            before=before,
+            out_dir=out_dir,
         )
-        clock.lap("report")
-        after = None
-        if ledger is not None:
-            assert prior is not None and new_rows is not None
-            rows: dict[str, pl.DataFrame | str] = {
-                **new_rows,
-                "batch_files": file_rows(
-                    header.batch_id,
-                    {name: ledger.archive.keep(content) for name, content in done.files.items()},
-                ),
-            }
-            ledger.apply(
-                _record(ledger, header, done.summary, started, latest),  # type: ignore[arg-type]
-                rows,
-                crash_hook=_crash_point,
-                verify=verify_after(
-                    AfterExpectation.of(done.payouts, prior, done.costs),
-                    done.costs,
-                    header.batch_id,
-                ),
-            )
-            clock.lap("ledger_commit")
-            after = _ledger_state(ledger)
-        files = write_files(done.files, out_dir)
-        clock.lap("write_outputs")
-        manifest = _manifest(header, done.summary, started, clock, before, after, replayed=False)
-        _write_manifest(manifest, out_dir)
         return BatchResult(
             done.summary, files, done.payout_file.lazy(), done.quarantine.lazy(), False, manifest
         )
@@ -535,37 +521,22 @@ def _run_partitioned(
         )
         _check_balanced(summary)
         recon = audit.reconciliation(header.batch_id, staged, outcome.quarantine, summary)
-        written = spill / "out"
-        extra = {"reconciliation.json": reconciliation_json(recon)}
-        _check_reconciled(recon, out_dir)
-        clock.lap("reconcile")
-        extra |= batch_report(header.plan, header.batch_id, outcome.payouts, summary, recon, before)
-        for name, content in extra.items():
-            (written / name).write_bytes(content)
-        files_in_spill = {**outcome.files, **{name: written / name for name in extra}}
-        clock.lap("report")
-        after = None
-        if ledger is not None:
-            digests = {name: ledger.archive.keep(path) for name, path in files_in_spill.items()}
-            rows: dict[str, pl.DataFrame | str] = {
-                **outcome.ledger_rows,
-                "batch_files": file_rows(header.batch_id, digests),
-            }
-            ledger.apply(
-                _record(ledger, header, summary, started, staged.max_setl_time),
-                rows,
-                crash_hook=_crash_point,
-                verify=verify_after(AfterExpectation.combine(audit.after), costs, header.batch_id)
-                if audit.after
-                else None,
-            )
-            clock.lap("ledger_commit")
-            after = _ledger_state(ledger)
-        files = install_files(files_in_spill, out_dir)
-        clock.lap("write_outputs")
-        manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
-        manifest["partitions"] = n
-        _write_manifest(manifest, out_dir)
+        files, manifest = _finish(
+            ledger,
+            header,
+            summary,
+            recon,
+            outcome.payouts,
+            dict(outcome.files),
+            rows=outcome.ledger_rows,
+            expected=AfterExpectation.combine(audit.after) if audit.after else None,
+            latest=staged.max_setl_time,
+            started=started,
+            clock=clock,
+            before=before,
+            out_dir=out_dir,
+            partitions=n,
+        )
         return BatchResult(
             summary,
             files,
@@ -577,6 +548,59 @@ def _run_partitioned(
     finally:
         shutil.rmtree(spill, ignore_errors=True)
         _remove_stale_spills(out_dir)
+
+
+def _finish(
+    ledger: Ledger | None,
+    header: BatchHeader,
+    summary: BatchSummary,
+    recon: Reconciliation,
+    payouts: pl.DataFrame | pl.LazyFrame,
+    files: dict[str, bytes | Path],
+    *,
+    rows: Mapping[str, pl.DataFrame | str] | None,
+    expected: AfterExpectation | None,
+    latest: dt.datetime | None,
+    started: dt.datetime,
+    clock: _Laps,
+    before: list[dict[str, Any]] | None,
+    out_dir: Path,
+    partitions: int | None = None,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """A batch's last steps, in memory or in partitions: refuse it unless it reconciles, add
+    the reconciliation and the reports to its files, apply it to the ledger (checked inside the
+    commit), then put its files in ``out_dir`` and write the manifest.
+
+    ``files``: output name -> bytes, or a file assembled in the spill folder (moved into place).
+    ``rows``: the ledger rows (see :meth:`Ledger.apply`), None without a ledger.
+    """
+    files["reconciliation.json"] = reconciliation_json(recon)
+    _check_reconciled(recon, out_dir)
+    clock.lap("reconcile")
+    files.update(batch_report(header.plan, header.batch_id, payouts, summary, recon, before))
+    clock.lap("report")
+    after = None
+    if ledger is not None:
+        assert rows is not None
+        digests = {name: ledger.archive.keep(content) for name, content in files.items()}
+        ledger.apply(
+            _record(ledger, header, summary, started, latest),
+            {**rows, "batch_files": file_rows(header.batch_id, digests)},
+            crash_hook=_crash_point,
+            verify=verify_after(expected, cost_ids(header.plan), header.batch_id)
+            if expected is not None
+            else None,
+        )
+        clock.lap("ledger_commit")
+        after = _ledger_state(ledger)
+    written = write_files({k: v for k, v in files.items() if isinstance(v, bytes)}, out_dir)
+    written |= install_files({k: v for k, v in files.items() if isinstance(v, Path)}, out_dir)
+    clock.lap("write_outputs")
+    manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
+    if partitions is not None:
+        manifest["partitions"] = partitions
+    _write_manifest(manifest, out_dir)
+    return written, manifest
 
 
 SPILL_PREFIX = ".hmb-spill-"
