@@ -28,6 +28,7 @@ import datetime as dt
 import math
 import re
 import resource
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +56,12 @@ from hmb_batch.extract import (
 from hmb_batch.ledger import BATCH_TABLES, batch_rows
 from hmb_batch.outputs import lines_frame, payouts_frame, to_text
 from hmb_batch.plan.catalog import PlanSelection
-from hmb_batch.reference import roster_frame, roster_problems, stop_on_roster_problems
+from hmb_batch.reference import (
+    enrolled_counts,
+    roster_frame,
+    roster_problems,
+    stop_on_roster_problems,
+)
 from hmb_batch.stages import CheckedFrames, EngineFrames, check_extract, run_engine
 
 MiB = 1 << 20
@@ -235,6 +241,7 @@ class StagedBatch:
     max_setl_time: dt.datetime | None = None
     checked_schemas: tuple[pl.Schema, pl.Schema] | None = None  # settlements, fee lines
     line_sums: list[pl.DataFrame] = field(default_factory=list)  # per settlement part (reconcile)
+    enrolled_by_year: dict[int, int] = field(default_factory=dict)  # roster members per year
 
 
 def stage_batch(
@@ -263,10 +270,13 @@ def stage_batch(
         },
     ).get("roster")
     problems: list[str] = []
+    enrolled: Counter[int] = Counter()
     for j in range(n):
         part = _part(folder / "roster", j)
         if part is not None:
-            problems += roster_problems(part.collect(), roster)
+            members = part.collect()
+            problems += roster_problems(members, roster)
+            enrolled.update(enrolled_counts(members))
     stop_on_roster_problems(problems, roster)
 
     shape, roles = extract_roles(extract_files, fee_files or None)
@@ -281,6 +291,7 @@ def stage_batch(
     )
     typed_roster = pl.DataFrame(schema=roster_schema or _typed_schema(ROSTER, column_map))
     staged = StagedBatch(folder, n, shape, roster_frame(typed_roster).schema)
+    staged.enrolled_by_year = dict(sorted(enrolled.items()))
     s_schema = schemas.get("settlements") or _typed_schema(SETTLEMENTS, column_map)
     l_schema = schemas.get("fee_lines") or _typed_schema(FEE_LINES, column_map)
     (folder / "quarantine").mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -511,12 +512,7 @@ def _run_partitioned(
             payouts=outcome.payouts,
             quarantine=outcome.quarantine,
         )
-        summary = replace(
-            summary,
-            enrolled_by_plan_year=enrolled_by_year(
-                inputs.roster, inputs.column_map, inputs.encoding
-            ),
-        )
+        summary = replace(summary, enrolled_by_plan_year=staged.enrolled_by_year)
         _check_balanced(summary)
         recon = audit.reconciliation(header.batch_id, staged, outcome.quarantine, summary)
         files, manifest = _finish(
@@ -757,19 +753,17 @@ class _Laps:
         now = time.monotonic()
         self.laps[name] = round(now - self.last, 3)
         self.last = now
-        peak = stage_peak_rss()
-        if peak is not None:
-            self.peak_mib[name] = peak // partitioned.MiB
+        self.peak_mib[name] = stage_peak_rss() // partitioned.MiB
         if self.progress is not None:
             self.progress(name, self.laps[name])
 
 
-def stage_peak_rss() -> int | None:
-    """The process's peak resident memory (bytes) since the last call, where the OS can say.
+def stage_peak_rss() -> int:
+    """The process's peak resident memory (bytes) since the last call.
 
     Linux: VmHWM from /proc/self/status, then reset through /proc/self/clear_refs so the next
     call sees the next stage's peak alone. Elsewhere the process's peak so far
-    (``ru_maxrss``), which never goes down. None where neither is available.
+    (``ru_maxrss``), which never goes down.
     """
     status = Path("/proc/self/status")
     try:
@@ -782,13 +776,8 @@ def stage_peak_rss() -> int | None:
         Path("/proc/self/clear_refs").write_text("5")
         return peak
     except (OSError, ValueError):
-        try:
-            import resource
-
-            scale = 1 if sys.platform == "darwin" else 1024
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-        except (ImportError, OSError):
-            return None
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _check_balanced(s: BatchSummary) -> None:

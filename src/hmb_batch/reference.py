@@ -100,17 +100,26 @@ def enrolled_by_year(
     year = source_column(raw, ROSTER, "plan_year", column_map)
     if member is None or year is None:
         return {}
-    counts = (
+    return enrolled_counts(
         raw.select(
-            pl.col(year).cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False).alias("y"),
-            pl.col(member).cast(pl.String).str.strip_chars().alias("m"),
-        )
+            pl.col(year).cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False),
+            pl.col(member).cast(pl.String).str.strip_chars(),
+        ).rename({year: "plan_year", member: "psn_no"})
+    )
+
+
+def enrolled_counts(roster: pl.DataFrame | pl.LazyFrame) -> dict[int, int]:
+    """Distinct members per plan year of roster rows (psn_no, plan_year). Counts of rosters
+    split by member add up (a bounded run counts each roster partition)."""
+    counts = (
+        roster.lazy()
+        .select("plan_year", "psn_no")
         .drop_nulls()
-        .group_by("y")
-        .agg(pl.col("m").n_unique())
+        .group_by("plan_year")
+        .agg(pl.col("psn_no").n_unique())
         .collect()
     )
-    return {int(y): int(n) for y, n in counts.sort("y").iter_rows()}
+    return {int(y): int(n) for y, n in counts.sort("plan_year").iter_rows()}
 
 
 def load_lists(

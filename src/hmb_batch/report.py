@@ -24,6 +24,7 @@ from hmb_batch.codes import REASON_CODES
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.model import RATE_SCALE
+from hmb_batch.summary import collect_aggregates
 
 # the columns a settlement frame must have (money in fen)
 SETTLEMENT_COLUMNS = [
@@ -213,7 +214,7 @@ def report_data(
         .group_by("reasons")
         .agg(pl.len().alias("n"))
     )
-    month_t, district_t, hospital_t, distribution, denied_t, by_status, totals = pl.collect_all(
+    month_t, district_t, hospital_t, distribution, denied_t, by_status, totals = collect_aggregates(
         [
             month,
             district,
@@ -248,12 +249,13 @@ def report_data(
     ]
     responsibility_bars = []
     if by_responsibility is not None:
-        per = (
-            by_responsibility.lazy()
-            .group_by("responsibility")
-            .agg(pay, n)
-            .sort(["payout_fen", "responsibility"], descending=[True, False])
-            .collect()
+        (per,) = collect_aggregates(
+            [
+                by_responsibility.lazy()
+                .group_by("responsibility")
+                .agg(pay, n)
+                .sort(["payout_fen", "responsibility"], descending=[True, False])
+            ]
         )
         responsibility_bars = _bars(per, "responsibility")
     charts = [

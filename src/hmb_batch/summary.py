@@ -79,6 +79,16 @@ def _counts(frame: pl.DataFrame) -> dict[str, int]:
     return {str(k): int(n) for k, n in rows}
 
 
+def collect_aggregates(frames: list[pl.LazyFrame]) -> list[pl.DataFrame]:
+    """Collect aggregations of the same source, each reading it on its own.
+
+    Collected together, Polars keeps a source that several queries share in memory (common
+    subplan elimination): for a bounded run's 10M-settlement payout parts that held the whole
+    scan, 1.1 GB for the report against 0.15 GB a query when each reads the parts itself.
+    """
+    return pl.collect_all(frames, optimizations=pl.QueryOptFlags(comm_subplan_elim=False))
+
+
 def summarise(
     *,
     batch_id: str,
@@ -103,7 +113,7 @@ def summarise(
         return frame.group_by(key.alias("key")).agg(pl.len().cast(pl.Int64).alias("n"))
 
     reasons = pl.col("reasons").list.explode(keep_nulls=False, empty_as_null=False)
-    totals, by_status, denied, q_total, q_reasons, by_year = pl.collect_all(
+    totals, by_status, denied, q_total, q_reasons, by_year = collect_aggregates(
         [
             p.select(pl.len().cast(pl.Int64).alias("n"), pl.col("payout").sum().alias("fen")),
             by(p, pl.col("status")),
