@@ -367,6 +367,9 @@ def test_manifest_records_inputs_editions_and_ledger_state(tmp_path: Path) -> No
     assert m["inputs"]["extract"][0]["sha256"] and m["editions"]["zhelibao-2022"]
     assert m["ledger_before"] == [] and m["ledger_after"][0]["plan_year"] == 2022
     assert m["counts"]["adjudicated"] == 744 and m["hmb_version"]
+    # each stage's time and peak memory, to tell an operator which stage to look at
+    assert set(m["peak_rss_mib"]) == set(m["timings_seconds"]) >= {"adjudicate", "ledger_commit"}
+    assert all(isinstance(v, int) and v > 0 for v in m["peak_rss_mib"].values())
 
 
 def test_a_batch_that_does_not_balance_is_not_applied(
