@@ -439,3 +439,31 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
             },
         )
     assert ledger_snapshot(ledger) == before
+
+
+def test_a_known_roster_is_not_counted_again(
+    year: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hmb_batch.pipeline as pipeline
+
+    ledger = tmp_path / "ledger.duckdb"
+    first, second = sorted((year / "nightly").iterdir())[:2]
+    one = run_batch(
+        _inputs(year, first / "settlements.parquet", first / "fees.parquet"),
+        tmp_path / "one",
+        ledger_path=ledger,
+    )
+    enrolled = one.summary.enrolled_by_plan_year
+    assert set(enrolled) == {2022} and enrolled[2022] > 1000
+
+    def counted_again(*args: Any, **kwargs: Any) -> dict[int, int]:
+        raise AssertionError("the roster was counted again")
+
+    # the same roster file: the second night takes its member count from the ledger
+    monkeypatch.setattr(pipeline, "enrolled_by_year", counted_again)
+    two = run_batch(
+        _inputs(year, second / "settlements.parquet", second / "fees.parquet"),
+        tmp_path / "two",
+        ledger_path=ledger,
+    )
+    assert two.summary.enrolled_by_plan_year == enrolled

@@ -412,6 +412,20 @@ class Ledger:
         ).fetchall()
         return bool(rows)
 
+    def roster_enrolment(self, digest: str) -> dict[int, int] | None:
+        """Members per plan year of the roster file with this SHA-256, as the latest batch that
+        read it counted them (None: no batch recorded a count for it)."""
+        rows = self.con.execute(
+            "SELECT json_extract(summary, '$.enrolled_by_plan_year') FROM batches "
+            "WHERE json_extract_string(inputs, '$.roster[0].sha256') = ? "
+            "AND json_extract(summary, '$.enrolled_by_plan_year') IS NOT NULL "
+            "ORDER BY seq DESC LIMIT 1",
+            [digest],
+        ).fetchall()
+        if not rows:
+            return None
+        return {int(k): int(v) for k, v in json.loads(rows[0][0]).items()}
+
     def max_setl_time(self) -> dt.datetime | None:
         """The latest settlement time of any applied batch."""
         rows = self.con.execute(

@@ -383,9 +383,10 @@ def run_batch(
                 clock=clock,
                 before=before,
             )
-        roster_checked = ledger is not None and ledger.knows_roster(
-            header.inputs["roster"][0]["sha256"]
-        )
+        roster_digest = header.inputs["roster"][0]["sha256"]
+        roster_checked = ledger is not None and ledger.knows_roster(roster_digest)
+        # the same roster file (same SHA-256) has the same members: no need to count them again
+        enrolled = ledger.roster_enrolment(roster_digest) if ledger is not None else None
         batch = prepare_batch(inputs, header, roster_checked=roster_checked)
         clock.lap("read_and_validate")
         settlements = batch.checked.settlements
@@ -402,9 +403,9 @@ def run_batch(
             done,
             summary=replace(
                 done.summary,
-                enrolled_by_plan_year=enrolled_by_year(
-                    inputs.roster, inputs.column_map, inputs.encoding
-                ),
+                enrolled_by_plan_year=enrolled
+                if enrolled is not None
+                else enrolled_by_year(inputs.roster, inputs.column_map, inputs.encoding),
             ),
         )
         clock.lap("adjudicate")
