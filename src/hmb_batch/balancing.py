@@ -51,18 +51,15 @@ def reconciliation_of(
     )
 
 
-def ledger_before_identity(payouts: pl.DataFrame, prior: PriorState, costs: list[str]) -> Identity:
+def ledger_before_identity(
+    ledger: Ledger, payouts: pl.DataFrame, prior: PriorState, costs: list[str]
+) -> Identity:
     """The ledger as found, for the batch's members: each accumulator (``prior``, as read from
     the ledger) equals the sum of the increments of the member's settlements in the registry
-    (``prior.registry_totals``; a ledger edited by hand, or damaged, between batches fails
-    here)."""
-    if prior.registry_totals is None:
-        raise ValueError("ledger_before_identity needs a prior state read from a ledger")
+    (a ledger edited by hand, or damaged, between batches fails here)."""
     members = payouts.select("psn_no").unique()
     held = _long_accumulators(prior, members, costs).rename({"value": "amount_fen"})
-    registry = prior.registry_totals.join(members, on="psn_no", how="semi").filter(
-        pl.col("cost").is_in(costs)
-    )
+    registry = ledger.increments_of(members).filter(pl.col("cost").is_in(costs))
     key = ["psn_no", "plan_year", "cost"]
     both = held.join(registry, on=key, how="full", coalesce=True, suffix="_registry").with_columns(
         pl.col("amount_fen").fill_null(0), pl.col("amount_fen_registry").fill_null(0)
@@ -208,7 +205,7 @@ class PartitionAudit:
             )
         )
         if self.ledger is not None and prior is not None:
-            self.before.append(ledger_before_identity(done.payouts, prior, done.costs))
+            self.before.append(ledger_before_identity(self.ledger, done.payouts, prior, done.costs))
             self.after.append(AfterExpectation.of(done.payouts, prior, done.costs))
 
     def reconciliation(

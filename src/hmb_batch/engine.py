@@ -66,15 +66,10 @@ class PriorState:
 
     ``registry``: setl_id, psn_no, plan_year, is_reversal, init_setl_id, reversed (bool), and
     ``inc__COST`` for each cost. ``accumulators``: psn_no, plan_year and ``cum__COST``.
-    ``registry_totals`` (read from a ledger; the engine does not use it): for the batch's
-    members, the sum of their recorded settlements' increments per plan year and cost
-    (psn_no, plan_year, cost, amount_fen) — what the reconciliation checks the accumulators
-    against.
     """
 
     registry: pl.LazyFrame
     accumulators: pl.LazyFrame
-    registry_totals: pl.DataFrame | None = None
 
     @staticmethod
     def empty(costs: list[str]) -> PriorState:

@@ -58,7 +58,6 @@ from hmb_batch.errors import ExitCode, HmbError
 from hmb_batch.validation import IS_REVERSAL
 
 SCHEMA_VERSION = 4
-REGISTRY_KEYS = ["setl_id", "psn_no", "plan_year", "is_reversal", "init_setl_id"]
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -438,8 +437,7 @@ class Ledger:
         """The registry and year to date that a batch touches — and nothing more.
 
         Registry rows: the batch's setl_ids and the originals its reversals name. Accumulators:
-        the members of the batch and of those originals. Registry totals: the batch's members'
-        recorded increments, from the same scan of the registry as the registry rows.
+        the members of the batch and of those originals.
         """
         ids = (
             pl.concat(
@@ -451,56 +449,35 @@ class Ledger:
             .drop_nulls()
             .unique()
         )
-        batch_members = settlements.select("psn_no").drop_nulls().unique()
         self.con.register("ids", ids.to_arrow())
-        self.con.register("batch_members", batch_members.to_arrow())
-        try:
-            # one pass over the registry serves both: the named settlements, and every
-            # settlement of the batch's members (their totals)
-            recorded = _frame(
-                self.con.sql(
-                    """
-                SELECT s.setl_id, s.psn_no, s.plan_year::BIGINT AS plan_year, s.is_reversal,
-                       s.init_setl_id, c.cost, c.increment_fen
-                FROM settlements s LEFT JOIN settlement_costs c USING (setl_id)
-                WHERE s.psn_no IN (SELECT psn_no FROM batch_members)
-                   OR s.setl_id IN (SELECT setl_id FROM ids)
+        registry = _frame(
+            self.con.sql(
                 """
-                )
+            SELECT s.setl_id, s.psn_no, s.plan_year::BIGINT AS plan_year, s.is_reversal,
+                   s.init_setl_id,
+                   EXISTS (SELECT 1 FROM settlements r
+                           WHERE r.is_reversal AND r.init_setl_id = s.setl_id) AS reversed
+            FROM settlements s JOIN ids USING (setl_id)
+            """
             )
-            reversed_ = _frame(
-                self.con.sql(
-                    "SELECT DISTINCT init_setl_id AS setl_id FROM settlements "
-                    "WHERE is_reversal AND init_setl_id IN (SELECT setl_id FROM ids)"
-                )
+        )
+        costs_long = _frame(
+            self.con.sql(
+                "SELECT c.setl_id, c.cost, c.increment_fen "
+                "FROM settlement_costs c JOIN ids USING (setl_id)"
             )
-        finally:
-            self.con.unregister("ids")
-            self.con.unregister("batch_members")
-        named = recorded.join(ids, on="setl_id", how="semi")
-        registry = _widen(
-            named.select(REGISTRY_KEYS)
-            .unique("setl_id")
-            .with_columns(
-                pl.col("setl_id").is_in(reversed_["setl_id"].implode()).alias("reversed")
-            ),
-            named.drop_nulls("cost"),
-            "setl_id",
-            "increment_fen",
-            inc,
-            costs,
         )
-        totals = (
-            recorded.join(batch_members, on="psn_no", how="semi")
-            .drop_nulls("cost")
-            .group_by("psn_no", "plan_year", "cost")
-            .agg(pl.col("increment_fen").sum().cast(pl.Int64).alias("amount_fen"))
+        registry = _widen(registry, costs_long, "setl_id", "increment_fen", inc, costs)
+        members = (
+            pl.concat([settlements.select("psn_no"), registry.select("psn_no")])
+            .drop_nulls()
+            .unique()
         )
-        members = pl.concat([batch_members, registry.select("psn_no")]).drop_nulls().unique()
         acc_long = self.year_to_date(members)
+        self.con.unregister("ids")
         keys = acc_long.select(MEMBER_YEAR).unique()
         accumulators = _widen(keys, acc_long, MEMBER_YEAR, "amount_fen", cum, costs)
-        return PriorState(registry.lazy(), accumulators.lazy(), totals)
+        return PriorState(registry.lazy(), accumulators.lazy())
 
     def year_to_date(self, members: pl.DataFrame) -> pl.DataFrame:
         """The accumulators of these members (``psn_no``): psn_no, plan_year, cost, amount_fen."""
@@ -514,6 +491,25 @@ class Ledger:
                 FROM accumulator_log l JOIN members USING (psn_no) JOIN batches b USING (batch_id)
                 WHERE b.status = 'applied'
                 GROUP BY l.psn_no, l.plan_year, l.cost
+                """
+                )
+            )
+        finally:
+            self.con.unregister("members")
+
+    def increments_of(self, members: pl.DataFrame) -> pl.DataFrame:
+        """What the registry holds for these members: the sum of their applied settlements'
+        increments per plan year and cost (psn_no, plan_year, cost, amount_fen)."""
+        self.con.register("members", members.select("psn_no").to_arrow())
+        try:
+            return _frame(
+                self.con.sql(
+                    """
+                SELECT s.psn_no, s.plan_year::BIGINT AS plan_year, c.cost,
+                       sum(c.increment_fen)::BIGINT AS amount_fen
+                FROM settlements s JOIN members USING (psn_no)
+                     JOIN settlement_costs c USING (setl_id)
+                GROUP BY s.psn_no, s.plan_year, c.cost
                 """
                 )
             )

@@ -419,7 +419,9 @@ def run_batch(
             batch, done, prior, new_rows["accumulator_log"] if new_rows else None
         )
         if ledger is not None and prior is not None:
-            recon = recon.with_identities([ledger_before_identity(done.payouts, prior, done.costs)])
+            recon = recon.with_identities(
+                [ledger_before_identity(ledger, done.payouts, prior, done.costs)]
+            )
         files, manifest = _finish(
             ledger,
             header,
