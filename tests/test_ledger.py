@@ -467,3 +467,26 @@ def test_a_known_roster_is_not_counted_again(
         ledger_path=ledger,
     )
     assert two.summary.enrolled_by_plan_year == enrolled
+
+
+def test_ledger_rows_keep_a_responsibility_whose_id_has_double_underscores(year: Path) -> None:
+    # edition ids allow "__" inside (pattern ^[a-z][a-z0-9_]*$); the engine's columns are
+    # resp__<id>__<value>, so the id must not be cut at its first "__"
+    from hmb_batch.engine import PriorState
+    from hmb_batch.pipeline import adjudicate_prepared, prepare_batch
+
+    costs = ["compliant", "reasonable"]
+    batch = prepare_batch(_inputs(year, year / "settlements.parquet", year / "fees.parquet"))
+    done = adjudicate_prepared(batch, PriorState.empty(costs), csv=False)
+    first = next(c for c in done.payouts.columns if c.startswith("resp__")).split("__")[1]
+    renamed = done.payouts.rename(
+        {
+            c: c.replace(f"resp__{first}__", "resp__in__list__")
+            for c in done.payouts.columns
+            if c.startswith(f"resp__{first}__")
+        }
+    )
+    rows = batch_rows("b", renamed, PriorState.empty(costs).accumulators.collect(), costs)
+    kept = rows["settlement_responsibilities"].filter(pl.col("responsibility") == "in__list")
+    assert kept.height == done.payouts.height
+    assert kept["payout_fen"].sum() == done.payouts[f"resp__{first}__payout"].sum() > 0

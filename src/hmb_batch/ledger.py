@@ -716,7 +716,12 @@ def batch_rows(
             for c in costs
         ]
     )
-    resps = sorted({c.split("__")[1] for c in payouts.columns if c.startswith("resp__")})
+    # the engine's resp__<id>__payout columns (an id may itself contain "__")
+    resps = sorted(
+        c.removeprefix("resp__").removesuffix("__payout")
+        for c in payouts.columns
+        if c.startswith("resp__") and c.endswith("__payout") and not c.endswith("__cum_payout")
+    )
     setl_resps = (
         pl.concat(
             [
