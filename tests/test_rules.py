@@ -376,11 +376,23 @@ def test_referral_self_pay_moves_to_reasonable_at_half_rounded_half_up(
 
 def test_fund_payments_reduce_compliant_cost_floored_at_zero(ex: Extract, tmp_path: Path) -> None:
     ex.member("M1")
+    # in-policy 1,000.00 (the helper adds the fund's 700.00), basic fund 700.00 → 300.00
     ex.claim("S1", "M1", "2022-03-01 10:00:00", compliant="300", hifp="700")
-    ex.claim("S2", "M1", "2022-03-02 10:00:00", compliant="0", hifp="50", refl="0")
+    # in-policy 50.00, funds 80.00 (more than in-policy) → max(0, 50 − 80) = 0, not −30.00
+    ex.claim("S2", "M1", "2022-03-02 10:00:00", compliant="50")
+    ex.settlements[-1].update(hifp_pay="60.00", hifmi_pay="20.00")
+    # in-policy 500.00, fund 200.00 leaves 300.00, referral self-pay 400.00
+    # → max(0, 300 − 400) = 0, not −100.00; reasonable gains 400.00 × 50% = 200.00
+    ex.claim("S3", "M1", "2022-03-03 10:00:00", compliant="300", hifp="200", refl="400")
     p = adjudicate(ex, tmp_path)
     assert row(p, "S1")["compliant_amt"] == yuan("300")
     assert row(p, "S2")["compliant_amt"] == yuan("0")
+    assert (row(p, "S3")["compliant_amt"], row(p, "S3")["reasonable_amt"]) == (
+        yuan("0"),
+        yuan("200.00"),
+    )
+    # the year to date is what the settlements added: 300.00 + 0 + 0
+    assert row(p, "S3")["cum_compliant_amt"] == yuan("300.00")
 
 
 def test_bracket_boundary_crossed_inside_one_settlement(ex: Extract, tmp_path: Path) -> None:
