@@ -1,13 +1,17 @@
 """The HTML report in a real headless browser (Debian chromium driven by Playwright).
 
 `make test` runs scripts/ensure-browser first, which installs chromium and a CJK font where
-missing. Checks: the page renders, every chart is present and has bars, no console errors, and
-no request other than the file itself (the report is self-contained).
+missing (as root or with passwordless sudo). Where this user cannot install chromium, the tests
+skip with the reason `scripts/ensure-browser --check` gives; where it could be installed but is
+not, they fail saying to run scripts/ensure-browser. Checks: the page renders, every chart is
+present and has bars, no console errors, and no request other than the file itself (the report
+is self-contained).
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +32,32 @@ CHARTS = [
 ]
 
 
-def _browser_check(page_path: Path, screenshot: Path | None = None) -> dict[str, Any]:
+ENSURE_BROWSER = Path(__file__).parent.parent / "scripts" / "ensure-browser"
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    """The chromium executable, looked up before any batch runs. Where it is missing: skip with
+    ensure-browser's reason when this user cannot install it, else fail (run the script)."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is not None:
+        return executable
+    check = subprocess.run(
+        ["bash", str(ENSURE_BROWSER), "--check"], capture_output=True, text=True, timeout=60
+    )
+    said = check.stderr.strip().splitlines()
+    reason = said[-1] if said else f"scripts/ensure-browser --check exited {check.returncode}"
+    if check.returncode == 2:  # this user cannot install it
+        pytest.skip(f"chromium is not installed: {reason}")
+    pytest.fail(f"chromium is not installed: {reason} (make test does)")
+
+
+def _browser_check(
+    page_path: Path, executable: str, screenshot: Path | None = None
+) -> dict[str, Any]:
     """Open a report in headless chromium; what it rendered, logged and requested."""
     from playwright.sync_api import sync_playwright
 
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.fail("chromium is not installed: run scripts/ensure-browser (make test does)")
     console: list[str] = []
     requests: list[str] = []
     with sync_playwright() as p:
@@ -76,24 +99,26 @@ def _assert_renders(result: dict[str, Any], page: Path) -> None:
         assert result["charts"].get(chart, 0) > 0, f"chart {chart} missing or empty"
 
 
-def test_the_batch_report_renders_in_a_real_browser(tmp_path: Path) -> None:
+def test_the_batch_report_renders_in_a_real_browser(tmp_path: Path, chromium: str) -> None:
     ledger = tmp_path / "ledger.duckdb"
     for name in ("batch_00", "batch_01"):
         assert golden_batch(ledger, tmp_path, name).exit_code == 0
     page = tmp_path / "batch_01" / "report.html"
-    result = _browser_check(page)
+    result = _browser_check(page, chromium)
     _assert_renders(result, page)
     assert "浙丽保" in result["title"] and "batch_01" in result["heading"]
 
 
-def test_the_year_report_from_the_ledger_renders_in_a_real_browser(tmp_path: Path) -> None:
+def test_the_year_report_from_the_ledger_renders_in_a_real_browser(
+    tmp_path: Path, chromium: str
+) -> None:
     ledger = tmp_path / "ledger.duckdb"
     for name in ("batch_00", "batch_01", "batch_02"):
         assert golden_batch(ledger, tmp_path, name).exit_code == 0
     r = run_cli(["report", "--ledger", str(ledger), "--year", "2022", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     page = tmp_path / "report.html"
-    result = _browser_check(page)
+    result = _browser_check(page, chromium)
     _assert_renders(result, page)
     assert "2022" in result["heading"]
     markdown = (tmp_path / "report.md").read_text(encoding="utf-8")
