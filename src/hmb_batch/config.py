@@ -8,7 +8,8 @@ Example::
     lists = "lists.parquet"
     plan = "zhelibao"            # family, edition id, edition file or folder
     out = "out"
-    encoding = "utf-8"           # CSV encoding: utf-8 (BOM or not) or gbk
+    encoding = "utf-8"           # CSV encoding: utf-8 (BOM or not), gbk or gb18030
+    timezone = "Asia/Shanghai"   # zone of time-zone-aware Parquet timestamps (IANA name)
     memory_limit = "1GiB"        # bound memory: a bigger batch runs in partitions
 
     [columns]                    # the site's column name = the contract's name
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hmb_batch.contracts import CONTRACTS
 from hmb_batch.errors import ConfigError
+from hmb_batch.extract import check_timezone
 
 DEFAULT_NAME = "hmb.toml"
 _ALL_COLUMNS = {n for c in CONTRACTS.values() for n in c.names}
@@ -46,6 +48,16 @@ class AdjudicateDefaults(BaseModel):
     out: Path = Path("out")
     encoding: str = "utf-8"
     memory_limit: str | None = None
+    # a time-zone-aware timestamp is converted to this zone before its zone is dropped
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            return check_timezone(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 class Config(BaseModel):

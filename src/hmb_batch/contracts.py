@@ -2,7 +2,8 @@
 
 Names are the national medical-insurance platform's own (医疗保障信息平台, DOMAIN.md section 2).
 Each column has a kind that fixes how it is read: ids and codes stay text (``0001`` keeps its
-zeros), money becomes integer fen, dates and timestamps accept ISO forms with a space or a ``T``.
+zeros; they are NFKC-normalised and may hold no invisible character), money becomes integer fen,
+dates and timestamps accept ISO forms with a space or a ``T``.
 Nothing here is inferred from the data.
 """
 
@@ -15,7 +16,10 @@ from enum import StrEnum
 class Kind(StrEnum):
     """How a column is read and what it becomes."""
 
-    TEXT = "text"  # ids, codes, names: kept as text exactly as written
+    TEXT = "text"  # names and free text: kept as written (outer whitespace stripped)
+    # ids and codes: NFKC-normalised and stripped; an invisible, control or whitespace character
+    # left inside is bad input, so "S1" and "S1<zero-width space>" can never be two settlements
+    CODE = "code"
     MONEY = "money"  # yuan with at most two decimals -> Int64 fen
     DATE = "date"  # ISO date (a trailing time is accepted and dropped)
     DATETIME = "datetime"  # ISO timestamp, 'T' or space; a bare date means midnight
@@ -64,22 +68,22 @@ class Contract:
         return [c.name for c in self.columns if c.kind is kind]
 
 
-T, M, D, DT, INT = Kind.TEXT, Kind.MONEY, Kind.DATE, Kind.DATETIME, Kind.INTEGER
+T, C, M, D, DT, INT = Kind.TEXT, Kind.CODE, Kind.MONEY, Kind.DATE, Kind.DATETIME, Kind.INTEGER
 
 SETTLEMENTS = Contract(
     "settlements",
     "结算信息 setl_d",
     (
-        Column("setl_id", T, True, "结算ID", "settlement id, unique"),
-        Column("init_setl_id", T, False, "原结算ID", "for a reversal: the settlement it reverses"),
-        Column("refd_setl_flag", T, False, "退费结算标志", "'1' = this row reverses init_setl_id"),
-        Column("psn_no", T, True, "人员编号", "member id"),
+        Column("setl_id", C, True, "结算ID", "settlement id, unique"),
+        Column("init_setl_id", C, False, "原结算ID", "for a reversal: the settlement it reverses"),
+        Column("refd_setl_flag", C, False, "退费结算标志", "'1' = this row reverses init_setl_id"),
+        Column("psn_no", C, True, "人员编号", "member id"),
         Column("psn_name", T, False, "姓名", "personal data, never printed unmasked"),
         Column("certno", T, False, "证件号码", "personal data, never printed unmasked"),
-        Column("insutype", T, False, "险种类型", "310 employee / 390 resident basic insurance"),
-        Column("med_type", T, True, "医疗类别", "11 outpatient, 14 chronic/special, 21 inpatient"),
-        Column("insu_admdvs", T, False, "参保地医保区划", "member's district code"),
-        Column("fixmedins_code", T, False, "定点医药机构编号", "hospital or pharmacy code"),
+        Column("insutype", C, False, "险种类型", "310 employee / 390 resident basic insurance"),
+        Column("med_type", C, True, "医疗类别", "11 outpatient, 14 chronic/special, 21 inpatient"),
+        Column("insu_admdvs", C, False, "参保地医保区划", "member's district code"),
+        Column("fixmedins_code", C, False, "定点医药机构编号", "hospital or pharmacy code"),
         Column("fixmedins_name", T, False, "定点医药机构名称", "hospital or pharmacy name"),
         Column("begndate", D, False, "开始日期", "treatment start (admission)"),
         Column("enddate", D, False, "结束日期", "treatment end (discharge)"),
@@ -107,13 +111,13 @@ FEE_LINES = Contract(
     "fee_lines",
     "费用明细 fee_list_d",
     (
-        Column("setl_id", T, True, "结算ID", "the settlement this line belongs to"),
-        Column("feedetl_sn", T, True, "费用明细流水号", "line serial, unique within a settlement"),
+        Column("setl_id", C, True, "结算ID", "the settlement this line belongs to"),
+        Column("feedetl_sn", C, True, "费用明细流水号", "line serial, unique within a settlement"),
         Column("fee_ocur_time", DT, True, "费用发生时间", "when the item was charged"),
-        Column("med_list_codg", T, True, "医疗目录编码", "national list code"),
+        Column("med_list_codg", C, True, "医疗目录编码", "national list code"),
         Column("hilist_name", T, False, "医保目录名称", "item name"),
-        Column("list_type", T, True, "目录类别", "101/102 drug, 201 service, 301 material"),
-        Column("chrgitm_lv", T, True, "收费项目等级", "01 Class A, 02 Class B, 03 out of list"),
+        Column("list_type", C, True, "目录类别", "101/102 drug, 201 service, 301 material"),
+        Column("chrgitm_lv", C, True, "收费项目等级", "01 Class A, 02 Class B, 03 out of list"),
         Column("med_chrgitm_type", T, False, "医疗收费项目类别", "charge item category"),
         Column("det_item_fee_sumamt", M, True, "明细项目费用总额", "line total"),
         Column("fulamt_ownpay_amt", M, True, "全自费金额", "fully self-paid"),
@@ -127,7 +131,7 @@ ROSTER = Contract(
     "roster",
     "参保名单",
     (
-        Column("psn_no", T, True, "人员编号", "member id"),
+        Column("psn_no", C, True, "人员编号", "member id"),
         Column("plan_year", INT, True, "待遇年度", "plan year of this enrolment"),
         Column("pay_date", D, True, "缴费日期", "premium paid"),
         Column("basic_start_date", D, False, "基本医保待遇开始日期", "start of basic benefits"),
@@ -149,14 +153,17 @@ LISTS = Contract(
     "lists",
     "清单",
     (
-        Column("list", T, True, "清单", "negative | admission | special_drug"),
-        Column("code", T, True, "医疗目录编码", "med_list_codg of the item"),
+        Column("list", C, True, "清单", "negative | admission | special_drug"),
+        Column("code", C, True, "医疗目录编码", "med_list_codg of the item"),
         Column("name", T, False, "名称", "item name"),
         Column("item_kind", T, False, "类别", "drug | service | material"),
         Column("valid_from", D, True, "生效日期", "first day on the list"),
         Column("valid_to", D, False, "失效日期", "last day on the list (empty = open)"),
     ),
 )
+
+# Personal data: never quoted in a message (a reading error says "an unreadable value").
+PERSONAL = frozenset({"psn_name", "certno"})
 
 CONTRACTS: dict[str, Contract] = {c.table: c for c in (SETTLEMENTS, FEE_LINES, ROSTER, LISTS)}
 

@@ -16,29 +16,41 @@ from __future__ import annotations
 
 import atexit
 import codecs
+import contextlib
 import shutil
 import tempfile
+import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from hmb_batch.contracts import FEE_LINES, SETTLEMENTS, Contract, Kind
-from hmb_batch.errors import InputUnreadable, SchemaError
-from hmb_batch.money import fen_from
+from hmb_batch.contracts import FEE_LINES, PERSONAL, SETTLEMENTS, Contract, Kind
+from hmb_batch.errors import ConfigError, InputUnreadable, SchemaError
+from hmb_batch.money import MAX_AMOUNT_TEXT, above_maximum, fen_from, nfkc
 
 ROW = "_row"  # 1-based data row in its file (the header is not counted)
 FILE = "_file"
 ERRORS = "_errors"  # list[str] of what could not be read in this row; null when all is well
 WIDE_PREFIX = "setl_"
+DEFAULT_TIMEZONE = "Asia/Shanghai"
 _RAW = "__raw_"
+# a CSV row's field-count problem (null when the row has as many fields as the header)
+_SHAPE = "__shape"
+_INTERNAL = (ROW, FILE, _SHAPE)
 # settlement columns whose names fee lines use too: prefixed with setl_ in a wide file
 _SHARED = (set(SETTLEMENTS.names) & set(FEE_LINES.names)) - {"setl_id"}
+# what an id or code may not hold after NFKC: controls (Cc), format characters (Cf: zero-width
+# space, BOM, word joiner ...) and whitespace
+_BAD_CODE_CHAR = r"[\p{Cc}\p{Cf}\s]"
 
 _DTYPES: dict[Kind, pl.DataType] = {
     Kind.TEXT: pl.String(),
+    Kind.CODE: pl.String(),
     Kind.MONEY: pl.Int64(),
     Kind.INTEGER: pl.Int64(),
     Kind.DATE: pl.Date(),
@@ -47,11 +59,13 @@ _DTYPES: dict[Kind, pl.DataType] = {
 
 _EXPECTED = {
     Kind.TEXT: "text",
+    Kind.CODE: "an id or code without control, invisible or whitespace characters",
     Kind.MONEY: "an amount in yuan with at most two decimals",
     Kind.DATE: "a date YYYY-MM-DD",
     Kind.DATETIME: "a timestamp YYYY-MM-DD[ T]HH:MM[:SS[.ffffff]]",
     Kind.INTEGER: "a whole number",
 }
+_EXPECTED_AT_MOST = f"an amount of at most {MAX_AMOUNT_TEXT} yuan"
 
 
 @dataclass(frozen=True)
@@ -80,52 +94,312 @@ def detect_format(path: Path) -> str:
 
 
 _TMP: list[str] = []
+_CHUNK = 1 << 22
+# bytes that may stand before an opening quote / after a closing one (-1: start or end of file)
+_QUOTE_NEIGHBOURS = np.array([ord(","), ord("\n"), ord("\r"), ord('"'), -1])
+_BOM = codecs.BOM_UTF8
 
 
-def _transcoded(path: Path, encoding: str) -> Path:
-    """A UTF-8 copy of a CSV in another encoding (Polars reads UTF-8 only), decoded in chunks."""
-    if not _TMP:
-        _TMP.append(tempfile.mkdtemp(prefix="hmb-batch-"))
-        atexit.register(shutil.rmtree, _TMP[0], True)
-    out = Path(_TMP[0]) / f"{len(list(Path(_TMP[0]).iterdir()))}-{path.name}"
+class _Shape:
+    """Field counts of a CSV's records, from its UTF-8 bytes, chunk by chunk.
+
+    Quotes follow RFC 4180: a field may be quoted, ``""`` inside is a quote, and a comma or
+    line break inside quotes belongs to the value. Records end at a line break outside quotes,
+    as the CSV reader (Polars) ends them, so record *k* (the header is 0) is data row *k*.
+    The work per chunk is a few NumPy passes over the positions of quotes, commas and line
+    breaks — no Python loop over rows. Only records whose field count differs from the
+    header's are kept (their row, count and physical line), so memory stays small.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0  # file offset of the next byte fed
+        self.prev = -1  # the byte before the next one (-1: start of file)
+        self.in_quote = 0
+        self.records = 0  # records ended so far (the header is record 0)
+        self.commas = 0  # commas outside quotes in the record under way
+        self.start = 0  # file offset where the record under way starts
+        self.quoted_breaks = 0  # line breaks inside quotes so far (physical line numbers)
+        self.header: int | None = None
+        self.bad_rows: list[np.ndarray] = []
+        self.bad_fields: list[np.ndarray] = []
+        self.bad_lines: list[np.ndarray] = []
+        self.bad_quote: int | None = None  # file offset of the first misplaced quote
+        self._held = b""
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        """Take the next bytes; the last byte waits for its successor (a quote's check)."""
+        if self.offset == 0 and not self._held and data.startswith(_BOM):
+            data, self.offset = data[len(_BOM) :], len(_BOM)
+            self.start = self.offset
+        data = self._held + data
+        if not final:
+            data, self._held = data[:-1], data[-1:]
+            nxt = self._held[0] if self._held else -1
+        else:
+            self._held, nxt = b"", -1
+        if data:
+            self._chunk(np.frombuffer(data, dtype=np.uint8), nxt)
+        if final:
+            self._finish()
+
+    def _chunk(self, buf: np.ndarray, nxt: int) -> None:
+        base = self.offset
+        quotes = np.flatnonzero(buf == 0x22)
+        breaks = np.flatnonzero(buf == 0x0A)
+        commas = np.flatnonzero(buf == 0x2C)
+        if quotes.size or self.in_quote:
+            if quotes.size:
+                opening = (self.in_quote + np.arange(quotes.size)) % 2 == 0
+                wide = buf.astype(np.int16)
+                before = np.where(quotes > 0, wide[quotes - 1], self.prev)
+                after_idx = np.minimum(quotes + 1, buf.size - 1)
+                after = np.where(quotes + 1 < buf.size, wide[after_idx], nxt)
+                misplaced = (opening & ~np.isin(before, _QUOTE_NEIGHBOURS)) | (
+                    ~opening & ~np.isin(after, _QUOTE_NEIGHBOURS)
+                )
+                if misplaced.any() and self.bad_quote is None:
+                    self.bad_quote = base + int(quotes[np.argmax(misplaced)])
+
+            def outside(pos: np.ndarray) -> np.ndarray:
+                kept: np.ndarray = pos[(self.in_quote + np.searchsorted(quotes, pos)) % 2 == 0]
+                return kept
+
+            all_breaks = breaks
+            breaks, commas = outside(breaks), outside(commas)
+            inside_breaks = np.setdiff1d(all_breaks, breaks, assume_unique=True)
+            self.in_quote = (self.in_quote + quotes.size) % 2
+        else:
+            inside_breaks = breaks[:0]
+        if breaks.size:
+            before_end = np.searchsorted(commas, breaks)
+            per_record = np.diff(before_end, prepend=0)
+            per_record[0] += self.commas
+            fields = per_record + 1
+            rows = self.records + np.arange(breaks.size)
+            starts = np.concatenate(([self.start - base], breaks[:-1] + 1))
+            if self.header is None:
+                self.header = int(fields[0])
+            wrong = fields != self.header
+            if wrong.any():
+                lines = (
+                    rows[wrong]
+                    + 1
+                    + self.quoted_breaks
+                    + np.searchsorted(inside_breaks, starts[wrong])
+                )
+                self.bad_rows.append(rows[wrong])
+                self.bad_fields.append(fields[wrong])
+                self.bad_lines.append(lines)
+            self.records += int(breaks.size)
+            self.commas = int(commas.size - before_end[-1])
+            self.start = base + int(breaks[-1]) + 1
+        else:
+            self.commas += int(commas.size)
+        self.quoted_breaks += int(inside_breaks.size)
+        self.prev = int(buf[-1])
+        self.offset = base + buf.size
+
+    def _finish(self) -> None:
+        if self.offset > self.start and not self.in_quote:  # a last record without a line break
+            fields = self.commas + 1
+            if self.header is None:
+                self.header = fields
+            elif fields != self.header:
+                self.bad_rows.append(np.array([self.records]))
+                self.bad_fields.append(np.array([fields]))
+                self.bad_lines.append(np.array([self.records + 1 + self.quoted_breaks]))
+            self.records += 1
+
+    def problems(self, path: Path) -> pl.DataFrame:
+        """Data rows (``_row``) whose field count differs from the header's, with a message."""
+        if not self.bad_rows:
+            return pl.DataFrame(schema={ROW: pl.UInt32, _SHAPE: pl.String})
+        frame = pl.DataFrame(
+            {
+                ROW: np.concatenate(self.bad_rows),
+                "fields": np.concatenate(self.bad_fields),
+                "line": np.concatenate(self.bad_lines),
+            }
+        ).filter(pl.col(ROW) > 0)
+        return frame.select(
+            pl.col(ROW).cast(pl.UInt32),
+            pl.format(
+                "{} row {} (line {}): {} fields where the header has {}",
+                pl.lit(str(path)),
+                pl.col(ROW),
+                pl.col("line"),
+                pl.col("fields"),
+                pl.lit(self.header),
+            ).alias(_SHAPE),
+        )
+
+
+def _line_of(path: Path, offset: int) -> int:
+    """The 1-based physical line holding byte ``offset`` of a file (error messages only)."""
+    line, seen = 1, 0
+    with path.open("rb") as fh:
+        while seen < offset and (chunk := fh.read(min(_CHUNK, offset - seen))):
+            line += chunk.count(b"\n")
+            seen += len(chunk)
+    return line
+
+
+def _encoding_hint(encoding: str) -> str:
+    if encoding == "utf-8":
+        return (
+            "if it is a GBK export, run with --encoding gbk, or --encoding gb18030 (GBK's "
+            "superset, which also holds rare characters in names that GBK cannot); a file that "
+            "mixes encodings must be exported again in one"
+        )
+    if encoding == "gbk":
+        return "try --encoding gb18030 (GBK's superset), or leave --encoding out for UTF-8"
+    return "name the file's encoding with --encoding (utf-8, gbk or gb18030)"
+
+
+@dataclass(frozen=True)
+class _CsvSource:
+    """A CSV checked for its encoding and field counts: what Polars reads, and the bad rows."""
+
+    utf8: Path
+    problems: pl.DataFrame
+
+
+_CHECKED: dict[tuple[str, int, int, str, str], _CsvSource] = {}
+
+
+def _check_csv(path: Path, encoding: str, temp_dir: Path | None) -> _CsvSource:
+    """One streaming pass over a CSV: decode it (a UTF-8 copy for other encodings, since Polars
+    reads UTF-8 only), and count each record's fields.
+
+    Raises InputUnreadable naming the file, the byte offset and line of the first byte that is
+    not valid in ``encoding`` (with a hint at the right ``--encoding``), or of a quote that is
+    misplaced or never closed (after which no reader can tell where rows end). No message quotes
+    the file's content. A file checked before (same size and modification time) is not read again.
+    """
     try:
-        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
-    except LookupError as exc:
-        raise InputUnreadable(f"unknown encoding {encoding!r} (try utf-8 or gbk)") from exc
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise InputUnreadable(
+            f"unknown encoding {encoding!r} (use utf-8, gbk or gb18030)"
+        ) from None
+    utf8 = name in ("utf-8", "utf-8-sig")
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, name, str(temp_dir))
+    known = _CHECKED.get(key)
+    if known is not None and known.utf8.exists():
+        return known
+    shape = _Shape()
+    decoder = codecs.getincrementaldecoder("utf-8" if utf8 else name)(errors="strict")
+    out = path if utf8 else _copy_path(path, temp_dir)
     offset = 0
     try:
-        with path.open("rb") as src, out.open("w", encoding="utf-8", newline="") as dst:
-            while chunk := src.read(1 << 22):
-                dst.write(decoder.decode(chunk))
+        copy = contextlib.nullcontext() if utf8 else out.open("wb")
+        with path.open("rb") as src, copy as dst:
+            while True:
+                chunk = src.read(_CHUNK)
+                held = len(decoder.getstate()[0])
+                try:
+                    text = decoder.decode(chunk, final=not chunk)
+                except UnicodeDecodeError as exc:
+                    at = offset - held + exc.start
+                    raise InputUnreadable(
+                        f"{path}: not valid {name} at byte {at} (line {_line_of(path, at)}); "
+                        f"{_encoding_hint(name)}"
+                    ) from None
+                shape.feed(chunk if utf8 else text.encode("utf-8"), final=not chunk)
+                if dst is not None:
+                    dst.write(text.encode("utf-8"))
+                if not chunk:
+                    break
                 offset += len(chunk)
-            dst.write(decoder.decode(b"", final=True))
-    except UnicodeDecodeError as exc:
+    except OSError as exc:
+        raise InputUnreadable(f"{path}: cannot be read ({exc.strerror})") from None
+    if shape.bad_quote is not None or shape.in_quote:
+        at_copy = shape.bad_quote if shape.bad_quote is not None else shape.start
+        line = _line_of(out, at_copy)
+        what = (
+            "a quote inside an unquoted value, or text after a closing quote"
+            if shape.bad_quote is not None
+            else "a quote that is never closed"
+        )
         raise InputUnreadable(
-            f"{path}: not valid {encoding} at byte {offset + exc.start} "
-            f"(use --encoding to name the file's encoding)"
-        ) from exc
-    return out
+            f"{path}: line {line} has {what}, so the rows after it cannot be told apart; "
+            'quote a value that holds commas or quotes as "..." and double each quote inside it'
+        )
+    checked = _CsvSource(out, shape.problems(path))
+    _CHECKED[key] = checked
+    return checked
 
 
-def scan_raw(path: Path, encoding: str = "utf-8") -> pl.LazyFrame:
-    """Scan a CSV (all columns as text) or Parquet file lazily, adding _file and _row."""
+def _copy_path(path: Path, temp_dir: Path | None) -> Path:
+    """Where the UTF-8 copy of ``path`` goes: ``temp_dir`` (the caller removes it) or a private
+    temporary folder removed when the process exits."""
+    if temp_dir is None:
+        if not _TMP:
+            _TMP.append(tempfile.mkdtemp(prefix="hmb-batch-"))
+            atexit.register(shutil.rmtree, _TMP[0], True)
+        folder = Path(_TMP[0])
+    else:
+        folder = temp_dir
+        folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{len(list(folder.iterdir()))}-{path.name}"
+
+
+def _transcoded(path: Path, encoding: str, temp_dir: Path | None = None) -> Path:
+    """A UTF-8 copy of a CSV in another encoding (Polars reads UTF-8 only), decoded in chunks,
+    in ``temp_dir`` when given (see :func:`_check_csv`)."""
+    return _check_csv(path, encoding, temp_dir).utf8
+
+
+@lru_cache(maxsize=16)
+def check_timezone(timezone: str) -> str:
+    """``timezone`` if it is a known IANA zone (``Asia/Shanghai``); ConfigError otherwise."""
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"unknown time zone {timezone!r}: give an IANA zone such as Asia/Shanghai"
+        ) from None
+    return timezone
+
+
+def scan_raw(path: Path, encoding: str = "utf-8", *, temp_dir: Path | None = None) -> pl.LazyFrame:
+    """Scan a CSV (all columns as text) or Parquet file lazily, adding _file and _row.
+
+    A CSV is checked first (:func:`_check_csv`): its encoding, its quotes, and each row's field
+    count — a row with fewer or more fields than the header carries a message that
+    :func:`type_table` adds to the row's reading errors (missing trailing fields are otherwise
+    read as empty, and an optional amount as 0). ``temp_dir``: where the UTF-8 copy of a
+    non-UTF-8 CSV is written (default: a private temporary folder).
+    """
     if not path.exists():
         raise InputUnreadable(f"{path}: no such file")
     fmt = detect_format(path)
+    problems: pl.DataFrame | None = None
     try:
         if fmt == "parquet":
             lf = pl.scan_parquet(path)
         else:
-            enc = encoding.lower().replace("_", "-")
-            utf8 = enc in ("utf-8", "utf8", "utf-8-sig")
-            src = path if utf8 else _transcoded(path, encoding)
-            lf = pl.scan_csv(src, infer_schema=False, encoding="utf8")
+            checked = _check_csv(path, encoding, temp_dir)
+            problems = checked.problems
+            lf = pl.scan_csv(
+                checked.utf8, infer_schema=False, encoding="utf8", truncate_ragged_lines=True
+            )
         lf.collect_schema()
-    except InputUnreadable:
+    except (InputUnreadable, ConfigError):
         raise
     except Exception as exc:
-        raise InputUnreadable(f"{path}: cannot be read as {fmt}: {exc}") from exc
-    return lf.with_row_index(ROW, offset=1).with_columns(pl.lit(str(path)).alias(FILE))
+        # a CSV reader's message may quote rows (names, ID numbers): only Parquet's is shown
+        reason = f": {str(exc).splitlines()[0][:200]}" if fmt == "parquet" else ""
+        raise InputUnreadable(f"{path}: cannot be read as {fmt}{reason}") from None
+    lf = lf.with_row_index(ROW, offset=1).with_columns(pl.lit(str(path)).alias(FILE))
+    if problems is not None and problems.height:
+        lf = lf.with_columns(
+            pl.col(ROW)
+            .replace_strict(problems[ROW], problems[_SHAPE], default=None, return_dtype=pl.String)
+            .alias(_SHAPE)
+        )
+    return lf
 
 
 def _name_map(
@@ -147,17 +421,32 @@ def _name_map(
     return mapping
 
 
-def _typed_column(name: str, kind: Kind, dtype: pl.DataType, src: str) -> pl.Expr:
+def normalised_code(expr: pl.Expr) -> pl.Expr:
+    """An id or code as hmb-batch compares it: NFKC-normalised (full-width digits become ASCII)
+    and stripped; empty becomes null. Use it wherever raw ids are matched (roster filters)."""
+    text = nfkc(expr).str.strip_chars()
+    return pl.when(text != "").then(text)  # keeps the column's name, unlike then(None)
+
+
+def _typed_column(name: str, kind: Kind, dtype: pl.DataType, src: str, timezone: str) -> pl.Expr:
     raw = pl.col(src)
     if kind is Kind.TEXT:
         text = raw.cast(pl.String).str.strip_chars()
         return pl.when(text == "").then(None).otherwise(text).alias(name)
+    if kind is Kind.CODE:
+        # kept as read, but an invisible character left after NFKC makes the row bad input
+        # (see _unreadable): "S1" + U+200B must not become a second settlement S1
+        return normalised_code(raw).alias(name)
     if kind is Kind.MONEY:
         return fen_from(raw, dtype).alias(name)
     if kind is Kind.INTEGER:
         if dtype.is_integer():
-            return raw.cast(pl.Int64).alias(name)
-        return raw.cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False).alias(name)
+            return raw.cast(pl.Int64, strict=False).alias(name)
+        return nfkc(raw).str.strip_chars().cast(pl.Int64, strict=False).alias(name)
+    if isinstance(dtype, pl.Datetime) and dtype.time_zone is not None:
+        # an instant (UTC or any zone) is a local time in the plan's zone, then naive: a UTC
+        # 18:00 on 31 December is 02:00 on 1 January in Beijing, in the next plan year
+        raw = raw.dt.convert_time_zone(timezone).dt.replace_time_zone(None)
     if kind is Kind.DATE:
         if dtype == pl.Date:
             return raw.alias(name)
@@ -170,7 +459,7 @@ def _typed_column(name: str, kind: Kind, dtype: pl.DataType, src: str) -> pl.Exp
         return date_part.str.to_date("%Y-%m-%d", strict=False).alias(name)
     # DATETIME
     if isinstance(dtype, pl.Datetime):
-        return raw.dt.replace_time_zone(None).cast(pl.Datetime("us")).alias(name)
+        return raw.cast(pl.Datetime("us")).alias(name)
     if dtype == pl.Date:
         return raw.cast(pl.Datetime("us")).alias(name)
     text = raw.cast(pl.String).str.strip_chars().str.replace("T", " ")
@@ -182,27 +471,54 @@ def _typed_column(name: str, kind: Kind, dtype: pl.DataType, src: str) -> pl.Exp
     ).alias(name)
 
 
-def _unreadable(name: str, src: str, required: bool) -> pl.Expr:
+def _unreadable(name: str, kind: Kind, src: str, required: bool) -> pl.Expr:
     """True where a value is present but unreadable, or a required value is empty."""
     present = pl.col(src).cast(pl.String).str.strip_chars().str.len_chars() > 0
-    return ((present.fill_null(False) | required) & pl.col(name).is_null()).fill_null(False)
+    empty_or_null = ((present.fill_null(False) | required) & pl.col(name).is_null()).fill_null(
+        False
+    )
+    if kind is Kind.CODE:
+        return empty_or_null | pl.col(name).str.contains(_BAD_CODE_CHAR).fill_null(False)
+    return empty_or_null
 
 
-def _error_expr(name: str, kind: Kind, src: str, required: bool) -> pl.Expr:
-    """A message where a value is present but unreadable, or a required value is empty."""
+def _found(name: str, kind: Kind, src: str) -> pl.Expr:
+    """What a reading error says it found: the value quoted, never a personal one."""
     raw_text = pl.col(src).cast(pl.String)
     present = raw_text.str.strip_chars().str.len_chars() > 0
-    found = pl.when(present).then(pl.format("'{}'", raw_text)).otherwise(pl.lit("nothing"))
-    bad = _unreadable(name, src, required)
+    if name in PERSONAL:
+        quoted = pl.lit("an unreadable value")
+    elif kind is Kind.CODE:
+        # invisible characters shown as '?', the first one's bytes named so it can be found
+        code = raw_text.str.normalize("NFKC").str.strip_chars()
+        quoted = pl.format(
+            "'{}' ('?': a control, invisible or whitespace character; the first is UTF-8 {})",
+            code.str.replace_all(_BAD_CODE_CHAR, "?"),
+            code.str.extract("(" + _BAD_CODE_CHAR + ")").str.encode("hex"),
+        )
+    else:
+        quoted = pl.format("'{}'", raw_text)
+    return pl.when(present).then(quoted).otherwise(pl.lit("nothing"))
+
+
+def _error_expr(name: str, kind: Kind, dtype: pl.DataType, src: str, required: bool) -> pl.Expr:
+    """A message where a value is present but unreadable, or a required value is empty."""
+    expected: pl.Expr = pl.lit(_EXPECTED[kind])
+    if kind is Kind.MONEY:
+        expected = (
+            pl.when(above_maximum(pl.col(src), dtype))
+            .then(pl.lit(_EXPECTED_AT_MOST))
+            .otherwise(expected)
+        )
     message = pl.format(
         "{} row {}: column {}: expected {}, found {}",
         pl.col(FILE),
         pl.col(ROW),
         pl.lit(name),
-        pl.lit(_EXPECTED[kind]),
-        found,
+        expected,
+        _found(name, kind, src),
     )
-    return pl.when(bad).then(message).otherwise(None)
+    return pl.when(_unreadable(name, kind, src, required)).then(message).otherwise(None)
 
 
 def type_table(
@@ -213,14 +529,18 @@ def type_table(
     prefix: str = "",
     file_label: str = "",
     require: bool = True,
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> pl.LazyFrame:
     """Select a contract's columns from a raw frame with the contract's types.
 
     Raises SchemaError naming the file and every missing required column. Optional columns that
     are absent become null (money: 0 fen, so a missing ``refl_selfpay_amt`` means none).
+    ``timezone``: the zone a time-zone-aware Parquet timestamp is converted to before its zone
+    is dropped (naive timestamps and text are already local time).
     """
+    check_timezone(timezone)
     schema = raw.collect_schema()
-    found = [n for n in schema.names() if n not in (ROW, FILE)]
+    found = [n for n in schema.names() if n not in _INTERNAL]
     mapping = _name_map(found, contract, column_map or {}, prefix)
     if prefix:  # wide files: unprefixed names not shared with fee lines are accepted too
         shared = _SHARED
@@ -231,7 +551,9 @@ def type_table(
     missing = [c for c in contract.required if c not in mapping]
     if missing and require:
         shown = [prefix + m if prefix and m in _SHARED else m for m in missing]
-        raise SchemaError(file_label or "input", contract.table, shown, found)
+        raise SchemaError(
+            file_label or "input", contract.table, shown, found, site_names=list(column_map or {})
+        )
     typed: list[pl.Expr] = []
     raws: list[pl.Expr] = []
     bad: list[pl.Expr] = []
@@ -239,15 +561,20 @@ def type_table(
     for col in contract.columns:
         if col.name in mapping:
             src = mapping[col.name]
-            typed.append(_typed_column(col.name, col.kind, schema[src], src))
+            dtype = schema[src]
+            typed.append(_typed_column(col.name, col.kind, dtype, src, timezone))
             raws.append(pl.col(src).alias(_RAW + col.name))
-            bad.append(_unreadable(col.name, _RAW + col.name, col.required))
-            errors.append(_error_expr(col.name, col.kind, _RAW + col.name, col.required))
+            bad.append(_unreadable(col.name, col.kind, _RAW + col.name, col.required))
+            errors.append(_error_expr(col.name, col.kind, dtype, _RAW + col.name, col.required))
         elif col.kind is Kind.MONEY and not col.required:
             typed.append(pl.lit(0, pl.Int64).alias(col.name))
         else:
             typed.append(pl.lit(None, _DTYPES[col.kind]).alias(col.name))
-    base = raw.select(*typed, *raws, pl.col(ROW), pl.col(FILE))
+    shape = [pl.col(_SHAPE)] if _SHAPE in schema else []
+    if shape:  # a CSV row with too few or too many fields (see scan_raw)
+        bad.append(pl.col(_SHAPE).is_not_null())
+        errors.insert(0, pl.col(_SHAPE))
+    base = raw.select(*typed, *raws, *shape, pl.col(ROW), pl.col(FILE))
     if not errors:
         return base.with_columns(pl.lit(None, pl.List(pl.String)).alias(ERRORS))
     # Messages are formatted only for the few rows with a problem: formatting a string per
@@ -255,14 +582,15 @@ def type_table(
     messages = base.filter(pl.any_horizontal(bad)).select(
         pl.col(ROW), pl.concat_list(errors).list.drop_nulls().alias(ERRORS)
     )
-    return base.drop([_RAW + n for n in mapping]).join(messages, on=ROW, how="left")
+    scratch = [_RAW + n for n in mapping] + ([_SHAPE] if shape else [])
+    return base.drop(scratch).join(messages, on=ROW, how="left")
 
 
 def source_column(
     raw: pl.LazyFrame, contract: Contract, column: str, column_map: Mapping[str, str] | None = None
 ) -> str | None:
     """The raw column that carries a contract column (None if the file lacks it)."""
-    found = [n for n in raw.collect_schema().names() if n not in (ROW, FILE)]
+    found = [n for n in raw.collect_schema().names() if n not in _INTERNAL]
     return _name_map(found, contract, column_map or {}).get(column)
 
 
@@ -276,12 +604,17 @@ def rows_with(
     """The raw rows whose ``column`` (a contract column, read as text) is one of ``values``.
 
     Filtering before typing keeps the cost with the rows kept (a night's members of a roster of
-    millions); row numbers stay those of the file.
+    millions); row numbers stay those of the file. An id column is compared as it is typed
+    (:func:`normalised_code`), so a full-width ``Ｍ１`` in the roster finds member ``M1``.
     """
     src = source_column(raw, contract, column, column_map)
     if src is None:
         return raw  # type_table names the missing column
-    return raw.filter(pl.col(src).cast(pl.String).str.strip_chars().is_in(values.implode()))
+    if contract.column(column).kind is Kind.CODE:
+        key = normalised_code(pl.col(src))
+    else:
+        key = pl.col(src).cast(pl.String).str.strip_chars()
+    return raw.filter(key.is_in(values.implode()))
 
 
 def read_table(
@@ -290,10 +623,16 @@ def read_table(
     *,
     column_map: Mapping[str, str] | None = None,
     encoding: str = "utf-8",
+    timezone: str = DEFAULT_TIMEZONE,
+    temp_dir: Path | None = None,
 ) -> pl.LazyFrame:
-    """Scan one file as one contract's table, typed."""
+    """Scan one file as one contract's table, typed (see :func:`scan_raw`, :func:`type_table`)."""
     return type_table(
-        scan_raw(path, encoding), contract, column_map=column_map, file_label=str(path)
+        scan_raw(path, encoding, temp_dir=temp_dir),
+        contract,
+        column_map=column_map,
+        file_label=str(path),
+        timezone=timezone,
     )
 
 
@@ -306,29 +645,49 @@ def _concat(frames: list[pl.LazyFrame]) -> pl.LazyFrame:
 
 
 def typed_frames(
-    raw: pl.LazyFrame, path: Path, role: str, column_map: Mapping[str, str] | None = None
+    raw: pl.LazyFrame,
+    path: Path,
+    role: str,
+    column_map: Mapping[str, str] | None = None,
+    *,
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> dict[str, pl.LazyFrame]:
     """One raw file (or a slice of it) typed: ``role`` 'settlements' or 'fee_lines' (two-file
-    extracts) gives that table; 'wide' gives both, ``settlements`` one row per line."""
+    extracts) gives that table; 'wide' gives both, ``settlements`` one row per line.
+    ``timezone``: see :func:`type_table`."""
+    label = str(path)
     if role == "settlements":
         return {
-            "settlements": type_table(raw, SETTLEMENTS, column_map=column_map, file_label=str(path))
+            "settlements": type_table(
+                raw, SETTLEMENTS, column_map=column_map, file_label=label, timezone=timezone
+            )
         }
     if role == "fee_lines":
         return {
-            "fee_lines": type_table(raw, FEE_LINES, column_map=column_map, file_label=str(path))
+            "fee_lines": type_table(
+                raw, FEE_LINES, column_map=column_map, file_label=label, timezone=timezone
+            )
         }
-    found = [n for n in raw.collect_schema().names() if n not in (ROW, FILE)]
+    found = [n for n in raw.collect_schema().names() if n not in _INTERNAL]
     names = {n.lower() for n in found}
     site = {k.lower(): v.lower() for k, v in (column_map or {}).items()}
     names |= {site[n] for n in names if n in site}
     if "feedetl_sn" not in names:
-        raise SchemaError(str(path), "fee_lines", ["feedetl_sn"], found)
+        raise SchemaError(
+            label, "fee_lines", ["feedetl_sn"], found, site_names=list(column_map or {})
+        )
     return {
         "settlements": type_table(
-            raw, SETTLEMENTS, column_map=column_map, prefix=WIDE_PREFIX, file_label=str(path)
+            raw,
+            SETTLEMENTS,
+            column_map=column_map,
+            prefix=WIDE_PREFIX,
+            file_label=label,
+            timezone=timezone,
         ),
-        "fee_lines": type_table(raw, FEE_LINES, column_map=column_map, file_label=str(path)),
+        "fee_lines": type_table(
+            raw, FEE_LINES, column_map=column_map, file_label=label, timezone=timezone
+        ),
     }
 
 
@@ -347,18 +706,22 @@ def read_extract(
     *,
     column_map: Mapping[str, str] | None = None,
     encoding: str = "utf-8",
+    timezone: str = DEFAULT_TIMEZONE,
+    temp_dir: Path | None = None,
 ) -> Extract:
     """Read a batch extract of either shape into typed settlements and fee lines.
 
     ``extract`` (and ``fees``) may be several files — a year of nightly extracts, or the parts of
     a partitioned export — read as one batch; each row keeps its own file and row number.
+    ``timezone``: see :func:`type_table`; ``temp_dir``: see :func:`scan_raw`.
     """
     extract_files = _paths(extract)
     fee_files = _paths(fees) if fees is not None else None
     shape, roles = extract_roles(extract_files, fee_files)
     parts: dict[str, list[pl.LazyFrame]] = {"settlements": [], "fee_lines": []}
     for path, role in roles:
-        for name, frame in typed_frames(scan_raw(path, encoding), path, role, column_map).items():
+        raw = scan_raw(path, encoding, temp_dir=temp_dir)
+        for name, frame in typed_frames(raw, path, role, column_map, timezone=timezone).items():
             parts[name].append(frame)
     settlements = _concat(parts["settlements"])
     if shape == "wide":
@@ -368,14 +731,20 @@ def read_extract(
 
 
 def raw_slices(
-    path: Path, rows: int, spill: Path, encoding: str = "utf-8"
+    path: Path,
+    rows: int,
+    spill: Path,
+    encoding: str = "utf-8",
+    *,
+    temp_dir: Path | None = None,
 ) -> Iterator[pl.LazyFrame]:
     """A file as raw frames of at most ``rows`` rows each, with their ``_file`` and ``_row``.
 
     For bounded-memory runs: a Parquet file is read a batch at a time; a CSV file is first
-    converted to Parquet in ``spill`` (all columns as text) by a streaming pass.
+    converted to Parquet in ``spill`` (all columns as text) by a streaming pass. ``temp_dir``:
+    see :func:`scan_raw`.
     """
-    source = scan_raw(path, encoding).drop(ROW, FILE)
+    source = scan_raw(path, encoding, temp_dir=temp_dir).drop(ROW, FILE)
     if detect_format(path) == "csv":
         converted = spill / f"csv-{len(list(spill.glob('csv-*')))}.parquet"
         source.sink_parquet(converted, row_group_size=rows)

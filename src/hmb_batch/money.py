@@ -11,6 +11,10 @@ Reading rules (issue 2):
   times 100 is rounded half up (away from zero) to whole fen; if it is not within a thousandth of a
   fen of a whole fen, the value had more than two decimals and is bad input.
 - integer columns: whole yuan.
+- every kind: an amount whose magnitude is above :data:`MAX_AMOUNT_FEN` is bad input (issue 13),
+  so nothing wraps on read and the engine's arithmetic can be proved not to overflow.
+- text is NFKC-normalised first: full-width digits and points (``１２３．４５``) read as ASCII;
+  any other non-ASCII digit is bad input.
 """
 
 from __future__ import annotations
@@ -21,42 +25,101 @@ import polars as pl
 
 MONEY_OUT = pl.Decimal(18, 2)
 
-_AMOUNT_RE = r"^([+-]?)(\d+)(?:\.(\d*))?$"
+# The largest amount hmb-batch reads, per value: 10,000,000,000.00 yuan (10^10 yuan, 10^12 fen).
+# A real settlement is below 10^8 yuan; the bound is what the engine's overflow proof rests on
+# (rate in parts per million x amount in fen stays below 10^18 < 2^63 ~ 9.2 x 10^18), so it must
+# not be raised without redoing that proof. Reversals may reach -MAX_AMOUNT_FEN.
+MAX_AMOUNT_FEN = 10**12
+MAX_AMOUNT_YUAN = MAX_AMOUNT_FEN // 100
+MAX_AMOUNT_TEXT = "10,000,000,000.00"
+
+# ASCII digits only: Rust's \d would also match Arabic-Indic and other digits NFKC keeps.
+_AMOUNT_RE = r"^([+-]?)([0-9]+)(?:\.([0-9]*))?$"
 _FLOAT_TOLERANCE_FEN = 1e-3
+# digits of the whole-yuan part (leading zeros dropped) that can still be within the maximum
+_MAX_WHOLE_DIGITS = len(str(MAX_AMOUNT_YUAN))
+
+
+def nfkc(expr: pl.Expr) -> pl.Expr:
+    """Text NFKC-normalised (full-width forms become ASCII). ASCII text is its own NFKC, and
+    normalising only the rows that hold other characters costs a third of normalising all."""
+    text = expr.cast(pl.String)
+    return (
+        pl.when(text.str.contains(r"[^\x00-\x7f]")).then(text.str.normalize("NFKC")).otherwise(text)
+    )
+
+
+def _text_groups(expr: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:
+    g = nfkc(expr).str.strip_chars().str.extract_groups(_AMOUNT_RE)
+    whole = g.struct.field("2").str.strip_chars_start("0")
+    return g.struct.field("1"), whole, g.struct.field("3").fill_null("")
 
 
 def fen_from_text(expr: pl.Expr) -> pl.Expr:
-    """Parse yuan text to Int64 fen; null where the text is not a valid amount."""
-    g = expr.str.strip_chars().str.extract_groups(_AMOUNT_RE)
-    sign, whole, frac = g.struct.field("1"), g.struct.field("2"), g.struct.field("3")
-    frac = frac.fill_null("")
-    first_two = (frac + "00").str.slice(0, 2).cast(pl.Int64)
+    """Parse yuan text to Int64 fen; null where the text is not a valid amount or is above the
+    maximum (the whole part is cut to a safe length before the cast, so nothing wraps)."""
+    sign, whole, frac = _text_groups(expr)
+    fits = whole.str.len_chars() <= _MAX_WHOLE_DIGITS
+    safe_whole = whole.str.slice(0, _MAX_WHOLE_DIGITS)
+    whole_fen = pl.when(safe_whole == "").then(0).otherwise(safe_whole.cast(pl.Int64, strict=False))
+    first_two = (frac + "00").str.slice(0, 2).cast(pl.Int64, strict=False)
     rest_is_zero = frac.str.slice(2).str.contains(r"^0*$")
-    magnitude = whole.cast(pl.Int64, strict=False) * 100 + first_two
+    magnitude = whole_fen * 100 + first_two
     signed = pl.when(sign == "-").then(-magnitude).otherwise(magnitude)
-    return pl.when(rest_is_zero & whole.is_not_null()).then(signed).otherwise(None)
+    ok = rest_is_zero & whole.is_not_null() & fits & (magnitude <= MAX_AMOUNT_FEN)
+    return pl.when(ok).then(signed).otherwise(None)
 
 
 def fen_from_float(expr: pl.Expr) -> pl.Expr:
-    """Float yuan to Int64 fen, half up; null where the value has more than two decimals."""
-    cents = expr * 100
+    """Float yuan to Int64 fen, half up; null where the value has more than two decimals, is
+    not finite, or is above the maximum (clipped before the cast, so 1e300 cannot overflow)."""
+    cents = expr.clip(-MAX_AMOUNT_YUAN - 1, MAX_AMOUNT_YUAN + 1) * 100
     rounded = (cents.abs() + 0.5).floor() * cents.sign()
     ok = (cents - rounded).abs() <= _FLOAT_TOLERANCE_FEN
-    return pl.when(ok & expr.is_finite()).then(rounded.cast(pl.Int64)).otherwise(None)
+    within = expr.is_finite() & (rounded.abs() <= MAX_AMOUNT_FEN)
+    return pl.when(ok & within).then(rounded.cast(pl.Int64, strict=False)).otherwise(None)
 
 
 def fen_from(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
-    """Int64 fen from a column of any physical type an extract may carry."""
+    """Int64 fen from a column of any physical type an extract may carry; null where a value is
+    unreadable or above :data:`MAX_AMOUNT_FEN` (see :func:`above_maximum`)."""
     if isinstance(dtype, pl.Decimal):
         scale = dtype.scale or 0
         if scale <= 2:
-            return (expr * 100).cast(pl.Int64)
+            # clipped first: 10^30 yuan x 100 would overflow the decimal or the Int64
+            bound = pl.lit(Decimal(MAX_AMOUNT_YUAN + 1), pl.Decimal(38, scale))
+            clipped = expr.cast(pl.Decimal(38, scale)).clip(-bound, bound)
+            fen = (clipped * 100).cast(pl.Int64, strict=False)
+            return pl.when(fen.abs() <= MAX_AMOUNT_FEN).then(fen).otherwise(None)
         return fen_from_text(expr.cast(pl.String))
     if dtype in (pl.Float32, pl.Float64):
         return fen_from_float(expr.cast(pl.Float64))
     if dtype.is_integer():
-        return expr.cast(pl.Int64) * 100
+        # clipped in the column's own type: a uint64 above Int64's maximum cannot be cast
+        low = 0 if dtype.is_unsigned_integer() else -MAX_AMOUNT_YUAN - 1
+        clipped = expr.clip(low, MAX_AMOUNT_YUAN + 1).cast(pl.Int64) * 100
+        return pl.when(clipped.abs() <= MAX_AMOUNT_FEN).then(clipped).otherwise(None)
     return fen_from_text(expr.cast(pl.String))
+
+
+def above_maximum(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """True where a value is a well-formed amount (or a number) whose magnitude is above
+    :data:`MAX_AMOUNT_FEN`: the reading error then names the maximum, not the format."""
+    if isinstance(dtype, pl.Decimal) and (dtype.scale or 0) <= 2:
+        bound = pl.lit(Decimal(MAX_AMOUNT_YUAN), pl.Decimal(38, dtype.scale or 0))
+        return (expr.cast(pl.Decimal(38, dtype.scale or 0)).abs() > bound).fill_null(False)
+    if dtype in (pl.Float32, pl.Float64):
+        x = expr.cast(pl.Float64)
+        # NaN compares above every number in Polars: it is unreadable, not too large
+        return (x.is_infinite() | (x.is_finite() & (x.abs() > MAX_AMOUNT_YUAN))).fill_null(False)
+    if dtype.is_integer():
+        if dtype.is_unsigned_integer():
+            return (expr > MAX_AMOUNT_YUAN).fill_null(False)
+        return ((expr < -MAX_AMOUNT_YUAN) | (expr > MAX_AMOUNT_YUAN)).fill_null(False)
+    _, whole, frac = _text_groups(expr.cast(pl.String))
+    too_long = whole.str.len_chars() > _MAX_WHOLE_DIGITS
+    at_max = (whole == str(MAX_AMOUNT_YUAN)) & frac.str.contains(r"[1-9]")
+    return (too_long | at_max).fill_null(False)
 
 
 def to_decimal(expr: pl.Expr) -> pl.Expr:

@@ -15,9 +15,11 @@ import polars as pl
 from hmb_batch.contracts import LISTS, ROSTER
 from hmb_batch.errors import ReferenceDataError
 from hmb_batch.extract import (
+    DEFAULT_TIMEZONE,
     ERRORS,
     FILE,
     ROW,
+    normalised_code,
     read_table,
     rows_with,
     scan_raw,
@@ -76,26 +78,37 @@ def load_roster(
     encoding: str = "utf-8",
     *,
     members: pl.Series | None = None,
+    timezone: str = DEFAULT_TIMEZONE,
+    temp_dir: Path | None = None,
 ) -> pl.DataFrame:
     """Read and check the roster: one row per member and plan year, every value readable.
 
     ``members``: read and check only these members' rows — for a roster file that was checked
     whole before (the ledger knows its SHA-256), a night needs only the members it touches.
+    A ``psn_no`` holding an invisible character, or a row with too few or too many fields,
+    stops the run like any other bad roster row. ``timezone``: see
+    :func:`hmb_batch.extract.type_table`; ``temp_dir``: see :func:`hmb_batch.extract.scan_raw`.
     """
-    raw = scan_raw(path, encoding)
+    raw = scan_raw(path, encoding, temp_dir=temp_dir)
     if members is not None:
         raw = rows_with(raw, ROSTER, "psn_no", members, column_map)
-    df = type_table(raw, ROSTER, column_map=column_map, file_label=str(path)).collect()
+    df = type_table(
+        raw, ROSTER, column_map=column_map, file_label=str(path), timezone=timezone
+    ).collect()
     stop_on_roster_problems(roster_problems(df, path), path)
     return roster_frame(df)
 
 
 def enrolled_by_year(
-    path: Path, column_map: Mapping[str, str] | None = None, encoding: str = "utf-8"
+    path: Path,
+    column_map: Mapping[str, str] | None = None,
+    encoding: str = "utf-8",
+    *,
+    temp_dir: Path | None = None,
 ) -> dict[int, int]:
     """Members with a roster row, per plan year (reads two columns; the roster is checked
-    where it is loaded)."""
-    raw = scan_raw(path, encoding)
+    where it is loaded; ids compared as they are typed)."""
+    raw = scan_raw(path, encoding, temp_dir=temp_dir)
     member = source_column(raw, ROSTER, "psn_no", column_map)
     year = source_column(raw, ROSTER, "plan_year", column_map)
     if member is None or year is None:
@@ -103,7 +116,7 @@ def enrolled_by_year(
     return enrolled_counts(
         raw.select(
             pl.col(year).cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False),
-            pl.col(member).cast(pl.String).str.strip_chars(),
+            normalised_code(pl.col(member)),
         ).rename({year: "plan_year", member: "psn_no"})
     )
 
@@ -123,10 +136,18 @@ def enrolled_counts(roster: pl.DataFrame | pl.LazyFrame) -> dict[int, int]:
 
 
 def load_lists(
-    path: Path, column_map: Mapping[str, str] | None = None, encoding: str = "utf-8"
+    path: Path,
+    column_map: Mapping[str, str] | None = None,
+    encoding: str = "utf-8",
+    *,
+    timezone: str = DEFAULT_TIMEZONE,
+    temp_dir: Path | None = None,
 ) -> pl.DataFrame:
-    """Read and check the lists file: every entry with a readable validity window."""
-    df = read_table(path, LISTS, column_map=column_map, encoding=encoding).collect()
+    """Read and check the lists file: every entry with a readable validity window and codes
+    without invisible characters (``timezone``, ``temp_dir``: see :func:`load_roster`)."""
+    df = read_table(
+        path, LISTS, column_map=column_map, encoding=encoding, timezone=timezone, temp_dir=temp_dir
+    ).collect()
     backwards = df.filter(pl.col("valid_to") < pl.col("valid_from"))
     extra = [
         f"{path} row {r[ROW]}: list {r['list']} code {r['code']}: valid_to {r['valid_to']} is "
