@@ -22,8 +22,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install hmb-batch with its test and lint tools
 
-demo: $(STAMP) ## install, then run two nightly batches of sample_data/ on one ledger (out/demo)
+demo: $(STAMP) ## install, then create a ledger and run two nightly batches of sample_data/ on it (out/demo)
 	rm -rf out/demo
+	cd sample_data && ../$(BIN)/hmb-batch ledger init ../out/demo/ledger.duckdb
 	cd sample_data && ../$(BIN)/hmb-batch adjudicate nightly/01/settlements.parquet \
 		--fees nightly/01/fees.parquet --out ../out/demo/night-01
 	cd sample_data && ../$(BIN)/hmb-batch adjudicate nightly/02/settlements.parquet \

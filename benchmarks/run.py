@@ -126,14 +126,15 @@ def bench_size(
     hmb = str(BIN / "hmb-batch")
     out = work / f"out-{lines}"
     ledger = work / f"ledger-{lines}.duckdb"
+    # each timed run starts from a fresh, empty ledger (adjudicate refuses a missing one)
     clean = [
-        "rm",
-        "-rf",
+        "sh",
+        "-c",
+        'rm -rf "$1" "$1.lock" "$1.wal" "$1.files" "$2" && "$3" ledger init "$1"',
+        "clean",
         str(ledger),
-        str(ledger) + ".lock",
-        str(ledger) + ".wal",
-        str(ledger) + ".files",
         str(out),
+        hmb,
     ]
 
     def adjudicate(ext: str, *extra: str) -> list[str]:
@@ -254,6 +255,7 @@ def bench_nightly(repeat: int, work: Path, members: int) -> dict[str, object]:
         ]
 
     if not ledger.exists():
+        subprocess.run([hmb, "ledger", "init", str(ledger)], check=True, capture_output=True)
         for d in night_dirs[:-1]:
             subprocess.run(night(d), check=True, capture_output=True)
     last = night_dirs[-1]

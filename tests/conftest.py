@@ -284,6 +284,14 @@ def golden_args(
     ]
 
 
+def new_ledger(path: Path) -> Path:
+    """Create an empty ledger at ``path`` with ``hmb-batch ledger init`` (adjudicate refuses a
+    ledger that does not exist); returns ``path``."""
+    result = run_cli(["ledger", "init", str(path)])
+    assert result.exit_code == 0, result.output
+    return path
+
+
 def golden_batch(ledger: Path, out: Path, name: str, *extra: str) -> Any:
     """Run golden batch ``name`` through the CLI on ``ledger``; output in ``out/name``."""
     return run_cli(golden_args(name, out / name, *extra, ledger=ledger))

@@ -17,6 +17,7 @@ from conftest import (
     adjudicate,
     adjudicate_args,
     extract_with_special_drugs,
+    new_ledger,
     responsibility_payouts,
     row,
     run_cli,
@@ -322,7 +323,7 @@ def test_the_ledger_keeps_each_responsibility_per_settlement_and_reports_break_i
         "S2", "M1", "2024-03-05 10:00:00", med_type="41", extra_lines=[special_drug_line("5000.00")]
     )
     files = ex.write(tmp_path / "in")
-    ledger = tmp_path / "ledger.duckdb"
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
     args = adjudicate_args(files, tmp_path / "out", "--plan", "zhouhuibao", "--ledger", str(ledger))
     assert run_cli([*args, "--quiet"]).exit_code == 0
     con = duckdb.connect(str(ledger), read_only=True)

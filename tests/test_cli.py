@@ -23,6 +23,7 @@ COMMANDS = [
     ["plan", "show"],
     ["plan", "check"],
     ["ledger"],
+    ["ledger", "init"],
     ["ledger", "status"],
     ["ledger", "batches"],
     ["ledger", "member"],

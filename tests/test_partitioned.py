@@ -21,6 +21,7 @@ from conftest import (
     golden_args,
     golden_batch,
     ledger_snapshot,
+    new_ledger,
     run_cli,
 )
 from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
@@ -61,6 +62,7 @@ def _same_outputs(a: Path, b: Path) -> None:
 @pytest.mark.parametrize("ext", ["parquet", "csv"])
 def test_golden_year_in_partitions_equals_the_in_memory_run(tmp_path: Path, ext: str) -> None:
     for mode, extra in (("memory", ()), ("parts", ("--partitions", "5"))):
+        new_ledger(tmp_path / f"{mode}.duckdb")
         for name in NIGHTS:
             r = run_cli(
                 golden_args(
@@ -119,7 +121,7 @@ def test_a_wide_extract_in_partitions(tmp_path: Path) -> None:
 
 
 def test_a_partitioned_batch_replays_without_touching_the_ledger(tmp_path: Path) -> None:
-    ledger = tmp_path / "ledger.duckdb"
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
     assert golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4").exit_code == 0
     before = ledger_snapshot(ledger)
     payouts = (tmp_path / "batch_00" / "payouts.parquet").read_bytes()
@@ -151,7 +153,8 @@ def test_memory_limits_are_parsed_and_checked(tmp_path: Path) -> None:
     assert partitions_for(50_000_000, GiB) > partitions_for(10_000_000, GiB) > 1
     with pytest.raises(ConfigError, match="too small"):
         partitions_for(1000, 100 * MiB)
-    r = golden_batch(tmp_path / "l.duckdb", tmp_path, "batch_00", "--memory-limit", "100MB")
+    ledger = new_ledger(tmp_path / "l.duckdb")
+    r = golden_batch(ledger, tmp_path, "batch_00", "--memory-limit", "100MB")
     assert r.exit_code == 5 and "--memory-limit 100 MiB is too small" in r.output
     assert (
         not (tmp_path / "l.duckdb").exists()
@@ -206,6 +209,7 @@ def test_a_tiny_memory_limit_holds_and_changes_nothing(tmp_path: Path) -> None:
     peaks = {}
     for mode, extra in (("memory", []), ("bounded", ["--memory-limit", "600MiB"])):
         out = tmp_path / mode
+        new_ledger(out / "l.duckdb")
         proc = subprocess.run(
             [
                 sys.executable,
@@ -263,7 +267,7 @@ def _golden_cli(ledger: Path, out: Path, name: str, env: dict[str, str] | None =
 def test_a_partitioned_run_killed_at_any_stage_completes_on_retry(
     tmp_path: Path, stage: str
 ) -> None:
-    ledger = tmp_path / "ledger.duckdb"
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
     assert _golden_cli(ledger, tmp_path, "batch_00").returncode == 0
     before = ledger_snapshot(ledger)
     killed = _golden_cli(ledger, tmp_path, "batch_01", {CRASH_ENV: stage})
@@ -275,7 +279,7 @@ def test_a_partitioned_run_killed_at_any_stage_completes_on_retry(
     retry = _golden_cli(ledger, tmp_path, "batch_01")
     assert retry.returncode == 0, retry.stderr
     assert not list((tmp_path / "batch_01").glob(".hmb-spill-*"))
-    reference = tmp_path / "reference.duckdb"
+    reference = new_ledger(tmp_path / "reference.duckdb")
     for name in ("batch_00", "batch_01"):
         assert _golden_cli(reference, tmp_path / "ref", name).returncode == 0
     got, want = ledger_snapshot(ledger), ledger_snapshot(reference)

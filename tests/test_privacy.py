@@ -6,7 +6,7 @@ from pathlib import Path
 
 import polars as pl
 
-from conftest import GOLDEN, run_cli
+from conftest import GOLDEN, new_ledger, run_cli
 
 
 def _night_with_names(tmp_path: Path) -> tuple[Path, pl.DataFrame]:
@@ -34,7 +34,7 @@ def _run(settlements: Path, out: Path, *extra: str) -> str:
             "--plan",
             "zhelibao",
             "--ledger",
-            str(out.parent / f"{out.name}.duckdb"),
+            str(new_ledger(out.parent / f"{out.name}.duckdb")),
             "--out",
             str(out),
             "--csv",

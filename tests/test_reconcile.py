@@ -14,22 +14,12 @@ import polars as pl
 import pytest
 
 import hmb_batch
-from conftest import GOLDEN, golden_batch, ledger_snapshot
+from conftest import GOLDEN, golden_batch, ledger_snapshot, new_ledger
 from hmb_batch import pipeline
 from hmb_batch.contracts import LINE_COMPONENTS
 from hmb_batch.errors import ReconciliationError
-from hmb_batch.ledger import open_ledger
 from hmb_batch.pipeline import BatchInputs, run_batch
 from hmb_batch.reconcile import COUNTED_FROM_LINES
-
-try:
-    from conftest import new_ledger
-except ImportError:  # conftest before `hmb-batch ledger init` (issue 13 item 8)
-
-    def new_ledger(path: Path) -> Path:
-        with open_ledger(path):
-            pass
-        return path
 
 
 def _inputs(name: str) -> BatchInputs:

@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from conftest import GOLDEN, golden_batch, run_cli
+from conftest import GOLDEN, golden_batch, new_ledger, run_cli
 
 CHARTS = [
     "responsibilities",
@@ -100,7 +100,7 @@ def _assert_renders(result: dict[str, Any], page: Path) -> None:
 
 
 def test_the_batch_report_renders_in_a_real_browser(tmp_path: Path, chromium: str) -> None:
-    ledger = tmp_path / "ledger.duckdb"
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
     for name in ("batch_00", "batch_01"):
         assert golden_batch(ledger, tmp_path, name).exit_code == 0
     page = tmp_path / "batch_01" / "report.html"
@@ -112,7 +112,7 @@ def test_the_batch_report_renders_in_a_real_browser(tmp_path: Path, chromium: st
 def test_the_year_report_from_the_ledger_renders_in_a_real_browser(
     tmp_path: Path, chromium: str
 ) -> None:
-    ledger = tmp_path / "ledger.duckdb"
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
     for name in ("batch_00", "batch_01", "batch_02"):
         assert golden_batch(ledger, tmp_path, name).exit_code == 0
     r = run_cli(["report", "--ledger", str(ledger), "--year", "2022", "--out", str(tmp_path)])

@@ -45,7 +45,7 @@ plan_app = typer.Typer(
 app.add_typer(plan_app, name="plan")
 ledger_app = typer.Typer(
     help=(
-        "The ledger: status, batches, a member's statement, revert the last batch.\n\n"
+        "The ledger: init, status, batches, a member's statement, revert the last batch.\n\n"
         "Example:\n\n  hmb-batch ledger member P20220000016 --ledger ledger.duckdb --year 2022"
     ),
     no_args_is_help=True,
@@ -75,12 +75,11 @@ def _on_ledger(
 
 
 def _ledger_path(ledger: Path | None, config: Path | None) -> Path:
+    # whether it exists is open_ledger's to say (exit 3, naming `hmb-batch ledger init`)
     cfg = load_config(config)
     path = ledger or cfg.path(cfg.adjudicate.ledger)
     if path is None:
         raise ConfigError("--ledger is required (or set adjudicate.ledger in hmb.toml)")
-    if not path.exists():
-        raise ConfigError(f"{path}: no such ledger (adjudicate --ledger creates one)")
     return path
 
 
@@ -450,6 +449,34 @@ def plan_check(
     out.print(f"{file}: ok — {e.id} ({e.plan_name}), {len(e.responsibilities)} responsibilities")
 
 
+@ledger_app.command("init", epilog="Example: hmb-batch ledger init ledger.duckdb")
+def ledger_init(
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="The ledger file to create (default: adjudicate.ledger in hmb.toml)."),
+    ] = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+) -> None:
+    """Create an empty ledger (and its parent folders); an existing one is refused.
+
+    adjudicate and every other command refuse a ledger that does not exist, so a mistyped path
+    cannot start every member's year to date at zero.
+    """
+    from hmb_batch.ledger import create_ledger
+
+    try:
+        target = _ledger_path(path, config)
+        create_ledger(target, wait=wait)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    out.print(
+        f"created the ledger {target} (its file archive will be {target}.files/: back up both)",
+        highlight=False,
+        markup=False,
+    )
+
+
 @ledger_app.command("status", epilog="Example: hmb-batch ledger status --ledger ledger.duckdb")
 def ledger_status(
     ledger: LedgerOption = None, config: ConfigOption = None, wait: WaitOption = 30.0
@@ -480,8 +507,16 @@ def ledger_member(
     """A member's statement: each settlement, its increments, year to date and payout."""
     statement = _on_ledger(ledger, config, wait, lambda lg: lg.member_statement(psn_no, year))
     if statement.height == 0:
-        err.print(f"no settlements for member {psn_no}" + (f" in {year}" if year else ""))
-        raise typer.Exit(1)
+        # an empty statement is an answer, not an error (the ledger cannot tell a member with no
+        # settlements from an unknown id): exit 0, on stdout
+        out.print(
+            f"no settlements for member {psn_no}"
+            + (f" in {year}" if year else "")
+            + " in the ledger",
+            highlight=False,
+            markup=False,
+        )
+        return
     render.member_statement(out, psn_no, statement)
 
 

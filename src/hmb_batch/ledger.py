@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -48,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
@@ -175,14 +177,39 @@ class FileArchive:
     """
 
     def __init__(self, ledger_path: Path) -> None:
+        self.ledger_path = ledger_path
         self.root = ledger_path.with_name(ledger_path.name + ".files")
+
+    def check(self) -> None:
+        """Refuse an archive path that is there but is not a folder (a damaged ledger)."""
+        if self.root.exists() and not self.root.is_dir():
+            raise LedgerDamaged(self.ledger_path, f"its file archive {self.root} is not a folder")
 
     def path_of(self, digest: str) -> Path:
         """Where the file with this SHA-256 is (or would be) kept."""
         return self.root / digest[:2] / digest
 
     def keep(self, content: bytes | Path) -> str:
-        """Archive bytes or a file's content; returns its SHA-256 (hex)."""
+        """Archive bytes or a file's content; returns its SHA-256 (hex).
+
+        A full disk or a read-only archive is :class:`LedgerUnwritable` (exit 3), an archive
+        path that is not a folder :class:`LedgerDamaged`: both before the batch's commit, so
+        nothing is applied.
+        """
+        try:
+            return self._keep(content)
+        except OSError as exc:
+            if exc.errno in _WRITE_ERRNOS:
+                raise LedgerUnwritable(
+                    self.ledger_path, f"its file archive {self.root}: {exc.strerror}"
+                ) from exc
+            if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise LedgerDamaged(
+                    self.ledger_path, f"its file archive {self.root} is not a folder of files"
+                ) from exc
+            raise
+
+    def _keep(self, content: bytes | Path) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".incoming.{os.getpid()}"
         h = hashlib.sha256()
@@ -231,11 +258,116 @@ class LedgerError(HmbError):
     exit_code = ExitCode.LEDGER_REFUSED
 
 
+class LedgerMissing(HmbError):
+    """No ledger at the path given: a mistyped path must not start the year from zero."""
+
+    exit_code = ExitCode.INPUT_UNREADABLE
+
+    def __init__(self, path: Path) -> None:
+        what = "is a folder, not a ledger file" if path.is_dir() else "does not exist"
+        super().__init__(
+            f"the ledger {path} {what}. Check --ledger (or adjudicate.ledger in hmb.toml); "
+            f"to start a new ledger, whose members all begin the year at zero, run: "
+            f"hmb-batch ledger init {path}"
+        )
+
+
+class LedgerDamaged(LedgerError):
+    """The ledger file (or its file archive) is not what hmb-batch wrote: exit 9."""
+
+    def __init__(self, path: Path, cause: str) -> None:
+        super().__init__(f"the ledger at {path} is damaged: {cause}, restore it from backup")
+
+
+class LedgerUnwritable(HmbError):
+    """The ledger cannot be written (disk full, read-only, no permission): exit 3."""
+
+    exit_code = ExitCode.INPUT_UNREADABLE
+
+    def __init__(self, path: Path, cause: str, consequence: str = "") -> None:
+        super().__init__(
+            f"the ledger at {path} cannot be written: {cause}. "
+            + (
+                consequence
+                or "A batch is applied whole or not at all (hmb-batch ledger batches shows "
+                "which were); free space or fix permissions, then run again"
+            )
+        )
+
+
+# errno values (and DuckDB's words for them) that mean "cannot write here", not "damaged"
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
+_WRITE_WORDS = tuple(os.strerror(e) for e in _WRITE_ERRNOS)
+
+
+def _cause(exc: BaseException) -> str:
+    """DuckDB's message, first line, without its trailing '!' (the full text can be long)."""
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__).rstrip("!. ")
+
+
+def ledger_failure(path: Path, exc: duckdb.Error, consequence: str = "") -> HmbError:
+    """What a DuckDB error on the ledger means to a person.
+
+    A full disk, a read-only file or a missing permission is :class:`LedgerUnwritable` (exit 3);
+    DuckDB's own file lock held by another program (e.g. an analyst's DuckDB shell) is
+    :class:`LedgerBusy`; anything else from the ledger's fixed, tested SQL means the file is not
+    what hmb-batch wrote — truncated, a block overwritten, a table dropped — and is
+    :class:`LedgerDamaged`. (DuckDB reports a checksum mismatch as a plain ``duckdb.Error``,
+    truncation as ``IOException``, a dropped table as ``CatalogException``.)
+    """
+    cause = _cause(exc)
+    if any(words in str(exc) for words in _WRITE_WORDS):
+        return LedgerUnwritable(path, cause, consequence)
+    if "Could not set lock on file" in str(exc):
+        return LedgerBusy(f"ledger {path} is open in another program: {cause}")
+    return LedgerDamaged(path, cause)
+
+
+_T = TypeVar("_T")
+
+
+def _guard_duckdb(cls: type[_T]) -> type[_T]:
+    """Every method of ``cls`` turns a DuckDB error into :func:`ledger_failure`'s error.
+
+    One place instead of a try around each query: every query of the ledger may be the first to
+    read a damaged block, and none may end in a traceback.
+    """
+
+    def guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def run(self: Ledger, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (duckdb.InterruptException, duckdb.OutOfMemoryException):
+                raise  # not the file's fault; the caller reports these
+            except duckdb.Error as exc:
+                raise ledger_failure(self.path, exc) from exc
+
+        return run
+
+    for name, member in list(vars(cls).items()):
+        if callable(member) and not name.startswith("__"):
+            setattr(cls, name, guarded(member))
+    return cls
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, if DuckDB has not already: a failed COMMIT (e.g. disk full) ends the
+    transaction itself, and a ROLLBACK then raises "no transaction is active", which would
+    hide the real cause."""
+    with contextlib.suppress(duckdb.Error):
+        con.execute("ROLLBACK")
+
+
 @contextlib.contextmanager
 def _lock(path: Path, wait: float, holder: str) -> Iterator[None]:
     lock_path = path.with_name(path.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LedgerUnwritable(path, f"its lock file {lock_path}: {exc.strerror}") from exc
     try:
         deadline = time.monotonic() + wait
         while True:
@@ -251,8 +383,11 @@ def _lock(path: Path, wait: float, holder: str) -> Iterator[None]:
                         f"({current or 'holder unknown'}); waited {wait:g} s (--wait)"
                     ) from None
                 time.sleep(0.1)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode("utf-8"), 0)
+        # the holder's name only serves a second run's message: a full disk must not stop the
+        # run here, before it can say what is full
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, holder.encode("utf-8"), 0)
         yield
     finally:
         os.close(fd)  # closing releases the lock
@@ -275,6 +410,7 @@ class BatchRecord:
     max_setl_time: dt.datetime | None
 
 
+@_guard_duckdb
 class Ledger:
     """An open ledger (hold it through :func:`open_ledger`)."""
 
@@ -284,7 +420,12 @@ class Ledger:
         self.archive = FileArchive(path)
 
     # --- schema ------------------------------------------------------------------------
-    def _migrate(self) -> None:
+    def _migrate(self, *, create: bool = False) -> None:
+        """Bring the schema to :data:`SCHEMA_VERSION`, then check it is all there.
+
+        Only ``create`` (``ledger init``) starts from an empty file: an existing file without a
+        schema version lost its ``meta`` table or is not a ledger at all.
+        """
         tables = {
             r[0] for r in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
         }
@@ -293,7 +434,16 @@ class Ledger:
             rows = self.con.execute(
                 "SELECT value FROM meta WHERE key = 'schema_version'"
             ).fetchall()
-            version = int(rows[0][0]) if rows else 0
+            try:
+                version = int(rows[0][0]) if rows else 0
+            except ValueError:
+                raise LedgerDamaged(self.path, f"its schema version reads {rows[0][0]!r}") from None
+        if version == 0 and not create:
+            raise LedgerDamaged(
+                self.path,
+                "it has no schema version (its meta table is gone, or it is not an hmb-batch "
+                "ledger)",
+            )
         if version > SCHEMA_VERSION:
             raise LedgerError(
                 f"ledger {self.path} has schema version {version}, newer than this hmb-batch "
@@ -301,10 +451,39 @@ class Ledger:
             )
         for v in range(version + 1, SCHEMA_VERSION + 1):
             self.con.execute("BEGIN TRANSACTION")
-            for ddl in MIGRATIONS[v]:
-                self.con.execute(ddl)
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(v)])
-            self.con.execute("COMMIT")
+            try:
+                for ddl in MIGRATIONS[v]:
+                    self.con.execute(ddl)
+                self.con.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(v)]
+                )
+                self.con.execute("COMMIT")
+            except BaseException:
+                _rollback(self.con)
+                raise
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        """Every table, column and view of the schema is there (a dropped or altered table is
+        found now, not half-way through a batch). Reads the catalog only: cheap at any size."""
+        found = set(
+            self.con.execute(
+                "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                "WHERE database_name = current_database() AND schema_name = 'main'"
+            ).fetchall()
+        )
+        for table, column, data_type in sorted(_expected_columns()):
+            if (table, column, data_type) in found:
+                continue
+            if not any(t == table for t, _, _ in found):
+                raise LedgerDamaged(self.path, f"its table or view {table} is missing")
+            raise LedgerDamaged(
+                self.path, f"its table {table} has no column {column} of type {data_type}"
+            )
+        # (a truncated file or an overwritten block is found by the first query that reads the
+        # lost block: DuckDB checksums every block it reads; its block count cannot tell, since
+        # an open database may count blocks its file does not hold yet)
+        self.archive.check()
 
     # --- reading ------------------------------------------------------------------------
     def batches(self) -> list[BatchRecord]:
@@ -574,9 +753,17 @@ class Ledger:
                 verify(self)
             if crash_hook is not None:
                 crash_hook("commit")
-            con.execute("COMMIT")
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:  # e.g. no space for the write-ahead log
+                raise ledger_failure(
+                    self.path,
+                    exc,
+                    f"Batch {batch_id} was not applied: the ledger is as before it; free space "
+                    "or fix permissions, then run the batch again",
+                ) from exc
         except BaseException:
-            con.execute("ROLLBACK")
+            _rollback(con)
             raise
         finally:
             for view in registered:
@@ -616,9 +803,17 @@ class Ledger:
             con.execute(
                 "UPDATE batches SET status = 'reverted' WHERE batch_id = $b", {"b": batch_id}
             )
-            con.execute("COMMIT")
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:
+                raise ledger_failure(
+                    self.path,
+                    exc,
+                    f"Batch {batch_id} was not reverted: the ledger is as before; free space "
+                    "or fix permissions, then run the revert again",
+                ) from exc
         except BaseException:
-            con.execute("ROLLBACK")
+            _rollback(con)
             raise
         return target
 
@@ -832,18 +1027,72 @@ def _lengthen(frame: pl.DataFrame, name: Any, costs: list[str], value: str) -> p
     )
 
 
+@functools.cache
+def _expected_columns() -> frozenset[tuple[str, str, str]]:
+    """(table, column, type) of every table and view a ledger of :data:`SCHEMA_VERSION` has:
+    the migrations run on an in-memory database, so the check cannot drift from them."""
+    con = duckdb.connect()
+    try:
+        for v in range(1, SCHEMA_VERSION + 1):
+            for ddl in MIGRATIONS[v]:
+                con.execute(ddl)
+        return frozenset(
+            con.execute(
+                "SELECT table_name, column_name, data_type FROM duckdb_columns() "
+                "WHERE database_name = current_database() AND schema_name = 'main'"
+            ).fetchall()
+        )
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def _connected(path: Path, *, create: bool = False) -> Iterator[Ledger]:
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error as exc:  # truncated, overwritten header, locked by another program ...
+        raise ledger_failure(path, exc) from exc
+    try:
+        ledger = Ledger(path, con)
+        ledger._migrate(create=create)
+        yield ledger
+    finally:
+        try:
+            con.close()  # checkpoints: may be the first write to hit a full disk
+        except duckdb.Error as exc:
+            raise ledger_failure(path, exc) from exc
+
+
 @contextlib.contextmanager
 def open_ledger(path: Path, *, wait: float = 30.0, holder: str = "") -> Iterator[Ledger]:
-    """Open (creating and migrating) a ledger under its writer lock."""
+    """Open (and migrate) an existing ledger under its writer lock.
+
+    A ledger is never created here: a path that is not there is :class:`LedgerMissing`
+    (``hmb-batch ledger init`` creates one), so a mistyped ``--ledger`` cannot start every
+    member's year at zero. A file that is not the ledger hmb-batch wrote is
+    :class:`LedgerDamaged`.
+    """
+    if not path.is_file():
+        raise LedgerMissing(path)
     who = holder or f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}"
-    with _lock(path, wait, who):
-        try:
-            con = duckdb.connect(str(path))
-        except duckdb.Error as exc:
-            raise LedgerError(f"ledger {path} cannot be opened: {exc}") from exc
-        try:
-            ledger = Ledger(path, con)
-            ledger._migrate()
-            yield ledger
-        finally:
-            con.close()
+    with _lock(path, wait, who), _connected(path) as ledger:
+        yield ledger
+
+
+def create_ledger(path: Path, *, wait: float = 30.0) -> None:
+    """Create an empty ledger at ``path`` (and its parent folders); refuse an existing one.
+
+    Refused too: a write-ahead log ``PATH.wal`` left by an earlier ledger at this path, which
+    DuckDB would replay into the new file.
+    """
+    who = f"ledger init, pid {os.getpid()}"
+    wal = path.with_name(path.name + ".wal")
+    with _lock(path, wait, who):  # two inits at once: one creates, the other is refused
+        for existing in (path, wal):
+            if existing.exists() or existing.is_symlink():
+                raise LedgerError(
+                    f"{existing} already exists: ledger init never overwrites a ledger. "
+                    "Use it with --ledger, or give ledger init a new path"
+                )
+        with _connected(path, create=True):
+            pass
