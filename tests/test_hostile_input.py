@@ -233,6 +233,21 @@ def test_item03_truncated_settlement_row_is_bad_value_naming_file_line_and_count
     assert _paid(tmp_path) == ["S1", "S3"]
 
 
+def test_item03_truncated_row_in_a_bounded_run_and_a_gbk_file(ex: Extract, tmp_path: Path) -> None:
+    _extract(ex)
+    for i, sid in enumerate(["S1", "CUT", "S3"], start=1):
+        _claim(ex, sid, i)
+    files = ex.write(tmp_path / "in")
+    _edit_row(files["settlements"], 2, lambda line: line.rsplit(",", 3)[0])
+    for f in files.values():  # every CSV of the run in GBK
+        f.write_bytes(f.read_text(encoding="utf-8").encode("gbk"))
+    r = _run(files, tmp_path, "--partitions", "2", "--encoding", "gbk")
+    assert r.exit_code == 0, r.output
+    detail = _detail(_quarantine(tmp_path), "CUT")
+    assert "settlements.csv row 2 (line 3): " in detail and "fields where the header has" in detail
+    assert _paid(tmp_path) == ["S1", "S3"]
+
+
 def test_item14_unquoted_comma_in_a_name_is_an_extra_field(ex: Extract, tmp_path: Path) -> None:
     _extract(ex)
     _claim(ex, "S1", 1)
