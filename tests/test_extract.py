@@ -49,11 +49,6 @@ def _nothing_written(out: Path) -> bool:
     return not out.exists() or not any(out.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 13: a GBK CSV read as UTF-8 crashes (polars ComputeError "
-    "'invalid utf-8 sequence', exit 1) instead of exit 3 naming the file, byte and --encoding gbk",
-)
 @pytest.mark.parametrize("encoding", [["--encoding", "utf-8"], []], ids=["utf-8", "default"])
 def test_gbk_file_read_as_utf8_is_a_clear_error(tmp_path: Path, encoding: list[str]) -> None:
     # issue 13 item 20: this test passed --encoding ascii, so it never read a GBK file as UTF-8

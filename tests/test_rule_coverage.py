@@ -526,11 +526,6 @@ def _names_the_fix(output: str) -> bool:
     return "byte" in output and ("--encoding gbk" in output or "--encoding gb18030" in output)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 item 13: a GBK roster or lists file read as UTF-8 crashes "
-    "(polars ComputeError 'invalid utf-8 sequence', exit 1) instead of exit 3",
-)
 @pytest.mark.parametrize("which", ["roster", "lists"])
 def test_item20_a_gbk_reference_file_read_as_utf8_is_a_clear_error(
     ex: Extract, tmp_path: Path, which: str

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -12,11 +14,12 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hmb_batch import __version__, render
 from hmb_batch.codes import REASON_CODES
 from hmb_batch.config import load_config, read_toml, read_toml_text
-from hmb_batch.errors import ConfigError, ExitCode, HmbError
+from hmb_batch.errors import ConfigError, ExitCode, HmbError, UsageError
 from hmb_batch.plan.catalog import select_plan, shipped_editions
 from hmb_batch.plan.check import check_data
 
@@ -88,7 +91,8 @@ err = Console(stderr=True)
 
 
 def _fail(exc: HmbError) -> typer.Exit:
-    err.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+    # the message is text, never markup: a hint such as "[columns]" must print as written
+    err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
     return typer.Exit(int(exc.exit_code))
 
 
@@ -153,7 +157,7 @@ def adjudicate(
         Path | None, typer.Option(help="Configuration file (default ./hmb.toml).")
     ] = None,
     encoding: Annotated[
-        str | None, typer.Option(help="CSV encoding: utf-8 (with or without BOM) or gbk.")
+        str | None, typer.Option(help="CSV encoding: utf-8 (BOM or not), gbk or gb18030.")
     ] = None,
     csv: Annotated[bool, typer.Option("--csv", help="Also write payouts.csv.")] = False,
     batch_id: Annotated[
@@ -194,9 +198,7 @@ def adjudicate(
         lists_path = lists or cfg.path(d.lists)
         if roster_path is None or lists_path is None:
             missing = "--roster" if roster_path is None else "--lists"
-            raise ConfigError(
-                f"{missing} is required (or set adjudicate.{missing[2:]} in hmb.toml)"
-            )
+            raise UsageError(f"{missing} is required (or set adjudicate.{missing[2:]} in hmb.toml)")
         inputs = BatchInputs(
             extract=extract,
             fees=fees or cfg.path(d.fees),
@@ -206,6 +208,7 @@ def adjudicate(
             encoding=encoding or d.encoding,
             column_map=cfg.columns,
             batch_id=batch_id,
+            timezone=d.timezone,
         )
         target = out_dir or cfg.path(d.out) or Path("out")
         # progress on stderr only for a person at a terminal: cron logs and pipes stay clean
@@ -403,7 +406,7 @@ def plan_new(
         raise _fail(exc) from None
     plan_id = plan or file.stem.split("-")[0].lower().replace(" ", "_")
     if file.exists() and not force:
-        err.print(f"[red]error:[/red] {file} exists; give --force to overwrite it")
+        err.print(Text.assemble(("error: ", "red"), f"{file} exists; give --force to overwrite it"))
         raise typer.Exit(int(ExitCode.USAGE))
     text = edition_template(
         origin, plan=plan_id, plan_name=name or plan_id, year=year or origin.edition + 1
@@ -412,7 +415,7 @@ def plan_new(
     if problems or e is None:  # a bug: the template must always check
         err.print("[red]internal error: the written edition does not check[/red]")
         for p in problems:
-            err.print(f"  - {p}", highlight=False)
+            err.print(f"  - {p}", highlight=False, markup=False)
         raise typer.Exit(int(ExitCode.FAILURE))
     file.write_text(text, encoding="utf-8")
     out.print(
@@ -441,9 +444,9 @@ def plan_check(
     except HmbError as exc:
         raise _fail(exc) from None
     if problems:
-        err.print(f"[red]{file}: {len(problems)} problem(s)[/red]")
+        err.print(Text(f"{file}: {len(problems)} problem(s)", style="red"))
         for p in problems:
-            err.print(f"  - {p}", highlight=False)
+            err.print(f"  - {p}", highlight=False, markup=False)
         raise typer.Exit(int(ExitCode.CONFIG))
     assert e is not None
     out.print(f"{file}: ok — {e.id} ({e.plan_name}), {len(e.responsibilities)} responsibilities")
@@ -537,10 +540,33 @@ def ledger_revert(
     )
 
 
+TRACEBACK_ENV = "HMB_TRACEBACK"  # set to 1 to see an internal error's traceback
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    An unexpected exception is a bug: exit 1 with its type and where it was raised, not its
+    message or a traceback (either may quote the data being processed — names, ID numbers);
+    ``HMB_TRACEBACK=1`` shows the traceback to whoever debugs it.
+    """
     try:
         app()
     except HmbError as exc:  # pragma: no cover - commands catch their own
-        err.print(f"error: {exc}")
+        err.print(Text(f"error: {exc}"))
         sys.exit(int(exc.exit_code))
+    except Exception as exc:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            raise
+        tb = traceback.extract_tb(exc.__traceback__)
+        where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+        err.print(
+            Text(
+                f"internal error: {type(exc).__name__}{where} — a bug in hmb-batch "
+                f"{__version__}, please report it (run with {TRACEBACK_ENV}=1 for the "
+                "traceback; it may show personal data). Nothing was applied unless the "
+                "summary said so; the ledger is always as before or after a batch."
+            ),
+            soft_wrap=True,
+        )
+        sys.exit(int(ExitCode.FAILURE))

@@ -78,6 +78,13 @@ _CODES = (
         "a reversal whose original settlement was never adjudicated (or comes after it)",
     ),
     ReasonCode(
+        "REVERSAL_MISMATCH",
+        Stage.QUARANTINE,
+        "冲正金额与原结算不符",
+        "a reversal whose amounts are neither zero nor exactly the negation of its original's "
+        "(partial refunds come as a reversal plus a new settlement)",
+    ),
+    ReasonCode(
         "DUPLICATE_REVERSAL",
         Stage.QUARANTINE,
         "原结算已被冲正",

@@ -23,7 +23,8 @@ from typing import Any
 import polars as pl
 
 from hmb_batch.codes import code_list
-from hmb_batch.contracts import COMPONENT_PAIRS, LINE_COMPONENTS
+from hmb_batch.contracts import COMPONENT_PAIRS, LINE_COMPONENTS, SETTLEMENTS, Kind
+from hmb_batch.money import to_decimal
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.compiled import (
     ADMISSION_CODES,
@@ -47,7 +48,17 @@ CARRIED = [
     "enddate",
     "psn_name",
     "certno",
+    "header_fen",
 ]
+# A settlement's header amounts, in contract order, kept in the ledger so that a later reversal
+# can be checked against its original (REVERSAL_MISMATCH).
+HEADER_AMOUNTS = SETTLEMENTS.of_kind(Kind.MONEY)
+HEADER_FEN = "header_fen"
+
+
+def header_fen() -> pl.Expr:
+    """The settlement's header amounts as one list (fen, :data:`HEADER_AMOUNTS` order)."""
+    return pl.concat_list([pl.col(c).fill_null(0) for c in HEADER_AMOUNTS]).alias(HEADER_FEN)
 
 
 def inc(cost: str) -> str:
@@ -82,6 +93,7 @@ class PriorState:
                 IS_REVERSAL: pl.Boolean,
                 "init_setl_id": pl.String,
                 "reversed": pl.Boolean,
+                HEADER_FEN: pl.List(pl.Int64),
                 **{inc(c): pl.Int64 for c in costs},
             }
         ).lazy()
@@ -131,7 +143,9 @@ def _sequence(
     settlements: pl.LazyFrame, prior: PriorState, plan: PlanSelection, years: list[int]
 ) -> tuple[pl.LazyFrame, pl.LazyFrame, pl.LazyFrame]:
     """Split into (non-reversals to adjudicate, valid reversals, quarantined)."""
-    s = settlements.with_columns(pl.col("setl_time").dt.year().cast(pl.Int64).alias("plan_year"))
+    s = settlements.with_columns(
+        pl.col("setl_time").dt.year().cast(pl.Int64).alias("plan_year"), header_fen()
+    )
     seen_before = s.join(prior.registry.select("setl_id"), on="setl_id", how="semi")
     s = s.join(prior.registry.select("setl_id"), on="setl_id", how="anti")
     first_batch = pl.col("batch_seq").min().over("setl_id")
@@ -175,6 +189,7 @@ def _sequence(
         pl.col("setl_time").alias("_o_time"),
         pl.lit(False).alias("_orig_reversed"),
         pl.lit(True).alias("_orig_in_run"),
+        pl.col(HEADER_FEN).alias("_o_header"),
     )
     from_prior = prior.registry.filter(~pl.col(IS_REVERSAL)).select(
         pl.col("setl_id").alias("init_setl_id"),
@@ -184,6 +199,7 @@ def _sequence(
         pl.lit(None, pl.Datetime("us")).alias("_o_time"),
         pl.col("reversed").alias("_orig_reversed"),
         pl.lit(False).alias("_orig_in_run"),
+        pl.col(HEADER_FEN).alias("_o_header"),
     )
     targets = pl.concat([in_run, from_prior], how="vertical_relaxed")
     reversals = reversals.join(targets, on="init_setl_id", how="left")
@@ -245,13 +261,54 @@ def _sequence(
             ),
         )
     )
-    scratch = ["_o_batch", "_o_time", "_orig_reversed", "_orig_in_run", "_orig_member"]
-    reversals = reversals.filter(~duplicate).drop(scratch, strict=False)
+    reversals = reversals.filter(~duplicate)
+    mismatch = _reversal_mismatch()
+    quarantine.append(
+        _quarantined(reversals.filter(mismatch.is_not_null()), "REVERSAL_MISMATCH", mismatch)
+    )
+    reversals = reversals.filter(mismatch.is_null())
+    scratch = [
+        "_o_batch",
+        "_o_time",
+        "_orig_reversed",
+        "_orig_in_run",
+        "_orig_member",
+        "_o_header",
+    ]
+    reversals = reversals.drop(scratch, strict=False)
     q = pl.concat(
         [f.drop(scratch, strict=False) for f in quarantine],
         how="diagonal_relaxed",
     )
     return originals, reversals, q
+
+
+def _reversal_mismatch() -> pl.Expr:
+    """Why a reversal's header amounts do not reverse its original's (null when they do).
+
+    A reversal undoes its original in full: its amounts are all zero, or each is exactly the
+    negation of the original's. Anything else (a tenth of the amounts, positive amounts) is a
+    partial refund in disguise, which the platform sends as a reversal plus a new settlement;
+    applying it as a full reversal would pay the wrong money. Its fee lines add up to its header
+    (HEADER_LINE_MISMATCH), so they are covered too. Originals applied by ledgers older than
+    schema 5 kept no amounts (``_o_header`` null) and are not checked.
+    """
+    zero = pl.all_horizontal([pl.col(c).fill_null(0) == 0 for c in HEADER_AMOUNTS])
+    differs = [
+        pl.when(pl.col(c).fill_null(0) != -pl.col("_o_header").list.get(i)).then(
+            pl.format(
+                "reversal {} of {}: {} expected {} (the negation of the original's) or 0, found {}",
+                pl.col("setl_id"),
+                pl.col("init_setl_id"),
+                pl.lit(c),
+                to_decimal(-pl.col("_o_header").list.get(i)).cast(pl.String),
+                to_decimal(pl.col(c).fill_null(0)).cast(pl.String),
+            )
+        )
+        for i, c in enumerate(HEADER_AMOUNTS)
+    ]
+    checked = pl.col("_o_header").is_not_null() & ~zero
+    return pl.when(checked).then(pl.coalesce(differs)).otherwise(None)
 
 
 def _denials(
@@ -635,6 +692,7 @@ def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) ->
         IS_REVERSAL,
         "init_setl_id",
         pl.lit(False).alias("reversed"),
+        HEADER_FEN,
         *[inc(c) for c in costs],
     )
     registry = pl.concat([prior.registry.collect(), new], how="vertical_relaxed")

@@ -55,11 +55,18 @@ from typing import Any, TypeVar
 import duckdb
 import polars as pl
 
-from hmb_batch.engine import MEMBER_YEAR, RESPONSIBILITY_VALUES, PriorState, cum, inc
+from hmb_batch.engine import (
+    HEADER_FEN,
+    MEMBER_YEAR,
+    RESPONSIBILITY_VALUES,
+    PriorState,
+    cum,
+    inc,
+)
 from hmb_batch.errors import ExitCode, HmbError
 from hmb_batch.validation import IS_REVERSAL
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -113,6 +120,8 @@ MIGRATIONS: dict[int, list[str]] = {
             payable_fen BIGINT NOT NULL, payout_fen BIGINT NOT NULL,
             cum_payable_fen BIGINT NOT NULL, cum_payout_fen BIGINT NOT NULL)""",
     ],
+    # a settlement's header amounts (fen, contract order): a later reversal must negate them
+    5: ["ALTER TABLE settlements ADD COLUMN header_fen BIGINT[]"],
 }
 
 # What one batch inserts, in this order (see :func:`batch_rows`).
@@ -144,6 +153,7 @@ _TABLE_COLUMNS = {
         "insu_admdvs",
         "fixmedins_code",
         "fixmedins_name",
+        "header_fen",
     ],
     "settlement_costs": ["setl_id", "cost", "increment_fen", "cum_fen"],
     "settlement_responsibilities": [
@@ -633,7 +643,7 @@ class Ledger:
             self.con.sql(
                 """
             SELECT s.setl_id, s.psn_no, s.plan_year::BIGINT AS plan_year, s.is_reversal,
-                   s.init_setl_id,
+                   s.init_setl_id, s.header_fen,
                    EXISTS (SELECT 1 FROM settlements r
                            WHERE r.is_reversal AND r.init_setl_id = s.setl_id) AS reversed
             FROM settlements s JOIN ids USING (setl_id)
@@ -899,6 +909,7 @@ def batch_rows(
         "insu_admdvs",
         "fixmedins_code",
         "fixmedins_name",
+        HEADER_FEN,
     )
     setl_costs = pl.concat(
         [

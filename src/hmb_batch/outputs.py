@@ -42,6 +42,24 @@ def masked_certno(expr: pl.Expr) -> pl.Expr:
     )
 
 
+PERSONAL = ("psn_name", "certno")
+
+
+def masked_personal(frame: pl.DataFrame, *, unmasked: bool = False) -> pl.DataFrame:
+    """A frame with its psn_name and certno masked (see :func:`masked_name`,
+    :func:`masked_certno`) unless ``unmasked``: the quarantine file and the ledger's archived
+    copy of it keep setl_id and psn_no — what an operator needs to fix a row — not the person."""
+    if unmasked:
+        return frame
+    return frame.with_columns(
+        [
+            (masked_name if c == "psn_name" else masked_certno)(pl.col(c).cast(pl.String)).alias(c)
+            for c in PERSONAL
+            if c in frame.columns
+        ]
+    )
+
+
 def payouts_frame(
     payouts: pl.DataFrame,
     costs: list[str],

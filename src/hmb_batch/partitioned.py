@@ -54,7 +54,7 @@ from hmb_batch.extract import (
     typed_frames,
 )
 from hmb_batch.ledger import BATCH_TABLES, batch_rows
-from hmb_batch.outputs import lines_frame, payouts_frame, to_text
+from hmb_batch.outputs import lines_frame, masked_personal, payouts_frame, to_text
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.reference import (
     enrolled_counts,
@@ -63,6 +63,7 @@ from hmb_batch.reference import (
     stop_on_roster_problems,
 )
 from hmb_batch.stages import CheckedFrames, EngineFrames, check_extract, run_engine
+from hmb_batch.validation import batch_within_bounds
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -192,7 +193,7 @@ def _partition_files(
     schemas: dict[str, pl.Schema] = {}
     try:
         for path, role in roles:
-            for raw in raw_slices(path, SLICE_ROWS, folder, encoding):
+            for raw in raw_slices(path, SLICE_ROWS, folder, encoding, temp_dir=folder):
                 frames = typed(raw, path, role)
                 names = [name for name in keys if name in frames]
                 done = pl.collect_all(
@@ -238,6 +239,8 @@ class StagedBatch:
     identical_repeats: int = 0
     repeated_fee_lines: int = 0
     years: set[int] = field(default_factory=set)
+    claim_years: set[int] = field(default_factory=set)  # plan years of non-reversals
+    absolute_fen: int = 0  # Σ |amount| read so far (validation.batch_within_bounds)
     max_setl_time: dt.datetime | None = None
     checked_schemas: tuple[pl.Schema, pl.Schema] | None = None  # settlements, fee lines
     line_sums: list[pl.DataFrame] = field(default_factory=list)  # per settlement part (reconcile)
@@ -254,8 +257,10 @@ def stage_batch(
     *,
     column_map: dict[str, str] | None,
     encoding: str,
+    timezone: str = "Asia/Shanghai",
 ) -> StagedBatch:
-    """Roster and extract into partitions (steps 1 and 2 of the module docstring)."""
+    """Roster and extract into partitions (steps 1 and 2 of the module docstring).
+    ``timezone``: of time-zone-aware Parquet timestamps (see extract.type_table)."""
     n = partitions
     _allow_open_files(2 * n + 64)
     roster_schema = _partition_files(
@@ -266,7 +271,9 @@ def stage_batch(
         column_map=column_map,
         encoding=encoding,
         typed=lambda raw, path, _role: {
-            "roster": type_table(raw, ROSTER, column_map=column_map, file_label=str(path))
+            "roster": type_table(
+                raw, ROSTER, column_map=column_map, file_label=str(path), timezone=timezone
+            )
         },
     ).get("roster")
     problems: list[str] = []
@@ -287,7 +294,7 @@ def stage_batch(
         n,
         column_map=column_map,
         encoding=encoding,
-        typed=lambda raw, path, role: typed_frames(raw, path, role, column_map),
+        typed=lambda raw, path, role: typed_frames(raw, path, role, column_map, timezone=timezone),
     )
     typed_roster = pl.DataFrame(schema=roster_schema or _typed_schema(ROSTER, column_map))
     staged = StagedBatch(folder, n, shape, roster_frame(typed_roster).schema)
@@ -342,9 +349,12 @@ def _validate_parts(
         staged.identical_repeats += checked.identical_repeats
         staged.repeated_fee_lines += checked.repeated_fee_lines
         staged.line_sums.append(checked.line_sums)
+        staged.absolute_fen += checked.absolute_fen
+        batch_within_bounds(staged.absolute_fen)  # each part is within; the batch must be too
         s = checked.settlements.with_columns(_part_of("psn_no", n))
         if s.height:
             staged.years |= set(plan_years(s, None))
+            staged.claim_years |= set(plan_years(s.filter(~pl.col("is_reversal")), None))
             latest = s["setl_time"].max()
             if staged.max_setl_time is None or latest > staged.max_setl_time:  # type: ignore[operator]
                 staged.max_setl_time = latest  # type: ignore[assignment]
@@ -489,7 +499,10 @@ def adjudicate_partitions(
     }
     _sorted_payout_file(folder / "payout-file", files["payouts.parquet"], memory_limit, folder)
     lap("payout_file_sort")
-    quarantine.collect().write_parquet(files["quarantine.parquet"])  # rejects: usually few
+    # rejects: usually few
+    masked_personal(quarantine.collect(), unmasked=unmasked).write_parquet(
+        files["quarantine.parquet"]
+    )
     _concat_parquet(sorted((folder / "lines").glob("*.parquet")), files["lines.parquet"])
     if csv:
         files["payouts.csv"] = out / "payouts.csv"

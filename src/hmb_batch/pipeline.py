@@ -24,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,17 @@ from hmb_batch.balancing import (
     verify_after,
 )
 from hmb_batch.engine import PriorState, cost_ids, plan_years
-from hmb_batch.errors import ConfigError, InputUnreadable, ReconciliationError
+from hmb_batch.errors import (
+    ConfigError,
+    InputUnreadable,
+    OutputUnwritable,
+    ReconciliationError,
+    ReferenceDataError,
+)
 from hmb_batch.extract import read_extract
 from hmb_batch.ledger import Ledger, LedgerError, batch_rows, file_rows, open_ledger
 from hmb_batch.money import fen_to_yuan
-from hmb_batch.outputs import lines_frame, payouts_frame, to_text_frame
+from hmb_batch.outputs import lines_frame, masked_personal, payouts_frame, to_text_frame
 from hmb_batch.plan.catalog import PlanSelection, select_plan
 from hmb_batch.reconcile import Reconciliation, batch_totals
 from hmb_batch.reference import enrolled_by_year, load_lists, load_roster
@@ -75,6 +81,7 @@ class BatchInputs:
     encoding: str = "utf-8"
     column_map: Mapping[str, str] | None = None
     batch_id: str | None = None
+    timezone: str = "Asia/Shanghai"  # of time-zone-aware Parquet timestamps (hmb.toml)
 
 
 @dataclass(frozen=True)
@@ -134,10 +141,16 @@ class BatchHeader:
     fee_files: list[Path]
 
 
-def describe_batch(inputs: BatchInputs) -> BatchHeader:
-    """Read the lists, choose the plan, hash every input file: the batch's identity."""
+def describe_batch(inputs: BatchInputs, spill: Path | None = None) -> BatchHeader:
+    """Read the lists, choose the plan, hash every input file: the batch's identity.
+
+    ``spill``: the run's spill folder, where temporary copies of inputs go (see
+    :func:`spill_area`).
+    """
     cmap = inputs.column_map
-    lists = load_lists(inputs.lists, cmap, inputs.encoding)
+    lists = load_lists(
+        inputs.lists, cmap, inputs.encoding, timezone=inputs.timezone, temp_dir=spill
+    )
     plan = select_plan(inputs.plan, sorted(lists["list"].unique().to_list()))
     extract_files = expand_inputs(inputs.extract)
     fee_files = expand_inputs(inputs.fees) if inputs.fees is not None else []
@@ -181,23 +194,37 @@ class PreparedBatch:
 
 
 def prepare_batch(
-    inputs: BatchInputs, header: BatchHeader | None = None, *, roster_checked: bool = False
+    inputs: BatchInputs,
+    header: BatchHeader | None = None,
+    *,
+    roster_checked: bool = False,
+    spill: Path | None = None,
 ) -> PreparedBatch:
     """Read reference data, choose the plan, read and validate the extract (in memory).
 
     ``roster_checked``: the roster file was checked whole by an earlier batch (same SHA-256), so
-    only the rows of this batch's members are read and checked.
+    only the rows of this batch's members are read and checked. ``spill``: see
+    :func:`describe_batch`.
     """
-    header = header or describe_batch(inputs)
+    header = header or describe_batch(inputs, spill)
     extract = read_extract(
         header.extract_files,
         header.fee_files or None,
         column_map=inputs.column_map,
         encoding=inputs.encoding,
+        timezone=inputs.timezone,
+        temp_dir=spill,
     )
     checked = check_extract(extract, header.batch_id)
     members = checked.settlements["psn_no"].unique() if roster_checked else None
-    roster = load_roster(inputs.roster, inputs.column_map, inputs.encoding, members=members)
+    roster = load_roster(
+        inputs.roster,
+        inputs.column_map,
+        inputs.encoding,
+        members=members,
+        timezone=inputs.timezone,
+        temp_dir=spill,
+    )
     _crash_point("read")
     return PreparedBatch(header, roster, checked, extract.shape)
 
@@ -258,7 +285,7 @@ def adjudicate_prepared(
     payout_file = payouts_frame(done.payouts, done.costs, done.responsibilities, unmasked=unmasked)
     files = {
         "payouts.parquet": _parquet_bytes(payout_file),
-        "quarantine.parquet": _parquet_bytes(done.quarantine),
+        "quarantine.parquet": _parquet_bytes(masked_personal(done.quarantine, unmasked=unmasked)),
         "lines.parquet": _parquet_bytes(lines_frame(done.lines)),
     }
     if csv:
@@ -351,16 +378,18 @@ def run_batch(
         if ledger_path is not None
         else contextlib.nullcontext()
     )
-    with _Laps(progress) as clock, opened as ledger:
+    with spill_area(out_dir) as spill, _Laps(progress) as clock, opened as ledger:
         if ledger is not None and memory_limit is not None:
             ledger.limit_memory(partitioned.duckdb_share(memory_limit))
         clock.lap("lock")
-        header = describe_batch(inputs)
+        header = describe_batch(inputs, spill)
         before = _ledger_state(ledger) if ledger is not None else None
         if ledger is not None:
             existing = ledger.find_batch(batch_key=header.batch_key)
             if existing is not None:
-                return _replay(ledger, existing.batch_id, header, out_dir, started, clock, before)
+                return _replay(
+                    ledger, existing.batch_id, header, out_dir, started, clock, before, unmasked
+                )
             header = _unique_batch_id(ledger, header, explicit=inputs.batch_id is not None)
         n = partitions or 1
         if partitions is None and memory_limit is not None:
@@ -374,6 +403,7 @@ def run_batch(
                 header,
                 ledger,
                 out_dir,
+                spill,
                 n,
                 csv=csv,
                 allow_out_of_order=allow_out_of_order,
@@ -387,9 +417,19 @@ def run_batch(
         roster_checked = ledger is not None and ledger.knows_roster(roster_digest)
         # the same roster file (same SHA-256) has the same members: no need to count them again
         enrolled = ledger.roster_enrolment(roster_digest) if ledger is not None else None
-        batch = prepare_batch(inputs, header, roster_checked=roster_checked)
+        batch = prepare_batch(inputs, header, roster_checked=roster_checked, spill=spill)
+        if enrolled is None:
+            enrolled = enrolled_by_year(
+                inputs.roster, inputs.column_map, inputs.encoding, temp_dir=spill
+            )
         clock.lap("read_and_validate")
         settlements = batch.checked.settlements
+        require_roster_years(
+            header.plan,
+            plan_years(settlements.filter(~pl.col("is_reversal")), None),
+            enrolled,
+            inputs.roster,
+        )
         latest: dt.datetime | None = (
             settlements["setl_time"].max() if settlements.height else None  # type: ignore[assignment]
         )
@@ -403,9 +443,7 @@ def run_batch(
             done,
             summary=replace(
                 done.summary,
-                enrolled_by_plan_year=enrolled
-                if enrolled is not None
-                else enrolled_by_year(inputs.roster, inputs.column_map, inputs.encoding),
+                enrolled_by_plan_year=enrolled,
             ),
         )
         clock.lap("adjudicate")
@@ -433,11 +471,12 @@ def run_batch(
             expected=AfterExpectation.of(done.payouts, prior, done.costs)
             if prior is not None
             else None,
-            latest=latest,
+            latest=order_mark(done.payouts),
             started=started,
             clock=clock,
             before=before,
             out_dir=out_dir,
+            unmasked=unmasked,
         )
         return BatchResult(
             done.summary, files, done.payout_file.lazy(), done.quarantine.lazy(), False, manifest
@@ -449,6 +488,7 @@ def _run_partitioned(
     header: BatchHeader,
     ledger: Ledger | None,
     out_dir: Path,
+    spill: Path,
     n: int,
     *,
     csv: bool,
@@ -459,92 +499,87 @@ def _run_partitioned(
     clock: _Laps,
     before: list[dict[str, Any]] | None,
 ) -> BatchResult:
-    """:func:`run_batch` for a batch in ``n`` partitions (spill folder inside ``out_dir``).
-
-    The spill folder is removed at the end, whatever happens; the ledger's archive holds the
-    output files from before the commit, so a retry after a kill (a replay) takes them from it.
+    """:func:`run_batch` for a batch in ``n`` partitions, through files in ``spill`` (see
+    :func:`spill_area`); the ledger's archive holds the output files from before the commit, so
+    a retry after a kill (a replay) takes them from it.
     """
-    spill = out_dir / f"{SPILL_PREFIX}{os.getpid()}"
-    shutil.rmtree(spill, ignore_errors=True)
-    spill.mkdir(parents=True)
-    try:
-        staged = partitioned.stage_batch(
-            header.batch_id,
-            header.extract_files,
-            header.fee_files,
-            inputs.roster,
-            n,
-            spill,
-            column_map=dict(inputs.column_map or {}),
-            encoding=inputs.encoding,
-        )
-        _crash_point("read")
-        clock.lap("read_and_validate")
-        if ledger is not None:
-            _check_order(ledger, header.batch_id, staged.max_setl_time, allow_out_of_order)
-        costs = cost_ids(header.plan)
+    staged = partitioned.stage_batch(
+        header.batch_id,
+        header.extract_files,
+        header.fee_files,
+        inputs.roster,
+        n,
+        spill,
+        column_map=dict(inputs.column_map or {}),
+        encoding=inputs.encoding,
+        timezone=inputs.timezone,
+    )
+    _crash_point("read")
+    clock.lap("read_and_validate")
+    require_roster_years(header.plan, staged.claim_years, staged.enrolled_by_year, inputs.roster)
+    if ledger is not None:
+        _check_order(ledger, header.batch_id, staged.max_setl_time, allow_out_of_order)
+    costs = cost_ids(header.plan)
 
-        def prior_for(settlements: pl.DataFrame) -> PriorState | None:
-            return ledger.prior_for(settlements, costs) if ledger is not None else None
+    def prior_for(settlements: pl.DataFrame) -> PriorState | None:
+        return ledger.prior_for(settlements, costs) if ledger is not None else None
 
-        audit = PartitionAudit(header.plan, ledger)
-        outcome = partitioned.adjudicate_partitions(
-            staged,
-            batch_id=header.batch_id,
-            plan=header.plan,
-            lists=header.lists,
-            prior_for=prior_for,
-            with_ledger=ledger is not None,
-            csv=csv,
-            memory_limit=memory_limit or partitioned.RUNTIME_BYTES * 2,
-            unmasked=unmasked,
-            on_partition=audit,
-            lap=clock.lap,
-        )
-        covered_years(header.plan, outcome.years)
-        _crash_point("compute")
-        clock.lap("assemble_outputs")
-        summary = summarise(
-            batch_id=header.batch_id,
-            editions=editions_used(header.plan, outcome.years),
-            shape=staged.shape,
-            settlements_in=staged.settlements_in,
-            fee_lines_in=staged.fee_lines_in,
-            identical_repeats=staged.identical_repeats,
-            repeated_fee_lines=staged.repeated_fee_lines,
-            payouts=outcome.payouts,
-            quarantine=outcome.quarantine,
-        )
-        summary = replace(summary, enrolled_by_plan_year=staged.enrolled_by_year)
-        _check_balanced(summary)
-        recon = audit.reconciliation(header.batch_id, staged, outcome.quarantine, summary)
-        files, manifest = _finish(
-            ledger,
-            header,
-            summary,
-            recon,
-            outcome.payouts,
-            dict(outcome.files),
-            rows=outcome.ledger_rows,
-            expected=AfterExpectation.combine(audit.after) if audit.after else None,
-            latest=staged.max_setl_time,
-            started=started,
-            clock=clock,
-            before=before,
-            out_dir=out_dir,
-            partitions=n,
-        )
-        return BatchResult(
-            summary,
-            files,
-            pl.scan_parquet(files["payouts"]),
-            pl.scan_parquet(files["quarantine"]),
-            False,
-            manifest,
-        )
-    finally:
-        shutil.rmtree(spill, ignore_errors=True)
-        _remove_stale_spills(out_dir)
+    audit = PartitionAudit(header.plan, ledger)
+    outcome = partitioned.adjudicate_partitions(
+        staged,
+        batch_id=header.batch_id,
+        plan=header.plan,
+        lists=header.lists,
+        prior_for=prior_for,
+        with_ledger=ledger is not None,
+        csv=csv,
+        memory_limit=memory_limit or partitioned.RUNTIME_BYTES * 2,
+        unmasked=unmasked,
+        on_partition=audit,
+        lap=clock.lap,
+    )
+    covered_years(header.plan, outcome.years)
+    _crash_point("compute")
+    clock.lap("assemble_outputs")
+    summary = summarise(
+        batch_id=header.batch_id,
+        editions=editions_used(header.plan, outcome.years),
+        shape=staged.shape,
+        settlements_in=staged.settlements_in,
+        fee_lines_in=staged.fee_lines_in,
+        identical_repeats=staged.identical_repeats,
+        repeated_fee_lines=staged.repeated_fee_lines,
+        payouts=outcome.payouts,
+        quarantine=outcome.quarantine,
+    )
+    summary = replace(summary, enrolled_by_plan_year=staged.enrolled_by_year)
+    _check_balanced(summary)
+    recon = audit.reconciliation(header.batch_id, staged, outcome.quarantine, summary)
+    files, manifest = _finish(
+        ledger,
+        header,
+        summary,
+        recon,
+        outcome.payouts,
+        dict(outcome.files),
+        rows=outcome.ledger_rows,
+        expected=AfterExpectation.combine(audit.after) if audit.after else None,
+        latest=order_mark(outcome.payouts),
+        started=started,
+        clock=clock,
+        before=before,
+        out_dir=out_dir,
+        partitions=n,
+        unmasked=unmasked,
+    )
+    return BatchResult(
+        summary,
+        files,
+        pl.scan_parquet(files["payouts"]),
+        pl.scan_parquet(files["quarantine"]),
+        False,
+        manifest,
+    )
 
 
 def _finish(
@@ -563,6 +598,7 @@ def _finish(
     before: list[dict[str, Any]] | None,
     out_dir: Path,
     partitions: int | None = None,
+    unmasked: bool = False,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """A batch's last steps, in memory or in partitions: refuse it unless it reconciles, add
     the reconciliation and the reports to its files, apply it to the ledger (checked inside the
@@ -581,7 +617,7 @@ def _finish(
         assert rows is not None
         digests = {name: ledger.archive.keep(content) for name, content in files.items()}
         ledger.apply(
-            _record(ledger, header, summary, started, latest),
+            _record(ledger, header, summary, started, latest, unmasked=unmasked),
             {**rows, "batch_files": file_rows(header.batch_id, digests)},
             crash_hook=_crash_point,
             verify=verify_after(expected, cost_ids(header.plan), header.batch_id)
@@ -601,10 +637,46 @@ def _finish(
 
 
 SPILL_PREFIX = ".hmb-spill-"
+PERSONAL_DATA = "personal_data"  # the batch record's summary: "masked" or "unmasked" files
+
+
+@contextlib.contextmanager
+def spill_area(out_dir: Path) -> Iterator[Path]:
+    """This run's temporary folder, ``.hmb-spill-PID`` inside the output folder, removed at the
+    end whatever happens; spill folders of runs that are gone (killed) are removed first.
+
+    Every temporary copy of input data (a GBK file's UTF-8 copy, partition files) lives here,
+    never in the system's temp folder, so personal data a killed run left behind is found and
+    removed by the next run of any kind in that folder. Creating it is also the check that the
+    output folder can be written, before anything is read or applied (exit 3).
+    """
+    _remove_stale_spills(out_dir)
+    spill = out_dir / f"{SPILL_PREFIX}{os.getpid()}"
+    created = not out_dir.exists()
+    try:
+        shutil.rmtree(spill, ignore_errors=True)
+        spill.mkdir(parents=True)
+        probe = spill / ".writable"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputUnwritable(
+            f"the output folder {out_dir} cannot be written ({exc.strerror or exc}); "
+            "nothing was read or applied. Give --out a folder this user can write"
+        ) from None
+    try:
+        yield spill
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+        if created:  # a run that wrote nothing (refused early) leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
 
 
 def _remove_stale_spills(out_dir: Path) -> None:
-    """Remove spill folders of runs that are gone (killed), once a later run has succeeded."""
+    """Remove spill folders of runs that are gone (killed)."""
+    if not out_dir.is_dir():
+        return
     for folder in out_dir.glob(f"{SPILL_PREFIX}*"):
         pid = folder.name.removeprefix(SPILL_PREFIX)
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
@@ -659,12 +731,25 @@ def _replay(
     started: dt.datetime,
     clock: _Laps,
     before: list[dict[str, Any]] | None,
+    unmasked: bool,
 ) -> BatchResult:
     """The same inputs were applied before: rewrite that batch's files, leave the ledger as is.
 
     The files come from the ledger's archive (or, for ledgers written before it, the ledger
-    itself); a file missing from both is refused (the ledger is unchanged either way).
+    itself); a file missing from both is refused (the ledger is unchanged either way). How the
+    files hold psn_name and certno is part of what they are: a replay asking otherwise than the
+    first run (``--unmasked`` or not) is refused rather than writing what was not asked.
     """
+    recorded = ledger.batch_summary(batch_id).get(PERSONAL_DATA)
+    asked = "unmasked" if unmasked else "masked"
+    if recorded is not None and recorded != asked:
+        how = "with" if recorded == "unmasked" else "without"
+        raise LedgerError(
+            f"batch {batch_id} with these inputs was applied before with psn_name and certno "
+            f"{recorded} in its files, and this run asks for them {asked}: its files are "
+            f"rewritten only as they were written. Run it {how} --unmasked; the ledger is "
+            "unchanged"
+        )
     stored = ledger.batch_files(batch_id)
     kept = {k: v for k, v in stored.items() if isinstance(v, bytes)}
     archived: dict[str, Path] = {}
@@ -687,7 +772,6 @@ def _replay(
     summary = BatchSummary.from_json(ledger.batch_summary(batch_id))
     manifest = _manifest(header, summary, started, clock, before, before, replayed=True)
     _write_manifest(manifest, out_dir)
-    _remove_stale_spills(out_dir)
     return BatchResult(
         summary,
         files,
@@ -696,6 +780,30 @@ def _replay(
         True,
         manifest,
     )
+
+
+def require_roster_years(
+    plan: PlanSelection, years: list[int] | set[int], enrolled: Mapping[int, int], roster: Path
+) -> None:
+    """Stop (exit 8, nothing applied) when the roster has nobody for a plan year the batch
+    adjudicates: a header-only or wrong-year roster would deny every settlement NOT_ENROLLED,
+    and those denials, once applied, would make the corrected re-run quarantine them all as
+    duplicates. Years without an edition are left to NO_PLAN_EDITION."""
+    empty = sorted(y for y in years if plan.for_year(y) is not None and not enrolled.get(y))
+    if empty:
+        raise ReferenceDataError(
+            f"roster {roster} has no member for plan year(s) {', '.join(map(str, empty))}, "
+            "which this batch adjudicates: every settlement would be denied NOT_ENROLLED. "
+            "Nothing was applied; give the roster of those years"
+        )
+
+
+def order_mark(payouts: pl.DataFrame | pl.LazyFrame) -> dt.datetime | None:
+    """The latest setl_time the batch applies: its adjudicated settlements' (denied and
+    reversals included), never a quarantined one's — a quarantined row dated 2099 must not
+    make every later night look out of order."""
+    latest = payouts.lazy().select(pl.col("setl_time").max()).collect().item()
+    return latest if isinstance(latest, dt.datetime) else None
 
 
 def _check_order(
@@ -722,6 +830,8 @@ def _record(
     summary: BatchSummary,
     started: dt.datetime,
     max_setl_time: dt.datetime | None,
+    *,
+    unmasked: bool,
 ) -> dict[str, Any]:
     return {
         "batch_id": header.batch_id,
@@ -737,7 +847,10 @@ def _record(
         "quarantined": summary.quarantined,
         "total_payout_fen": summary.total_payout_fen,
         "max_setl_time": max_setl_time,
-        "summary": json.dumps(summary.to_json(), ensure_ascii=False),
+        "summary": json.dumps(
+            summary.to_json() | {PERSONAL_DATA: "unmasked" if unmasked else "masked"},
+            ensure_ascii=False,
+        ),
     }
 
 

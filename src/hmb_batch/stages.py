@@ -10,11 +10,19 @@ from dataclasses import dataclass, replace
 
 import polars as pl
 
+from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.engine import PriorState, adjudicate
 from hmb_batch.extract import Extract
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.reconcile import IDENTICAL_REPEAT, INPUT, component_sums
-from hmb_batch.validation import DETAIL, REASONS, quarantine_frame, validate
+from hmb_batch.validation import (
+    DETAIL,
+    REASONS,
+    absolute_total,
+    batch_within_bounds,
+    quarantine_frame,
+    validate,
+)
 
 
 def collected(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
@@ -33,11 +41,16 @@ class CheckedFrames:
     identical_repeats: int
     repeated_fee_lines: int
     line_sums: pl.DataFrame  # input and identical-repeat totals per component (reconcile)
+    absolute_fen: int = 0  # Σ |amount| over every money value read (see batch_within_bounds)
 
 
 def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
     """Parse an extract once and validate it; validation and the engine then share the frames."""
     typed_settlements, typed_lines = pl.collect_all([extract.settlements, extract.fee_lines])
+    absolute = absolute_total(typed_settlements, SETTLEMENTS) + absolute_total(
+        typed_lines, FEE_LINES
+    )
+    batch_within_bounds(absolute)
     extract = replace(extract, settlements=typed_settlements.lazy(), fee_lines=typed_lines.lazy())
     checked = validate(extract, materialize=collected)
     settlements, fee_lines, quarantine, repeats, line_sums = pl.collect_all(
@@ -66,6 +79,7 @@ def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
         int(repeats["n"][0] or 0),
         int(repeated[0]) if len(repeated) else 0,
         line_sums,
+        absolute,
     )
 
 

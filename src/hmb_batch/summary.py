@@ -48,7 +48,14 @@ class BatchSummary:
         fields = {
             k: v
             for k, v in d.items()
-            if k not in ("total_payout", "payout_by_plan_year", "balanced", "enrolled_by_plan_year")
+            if k
+            not in (
+                "total_payout",
+                "payout_by_plan_year",
+                "balanced",
+                "enrolled_by_plan_year",
+                "personal_data",  # how the batch's files hold psn_name/certno (pipeline)
+            )
         }
         return BatchSummary(
             **fields,

@@ -20,10 +20,12 @@ from hmb_batch.contracts import (
     LINE_COMPONENTS,
     SETTLEMENT_COMPONENTS,
     SETTLEMENTS,
+    Contract,
     Kind,
 )
+from hmb_batch.errors import InputUnreadable
 from hmb_batch.extract import ERRORS, FILE, ROW, Extract
-from hmb_batch.money import to_decimal
+from hmb_batch.money import fen_to_yuan, to_decimal
 
 IS_REVERSAL = "is_reversal"
 REASONS = "reasons"
@@ -346,6 +348,37 @@ def validate(extract: Extract, materialize: Materialize | None = None) -> Valida
         repeats=repeats,
         repeated_lines=repeated_lines,
     )
+
+
+# Int64 fen holds 9.2 × 10^18. Every amount a batch sums (line sums per settlement, costs,
+# payable, payouts, reconciliation totals) is bounded in magnitude by the sum of the absolute
+# values it was read from, so a batch whose money values add up to at most 10^16 fen (10^14
+# yuan, about ten times China's yearly medical spending) cannot overflow any Int64 sum, and a
+# member's year to date stays exact for more than 900 such batches in one plan year. Products
+# with rates are formed in Int128 (plan.compiled.times_rate).
+MAX_BATCH_ABSOLUTE_FEN = 10**16
+
+
+def absolute_total(frame: pl.DataFrame, contract: Contract) -> int:
+    """Σ |value| over a typed table's money columns, summed in Int128 (cannot wrap)."""
+    money = [c for c in contract.of_kind(Kind.MONEY) if c in frame.columns]
+    if not money or frame.height == 0:
+        return 0
+    total = frame.select(
+        pl.sum_horizontal([pl.col(c).cast(pl.Int128).abs().fill_null(0).sum() for c in money])
+    ).item()
+    return int(total or 0)
+
+
+def batch_within_bounds(absolute_fen: int) -> None:
+    """Refuse (exit 3) a batch whose amounts add up beyond what exact Int64 sums can hold."""
+    if absolute_fen > MAX_BATCH_ABSOLUTE_FEN:
+        raise InputUnreadable(
+            f"the batch's amounts add up to {fen_to_yuan(absolute_fen):,} yuan in absolute value, "
+            f"more than the {fen_to_yuan(MAX_BATCH_ABSOLUTE_FEN):,} yuan one batch may hold "
+            "(README: Input contracts); nothing was applied. Check the extract for absurd "
+            "amounts, or split it into smaller batches"
+        )
 
 
 def _scratch(frame: pl.LazyFrame) -> list[str]:

@@ -26,25 +26,41 @@ def list_flag(name: str) -> str:
 
 
 def half_up(numerator: pl.Expr, scale: int) -> pl.Expr:
-    """Round ``numerator / scale`` half away from zero, in integers."""
+    """Round ``numerator / scale`` half away from zero, in integers (the numerator's type)."""
     half = scale // 2
+    # 0 − x rather than −x: Polars has no negation for Int128
     return (
         pl.when(numerator >= 0)
         .then((numerator + half) // scale)
-        .otherwise(-((-numerator + half) // scale))
+        .otherwise(0 - ((0 - numerator + half) // scale))
     )
 
 
+def times_rate(amount: pl.Expr, rate_ppm: int) -> pl.Expr:
+    """``amount × rate / 10^6`` rounded half up to the fen, exact at any Int64 amount.
+
+    The product is formed in Int128: an Int64 amount of fen times a rate of up to 10^6 parts per
+    million can reach 9.2 × 10^24, far past Int64 (which wraps from 9.2 × 10^12 fen, about 9.2 ×
+    10^10 yuan); Int128 holds 1.7 × 10^38. The result is at most ``amount`` in magnitude (rates
+    are validated to lie in 0..1), so it fits Int64 again.
+    """
+    return half_up(amount.cast(pl.Int128) * pl.lit(rate_ppm, pl.Int128), RATE_SCALE).cast(pl.Int64)
+
+
 def bracket_benefit(payable: pl.Expr, brackets: list[Bracket]) -> pl.Expr:
-    """B(P): the sum over bands of rate × the part of P in the band, rounded half up to the fen."""
+    """B(P): the sum over bands of rate × the part of P in the band, rounded half up to the fen.
+
+    In Int128 (see :func:`times_rate`): B(P) ≤ P, so the result fits Int64 again.
+    """
     parts = []
     low = 0
+    wide = payable.cast(pl.Int128)
     for b in brackets:
-        portion = payable - low if b.up_to is None else payable.clip(low, b.up_to) - low
-        parts.append(portion.clip(lower_bound=0) * b.rate)
+        portion = wide - low if b.up_to is None else wide.clip(low, b.up_to) - low
+        parts.append(portion.clip(lower_bound=0) * pl.lit(b.rate, pl.Int128))
         if b.up_to is not None:
             low = b.up_to
-    return half_up(pl.sum_horizontal(parts), RATE_SCALE)
+    return half_up(pl.sum_horizontal(parts), RATE_SCALE).cast(pl.Int64)
 
 
 @dataclass(frozen=True)
@@ -138,10 +154,7 @@ def _compile_cost(cid: str, cost: Cost) -> CompiledCost:
     settlement_amount = pl.sum_horizontal(
         [
             pl.lit(0),
-            *[
-                half_up(pl.col(sp.component) * sp.factor, RATE_SCALE)
-                for sp in cost.settlement_parts
-            ],
+            *[times_rate(pl.col(sp.component), sp.factor) for sp in cost.settlement_parts],
         ]
     )
     lists = set(cost.exclude_lists) | {p.on_list for p in cost.parts if p.on_list}
