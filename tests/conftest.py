@@ -240,13 +240,18 @@ def extract_with_special_drugs() -> Extract:
     return e
 
 
-@pytest.fixture
-def ex() -> Extract:
-    """An empty tiny extract with the standard lists."""
+def standard_extract() -> Extract:
+    """An empty tiny extract with the standard lists (negative NEG1, admission SV-ADM)."""
     e = Extract()
     e.on_list("negative", "NEG1", "2021-01-01")
     e.on_list("admission", "SV-ADM", "2021-01-01")
     return e
+
+
+@pytest.fixture
+def ex() -> Extract:
+    """An empty tiny extract with the standard lists."""
+    return standard_extract()
 
 
 def date(s: str) -> dt.date:

@@ -11,17 +11,9 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from conftest import Extract, adjudicate_args, ledger_snapshot, row, run_cli, yuan
+from conftest import Extract, adjudicate_args, ledger_snapshot, row, run_cli, standard_extract, yuan
 
 MAX_YUAN = "10000000000.00"  # README: the largest amount a value may hold (10^10 yuan)
-
-
-def _extract() -> Extract:
-    """An empty tiny extract with the standard lists."""
-    e = Extract()
-    e.on_list("negative", "NEG1", "2021-01-01")
-    e.on_list("admission", "SV-ADM", "2021-01-01")
-    return e
 
 
 def _init(ledger: Path) -> None:
@@ -65,7 +57,7 @@ def test_item01_ten_settlements_at_the_maximum_pay_exactly(tmp_path: Path) -> No
     """Ten settlements of one member, each a drug line of 10^10 yuan fully self-paid: the year
     to date reaches 10^11 yuan, where Int64 rate products (ppm) used to wrap (the first
     settlement paid right, later ones negative or absurd, status `zero`)."""
-    ex = _extract()
+    ex = standard_extract()
     ex.member("P1")
     for i in range(10):
         ex.claim(f"S{i}", "P1", f"2022-03-{i + 1:02d} 10:00:00", reasonable=MAX_YUAN)
@@ -87,7 +79,7 @@ def test_item01_ten_settlements_at_the_maximum_pay_exactly(tmp_path: Path) -> No
 def test_item01_a_batch_beyond_exact_sums_is_refused(tmp_path: Path) -> None:
     """A batch whose amounts add up past 10^14 yuan (where Int64 sums of fen could wrap) is
     refused before anything is applied, with the reason."""
-    ex = _extract()
+    ex = standard_extract()
     ex.member("P1")
     # each settlement reads 4 × 10^10 yuan (medfee and fulamt on the header, the line's total
     # and fulamt): 2,600 of them are 1.04 × 10^14
@@ -112,7 +104,7 @@ def _one_claim(ex: Extract) -> None:
 
 
 def test_item04_header_only_roster_stops_before_anything_is_applied(tmp_path: Path) -> None:
-    ex = _extract()
+    ex = standard_extract()
     _one_claim(ex)
     ex.roster.clear()  # the roster file is a header and nothing else
     files = ex.write(tmp_path / "in")
@@ -133,7 +125,7 @@ def test_item04_header_only_roster_stops_before_anything_is_applied(tmp_path: Pa
 
 
 def test_item04_roster_of_another_year_stops(tmp_path: Path) -> None:
-    ex = _extract()
+    ex = standard_extract()
     ex.member("P1", plan_year=2021)
     ex.claim("S1", "P1", "2022-03-01 10:00:00", reasonable="20000")
     files = ex.write(tmp_path / "in")
@@ -149,7 +141,7 @@ def _paid_then_reversed(tmp_path: Path, scale: int | None) -> pl.DataFrame:
     """Night 1: S1 paid (reasonable 38,000, compliant 500 after hifp 1,000: pays 15,000).
     Night 2: R1 reverses S1 carrying S1's amounts × ``scale`` (None: all zero). Returns night
     2's payouts (its quarantine is in ``out2``)."""
-    ex = _extract()
+    ex = standard_extract()
     ex.member("P1")
     ex.claim("S1", "P1", "2022-03-01 10:00:00", reasonable="38000", hifp="1000", compliant="500")
     ledger = tmp_path / "ledger.duckdb"
@@ -189,7 +181,7 @@ def test_item05_reversal_must_be_zero_or_the_exact_negation(tmp_path: Path) -> N
 
 
 def test_item05_partial_reversal_in_the_same_batch_is_quarantined(tmp_path: Path) -> None:
-    ex = _extract()
+    ex = standard_extract()
     ex.member("P1")
     ex.claim("S1", "P1", "2022-03-01 10:00:00", reasonable="38000")
     _reversing(ex, "R1", "S1", None)
@@ -214,7 +206,7 @@ def test_item05_partial_reversal_in_the_same_batch_is_quarantined(tmp_path: Path
 def test_item07_quarantined_far_future_row_does_not_block_later_nights(tmp_path: Path) -> None:
     ledger = tmp_path / "ledger.duckdb"
     _init(ledger)
-    ex = _extract()
+    ex = standard_extract()
     ex.member("P1")
     ex.claim("S1", "P1", "2022-03-01 10:00:00", reasonable="20000")
     ex.claim("S2099", "P1", "2099-03-01 10:00:00", reasonable="20000")  # NO_PLAN_EDITION
@@ -229,7 +221,7 @@ def test_item07_quarantined_far_future_row_does_not_block_later_nights(tmp_path:
     mark = con.execute("SELECT max(max_setl_time) FROM batches").fetchone()
     con.close()
     assert mark is not None and str(mark[0]) == "2022-03-01 10:00:00"
-    night2 = _extract()
+    night2 = standard_extract()
     night2.member("P1")
     night2.claim("S3", "P1", "2022-03-02 10:00:00", reasonable="20000")
     files = night2.write(tmp_path / "night2")

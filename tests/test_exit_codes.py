@@ -15,14 +15,12 @@ import duckdb
 import polars as pl
 import pytest
 
-from conftest import Extract, adjudicate_args, ledger_snapshot, run_cli
+from conftest import Extract, adjudicate_args, ledger_snapshot, run_cli, standard_extract
 from hmb_batch.ledger import open_ledger
 
 
 def _extract() -> Extract:
-    e = Extract()
-    e.on_list("negative", "NEG1", "2021-01-01")
-    e.on_list("admission", "SV-ADM", "2021-01-01")
+    e = standard_extract()
     e.member("P1")
     e.claim("S1", "P1", "2022-03-01 10:00:00", reasonable="20000")
     return e

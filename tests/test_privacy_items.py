@@ -11,16 +11,14 @@ from pathlib import Path
 
 import polars as pl
 
-from conftest import Extract, adjudicate_args, new_ledger, run_cli
+from conftest import Extract, adjudicate_args, new_ledger, run_cli, standard_extract
 
 NAME, CERTNO = "欧阳文华", "331102199001011234"
 
 
 def _extract() -> Extract:
     """S1 paid, S2 quarantined (unreadable hifp_pay); both carry a name and an ID number."""
-    e = Extract()
-    e.on_list("negative", "NEG1", "2021-01-01")
-    e.on_list("admission", "SV-ADM", "2021-01-01")
+    e = standard_extract()
     e.member("P1")
     for sid in ("S1", "S2"):
         e.claim(sid, "P1", "2022-03-01 10:00:00", reasonable="20000", psn_name=NAME, certno=CERTNO)
