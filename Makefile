@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 BENCH_SIZES ?= 10000000,50000000
 BENCH_MEMORY_LIMIT ?= 1GiB
 BENCH_NIGHTLY_MEMBERS ?= 2000000
+BENCH_HUGE ?= 200000000
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser demo test test-slow check lint format typecheck clean sample-data \
@@ -58,7 +59,8 @@ check: lint typecheck test ## lint, types and tests
 
 bench: $(STAMP) ## benchmarks against the read floor and a DuckDB SQL baseline -> BENCHMARKS.md
 	$(BIN)/python benchmarks/run.py --sizes $(BENCH_SIZES) --repeat 3 --repeat-large 1 \
-		--memory-limit $(BENCH_MEMORY_LIMIT) --nightly-members $(BENCH_NIGHTLY_MEMBERS)
+		--memory-limit $(BENCH_MEMORY_LIMIT) --huge $(BENCH_HUGE) \
+		--nightly-members $(BENCH_NIGHTLY_MEMBERS)
 
 screenshot: demo browser ## docs/report-sample.png from the demo's report
 	$(BIN)/python scripts/screenshot-report out/demo/night-02/report.html docs/report-sample.png

@@ -1,6 +1,7 @@
 -- The 浙丽保 2022 rules as plain DuckDB SQL: what a capable analyst would write instead of
 -- hmb-batch. One plan year (2022 edition: compliant floor 18,000; deductible 18,000; brackets
--- 75/85/90/95%). Money in integer fen. Reads $settlements, $fees, $roster, $lists (Parquet);
+-- 75/85/90/95%). Money in integer fen. Reads $settlements, $fees, $roster, $lists (Parquet:
+-- each variable a file or a glob such as 'fees/*.parquet', which read_parquet takes alike);
 -- writes one row per settlement: setl_id, psn_no, status, payout_fen, cum_payout_fen.
 -- No input validation (the generator's extracts are clean); reversals take the negated
 -- increments of their original.

@@ -13,8 +13,8 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from hmb_batch.cli import app
-from hmb_batch.contracts import FEE_LINES, LISTS, ROSTER, SETTLEMENTS
+from hmb_batch.cli.app import app
+from hmb_batch.io.contracts import FEE_LINES, LISTS, ROSTER, SETTLEMENTS
 
 GOLDEN = Path(__file__).parent / "golden" / "zhelibao-2022"
 MONEY_COLS = [
@@ -320,3 +320,25 @@ def ledger_snapshot(ledger: Path) -> dict[str, list[tuple[Any, ...]]]:
         return out
     finally:
         con.close()
+
+
+def kernel_result(
+    extract: Path | str, fees: Path | str, roster: Path, lists: Path, plan: str = "zhelibao"
+) -> Any:
+    """The kernel called on its own on one whole batch (one bucket, no ledger): what a test
+    that needs the engine's frames, not the files, reads."""
+    from hmb_batch.io.extract import read_extract
+    from hmb_batch.io.reference import load_lists, load_roster
+    from hmb_batch.plan.catalog import select_plan
+    from hmb_batch.rules.kernel import Bucket, adjudicate_bucket
+
+    typed = read_extract([Path(extract)], [Path(fees)])
+    settlements, fee_lines = pl.collect_all([typed.settlements, typed.fee_lines])
+    reference = load_lists(lists)
+    return adjudicate_bucket(
+        Bucket(settlements, fee_lines, load_roster(roster)),
+        plan=select_plan(plan, sorted(reference["list"].unique().to_list())),
+        lists=reference,
+        batch_id="kernel",
+        shape=typed.shape,
+    )

@@ -227,3 +227,33 @@ def test_item07_quarantined_far_future_row_does_not_block_later_nights(tmp_path:
     files = night2.write(tmp_path / "night2")
     result = run_cli(adjudicate_args(files, tmp_path / "o2", "--ledger", str(ledger), "--quiet"))
     assert result.exit_code == 0, result.output  # exit 9 (out of order) before the fix
+
+
+def test_a_member_with_last_year_to_date_claims_in_the_new_year(tmp_path: Path) -> None:
+    """January: a member whose 2022 year to date is in the ledger claims in 2023 only. The check
+    inside the commit compares the member-years the night touches (it refused such a night)."""
+    ledger = tmp_path / "ledger.duckdb"
+    _init(ledger)
+    nights = []
+    for i, (when, setl_id) in enumerate(
+        (("2022-12-20 10:00:00", "S22"), ("2023-01-05 10:00:00", "S23"))
+    ):
+        e = standard_extract()
+        e.member("M1", plan_year=2022)
+        e.member("M1", plan_year=2023)
+        e.claim(setl_id, "M1", when, compliant="30000", reasonable="2000")
+        files = e.write(tmp_path / f"in{i}")
+        r = run_cli(adjudicate_args(files, tmp_path / f"out{i}", "--ledger", str(ledger)))
+        assert r.exit_code == 0, r.output
+        nights.append(pl.read_parquet(tmp_path / f"out{i}" / "payouts.parquet"))
+    second = row(nights[1], "S23")
+    assert second["plan_year"] == 2023 and second["payout_amt"] > 0
+    # the new year starts at zero: the 2023 payout equals what the same claim alone pays
+    alone = standard_extract()
+    alone.member("M1", plan_year=2023)
+    alone.claim("S23", "M1", "2023-01-05 10:00:00", compliant="30000", reasonable="2000")
+    r = run_cli(adjudicate_args(alone.write(tmp_path / "alone"), tmp_path / "alone-out"))
+    assert r.exit_code == 0, r.output
+    single = row(pl.read_parquet(tmp_path / "alone-out" / "payouts.parquet"), "S23")
+    for column in ("payout_amt", "cum_payout_amt", "compliant_amt", "reasonable_amt"):
+        assert second[column] == single[column], column

@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from conftest import Extract, adjudicate_args, ledger_snapshot, run_cli, standard_extract
-from hmb_batch.ledger import open_ledger
+from hmb_batch.ledger.store import open_ledger
 
 
 def _extract() -> Extract:
@@ -55,11 +55,11 @@ def test_exit_1_internal_error_names_no_data_and_shows_no_traceback(tmp_path: Pa
     files = _files(tmp_path)
     code = (
         "import sys\n"
-        "import hmb_batch.pipeline as p\n"
+        "import hmb_batch.rules.kernel as p\n"
         "def boom(*a, **k):\n"
         "    raise ValueError('certno 330102199001011234 broke it')\n"
-        "p.prepare_batch = boom\n"
-        "from hmb_batch.cli import main\n"
+        "p.check_extract = boom\n"
+        "from hmb_batch.cli.app import main\n"
         "sys.argv = ['hmb-batch', *sys.argv[1:]]\n"
         "main()\n"
     )
@@ -155,7 +155,7 @@ def test_exit_6_does_not_reconcile(tmp_path: Path) -> None:
         == 0
     )
     con = duckdb.connect(str(ledger))
-    con.execute("UPDATE accumulator_log SET after_fen = after_fen + 100 WHERE psn_no = 'P1'")
+    con.execute("UPDATE member_state SET amount_fen = amount_fen + 100 WHERE psn_no = 'P1'")
     con.close()
     night2 = _extract()
     night2.settlements[0]["setl_id"] = "S2"

@@ -9,11 +9,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from conftest import GOLDEN, Extract, adjudicate_args, run_cli
-from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.errors import SchemaError
-from hmb_batch.extract import ERRORS, FILE, ROW, read_extract, read_table
+from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS
+from hmb_batch.io.extract import ERRORS, FILE, ROW, read_extract, read_table
 from hmb_batch.money import fen_from
-from hmb_batch.validation import validate
+from hmb_batch.rules.validation import validate
 
 
 def _frames(
@@ -275,7 +275,7 @@ def test_timestamps_accept_space_or_t() -> None:
             "fee_ocur_time": ["2022-03-31T08:24:01.000000", "2022-03-31 08:24:01", "2022-03-31"],
         }
     )
-    from hmb_batch.extract import type_table
+    from hmb_batch.io.extract import type_table
 
     typed = type_table(
         df.lazy().with_row_index(ROW).with_columns(pl.lit("t").alias(FILE)),

@@ -7,9 +7,9 @@ from pathlib import Path
 import polars as pl
 
 from conftest import run_cli
-from hmb_batch.contracts import COMPONENT_PAIRS, LINE_COMPONENTS, SETTLEMENT_COMPONENTS
-from hmb_batch.extract import read_extract
-from hmb_batch.validation import validate
+from hmb_batch.io.contracts import COMPONENT_PAIRS, LINE_COMPONENTS, SETTLEMENT_COMPONENTS
+from hmb_batch.io.extract import read_extract
+from hmb_batch.rules.validation import validate
 
 
 def _generate(out: Path, seed: int, **extra: str) -> None:

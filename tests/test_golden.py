@@ -15,12 +15,12 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from conftest import GOLDEN, MONEY_COLS, golden_args, run_cli
-from hmb_batch.engine import adjudicate, plan_years
-from hmb_batch.extract import read_extract
+from hmb_batch.io.extract import read_extract
+from hmb_batch.io.reference import load_lists, load_roster
 from hmb_batch.money import to_decimal
 from hmb_batch.plan.catalog import select_plan
-from hmb_batch.reference import load_lists, load_roster
-from hmb_batch.validation import validate
+from hmb_batch.rules.engine import adjudicate, plan_years
+from hmb_batch.rules.validation import validate
 
 KEY = ["setl_id", "psn_no", "plan_year", "status", "reasons", *MONEY_COLS]
 

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 
 from conftest import GOLDEN, Extract, adjudicate_args, run_cli
-from hmb_batch.contracts import FEE_LINES, SETTLEMENTS, Column, Contract, Kind
 from hmb_batch.errors import ConfigError, InputUnreadable, SchemaError
-from hmb_batch.extract import ERRORS, FILE, ROW, read_extract, read_table, type_table
+from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS, Column, Contract, Kind
+from hmb_batch.io.extract import ERRORS, FILE, ROW, read_extract, read_table, type_table
 from hmb_batch.money import MAX_AMOUNT_FEN
 
 NAME, CERTNO = "欧阳文", "331102199001011234"
@@ -241,7 +241,7 @@ def test_item03_truncated_row_in_a_bounded_run_and_a_gbk_file(ex: Extract, tmp_p
     _edit_row(files["settlements"], 2, lambda line: line.rsplit(",", 3)[0])
     for f in files.values():  # every CSV of the run in GBK
         f.write_bytes(f.read_text(encoding="utf-8").encode("gbk"))
-    r = _run(files, tmp_path, "--partitions", "2", "--encoding", "gbk")
+    r = _run(files, tmp_path, "--buckets", "2", "--encoding", "gbk")
     assert r.exit_code == 0, r.output
     detail = _detail(_quarantine(tmp_path), "CUT")
     assert "settlements.csv row 2 (line 3): " in detail and "fields where the header has" in detail

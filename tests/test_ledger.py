@@ -19,13 +19,15 @@ from conftest import (
     Extract,
     adjudicate_args,
     golden_batch,
+    kernel_result,
     ledger_snapshot,
     new_ledger,
     run_cli,
     yuan,
 )
-from hmb_batch.ledger import batch_rows, file_rows, open_ledger
-from hmb_batch.pipeline import CRASH_ENV, BatchInputs, run_batch
+from hmb_batch.crash import CRASH_ENV
+from hmb_batch.ledger.store import batch_rows, file_rows, open_ledger
+from hmb_batch.run.batch import BatchInputs, run_batch
 
 KEY = ["setl_id", "psn_no", "plan_year", "status", "reasons", *MONEY_COLS]
 
@@ -378,7 +380,7 @@ def test_a_batch_that_does_not_balance_is_not_applied(
 ) -> None:
     import dataclasses
 
-    import hmb_batch.pipeline as pipeline
+    import hmb_batch.run.batch as pipeline
     from hmb_batch.errors import ReconciliationError
 
     ledger = new_ledger(tmp_path / "ledger.duckdb")
@@ -398,9 +400,8 @@ def test_a_batch_that_does_not_balance_is_not_applied(
 
 
 def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_path: Path) -> None:
-    from hmb_batch.engine import PriorState
-    from hmb_batch.ledger import LedgerError
-    from hmb_batch.pipeline import adjudicate_prepared, prepare_batch
+    from hmb_batch.ledger.store import LedgerError
+    from hmb_batch.rules.engine import PriorState
 
     ledger = new_ledger(tmp_path / "ledger.duckdb")
     night = year / "nightly" / "00"
@@ -408,8 +409,10 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
     run_batch(inputs, tmp_path / "out", ledger_path=ledger)
     before = ledger_snapshot(ledger)
     # bypass the engine's duplicate check: apply the same adjudication again under a new id
-    batch = prepare_batch(inputs)
-    done = adjudicate_prepared(batch, PriorState.empty(["compliant", "reasonable"]), csv=False)
+    done = kernel_result(
+        inputs.extract, night / "fees.parquet", inputs.roster, inputs.lists, inputs.plan
+    )
+    costs = ["compliant", "reasonable"]
     record = {
         "batch_id": "again",
         "seq": 2,
@@ -433,10 +436,10 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
                 **batch_rows(
                     "again",
                     done.payouts,
-                    PriorState.empty(["compliant", "reasonable"]).accumulators.collect(),
-                    done.costs,
+                    PriorState.empty(costs).accumulators.collect(),
+                    costs,
                 ),
-                "batch_files": file_rows("again", {name: "0" * 64 for name in done.files}),
+                "batch_files": file_rows("again", {"payouts.parquet": "0" * 64}),
             },
         )
     assert ledger_snapshot(ledger) == before
@@ -445,7 +448,7 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
 def test_a_known_roster_is_not_counted_again(
     year: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import hmb_batch.pipeline as pipeline
+    import hmb_batch.run.batch as pipeline
 
     ledger = new_ledger(tmp_path / "ledger.duckdb")
     first, second = sorted((year / "nightly").iterdir())[:2]
@@ -473,12 +476,15 @@ def test_a_known_roster_is_not_counted_again(
 def test_ledger_rows_keep_a_responsibility_whose_id_has_double_underscores(year: Path) -> None:
     # edition ids allow "__" inside (pattern ^[a-z][a-z0-9_]*$); the engine's columns are
     # resp__<id>__<value>, so the id must not be cut at its first "__"
-    from hmb_batch.engine import PriorState
-    from hmb_batch.pipeline import adjudicate_prepared, prepare_batch
+    from hmb_batch.rules.engine import PriorState
 
     costs = ["compliant", "reasonable"]
-    batch = prepare_batch(_inputs(year, year / "settlements.parquet", year / "fees.parquet"))
-    done = adjudicate_prepared(batch, PriorState.empty(costs), csv=False)
+    done = kernel_result(
+        year / "settlements.parquet",
+        year / "fees.parquet",
+        year / "roster.parquet",
+        year / "lists.parquet",
+    )
     first = next(c for c in done.payouts.columns if c.startswith("resp__")).split("__")[1]
     renamed = done.payouts.rename(
         {

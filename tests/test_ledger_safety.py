@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from conftest import GOLDEN, golden_args, golden_batch, ledger_snapshot, new_ledger, run_cli
-from hmb_batch.ledger import Ledger
+from hmb_batch.ledger.store import Ledger
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +191,12 @@ def _drop_table(ledger: Path) -> None:
     con.close()
 
 
+def _drop_member_state(ledger: Path) -> None:
+    con = duckdb.connect(str(ledger))
+    con.execute("DROP TABLE member_state")  # the accumulators view over it stays, broken
+    con.close()
+
+
 def _drop_meta(ledger: Path) -> None:
     con = duckdb.connect(str(ledger))
     con.execute("DROP TABLE meta")
@@ -206,6 +212,7 @@ DAMAGES: dict[str, Callable[[Path], None]] = {
     "truncated": _truncate,
     "garbage_in_a_block": _garbage_in_a_block,
     "dropped_table": _drop_table,
+    "dropped_member_state": _drop_member_state,
     "dropped_meta": _drop_meta,
     "archive_is_a_file": _archive_is_a_file,
 }

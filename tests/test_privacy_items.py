@@ -115,9 +115,7 @@ def test_item12_no_copy_of_personal_data_outlives_a_killed_run(tmp_path: Path) -
 def test_item12_bounded_run_spill_is_removed_by_a_later_in_memory_run(tmp_path: Path) -> None:
     files = _extract().write(tmp_path / "in")
     out = tmp_path / "out"
-    killed = _hmb(
-        *adjudicate_args(files, out, "--partitions", "2"), env={"HMB_TEST_CRASH_AT": "read"}
-    )
+    killed = _hmb(*adjudicate_args(files, out, "--buckets", "2"), env={"HMB_TEST_CRASH_AT": "read"})
     assert killed.returncode == -9, killed.stderr
     assert list(out.glob(".hmb-spill-*"))
     r = run_cli(adjudicate_args(files, out, "--quiet"))  # in memory

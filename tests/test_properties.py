@@ -19,13 +19,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Extract
-from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
-from hmb_batch.engine import PriorState, adjudicate, carry_forward, cost_ids, inc
-from hmb_batch.extract import FILE, ROW, type_table
-from hmb_batch.extract import Extract as Frames
+from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS
+from hmb_batch.io.extract import FILE, ROW, type_table
+from hmb_batch.io.extract import Extract as Frames
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection, select_plan
-from hmb_batch.validation import validate
+from hmb_batch.rules.engine import PriorState, adjudicate, carry_forward, cost_ids, inc
+from hmb_batch.rules.validation import validate
 
 PLAN = select_plan("zhelibao-2022")
 COSTS = cost_ids(PLAN)

@@ -15,11 +15,12 @@ import pytest
 
 import hmb_batch
 from conftest import GOLDEN, golden_batch, ledger_snapshot, new_ledger
-from hmb_batch import pipeline
-from hmb_batch.contracts import LINE_COMPONENTS
 from hmb_batch.errors import ReconciliationError
-from hmb_batch.pipeline import BatchInputs, run_batch
-from hmb_batch.reconcile import COUNTED_FROM_LINES
+from hmb_batch.io.contracts import LINE_COMPONENTS
+from hmb_batch.rules import kernel
+from hmb_batch.rules.reconcile import COUNTED_FROM_LINES
+from hmb_batch.run import batch as pipeline
+from hmb_batch.run.batch import BatchInputs, run_batch
 
 
 def _inputs(name: str) -> BatchInputs:
@@ -197,7 +198,7 @@ def test_a_corrupted_increment_is_refused_naming_the_settlement(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = tmp_path / "ledger.duckdb"
-    real = pipeline.adjudicate_prepared
+    real = kernel.run_engine
     victim: list[str] = []
 
     def corrupt(*args: Any, **kw: Any) -> Any:
@@ -210,22 +211,20 @@ def test_a_corrupted_increment_is_refused_naming_the_settlement(
         )
         return dataclasses.replace(done, payouts=payouts)
 
-    monkeypatch.setattr(pipeline, "adjudicate_prepared", corrupt)
+    monkeypatch.setattr(kernel, "run_engine", corrupt)
     error = _refused(tmp_path, ledger, "batch_00", "cost_counted.reasonable")
     assert victim[0] in str(error) and "expected" in str(error) and error.exit_code == 6
 
 
 def test_a_lost_fee_line_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ledger = tmp_path / "ledger.duckdb"
-    real = pipeline.prepare_batch
+    real = kernel.check_extract
 
     def lose_a_line(*args: Any, **kw: Any) -> Any:
-        batch = real(*args, **kw)
-        lines = batch.checked.fee_lines
-        checked = dataclasses.replace(batch.checked, fee_lines=lines.slice(1))
-        return dataclasses.replace(batch, checked=checked)
+        checked = real(*args, **kw)
+        return dataclasses.replace(checked, fee_lines=checked.fee_lines.slice(1))
 
-    monkeypatch.setattr(pipeline, "prepare_batch", lose_a_line)
+    monkeypatch.setattr(kernel, "check_extract", lose_a_line)
     error = str(_refused(tmp_path, ledger, "batch_00", "fee_lines.count"))
     assert "expected 4,050, found 4,049" in error
 
@@ -241,7 +240,7 @@ def test_a_ledger_tampered_between_batches_is_refused(tmp_path: Path) -> None:
         "WHERE cost = 'reasonable' AND after_fen > 0 ORDER BY psn_no LIMIT 1"
     ).fetchall()[0][0]
     con.execute(  # someone adds 1.00 yuan to a member's year to date by hand
-        "UPDATE accumulator_log SET after_fen = after_fen + 100 "
+        "UPDATE member_state SET amount_fen = amount_fen + 100 "
         "WHERE psn_no = ? AND cost = 'reasonable'",
         [member],
     )
@@ -258,7 +257,7 @@ def test_the_commit_itself_checks_ledger_after_equals_before_plus_batch(
 ) -> None:
     ledger = new_ledger(tmp_path / "ledger.duckdb")
     assert golden_batch(ledger, tmp_path, "batch_00").exit_code == 0
-    real_rows = pipeline.batch_rows
+    real_rows = kernel.batch_rows
 
     def bad_log(*args: Any, **kw: Any) -> Any:  # one accumulator written 0.01 too high
         rows = real_rows(*args, **kw)
@@ -270,7 +269,7 @@ def test_the_commit_itself_checks_ledger_after_equals_before_plus_batch(
         return rows
 
     # the pre-commit identities would see it too; switch them off to test the last line
-    monkeypatch.setattr(pipeline, "batch_rows", bad_log)
+    monkeypatch.setattr(kernel, "batch_rows", bad_log)
     monkeypatch.setattr(pipeline, "_check_reconciled", lambda recon, out: None)
     before = ledger_snapshot(ledger)
     with pytest.raises(ReconciliationError, match=r"ledger\.after\.2022\.(compliant|reasonable)"):
@@ -279,13 +278,13 @@ def test_the_commit_itself_checks_ledger_after_equals_before_plus_batch(
 
 
 def _engine_fault(monkeypatch: pytest.MonkeyPatch, fault: Any, victim: list[str]) -> None:
-    """Wrap the engine stage of the pipeline: ``fault(frames, victim)`` returns altered frames."""
-    real = pipeline.run_engine
+    """Wrap the engine stage of the kernel: ``fault(frames, victim)`` returns altered frames."""
+    real = kernel.run_engine
 
     def faulty(*args: Any, **kw: Any) -> Any:
         return fault(real(*args, **kw), victim)
 
-    monkeypatch.setattr(pipeline, "run_engine", faulty)
+    monkeypatch.setattr(kernel, "run_engine", faulty)
 
 
 def _bump(frame: pl.DataFrame, setl_id: str, col: str, by: int = 1) -> pl.DataFrame:
@@ -347,20 +346,17 @@ def test_item19_a_header_changed_after_validation_fails_the_settlement_level(
     # a settlement's inscp_amt grows by 1.00 after validation compared it with its lines: the
     # compliant split is consistent with the new header, but the lines left less to the
     # settlement level than the settlements split
-    real = pipeline.prepare_batch
+    real = kernel.check_extract
     victim: list[str] = []
 
     def grow_a_header(*args: Any, **kw: Any) -> Any:
-        batch = real(*args, **kw)
-        s = batch.checked.settlements
+        checked = real(*args, **kw)
+        s = checked.settlements
         live = s.filter(~pl.col("is_reversal") & (pl.col("inscp_amt") > 0)).sort("setl_id")
         victim.append(str(live["setl_id"][0]))
-        checked = dataclasses.replace(
-            batch.checked, settlements=_bump(s, victim[0], "inscp_amt", 100)
-        )
-        return dataclasses.replace(batch, checked=checked)
+        return dataclasses.replace(checked, settlements=_bump(s, victim[0], "inscp_amt", 100))
 
-    monkeypatch.setattr(pipeline, "prepare_batch", grow_a_header)
+    monkeypatch.setattr(kernel, "check_extract", grow_a_header)
     error = _refused(
         tmp_path, tmp_path / "ledger.duckdb", "batch_00", r"settlement_level\.inscp_scp_amt"
     )
@@ -449,7 +445,7 @@ def test_item19_an_accumulator_row_off_by_one_fen_is_refused_before_the_commit(
 ) -> None:
     ledger = new_ledger(tmp_path / "ledger.duckdb")
     assert golden_batch(ledger, tmp_path, "batch_00").exit_code == 0
-    real_rows = pipeline.batch_rows
+    real_rows = kernel.batch_rows
 
     def bad_log(*args: Any, **kw: Any) -> Any:
         rows = real_rows(*args, **kw)
@@ -460,7 +456,7 @@ def test_item19_an_accumulator_row_off_by_one_fen_is_refused_before_the_commit(
         )
         return rows
 
-    monkeypatch.setattr(pipeline, "batch_rows", bad_log)
+    monkeypatch.setattr(kernel, "batch_rows", bad_log)
     before = ledger_snapshot(ledger)
     with pytest.raises(ReconciliationError, match=r"ledger\.accumulator_log") as caught:
         run_batch(_inputs("batch_01"), tmp_path / "out", ledger_path=ledger)

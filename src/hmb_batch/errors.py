@@ -51,7 +51,7 @@ _MAX_HEADER_DIGITS = 3
 
 
 def _known_names() -> set[str]:
-    from hmb_batch.contracts import CONTRACTS  # contracts needs nothing from here: no cycle
+    from hmb_batch.io.contracts import CONTRACTS  # contracts needs nothing from here: no cycle
 
     names: set[str] = set()
     for contract in CONTRACTS.values():

@@ -9,8 +9,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from hmb_batch.codes import REASON_CODES
-from hmb_batch.config import read_toml
+from hmb_batch.cli.config import read_toml
 from hmb_batch.errors import ConfigError
 from hmb_batch.plan.model import (
     KNOWN_LISTS,
@@ -23,6 +22,7 @@ from hmb_batch.plan.model import (
     Fen,
     Responsibility,
 )
+from hmb_batch.rules.codes import REASON_CODES
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from hmb_batch.contracts import FEE_LINES, SETTLEMENTS, Kind
+from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS, Kind
 
 RATE_SCALE = 1_000_000  # rates are held as integer parts per million
 

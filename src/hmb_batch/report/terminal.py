@@ -8,11 +8,11 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from hmb_batch.codes import REASON_CODES
-from hmb_batch.ledger import BatchRecord
+from hmb_batch.ledger.store import BatchRecord
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.model import RATE_SCALE, Bracket, Edition
-from hmb_batch.summary import BatchSummary
+from hmb_batch.report.summary import BatchSummary
+from hmb_batch.rules.codes import REASON_CODES
 
 
 def _yuan(fen: int) -> str:

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import polars as pl
 
-from hmb_batch.engine import cum, inc
 from hmb_batch.money import MONEY_OUT, to_decimal
-from hmb_batch.validation import REASONS
+from hmb_batch.rules.engine import cum, inc
+from hmb_batch.rules.validation import REASONS
 
 PAYOUT_COLUMNS = [
     "setl_id",

@@ -1,4 +1,4 @@
-"""Bounded-memory runs: a batch in partitions gives exactly what an in-memory run gives."""
+"""Member buckets: a batch cut into B buckets gives exactly what one bucket gives."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from conftest import (
     new_ledger,
     run_cli,
 )
-from hmb_batch.contracts import FEE_LINES, SETTLEMENTS
+from hmb_batch.crash import CRASH_ENV
 from hmb_batch.errors import ConfigError
-from hmb_batch.ledger import FileArchive
-from hmb_batch.partitioned import GiB, MiB, parse_size, partitions_for
-from hmb_batch.pipeline import CRASH_ENV
+from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS
+from hmb_batch.ledger.store import FileArchive
+from hmb_batch.run.buckets import GiB, MiB, bucket_count, parse_size
 
 NIGHTS = ("batch_00", "batch_01", "batch_02")
 
@@ -50,7 +50,7 @@ def _same_outputs(a: Path, b: Path) -> None:
         assert (a / "payouts.csv").read_bytes() == (b / "payouts.csv").read_bytes()
     counts = [json.loads((d / "manifest.json").read_text())["counts"] for d in (a, b)]
     assert counts[0] == counts[1]
-    # the reconciliation adds partitions up to the same totals; the reports show the same tables
+    # the reconciliation adds buckets up to the same totals; the reports show the same tables
     recon = [json.loads((d / "reconciliation.json").read_text()) for d in (a, b)]
     assert recon[0] == recon[1] and recon[0]["passed"]
     reports = [(d / "report.md").read_text().splitlines() for d in (a, b)]
@@ -60,8 +60,8 @@ def _same_outputs(a: Path, b: Path) -> None:
 
 
 @pytest.mark.parametrize("ext", ["parquet", "csv"])
-def test_golden_year_in_partitions_equals_the_in_memory_run(tmp_path: Path, ext: str) -> None:
-    for mode, extra in (("memory", ()), ("parts", ("--partitions", "5"))):
+def test_golden_year_in_buckets_equals_one_bucket(tmp_path: Path, ext: str) -> None:
+    for mode, extra in (("memory", ("--buckets", "1")), ("parts", ("--buckets", "5"))):
         new_ledger(tmp_path / f"{mode}.duckdb")
         for name in NIGHTS:
             r = run_cli(
@@ -78,7 +78,7 @@ def test_golden_year_in_partitions_equals_the_in_memory_run(tmp_path: Path, ext:
     for name in NIGHTS:
         _same_outputs(tmp_path / "memory" / name, tmp_path / "parts" / name)
         manifest = json.loads((tmp_path / "parts" / name / "manifest.json").read_text())
-        assert manifest["partitions"] == 5
+        assert manifest["buckets"] == 5
         assert not list((tmp_path / "parts" / name).glob(".hmb-spill-*"))  # spill cleaned up
     # quarantines of both kinds came through: validation's (stage A) and the engine's (stage B)
     reasons = pl.concat(
@@ -91,14 +91,14 @@ def test_golden_year_in_partitions_equals_the_in_memory_run(tmp_path: Path, ext:
         assert memory[table] == parts[table], table
 
 
-def test_a_wide_extract_in_partitions(tmp_path: Path) -> None:
+def test_a_wide_extract_in_buckets(tmp_path: Path) -> None:
     b = GOLDEN / "batch_00"
     s = pl.read_parquet(b / "settlements.parquet")
     f = pl.read_parquet(b / "fees.parquet")
     shared = set(SETTLEMENTS.names) & set(FEE_LINES.names) - {"setl_id"}
     wide = f.join(s.rename({c: f"setl_{c}" for c in shared}), on="setl_id", how="inner")
     wide.write_parquet(tmp_path / "wide.parquet")
-    for mode, extra in (("memory", ()), ("parts", ("--partitions", "3"))):
+    for mode, extra in (("memory", ("--buckets", "1")), ("parts", ("--buckets", "3"))):
         r = run_cli(
             [
                 "adjudicate",
@@ -120,24 +120,24 @@ def test_a_wide_extract_in_partitions(tmp_path: Path) -> None:
     assert pl.read_parquet(tmp_path / "parts" / "payouts.parquet").height > 100
 
 
-def test_a_partitioned_batch_replays_without_touching_the_ledger(tmp_path: Path) -> None:
+def test_a_bucketed_batch_replays_without_touching_the_ledger(tmp_path: Path) -> None:
     ledger = new_ledger(tmp_path / "ledger.duckdb")
-    assert golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4").exit_code == 0
+    assert golden_batch(ledger, tmp_path, "batch_00", "--buckets", "4").exit_code == 0
     before = ledger_snapshot(ledger)
     payouts = (tmp_path / "batch_00" / "payouts.parquet").read_bytes()
-    again = golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4", "--json")
+    again = golden_batch(ledger, tmp_path, "batch_00", "--buckets", "4", "--json")
     assert again.exit_code == 0 and json.loads(again.output)["replayed"] is True
     assert (tmp_path / "batch_00" / "payouts.parquet").read_bytes() == payouts
     # a lost payout file comes back from the ledger's archive, byte for byte
     (tmp_path / "batch_00" / "payouts.parquet").unlink()
-    assert golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4").exit_code == 0
+    assert golden_batch(ledger, tmp_path, "batch_00", "--buckets", "4").exit_code == 0
     assert (tmp_path / "batch_00" / "payouts.parquet").read_bytes() == payouts
     # with the archived copy damaged as well, the replay is refused and says what is missing
     archived = FileArchive(ledger).path_of(hashlib.sha256(payouts).hexdigest())
     archived.chmod(0o644)
     archived.write_bytes(payouts[:-1])
     (tmp_path / "batch_00" / "payouts.parquet").unlink()
-    refused = golden_batch(ledger, tmp_path, "batch_00", "--partitions", "4")
+    refused = golden_batch(ledger, tmp_path, "batch_00", "--buckets", "4")
     assert refused.exit_code == 9
     assert "applied before" in refused.output and "ledger is unchanged" in refused.output
     assert "payouts.parquet" in refused.output and "archive" in refused.output
@@ -149,10 +149,10 @@ def test_memory_limits_are_parsed_and_checked(tmp_path: Path) -> None:
     assert parse_size("1.5G") == GiB * 3 // 2 and parse_size("123") == 123
     with pytest.raises(ConfigError, match="not a size"):
         parse_size("lots")
-    assert partitions_for(1000, GiB) == 1
-    assert partitions_for(50_000_000, GiB) > partitions_for(10_000_000, GiB) > 1
+    assert bucket_count(1000, GiB) == 1
+    assert bucket_count(50_000_000, GiB) > bucket_count(10_000_000, GiB) > 1
     with pytest.raises(ConfigError, match="too small"):
-        partitions_for(1000, 100 * MiB)
+        bucket_count(1000, 100 * MiB)
     ledger = new_ledger(tmp_path / "l.duckdb")
     r = golden_batch(ledger, tmp_path, "batch_00", "--memory-limit", "100MB")
     assert r.exit_code == 5 and "--memory-limit 100 MiB is too small" in r.output
@@ -172,7 +172,7 @@ sys.exit(rc)
 
 @pytest.mark.slow
 def test_a_tiny_memory_limit_holds_and_changes_nothing(tmp_path: Path) -> None:
-    """~1M fee lines under a 600 MiB limit: partitions, peak RSS under the limit, same results."""
+    """~1M fee lines under a 600 MiB limit: buckets, peak RSS under the limit, same results."""
     hmb = str(Path(sys.executable).parent / "hmb-batch")
     data = tmp_path / "data"
     subprocess.run(
@@ -207,7 +207,7 @@ def test_a_tiny_memory_limit_holds_and_changes_nothing(tmp_path: Path) -> None:
         "--quiet",
     ]
     peaks = {}
-    for mode, extra in (("memory", []), ("bounded", ["--memory-limit", "600MiB"])):
+    for mode, extra in (("memory", ["--buckets", "1"]), ("bounded", ["--memory-limit", "600MiB"])):
         out = tmp_path / mode
         new_ledger(out / "l.duckdb")
         proc = subprocess.run(
@@ -230,7 +230,7 @@ def test_a_tiny_memory_limit_holds_and_changes_nothing(tmp_path: Path) -> None:
         peaks[mode] = int(proc.stdout.split("PEAK_KB")[1]) * 1024
     _same_outputs(tmp_path / "memory", tmp_path / "bounded")
     manifest = json.loads((tmp_path / "bounded" / "manifest.json").read_text())
-    assert manifest["partitions"] > 1
+    assert manifest["buckets"] > 1
     assert peaks["bounded"] < 600 * MiB < peaks["memory"], peaks
     # the manifest's stage peaks are the process's own: the largest is the run's peak
     stage_peak = max(manifest["peak_rss_mib"].values()) * MiB
@@ -240,12 +240,12 @@ def test_a_tiny_memory_limit_holds_and_changes_nothing(tmp_path: Path) -> None:
         assert memory[table] == bounded[table], table
 
 
-def test_an_empty_batch_in_partitions_writes_empty_files_with_their_columns(
+def test_an_empty_batch_in_buckets_writes_empty_files_with_their_columns(
     ex: Extract, tmp_path: Path
 ) -> None:
     ex.member("M1")
     files = ex.write(tmp_path / "in")
-    for mode, extra in (("memory", ()), ("parts", ("--partitions", "3"))):
+    for mode, extra in (("memory", ("--buckets", "1")), ("parts", ("--buckets", "3"))):
         r = run_cli(adjudicate_args(files, tmp_path / mode, "--quiet", *extra))
         assert r.exit_code == 0, r.output
     _same_outputs(tmp_path / "memory", tmp_path / "parts")
@@ -253,7 +253,7 @@ def test_an_empty_batch_in_partitions_writes_empty_files_with_their_columns(
 
 
 def _golden_cli(ledger: Path, out: Path, name: str, env: dict[str, str] | None = None) -> Any:
-    args = golden_args(name, out / name, "--partitions", "3", ledger=ledger)
+    args = golden_args(name, out / name, "--buckets", "3", ledger=ledger)
     return subprocess.run(
         [str(Path(sys.executable).parent / "hmb-batch"), *args],
         capture_output=True,
@@ -264,9 +264,7 @@ def _golden_cli(ledger: Path, out: Path, name: str, env: dict[str, str] | None =
 
 
 @pytest.mark.parametrize("stage", ["read", "compute", "commit", "outputs"])
-def test_a_partitioned_run_killed_at_any_stage_completes_on_retry(
-    tmp_path: Path, stage: str
-) -> None:
+def test_a_bucketed_run_killed_at_any_stage_completes_on_retry(tmp_path: Path, stage: str) -> None:
     ledger = new_ledger(tmp_path / "ledger.duckdb")
     assert _golden_cli(ledger, tmp_path, "batch_00").returncode == 0
     before = ledger_snapshot(ledger)

@@ -27,10 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
-from hmb_batch.contracts import FEE_LINES, PERSONAL, SETTLEMENTS, Contract, Kind
 from hmb_batch.errors import ConfigError, InputUnreadable, SchemaError
+from hmb_batch.io.contracts import FEE_LINES, PERSONAL, SETTLEMENTS, Contract, Kind
 from hmb_batch.money import MAX_AMOUNT_TEXT, above_maximum, fen_from, nfkc
 
 ROW = "_row"  # 1-based data row in its file (the header is not counted)
@@ -372,6 +371,30 @@ def scan_raw(path: Path, encoding: str = "utf-8", *, temp_dir: Path | None = Non
     read as empty, and an optional amount as 0). ``temp_dir``: where the UTF-8 copy of a
     non-UTF-8 CSV is written (default: a private temporary folder).
     """
+    lf, problems = _scan_source(path, encoding, temp_dir)
+    return _numbered(lf, path, problems, 0)
+
+
+def raw_chunks(
+    path: Path, rows: int, encoding: str = "utf-8", *, temp_dir: Path | None = None
+) -> Iterator[pl.LazyFrame]:
+    """:func:`scan_raw` of a file as lazy frames of at most ``rows`` rows each, row numbers
+    those of the file; the file is checked once.
+
+    For runs in member buckets: a streaming query's peak memory grows with the rows it writes
+    (Polars 2.1: about 50 MB per million fee lines typed and written to Parquet), so a big file
+    is cut in fixed-size chunks, each one streaming query. Python only sends the queries; no
+    row passes through it.
+    """
+    lf, problems = _scan_source(path, encoding, temp_dir)
+    total = int(lf.select(pl.len()).collect().item())
+    for offset in range(0, max(total, 1), rows):
+        yield _numbered(lf.slice(offset, rows), path, problems, offset)
+
+
+def _scan_source(
+    path: Path, encoding: str, temp_dir: Path | None
+) -> tuple[pl.LazyFrame, pl.DataFrame | None]:
     if not path.exists():
         raise InputUnreadable(f"{path}: no such file")
     fmt = detect_format(path)
@@ -392,7 +415,13 @@ def scan_raw(path: Path, encoding: str = "utf-8", *, temp_dir: Path | None = Non
         # a CSV reader's message may quote rows (names, ID numbers): only Parquet's is shown
         reason = f": {str(exc).splitlines()[0][:200]}" if fmt == "parquet" else ""
         raise InputUnreadable(f"{path}: cannot be read as {fmt}{reason}") from None
-    lf = lf.with_row_index(ROW, offset=1).with_columns(pl.lit(str(path)).alias(FILE))
+    return lf, problems
+
+
+def _numbered(
+    lf: pl.LazyFrame, path: Path, problems: pl.DataFrame | None, offset: int
+) -> pl.LazyFrame:
+    lf = lf.with_row_index(ROW, offset=offset + 1).with_columns(pl.lit(str(path)).alias(FILE))
     if problems is not None and problems.height:
         lf = lf.with_columns(
             pl.col(ROW)
@@ -471,9 +500,17 @@ def _typed_column(name: str, kind: Kind, dtype: pl.DataType, src: str, timezone:
     ).alias(name)
 
 
-def _unreadable(name: str, kind: Kind, src: str, required: bool) -> pl.Expr:
-    """True where a value is present but unreadable, or a required value is empty."""
-    present = pl.col(src).cast(pl.String).str.strip_chars().str.len_chars() > 0
+def _unreadable(
+    name: str, kind: Kind, src: str, required: bool, dtype: pl.DataType | None = None
+) -> pl.Expr:
+    """True where a value is present but unreadable, or a required value is empty.
+
+    ``dtype``: the source column's type; a typed (non-text) Parquet value is present when it is
+    not null (casting it to text just to look for blanks cost a tenth of the typing time)."""
+    if dtype is not None and dtype != pl.String:
+        present = pl.col(src).is_not_null()
+    else:
+        present = pl.col(src).cast(pl.String).str.strip_chars().str.len_chars() > 0
     empty_or_null = ((present.fill_null(False) | required) & pl.col(name).is_null()).fill_null(
         False
     )
@@ -518,7 +555,7 @@ def _error_expr(name: str, kind: Kind, dtype: pl.DataType, src: str, required: b
         expected,
         _found(name, kind, src),
     )
-    return pl.when(_unreadable(name, kind, src, required)).then(message).otherwise(None)
+    return pl.when(_unreadable(name, kind, src, required, dtype)).then(message).otherwise(None)
 
 
 def type_table(
@@ -536,7 +573,45 @@ def type_table(
     Raises SchemaError naming the file and every missing required column. Optional columns that
     are absent become null (money: 0 fen, so a missing ``refl_selfpay_amt`` means none).
     ``timezone``: the zone a time-zone-aware Parquet timestamp is converted to before its zone
-    is dropped (naive timestamps and text are already local time).
+    is dropped (naive timestamps and text are already local time). The result ends with
+    :data:`ROW`, :data:`FILE` and :data:`ERRORS` (what could not be read in the row, or null).
+    """
+    typed, messages = type_table_apart(
+        raw,
+        contract,
+        column_map=column_map,
+        prefix=prefix,
+        file_label=file_label,
+        require=require,
+        timezone=timezone,
+    )
+    return with_errors(typed, messages)
+
+
+def with_errors(typed: pl.LazyFrame, messages: pl.LazyFrame) -> pl.LazyFrame:
+    """Typed rows and their reading errors (from :func:`type_table_apart`) as one frame."""
+    return typed.join(
+        messages.select(FILE, ROW, ERRORS), on=[FILE, ROW], how="left", maintain_order="left"
+    )
+
+
+def type_table_apart(
+    raw: pl.LazyFrame,
+    contract: Contract,
+    *,
+    column_map: Mapping[str, str] | None = None,
+    prefix: str = "",
+    file_label: str = "",
+    require: bool = True,
+    timezone: str = DEFAULT_TIMEZONE,
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """:func:`type_table` as two frames: the typed rows (ending with :data:`ROW`, :data:`FILE`)
+    and the few rows with reading errors (``setl_id`` and ``psn_no`` where the contract has
+    them, ROW, FILE, :data:`ERRORS`).
+
+    Kept apart, both stream from one scan into files without the join that puts them together,
+    which would hold every typed row until the last message is known (a streaming engine must
+    see a join's whole build side first): bucketed runs join them per bucket, in memory.
     """
     check_timezone(timezone)
     schema = raw.collect_schema()
@@ -564,7 +639,7 @@ def type_table(
             dtype = schema[src]
             typed.append(_typed_column(col.name, col.kind, dtype, src, timezone))
             raws.append(pl.col(src).alias(_RAW + col.name))
-            bad.append(_unreadable(col.name, col.kind, _RAW + col.name, col.required))
+            bad.append(_unreadable(col.name, col.kind, _RAW + col.name, col.required, dtype))
             errors.append(_error_expr(col.name, col.kind, dtype, _RAW + col.name, col.required))
         elif col.kind is Kind.MONEY and not col.required:
             typed.append(pl.lit(0, pl.Int64).alias(col.name))
@@ -575,15 +650,20 @@ def type_table(
         bad.append(pl.col(_SHAPE).is_not_null())
         errors.insert(0, pl.col(_SHAPE))
     base = raw.select(*typed, *raws, *shape, pl.col(ROW), pl.col(FILE))
+    # the ids a bucketed run sends the messages to their rows' bucket by
+    key = [pl.col(c) for c in ("setl_id", "psn_no") if c in contract.names]
     if not errors:
-        return base.with_columns(pl.lit(None, pl.List(pl.String)).alias(ERRORS))
+        none = base.filter(pl.lit(False)).select(
+            *key, pl.col(ROW), pl.col(FILE), pl.lit(None, pl.List(pl.String)).alias(ERRORS)
+        )
+        return base, none
     # Messages are formatted only for the few rows with a problem: formatting a string per
     # row and column for millions of good rows would cost more than the whole adjudication.
     messages = base.filter(pl.any_horizontal(bad)).select(
-        pl.col(ROW), pl.concat_list(errors).list.drop_nulls().alias(ERRORS)
+        *key, pl.col(ROW), pl.col(FILE), pl.concat_list(errors).list.drop_nulls().alias(ERRORS)
     )
     scratch = [_RAW + n for n in mapping] + ([_SHAPE] if shape else [])
-    return base.drop(scratch).join(messages, on=ROW, how="left")
+    return base.drop(scratch), messages
 
 
 def source_column(
@@ -655,17 +735,30 @@ def typed_frames(
     """One raw file (or a slice of it) typed: ``role`` 'settlements' or 'fee_lines' (two-file
     extracts) gives that table; 'wide' gives both, ``settlements`` one row per line.
     ``timezone``: see :func:`type_table`."""
+    return {
+        name: with_errors(typed, messages)
+        for name, (typed, messages) in typed_frames_apart(
+            raw, path, role, column_map, timezone=timezone
+        ).items()
+    }
+
+
+def typed_frames_apart(
+    raw: pl.LazyFrame,
+    path: Path,
+    role: str,
+    column_map: Mapping[str, str] | None = None,
+    *,
+    timezone: str = DEFAULT_TIMEZONE,
+) -> dict[str, tuple[pl.LazyFrame, pl.LazyFrame]]:
+    """:func:`typed_frames` with each table's rows and reading errors apart (see
+    :func:`type_table_apart`)."""
     label = str(path)
-    if role == "settlements":
+    if role in ("settlements", "fee_lines"):
+        contract = SETTLEMENTS if role == "settlements" else FEE_LINES
         return {
-            "settlements": type_table(
-                raw, SETTLEMENTS, column_map=column_map, file_label=label, timezone=timezone
-            )
-        }
-    if role == "fee_lines":
-        return {
-            "fee_lines": type_table(
-                raw, FEE_LINES, column_map=column_map, file_label=label, timezone=timezone
+            role: type_table_apart(
+                raw, contract, column_map=column_map, file_label=label, timezone=timezone
             )
         }
     found = [n for n in raw.collect_schema().names() if n not in _INTERNAL]
@@ -677,7 +770,7 @@ def typed_frames(
             label, "fee_lines", ["feedetl_sn"], found, site_names=list(column_map or {})
         )
     return {
-        "settlements": type_table(
+        "settlements": type_table_apart(
             raw,
             SETTLEMENTS,
             column_map=column_map,
@@ -685,7 +778,7 @@ def typed_frames(
             file_label=label,
             timezone=timezone,
         ),
-        "fee_lines": type_table(
+        "fee_lines": type_table_apart(
             raw, FEE_LINES, column_map=column_map, file_label=label, timezone=timezone
         ),
     }
@@ -728,40 +821,6 @@ def read_extract(
         settlements = distinct_headers(settlements)
     files = (*extract_files, *(fee_files or []))
     return Extract(settlements, _concat(parts["fee_lines"]), shape, files)
-
-
-def raw_slices(
-    path: Path,
-    rows: int,
-    spill: Path,
-    encoding: str = "utf-8",
-    *,
-    temp_dir: Path | None = None,
-) -> Iterator[pl.LazyFrame]:
-    """A file as raw frames of at most ``rows`` rows each, with their ``_file`` and ``_row``.
-
-    For bounded-memory runs: a Parquet file is read a batch at a time; a CSV file is first
-    converted to Parquet in ``spill`` (all columns as text) by a streaming pass. ``temp_dir``:
-    see :func:`scan_raw`.
-    """
-    source = scan_raw(path, encoding, temp_dir=temp_dir).drop(ROW, FILE)
-    if detect_format(path) == "csv":
-        converted = spill / f"csv-{len(list(spill.glob('csv-*')))}.parquet"
-        source.sink_parquet(converted, row_group_size=rows)
-        parquet = converted
-    else:
-        parquet = path
-    offset = 1
-    # pre_buffer (pyarrow's default) reads ahead across row groups: ~1 GB held for a 50M-line file
-    for batch in pq.ParquetFile(parquet, pre_buffer=False).iter_batches(batch_size=rows):
-        frame = pl.from_arrow(batch)
-        assert isinstance(frame, pl.DataFrame)
-        yield (
-            frame.lazy()
-            .with_row_index(ROW, offset=offset)
-            .with_columns(pl.lit(str(path)).alias(FILE))
-        )
-        offset += frame.height
 
 
 def distinct_headers(settlements: pl.LazyFrame) -> pl.LazyFrame:

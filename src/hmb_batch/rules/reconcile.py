@@ -27,12 +27,12 @@ from typing import Any
 
 import polars as pl
 
-from hmb_batch.contracts import COMPONENT_PAIRS, LINE_COMPONENTS
-from hmb_batch.engine import MEMBER_YEAR, PriorState, cum, disposition_column, inc
+from hmb_batch.io.contracts import COMPONENT_PAIRS, LINE_COMPONENTS
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.compiled import CompiledEdition
-from hmb_batch.validation import IS_REVERSAL
+from hmb_batch.rules.engine import MEMBER_YEAR, PriorState, cum, disposition_column, inc
+from hmb_batch.rules.validation import IS_REVERSAL
 
 SHOW = 5  # settlements or members named per failed identity
 
@@ -749,3 +749,58 @@ def reconcile(
         "headers_agreeing_with_lines": adjudicated - by_status.get("reversal", 0),
     }
     return Reconciliation(batch_id, ids, t, counts)
+
+
+def long_accumulators(prior: PriorState, members: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
+    """The prior year to date of ``members``: psn_no, plan_year, cost, value (fen)."""
+    return (
+        prior.accumulators.join(members.lazy(), on="psn_no", how="semi")
+        .collect()
+        .unpivot(index=["psn_no", "plan_year"], on=[cum(c) for c in costs], variable_name="cost")
+        .with_columns(pl.col("cost").str.strip_prefix(cum("")), pl.col("value").fill_null(0))
+    )
+
+
+@dataclass(frozen=True)
+class AfterExpectation:
+    """What the ledger must hold after the commit, for the batch's members."""
+
+    by_year: pl.DataFrame  # plan_year, cost, before, batch (fen)
+    payout_fen: int
+
+    @staticmethod
+    def of(payouts: pl.DataFrame, prior: PriorState, costs: list[str]) -> AfterExpectation:
+        """From a batch's (or partition's) engine payouts and the prior it was computed on."""
+        members = payouts.select("psn_no").unique()
+        # only the member-years the batch touches: the ledger's after side is the batch's own
+        # accumulator rows, and a member's other plan years are not among them
+        touched = payouts.select("psn_no", pl.col("plan_year").cast(pl.Int64)).unique()
+        before = (
+            long_accumulators(prior, members, costs)
+            .with_columns(pl.col("plan_year").cast(pl.Int64))
+            .join(touched, on=["psn_no", "plan_year"], how="semi")
+            .group_by("plan_year", "cost")
+            .agg(pl.col("value").sum().alias("before"))
+        )
+        batch = (
+            payouts.unpivot(index=["plan_year"], on=[inc(c) for c in costs], variable_name="cost")
+            .with_columns(
+                pl.col("cost").str.strip_prefix(inc("")), pl.col("plan_year").cast(pl.Int64)
+            )
+            .group_by("plan_year", "cost")
+            .agg(pl.col("value").sum().alias("batch"))
+        )
+        by_year = before.with_columns(pl.col("plan_year").cast(pl.Int64)).join(
+            batch, on=["plan_year", "cost"], how="full", coalesce=True
+        )
+        return AfterExpectation(by_year.fill_null(0), int(payouts["payout"].sum() or 0))
+
+    @staticmethod
+    def combine(parts: list[AfterExpectation]) -> AfterExpectation:
+        """Add up partitions (their members are disjoint)."""
+        return AfterExpectation(
+            pl.concat([p.by_year for p in parts])
+            .group_by("plan_year", "cost")
+            .agg(pl.col("before").sum(), pl.col("batch").sum()),
+            sum(p.payout_fen for p in parts),
+        )

@@ -1,6 +1,6 @@
 """The ledger: an embedded DuckDB file holding the year to date between nightly batches.
 
-Tables (schema version 4; analysts may open the file with DuckDB and query them):
+Tables (schema version 6; analysts may open the file with DuckDB and query them):
 
 ``meta``             key/value: ``schema_version``.
 ``batches``          one row per batch: ``batch_id``, ``seq`` (application order), ``batch_key``
@@ -16,8 +16,10 @@ Tables (schema version 4; analysts may open the file with DuckDB and query them)
 ``settlement_responsibilities`` each settlement's payable and payout per responsibility (责任) and
                      the responsibility's year to date after it, in fen.
 ``accumulator_log``  per batch, each touched accumulator before and after, in fen.
-``accumulators``     (a view) year to date per member, plan year and cost: the latest
-                     ``after_fen`` of the applied batches.
+``member_state``     the current year to date: one row per member, plan year and cost that an
+                     applied batch accumulated, ``amount_fen`` (the latest ``after_fen`` of the
+                     applied batches).
+``accumulators``     (a view of ``member_state``) psn_no, plan_year, cost, amount_fen.
 ``payout_history``   every payout ever decided, per batch; ``reverted`` marks undone batches.
 ``batch_files``      the output files each batch wrote: name and SHA-256 (the bytes are in the
                      file archive beside the ledger, ``PATH.files/``, so a retry rewrites them
@@ -25,9 +27,12 @@ Tables (schema version 4; analysts may open the file with DuckDB and query them)
 
 Money is BIGINT fen. A batch is applied in one transaction; a process killed at any moment leaves
 the ledger as before the batch or as after it. The ledger is append-only (a revert marks its batch
-``reverted`` and removes that batch's registry rows): appends keep DuckDB's checkpoints cheap,
-where updating accumulators in place and primary-key indexes made every nightly commit rewrite
-most of the file. Uniqueness of ``setl_id`` is checked inside each batch's transaction instead.
+``reverted`` and removes that batch's registry rows) except ``member_state``, which the batch's
+transaction updates in place from its accumulator log rows (a revert restores it from the log):
+appends keep DuckDB's checkpoints cheap, where primary-key indexes made every nightly commit
+rewrite most of the file; ``member_state`` has no index and is the size of the year's
+member-years, so a night reads its members' year to date without scanning the year's log.
+Uniqueness of ``setl_id`` is checked inside each batch's transaction instead.
 Output files live outside the DuckDB file on purpose: DuckDB rewrites a table's last row group
 at each checkpoint, and a BLOB column holding every night's files made each nightly commit
 rewrite the whole history of files (1.3 s and growing after 47 nights of a 2M-member year).
@@ -55,7 +60,8 @@ from typing import Any, TypeVar
 import duckdb
 import polars as pl
 
-from hmb_batch.engine import (
+from hmb_batch.errors import ExitCode, HmbError
+from hmb_batch.rules.engine import (
     HEADER_FEN,
     MEMBER_YEAR,
     RESPONSIBILITY_VALUES,
@@ -63,10 +69,9 @@ from hmb_batch.engine import (
     cum,
     inc,
 )
-from hmb_batch.errors import ExitCode, HmbError
-from hmb_batch.validation import IS_REVERSAL
+from hmb_batch.rules.validation import IS_REVERSAL
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -122,7 +127,66 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
     # a settlement's header amounts (fen, contract order): a later reversal must negate them
     5: ["ALTER TABLE settlements ADD COLUMN header_fen BIGINT[]"],
+    # each member's current year to date, so a night reads O(batch) rows, not the year's log;
+    # filled from the log as the accumulators view defined it, then the view reads it
+    6: [
+        """CREATE TABLE member_state(
+            psn_no VARCHAR NOT NULL, plan_year INTEGER NOT NULL, cost VARCHAR NOT NULL,
+            amount_fen BIGINT NOT NULL)""",
+        """INSERT INTO member_state
+            SELECT l.psn_no, l.plan_year, l.cost, arg_max(l.after_fen, b.seq)
+            FROM accumulator_log l JOIN batches b USING (batch_id)
+            WHERE b.status = 'applied'
+            GROUP BY l.psn_no, l.plan_year, l.cost
+            ORDER BY l.plan_year, l.psn_no, l.cost""",
+        """CREATE OR REPLACE VIEW accumulators AS
+            SELECT psn_no, plan_year, cost, amount_fen FROM member_state""",
+    ],
 }
+
+# The batch's accumulator_log rows ({log}: a registered frame or read_parquet) become its
+# members' current state. MERGE updates in place: keeping one row per key keeps the table the
+# size of the year's member-years, so every night's reads of it cost the same.
+_APPLY_STATE = """
+    MERGE INTO member_state AS m
+    USING (SELECT psn_no, plan_year, cost, after_fen FROM {log}) AS l
+    ON m.psn_no = l.psn_no AND m.plan_year = l.plan_year AND m.cost = l.cost
+    WHEN MATCHED THEN UPDATE SET amount_fen = l.after_fen
+    WHEN NOT MATCHED THEN INSERT (psn_no, plan_year, cost, amount_fen)
+        VALUES (l.psn_no, l.plan_year, l.cost, l.after_fen)
+"""
+
+# Back to the state before batch $b, the latest applied one: its before_fen is that state
+# (NULL: the key was new in the batch). Read from the batch's own log rows only, so a revert
+# costs what the batch did.
+_REVERT_STATE = """
+    MERGE INTO member_state AS m
+    USING (SELECT psn_no, plan_year, cost, before_fen FROM accumulator_log WHERE batch_id = $b) r
+    ON m.psn_no = r.psn_no AND m.plan_year = r.plan_year AND m.cost = r.cost
+    WHEN MATCHED AND r.before_fen IS NULL THEN DELETE
+    WHEN MATCHED THEN UPDATE SET amount_fen = r.before_fen
+    WHEN NOT MATCHED AND r.before_fen IS NOT NULL THEN INSERT (psn_no, plan_year, cost,
+        amount_fen) VALUES (r.psn_no, r.plan_year, r.cost, r.before_fen)
+"""
+
+# A before_fen of 0 may also be a cost the member-year had no row of (the prior state is read
+# with 0 for a cost not yet accumulated, e.g. a cost an edition added): such a key goes unless
+# an earlier applied batch accumulated it. Only these keys are looked up in the year's log.
+_REVERT_UNSEEN = """
+    DELETE FROM member_state m USING (
+        WITH zero AS (
+            SELECT psn_no, plan_year, cost FROM accumulator_log
+            WHERE batch_id = $b AND before_fen = 0
+        ), seen AS (  -- the year's log probed with the few zero keys, not correlated per key
+            SELECT DISTINCT l.psn_no, l.plan_year, l.cost
+            FROM accumulator_log l SEMI JOIN zero USING (psn_no, plan_year, cost)
+            JOIN batches b USING (batch_id)
+            WHERE b.status = 'applied' AND l.batch_id <> $b
+        )
+        SELECT * FROM zero ANTI JOIN seen USING (psn_no, plan_year, cost)
+    ) u
+    WHERE m.psn_no = u.psn_no AND m.plan_year = u.plan_year AND m.cost = u.cost
+"""
 
 # What one batch inserts, in this order (see :func:`batch_rows`).
 BATCH_TABLES = (
@@ -639,23 +703,33 @@ class Ledger:
             .unique()
         )
         self.con.register("ids", ids.to_arrow())
+        # ``reversed``: a reversal in the registry names the row. Joined on the batch's ids,
+        # not a correlated EXISTS, which DuckDB runs as a second join over every settlement
         registry = _frame(
             self.con.sql(
                 """
+            WITH reversed AS (
+                SELECT DISTINCT r.init_setl_id AS setl_id
+                FROM settlements r JOIN ids ON r.init_setl_id = ids.setl_id
+                WHERE r.is_reversal
+            )
             SELECT s.setl_id, s.psn_no, s.plan_year::BIGINT AS plan_year, s.is_reversal,
-                   s.init_setl_id, s.header_fen,
-                   EXISTS (SELECT 1 FROM settlements r
-                           WHERE r.is_reversal AND r.init_setl_id = s.setl_id) AS reversed
-            FROM settlements s JOIN ids USING (setl_id)
+                   s.init_setl_id, s.header_fen, reversed.setl_id IS NOT NULL AS reversed
+            FROM settlements s JOIN ids USING (setl_id) LEFT JOIN reversed USING (setl_id)
             """
             )
         )
+        self.con.unregister("ids")
+        # the costs of the rows found (a night's own ids are mostly new): a smaller hash table
+        # to probe the year's settlement_costs with
+        self.con.register("ids", registry.select("setl_id").to_arrow())
         costs_long = _frame(
             self.con.sql(
                 "SELECT c.setl_id, c.cost, c.increment_fen "
                 "FROM settlement_costs c JOIN ids USING (setl_id)"
             )
         )
+        self.con.unregister("ids")
         registry = _widen(registry, costs_long, "setl_id", "increment_fen", inc, costs)
         members = (
             pl.concat([settlements.select("psn_no"), registry.select("psn_no")])
@@ -663,23 +737,23 @@ class Ledger:
             .unique()
         )
         acc_long = self.year_to_date(members)
-        self.con.unregister("ids")
         keys = acc_long.select(MEMBER_YEAR).unique()
         accumulators = _widen(keys, acc_long, MEMBER_YEAR, "amount_fen", cum, costs)
         return PriorState(registry.lazy(), accumulators.lazy())
 
     def year_to_date(self, members: pl.DataFrame) -> pl.DataFrame:
-        """The accumulators of these members (``psn_no``): psn_no, plan_year, cost, amount_fen."""
-        self.con.register("members", members.select("psn_no").to_arrow())
+        """The accumulators of these members (``psn_no``): psn_no, plan_year, cost, amount_fen.
+
+        Read from ``member_state`` (one row per member, plan year and cost), so the cost is
+        that of the state table's rows, not of the year's accumulator log.
+        """
+        self.con.register("members", members.select("psn_no").unique().to_arrow())
         try:
             return _frame(
                 self.con.sql(
                     """
-                SELECT l.psn_no, l.plan_year::BIGINT AS plan_year, l.cost,
-                       arg_max(l.after_fen, b.seq) AS amount_fen
-                FROM accumulator_log l JOIN members USING (psn_no) JOIN batches b USING (batch_id)
-                WHERE b.status = 'applied'
-                GROUP BY l.psn_no, l.plan_year, l.cost
+                SELECT m.psn_no, m.plan_year::BIGINT AS plan_year, m.cost, m.amount_fen
+                FROM member_state m JOIN members USING (psn_no)
                 """
                 )
             )
@@ -755,10 +829,14 @@ class Ledger:
                     f"batch {batch_id} would record settlements already in the ledger "
                     f"({', '.join(r[0] for r in seen)}); nothing was applied"
                 )
+            sources = {"settlements": registry}
             for table in BATCH_TABLES:
-                src = registry if table == "settlements" else source(table)
+                src = sources[table] = sources.get(table) or source(table)
                 cols = ", ".join(_TABLE_COLUMNS[table])
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {src}")
+            # from the batch's own rows, not the log table: reading these back out of the
+            # log would scan the year's log
+            con.execute(_APPLY_STATE.format(log=sources["accumulator_log"]))
             if verify is not None:  # inside the transaction: raising rolls everything back
                 verify(self)
             if crash_hook is not None:
@@ -798,8 +876,15 @@ class Ledger:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            # the batch's accumulator_log rows stay as history; marking the batch reverted takes
-            # them out of the accumulators view
+            # the batch's accumulator_log rows stay as history (marked by the batch's status);
+            # member_state goes back to what the log held before the batch
+            con.execute(_REVERT_STATE, {"b": batch_id})
+            zeros = con.execute(
+                "SELECT count(*) FROM accumulator_log WHERE batch_id = $b AND before_fen = 0",
+                {"b": batch_id},
+            ).fetchall()
+            if zeros[0][0]:
+                con.execute(_REVERT_UNSEEN, {"b": batch_id})
             for table in ("settlement_costs", "settlement_responsibilities"):
                 con.execute(
                     f"DELETE FROM {table} WHERE setl_id IN "
@@ -831,9 +916,9 @@ class Ledger:
     def state(self) -> pl.DataFrame:
         """Per plan year: members, settlements, year-to-date payable and payout (fen).
 
-        Members are the member-years first touched by an applied batch (every adjudicated
-        settlement touches one); plain aggregates, no DISTINCT, so this stays fast on a
-        province's ledger.
+        Members are the member-years an applied batch touched (every adjudicated settlement
+        touches one), counted in :data:`member_state` rows of one cost; plain aggregates, no
+        DISTINCT, so this stays fast on a province's ledger.
         """
         return _frame(
             self.con.sql(
@@ -844,11 +929,10 @@ class Ledger:
                            coalesce(sum(payout_fen), 0)::BIGINT AS payout_fen
                     FROM settlements GROUP BY plan_year
                 ), m AS (
-                    SELECT l.plan_year, count(*) AS members
-                    FROM accumulator_log l JOIN batches b USING (batch_id)
-                    WHERE b.status = 'applied' AND l.before_fen IS NULL
-                      AND l.cost = (SELECT min(cost) FROM accumulator_log)
-                    GROUP BY l.plan_year
+                    SELECT plan_year, count(*) AS members
+                    FROM member_state
+                    WHERE cost = (SELECT min(cost) FROM member_state)
+                    GROUP BY plan_year
                 )
                 SELECT s.plan_year::BIGINT AS plan_year, coalesce(m.members, 0) AS members,
                        s.settlements, s.payable_fen, s.payout_fen

@@ -27,9 +27,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hmb_batch.contracts import CONTRACTS
 from hmb_batch.errors import ConfigError
-from hmb_batch.extract import check_timezone
+from hmb_batch.io.contracts import CONTRACTS
+from hmb_batch.io.extract import check_timezone
 
 DEFAULT_NAME = "hmb.toml"
 _ALL_COLUMNS = {n for c in CONTRACTS.values() for n in c.names}

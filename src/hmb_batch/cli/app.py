@@ -16,15 +16,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from hmb_batch import __version__, render
-from hmb_batch.codes import REASON_CODES
-from hmb_batch.config import load_config, read_toml, read_toml_text
+from hmb_batch import __version__
+from hmb_batch.cli.config import load_config, read_toml, read_toml_text
 from hmb_batch.errors import ConfigError, ExitCode, HmbError, UsageError
 from hmb_batch.plan.catalog import select_plan, shipped_editions
 from hmb_batch.plan.check import check_data
+from hmb_batch.report import terminal as render
+from hmb_batch.rules.codes import REASON_CODES
 
 if TYPE_CHECKING:
-    from hmb_batch.ledger import Ledger
+    from hmb_batch.ledger.store import Ledger
 
 T = TypeVar("T")
 
@@ -68,7 +69,7 @@ def _on_ledger(
     ledger: Path | None, config: Path | None, wait: float, action: Callable[[Ledger], T]
 ) -> T:
     """Open the ledger under its lock, run ``action`` on it; errors become messages."""
-    from hmb_batch.ledger import open_ledger
+    from hmb_batch.ledger.store import open_ledger
 
     try:
         with open_ledger(_ledger_path(ledger, config), wait=wait) as lg:
@@ -167,14 +168,20 @@ def adjudicate(
         str | None,
         typer.Option(
             help=(
-                "Memory bound, e.g. 1GiB or 800MB: a batch that would not fit runs in "
-                "partitions through temporary files in the output folder."
+                "Memory bound, e.g. 1GiB or 800MB (default: a quarter of the machine's "
+                "memory): a batch that would not fit is cut into member buckets through "
+                "temporary files in the output folder."
             )
         ),
     ] = None,
-    partitions: Annotated[
+    buckets: Annotated[
         int | None,
-        typer.Option(min=1, help="Run in this many partitions (default: from --memory-limit)."),
+        typer.Option(
+            "--buckets",
+            "--partitions",
+            min=1,
+            help="Cut the batch into this many member buckets (default: from --memory-limit).",
+        ),
     ] = None,
     unmasked: Annotated[
         bool,
@@ -188,8 +195,8 @@ def adjudicate(
 ) -> None:
     """Adjudicate one batch: validate, apply the plan, reconcile, write payouts, quarantine,
     line audit, reconciliation.json and the report (report.html, report.md)."""
-    from hmb_batch.partitioned import parse_size
-    from hmb_batch.pipeline import BatchInputs, run_batch
+    from hmb_batch.run.batch import BatchInputs, run_batch
+    from hmb_batch.run.buckets import parse_size
 
     try:
         cfg = load_config(config)
@@ -224,7 +231,7 @@ def adjudicate(
                 memory_limit=parse_size(limit)
                 if (limit := memory_limit or d.memory_limit)
                 else None,
-                partitions=partitions,
+                buckets_wanted=buckets,
                 unmasked=unmasked,
                 progress=(lambda stage, secs: st.update(f"{stage} done ({secs:.1f} s) …"))
                 if st is not None
@@ -284,9 +291,9 @@ def report(
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("."),
 ) -> None:
     """The year-to-date report of a plan year from the ledger alone: report.html, report.md."""
-    from hmb_batch.pipeline import write_files
-    from hmb_batch.report import render_html, render_markdown
-    from hmb_batch.reporting import year_report
+    from hmb_batch.io.atomic import write_files
+    from hmb_batch.report.data import year_report
+    from hmb_batch.report.pages import render_html, render_markdown
 
     try:
         cfg = load_config(config)
@@ -434,7 +441,7 @@ def plan_check(
     ] = None,
 ) -> None:
     """Check an edition file and report every problem at once."""
-    from hmb_batch.reference import load_lists
+    from hmb_batch.io.reference import load_lists
 
     try:
         names = None
@@ -466,7 +473,7 @@ def ledger_init(
     adjudicate and every other command refuse a ledger that does not exist, so a mistyped path
     cannot start every member's year to date at zero.
     """
-    from hmb_batch.ledger import create_ledger
+    from hmb_batch.ledger.store import create_ledger
 
     try:
         target = _ledger_path(path, config)

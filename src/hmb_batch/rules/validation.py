@@ -1,6 +1,6 @@
 """Validation: every settlement gets a verdict before any rule runs.
 
-Pure: typed LazyFrames in (from :mod:`hmb_batch.extract`), LazyFrames out. A settlement is either
+Pure: typed LazyFrames in (from :mod:`hmb_batch.io.extract`), LazyFrames out. A settlement is either
 accepted (one row per setl_id, with its fee lines) or quarantined with one or more reason codes and
 a human-readable detail naming the file, row, column, what was expected and what was found. Its fee
 lines go to quarantine with it. Nothing is dropped: identical repeats of a settlement or a fee line
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from hmb_batch.contracts import (
+from hmb_batch.errors import InputUnreadable
+from hmb_batch.io.contracts import (
     COMPONENT_PAIRS,
     FEE_LINES,
     LINE_COMPONENTS,
@@ -23,8 +24,7 @@ from hmb_batch.contracts import (
     Contract,
     Kind,
 )
-from hmb_batch.errors import InputUnreadable
-from hmb_batch.extract import ERRORS, FILE, ROW, Extract
+from hmb_batch.io.extract import ERRORS, FILE, ROW, Extract
 from hmb_batch.money import fen_to_yuan, to_decimal
 
 IS_REVERSAL = "is_reversal"
@@ -135,8 +135,15 @@ def _line_messages(lines: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _duplicates(frame: pl.LazyFrame, key: list[str], content: list[str]) -> pl.LazyFrame:
-    """Add ``_copies`` and ``_variants`` (distinct contents) per key; cheap when keys are unique."""
+def _duplicates(
+    frame: pl.LazyFrame, key: list[str], content: list[str], unique: bool = False
+) -> pl.LazyFrame:
+    """Add ``_copies`` and ``_variants`` (distinct contents) per key; ``unique``: the caller
+    knows no key repeats (the usual night), so no row needs looking at."""
+    if unique:
+        return frame.with_columns(
+            pl.lit(1, pl.UInt32).alias("_copies"), pl.lit(1, pl.UInt32).alias("_variants")
+        )
     dup = pl.struct(key).is_duplicated()
     counted = (
         frame.filter(dup)
@@ -156,7 +163,21 @@ def _first_copy(key: list[str]) -> pl.Expr:
 Materialize = Callable[[list[pl.LazyFrame]], list[pl.LazyFrame]]
 
 
-def validate(extract: Extract, materialize: Materialize | None = None) -> ValidatedBatch:
+def keys_unique(extract_settlements: pl.DataFrame, fee_lines: pl.DataFrame) -> tuple[bool, bool]:
+    """Whether no setl_id repeats among the settlement rows, and no (setl_id, feedetl_sn) among
+    the fee lines: then :func:`validate` skips looking for copies."""
+    return (
+        not extract_settlements.select(pl.col("setl_id").is_duplicated().any()).item(),
+        not fee_lines.select(pl.struct("setl_id", "feedetl_sn").is_duplicated().any()).item(),
+    )
+
+
+def validate(
+    extract: Extract,
+    materialize: Materialize | None = None,
+    *,
+    unique: tuple[bool, bool] = (False, False),
+) -> ValidatedBatch:
     """Give every settlement and fee line of a batch a verdict.
 
     Two phases: cheap boolean checks on every row decide the verdicts; messages are then
@@ -171,13 +192,17 @@ def validate(extract: Extract, materialize: Materialize | None = None) -> Valida
 
     # --- fee lines -------------------------------------------------------------------------
     line_key = ["setl_id", "feedetl_sn"]
-    lines = _duplicates(extract.fee_lines, line_key, FEE_LINES.names)
-    repeated_lines = lines.filter(
-        (pl.col("_copies") > 1)
-        & (pl.col("_variants") == 1)
-        & ~pl.struct(line_key).is_first_distinct()
-    ).select(*LINE_COMPONENTS)
-    lines = _line_checks(lines.filter(_first_copy(line_key)), reversal_ids)
+    settlements_unique, lines_unique = unique
+    lines = _duplicates(extract.fee_lines, line_key, FEE_LINES.names, lines_unique)
+    # the cheap test first: is_first_distinct hashes every line
+    repeated_lines = (
+        lines.filter((pl.col("_copies") > 1) & (pl.col("_variants") == 1))
+        .filter(~pl.struct(line_key).is_first_distinct())
+        .select(*LINE_COMPONENTS)
+    )
+    if not lines_unique:
+        lines = lines.filter(_first_copy(line_key))
+    lines = _line_checks(lines, reversal_ids)
     per_settlement = lines.group_by("setl_id").agg(
         pl.len().alias("_n_lines"),
         *[pl.col(c).sum().alias(f"_lines_{c}") for c in LINE_COMPONENTS],
@@ -187,13 +212,15 @@ def validate(extract: Extract, materialize: Materialize | None = None) -> Valida
     )
 
     # --- settlements: checks as booleans ---------------------------------------------------
-    s = _duplicates(s, ["setl_id"], SETTLEMENTS.names)
+    s = _duplicates(s, ["setl_id"], SETTLEMENTS.names, settlements_unique)
     repeats = (
         s.filter((pl.col("_copies") > 1) & (pl.col("_variants") == 1))
         .group_by("setl_id")
         .agg((pl.len() - 1).alias("dropped"))
     )
-    s = s.filter(_first_copy(["setl_id"])).join(per_settlement, on="setl_id", how="left")
+    if not settlements_unique:
+        s = s.filter(_first_copy(["setl_id"]))
+    s = s.join(per_settlement, on="setl_id", how="left")
     money = SETTLEMENTS.of_kind(Kind.MONEY)
     total = pl.sum_horizontal(*[pl.col(c) for c in SETTLEMENT_COMPONENTS])
     flag_ok = pl.col("refd_setl_flag").is_null() | pl.col("refd_setl_flag").is_in(["0", "1"])

@@ -20,11 +20,11 @@ from decimal import Decimal
 
 import polars as pl
 
-from hmb_batch.codes import REASON_CODES
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.model import RATE_SCALE
-from hmb_batch.summary import collect_aggregates
+from hmb_batch.report.summary import collect_aggregates
+from hmb_batch.rules.codes import REASON_CODES
 
 # the columns a settlement frame must have (money in fen)
 SETTLEMENT_COLUMNS = [

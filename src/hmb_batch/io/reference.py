@@ -12,9 +12,9 @@ from pathlib import Path
 
 import polars as pl
 
-from hmb_batch.contracts import LISTS, ROSTER
 from hmb_batch.errors import ReferenceDataError
-from hmb_batch.extract import (
+from hmb_batch.io.contracts import LISTS, ROSTER
+from hmb_batch.io.extract import (
     DEFAULT_TIMEZONE,
     ERRORS,
     FILE,
@@ -87,7 +87,8 @@ def load_roster(
     whole before (the ledger knows its SHA-256), a night needs only the members it touches.
     A ``psn_no`` holding an invisible character, or a row with too few or too many fields,
     stops the run like any other bad roster row. ``timezone``: see
-    :func:`hmb_batch.extract.type_table`; ``temp_dir``: see :func:`hmb_batch.extract.scan_raw`.
+    :func:`hmb_batch.io.extract.type_table`; ``temp_dir``: see
+    :func:`hmb_batch.io.extract.scan_raw`.
     """
     raw = scan_raw(path, encoding, temp_dir=temp_dir)
     if members is not None:

@@ -1,6 +1,6 @@
 """Report data for a batch (from the engine's payouts) or a plan year (from the ledger alone).
 
-:mod:`hmb_batch.report` aggregates and draws; this module gathers what it reads.
+:mod:`hmb_batch.report.pages` aggregates and draws; this module gathers what it reads.
 """
 
 from __future__ import annotations
@@ -10,12 +10,10 @@ from typing import Any
 
 import polars as pl
 
-from hmb_batch.engine import responsibility_ids
-from hmb_batch.ledger import Ledger
+from hmb_batch.ledger.store import Ledger
 from hmb_batch.money import yuan_to_fen
 from hmb_batch.plan.catalog import PlanSelection
-from hmb_batch.reconcile import Reconciliation
-from hmb_batch.report import (
+from hmb_batch.report.pages import (
     SETTLEMENT_COLUMNS,
     LossRatio,
     ReportData,
@@ -23,7 +21,9 @@ from hmb_batch.report import (
     render_markdown,
     report_data,
 )
-from hmb_batch.summary import BatchSummary
+from hmb_batch.report.summary import BatchSummary
+from hmb_batch.rules.engine import responsibility_ids
+from hmb_batch.rules.reconcile import Reconciliation
 
 
 def report_frame(payouts: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:

@@ -1,0 +1,1 @@
+"""Reading and writing files: the input contracts, the extract, the reference data, output files."""

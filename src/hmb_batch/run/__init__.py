@@ -1,0 +1,1 @@
+"""Running a batch: inputs and identity, member buckets within a memory budget, orchestration."""

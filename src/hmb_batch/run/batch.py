@@ -1,0 +1,578 @@
+"""One batch end to end: read, cut into member buckets, adjudicate each, apply, write.
+
+This is the orchestration edge: it does the I/O and calls the pure kernel
+(:func:`hmb_batch.rules.kernel.adjudicate_bucket`) once per bucket. The CLI calls
+:func:`run_batch` and renders what it returns.
+
+There is one path for every batch, a 5,000-line night or a year of a province: the batch is cut
+into B buckets by a hash of the member (:mod:`hmb_batch.run.buckets`; B = 1 when it fits the
+memory budget), each bucket goes through the kernel, its results go to part files in the run's
+spill area, and the output files, the reconciliation and the ledger rows are made from the parts.
+
+With a ledger, the order is: take the writer lock; if the same inputs (content hashes) under the
+same plan editions were applied before, rewrite that batch's files from the ledger and stop;
+otherwise read each bucket's members' year to date, adjudicate, refuse the batch unless it
+reconciles, commit everything in one transaction, and only then put the output files in place
+(temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from hmb_batch import __version__
+from hmb_batch.crash import crash_point
+from hmb_batch.errors import ConfigError, ReconciliationError, ReferenceDataError
+from hmb_batch.io.atomic import copy_files, file_key, install_files, write_files
+from hmb_batch.io.extract import read_extract
+from hmb_batch.io.reference import enrolled_by_year, load_roster
+from hmb_batch.ledger.store import Ledger, LedgerError, file_rows, open_ledger
+from hmb_batch.money import fen_to_yuan
+from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.report.data import batch_report
+from hmb_batch.report.summary import BatchSummary, summarise
+from hmb_batch.rules.engine import cost_ids, responsibility_ids
+from hmb_batch.rules.kernel import Bucket, adjudicate_bucket
+from hmb_batch.rules.reconcile import AfterExpectation, Identity, Reconciliation, combine
+from hmb_batch.rules.validation import batch_within_bounds
+from hmb_batch.run import buckets
+from hmb_batch.run.balancing import (
+    ledger_before_identity,
+    reconciliation_json,
+    reconciliation_of,
+    refusal,
+    verify_after,
+)
+from hmb_batch.run.identity import BatchHeader, BatchInputs, describe_batch, file_hash
+from hmb_batch.run.laps import Laps
+from hmb_batch.run.spill import spill_area
+
+__all__ = ["BatchInputs", "BatchResult", "run_batch"]
+
+PERSONAL_DATA = "personal_data"  # the batch record's summary: "masked" or "unmasked" files
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What a batch did and wrote."""
+
+    summary: BatchSummary
+    files: dict[str, Path]
+    payouts: pl.LazyFrame  # the payout file's rows (bounded-memory runs: scanned from it)
+    quarantine: pl.LazyFrame
+    replayed: bool = False  # the same batch was applied before: files rewritten, ledger unchanged
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def covered_years(plan: PlanSelection, years: list[int]) -> None:
+    """Refuse a batch none of whose plan years the plan covers (exit 5)."""
+    uncovered = [y for y in years if plan.for_year(y) is None]
+    if uncovered and len(uncovered) == len(years):
+        raise ConfigError(
+            f"plan {plan.label} has no edition for plan year(s) {uncovered} "
+            f"(it covers {plan.years}); give --plan with an edition id or file to apply one "
+            "edition to every year"
+        )
+
+
+def editions_used(plan: PlanSelection, years: list[int]) -> list[str]:
+    """The ids of the editions that apply to ``years``."""
+    return sorted({e.id for y in years if (e := plan.for_year(y)) is not None})
+
+
+def _ledger_state(ledger: Ledger) -> list[dict[str, Any]]:
+    return [
+        {
+            "plan_year": r["plan_year"],
+            "members": r["members"],
+            "settlements": r["settlements"],
+            "payable": str(fen_to_yuan(r["payable_fen"])),
+            "payout": str(fen_to_yuan(r["payout_fen"])),
+        }
+        for r in ledger.state().iter_rows(named=True)
+    ]
+
+
+def run_batch(
+    inputs: BatchInputs,
+    out_dir: Path,
+    *,
+    csv: bool = False,
+    ledger_path: Path | None = None,
+    wait: float = 30.0,
+    allow_out_of_order: bool = False,
+    memory_limit: int | None = None,
+    buckets_wanted: int | None = None,
+    unmasked: bool = False,
+    progress: Callable[[str, float], None] | None = None,
+) -> BatchResult:
+    """Adjudicate one batch, apply it to the ledger (if any), write its files into ``out_dir``.
+
+    ``memory_limit`` (bytes; default :func:`hmb_batch.run.buckets.default_memory_limit`) sets
+    the number of buckets; ``buckets_wanted`` forces it. ``unmasked``: the payout files carry
+    psn_name and certno in full. ``progress`` is told each stage as it ends, with its seconds.
+    """
+    started = dt.datetime.now()
+    limit = memory_limit or buckets.default_memory_limit()
+    opened: contextlib.AbstractContextManager[Ledger | None] = (
+        open_ledger(ledger_path, wait=wait, holder=f"batch of {inputs.extract}, pid {os.getpid()}")
+        if ledger_path is not None
+        else contextlib.nullcontext()
+    )
+    with spill_area(out_dir) as spill, Laps(progress) as clock, opened as ledger:
+        if ledger is not None:
+            ledger.limit_memory(buckets.duckdb_share(limit))
+        clock.lap("lock")
+        header = describe_batch(inputs, spill)
+        before = _ledger_state(ledger) if ledger is not None else None
+        if ledger is not None:
+            existing = ledger.find_batch(batch_key=header.batch_key)
+            if existing is not None:
+                return _replay(
+                    ledger, existing.batch_id, header, out_dir, started, clock, before, unmasked
+                )
+            header = _unique_batch_id(ledger, header, explicit=inputs.batch_id is not None)
+        n = buckets_wanted or buckets.bucket_count(
+            buckets.estimated_fee_lines(header.fee_files or header.extract_files), limit
+        )
+        plan = header.plan
+        costs = cost_ids(plan)
+        parts = buckets.BucketParts(spill / "parts", with_ledger=ledger is not None)
+        before_ids: list[Identity] = []
+        shape, enrolled = "", dict[int, int]()
+        # every bucket carries the batch's shape and roster counts: keep the last one's
+        for bucket, shape, enrolled in _buckets(inputs, header, ledger, spill, n, clock, limit):  # noqa: B007
+            crash_point("read")
+            prior = ledger.prior_for(bucket.settlements, costs) if ledger is not None else None
+            result = adjudicate_bucket(
+                replace(bucket, prior=prior),
+                plan=plan,
+                lists=header.lists,
+                batch_id=header.batch_id,
+                shape=shape,
+                files=(*header.extract_files, *header.fee_files),
+                unmasked=unmasked,
+            )
+            if ledger is not None and prior is not None:
+                before_ids.append(ledger_before_identity(ledger, result.payouts, prior, costs))
+            parts.add(len(parts.totals), result)
+            batch_within_bounds(parts.absolute_fen)  # each bucket is within; the batch must be
+        clock.lap("adjudicate")
+        crash_point("compute")
+        # refusals that need the whole batch, before anything is written or applied
+        require_roster_years(plan, parts.claim_years, enrolled, inputs.roster)
+        covered_years(plan, sorted(parts.years))
+        if ledger is not None:
+            _check_order(ledger, header.batch_id, parts.latest, allow_out_of_order)
+        files: dict[str, bytes | Path] = dict(
+            parts.assemble(csv=csv, responsibilities=responsibility_ids(plan), memory_limit=limit)
+        )
+        clock.lap("assemble_outputs")
+        payouts = parts.scan("payouts")
+        summary = summarise(
+            batch_id=header.batch_id,
+            editions=editions_used(plan, sorted(parts.years)),
+            shape=shape,
+            settlements_in=parts.settlements_in,
+            fee_lines_in=parts.fee_lines_in,
+            identical_repeats=parts.identical_repeats,
+            repeated_fee_lines=parts.repeated_fee_lines,
+            payouts=payouts,
+            quarantine=pl.scan_parquet(files["quarantine.parquet"]),
+        )
+        summary = replace(summary, enrolled_by_plan_year=enrolled)
+        _check_balanced(summary)
+        recon = reconciliation_of(
+            header.batch_id, combine(parts.totals), summary, ledger is not None
+        )
+        if before_ids:
+            recon = recon.with_identities([_added_up(before_ids)])
+        written, manifest = _finish(
+            ledger,
+            header,
+            summary,
+            recon,
+            payouts,
+            files,
+            rows=parts.ledger_rows() if ledger is not None else None,
+            expected=AfterExpectation.combine(parts.after) if parts.after else None,
+            latest=order_mark(payouts),
+            started=started,
+            clock=clock,
+            before=before,
+            out_dir=out_dir,
+            buckets_used=n,
+            unmasked=unmasked,
+        )
+        return BatchResult(
+            summary,
+            written,
+            pl.scan_parquet(written["payouts"]),
+            pl.scan_parquet(written["quarantine"]),
+            False,
+            manifest,
+        )
+
+
+def _buckets(
+    inputs: BatchInputs,
+    header: BatchHeader,
+    ledger: Ledger | None,
+    spill: Path,
+    n: int,
+    clock: Laps,
+    memory_limit: int,
+) -> Iterator[tuple[Bucket, str, dict[int, int]]]:
+    """Each bucket of the batch with the extract's shape and the roster's members per plan year.
+
+    One bucket: the extract read straight from the input files and the roster loaded whole, or,
+    when the ledger has checked this roster file before (same SHA-256), only the rows of the
+    batch's members. More: the inputs cut by member into the spill area first.
+    """
+    cmap = dict(inputs.column_map or {})
+    if n > 1:
+        cut = buckets.cut_into_buckets(
+            header.extract_files,
+            header.fee_files,
+            inputs.roster,
+            n,
+            spill / "buckets",
+            column_map=cmap,
+            encoding=inputs.encoding,
+            timezone=inputs.timezone,
+            rows_per_query=buckets.chunk_rows(memory_limit),
+        )
+        clock.lap("cut_into_buckets")
+        found = False
+        for b in cut.buckets():
+            found = True
+            assert b.roster is not None
+            yield Bucket(b.settlements, b.fee_lines, b.roster), cut.shape, cut.enrolled_by_year
+        if not found:  # an empty batch still gives its (empty) files
+            yield _empty_bucket(inputs, header, spill), cut.shape, cut.enrolled_by_year
+        return
+    extract = read_extract(
+        header.extract_files,
+        header.fee_files or None,
+        column_map=cmap,
+        encoding=inputs.encoding,
+        timezone=inputs.timezone,
+        temp_dir=spill,
+    )
+    settlements, fee_lines = pl.collect_all([extract.settlements, extract.fee_lines])
+    digest = header.inputs["roster"][0]["sha256"]
+    known = ledger is not None and ledger.knows_roster(digest)
+    roster = load_roster(
+        inputs.roster,
+        cmap,
+        inputs.encoding,
+        members=settlements["psn_no"].drop_nulls().unique() if known else None,
+        timezone=inputs.timezone,
+        temp_dir=spill,
+    )
+    # the same roster file (same SHA-256) has the same members: no need to count them again
+    enrolled = ledger.roster_enrolment(digest) if ledger is not None else None
+    if enrolled is None:
+        enrolled = enrolled_by_year(inputs.roster, cmap, inputs.encoding, temp_dir=spill)
+    yield Bucket(settlements, fee_lines, roster), extract.shape, enrolled
+
+
+def _empty_bucket(inputs: BatchInputs, header: BatchHeader, spill: Path) -> Bucket:
+    extract = read_extract(
+        header.extract_files,
+        header.fee_files or None,
+        column_map=dict(inputs.column_map or {}),
+        encoding=inputs.encoding,
+        timezone=inputs.timezone,
+        temp_dir=spill,
+    )
+    settlements, fee_lines = pl.collect_all(
+        [extract.settlements.clear(), extract.fee_lines.clear()]
+    )
+    roster = load_roster(
+        inputs.roster,
+        dict(inputs.column_map or {}),
+        inputs.encoding,
+        members=pl.Series("psn_no", [], pl.String),
+        timezone=inputs.timezone,
+        temp_dir=spill,
+    )
+    return Bucket(settlements, fee_lines, roster)
+
+
+def _added_up(identities: list[Identity]) -> Identity:
+    """One identity from the same identity of each bucket (their members are disjoint)."""
+    return replace(
+        identities[0],
+        expected=sum(i.expected for i in identities),
+        found=sum(i.found for i in identities),
+        first=[f for i in identities for f in i.first][:5],
+    )
+
+
+def _finish(
+    ledger: Ledger | None,
+    header: BatchHeader,
+    summary: BatchSummary,
+    recon: Reconciliation,
+    payouts: pl.DataFrame | pl.LazyFrame,
+    files: dict[str, bytes | Path],
+    *,
+    rows: Mapping[str, pl.DataFrame | str] | None,
+    expected: AfterExpectation | None,
+    latest: dt.datetime | None,
+    started: dt.datetime,
+    clock: Laps,
+    before: list[dict[str, Any]] | None,
+    out_dir: Path,
+    buckets_used: int | None = None,
+    unmasked: bool = False,
+) -> tuple[dict[str, Path], dict[str, Any]]:
+    """A batch's last steps: refuse it unless it reconciles, add
+    the reconciliation and the reports to its files, apply it to the ledger (checked inside the
+    commit), then put its files in ``out_dir`` and write the manifest.
+
+    ``files``: output name -> bytes, or a file assembled in the spill area (moved into place).
+    ``rows``: the ledger rows (see :meth:`Ledger.apply`), None without a ledger.
+    """
+    files["reconciliation.json"] = reconciliation_json(recon)
+    _check_reconciled(recon, out_dir)
+    clock.lap("reconcile")
+    files.update(batch_report(header.plan, header.batch_id, payouts, summary, recon, before))
+    clock.lap("report")
+    after = None
+    if ledger is not None:
+        assert rows is not None
+        digests = {name: ledger.archive.keep(content) for name, content in files.items()}
+        ledger.apply(
+            _record(ledger, header, summary, started, latest, unmasked=unmasked),
+            {**rows, "batch_files": file_rows(header.batch_id, digests)},
+            crash_hook=crash_point,
+            verify=verify_after(expected, cost_ids(header.plan), header.batch_id)
+            if expected is not None
+            else None,
+        )
+        clock.lap("ledger_commit")
+        after = _ledger_state(ledger)
+    written = write_files({k: v for k, v in files.items() if isinstance(v, bytes)}, out_dir)
+    written |= install_files({k: v for k, v in files.items() if isinstance(v, Path)}, out_dir)
+    clock.lap("write_outputs")
+    manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
+    if buckets_used is not None:
+        manifest["buckets"] = buckets_used
+    _write_manifest(manifest, out_dir)
+    return written, manifest
+
+
+def _replay(
+    ledger: Ledger,
+    batch_id: str,
+    header: BatchHeader,
+    out_dir: Path,
+    started: dt.datetime,
+    clock: Laps,
+    before: list[dict[str, Any]] | None,
+    unmasked: bool,
+) -> BatchResult:
+    """The same inputs were applied before: rewrite that batch's files, leave the ledger as is.
+
+    The files come from the ledger's archive (or, for ledgers written before it, the ledger
+    itself); a file missing from both is refused (the ledger is unchanged either way). How the
+    files hold psn_name and certno is part of what they are: a replay asking otherwise than the
+    first run (``--unmasked`` or not) is refused rather than writing what was not asked.
+    """
+    recorded = ledger.batch_summary(batch_id).get(PERSONAL_DATA)
+    asked = "unmasked" if unmasked else "masked"
+    if recorded is not None and recorded != asked:
+        how = "with" if recorded == "unmasked" else "without"
+        raise LedgerError(
+            f"batch {batch_id} with these inputs was applied before with psn_name and certno "
+            f"{recorded} in its files, and this run asks for them {asked}: its files are "
+            f"rewritten only as they were written. Run it {how} --unmasked; the ledger is "
+            "unchanged"
+        )
+    stored = ledger.batch_files(batch_id)
+    kept = {k: v for k, v in stored.items() if isinstance(v, bytes)}
+    archived: dict[str, Path] = {}
+    for name, digest in stored.items():
+        if isinstance(digest, str):
+            found = ledger.archive.find(digest)
+            if found is not None:
+                archived[name] = found
+                continue
+            target = out_dir / name
+            if not (target.exists() and file_hash(target) == digest):
+                raise LedgerError(
+                    f"batch {batch_id} with these inputs was applied before, but its file "
+                    f"{name} (SHA-256 {digest}) is missing from the ledger's archive "
+                    f"{ledger.archive.root} or damaged, and {target} is missing or different. "
+                    "The ledger is unchanged; restore the archive from the ledger's backup"
+                )
+    files = write_files(kept, out_dir) | copy_files(archived, out_dir)
+    files |= {file_key(k): out_dir / k for k in stored if k not in kept and k not in archived}
+    summary = BatchSummary.from_json(ledger.batch_summary(batch_id))
+    manifest = _manifest(header, summary, started, clock, before, before, replayed=True)
+    _write_manifest(manifest, out_dir)
+    return BatchResult(
+        summary,
+        files,
+        pl.scan_parquet(files["payouts"]),
+        pl.scan_parquet(files["quarantine"]),
+        True,
+        manifest,
+    )
+
+
+def require_roster_years(
+    plan: PlanSelection, years: list[int] | set[int], enrolled: Mapping[int, int], roster: Path
+) -> None:
+    """Stop (exit 8, nothing applied) when the roster has nobody for a plan year the batch
+    adjudicates: a header-only or wrong-year roster would deny every settlement NOT_ENROLLED,
+    and those denials, once applied, would make the corrected re-run quarantine them all as
+    duplicates. Years without an edition are left to NO_PLAN_EDITION."""
+    empty = sorted(y for y in years if plan.for_year(y) is not None and not enrolled.get(y))
+    if empty:
+        raise ReferenceDataError(
+            f"roster {roster} has no member for plan year(s) {', '.join(map(str, empty))}, "
+            "which this batch adjudicates: every settlement would be denied NOT_ENROLLED. "
+            "Nothing was applied; give the roster of those years"
+        )
+
+
+def order_mark(payouts: pl.DataFrame | pl.LazyFrame) -> dt.datetime | None:
+    """The latest setl_time the batch applies: its adjudicated settlements' (denied and
+    reversals included), never a quarantined one's — a quarantined row dated 2099 must not
+    make every later night look out of order."""
+    latest = payouts.lazy().select(pl.col("setl_time").max()).collect().item()
+    return latest if isinstance(latest, dt.datetime) else None
+
+
+def _check_order(
+    ledger: Ledger, batch_id: str, latest_here: dt.datetime | None, allow_out_of_order: bool
+) -> None:
+    newest = ledger.max_setl_time()
+    if (
+        not allow_out_of_order
+        and newest is not None
+        and latest_here is not None
+        and latest_here < newest
+    ):
+        raise LedgerError(
+            f"batch {batch_id} looks out of order: its latest settlement "
+            f"({latest_here!s}) is earlier than the ledger's latest ({newest!s}). Run nightly "
+            "extracts in order, or give --allow-out-of-order to take its settlements after "
+            "everything already applied"
+        )
+
+
+def _record(
+    ledger: Ledger,
+    header: BatchHeader,
+    summary: BatchSummary,
+    started: dt.datetime,
+    max_setl_time: dt.datetime | None,
+    *,
+    unmasked: bool,
+) -> dict[str, Any]:
+    return {
+        "batch_id": header.batch_id,
+        "seq": len(ledger.batches()) + 1,
+        "batch_key": header.batch_key,
+        "inputs": json.dumps(header.inputs, ensure_ascii=False),
+        "editions": json.dumps(header.edition_hashes),
+        "hmb_version": __version__,
+        "started_at": started,
+        "finished_at": dt.datetime.now(),
+        "settlements_in": summary.settlements_in,
+        "adjudicated": summary.adjudicated,
+        "quarantined": summary.quarantined,
+        "total_payout_fen": summary.total_payout_fen,
+        "max_setl_time": max_setl_time,
+        "summary": json.dumps(
+            summary.to_json() | {PERSONAL_DATA: "unmasked" if unmasked else "masked"},
+            ensure_ascii=False,
+        ),
+    }
+
+
+def _check_balanced(s: BatchSummary) -> None:
+    """Refuse to apply a batch whose settlements are not all accounted for."""
+    if not s.balanced:
+        raise ReconciliationError(
+            f"batch {s.batch_id} does not balance: {s.settlements_in:,} settlement rows in, but "
+            f"{s.adjudicated:,} adjudicated + {s.quarantined:,} quarantined + "
+            f"{s.identical_repeats:,} identical repeats = "
+            f"{s.adjudicated + s.quarantined + s.identical_repeats:,}; nothing was applied"
+        )
+
+
+def _check_reconciled(recon: Reconciliation, out_dir: Path) -> None:
+    """Refuse a batch any of whose identities fails (exit 6), leaving reconciliation.json (and
+    nothing else) in ``out_dir`` for the people who must find out why."""
+    failed = recon.failures()
+    if failed:
+        write_files({"reconciliation.json": reconciliation_json(recon)}, out_dir)
+        raise ReconciliationError(
+            refusal(recon.batch_id, failed) + f"\n(all identities: {out_dir}/reconciliation.json)"
+        )
+
+
+def _unique_batch_id(ledger: Ledger, header: BatchHeader, *, explicit: bool) -> BatchHeader:
+    """Keep batch ids unique: an explicit id in use is refused; a derived id in use (the same
+    inputs applied, then reverted) gets a ``-rN`` suffix, so the reverted record stays."""
+    taken = {b.batch_id for b in ledger.batches()}
+    if header.batch_id not in taken:
+        return header
+    if explicit:
+        raise LedgerError(
+            f"batch id {header.batch_id} is already in the ledger with other inputs; "
+            "give another --batch-id"
+        )
+    n = 2
+    while f"{header.batch_id}-r{n}" in taken:
+        n += 1
+    return replace(header, batch_id=f"{header.batch_id}-r{n}")
+
+
+def _manifest(
+    header: BatchHeader,
+    summary: BatchSummary,
+    started: dt.datetime,
+    clock: Laps,
+    before: list[dict[str, Any]] | None,
+    after: list[dict[str, Any]] | None,
+    *,
+    replayed: bool,
+) -> dict[str, Any]:
+    return {
+        "batch_id": header.batch_id,
+        "batch_key": header.batch_key,
+        "replayed": replayed,
+        "hmb_version": __version__,
+        "inputs": header.inputs,
+        "editions": header.edition_hashes,
+        "ledger_before": before,
+        "ledger_after": after,
+        "counts": summary.to_json(),
+        "started_at": started.isoformat(timespec="seconds"),
+        "timings_seconds": clock.laps,
+        "peak_rss_mib": clock.peak_mib,
+        "elapsed_seconds": round(time.monotonic() - clock.start, 3),
+    }
+
+
+def _write_manifest(manifest: dict[str, Any], out_dir: Path) -> None:
+    write_files(
+        {"manifest.json": json.dumps(manifest, ensure_ascii=False, indent=2, default=str).encode()},
+        out_dir,
+    )

@@ -1,0 +1,450 @@
+"""Member buckets: a batch cut by a hash of the member so that each bucket fits the memory budget.
+
+Every batch runs as B buckets (:func:`bucket_count`); each bucket goes through the kernel
+(:func:`hmb_batch.rules.kernel.adjudicate_bucket`) on its own and its results are written as part
+files, which :class:`BucketParts` assembles into the output files. B = 1 when the batch fits the
+budget (every nightly run): the bucket is the whole extract, read straight from the input files.
+
+For B > 1 the inputs are cut once, by Polars streaming sinks into the run's spill folder (no
+Python loop over rows or slices):
+
+1. the roster by a hash of ``psn_no`` (each part is checked on its own: a member's rows are all
+   in one part, so duplicate rows are still found);
+2. the settlements' members: one row per ``setl_id`` with its (smallest) ``psn_no``, the map
+   that sends a settlement, every copy of it and every fee line of it to one bucket (a copy
+   naming another member still meets the first one in validation: CONFLICTING_DUPLICATE);
+3. settlement rows and fee lines, typed once, joined to that map and written by bucket.
+
+The payout file is sorted across buckets by DuckDB within :func:`duckdb_share` of the limit
+(spilling to the spill folder) for every B, so B buckets write the same bytes as one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import re
+import shutil
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+from hmb_batch.errors import ConfigError
+from hmb_batch.io.contracts import FEE_LINES, ROSTER, SETTLEMENTS
+from hmb_batch.io.extract import (
+    ERRORS,
+    detect_format,
+    distinct_headers,
+    extract_roles,
+    raw_chunks,
+    scan_raw,
+    type_table,
+    type_table_apart,
+    typed_frames_apart,
+    with_errors,
+)
+from hmb_batch.io.outputs import to_text
+from hmb_batch.io.reference import (
+    enrolled_counts,
+    roster_frame,
+    roster_problems,
+    stop_on_roster_problems,
+)
+from hmb_batch.ledger.store import BATCH_TABLES
+from hmb_batch.rules.kernel import BucketResult
+from hmb_batch.rules.reconcile import AfterExpectation, Totals
+
+MiB = 1 << 20
+GiB = 1 << 30
+# Peak resident memory per fee line while one bucket is validated and adjudicated, and what a run
+# holds besides its bucket: interpreter, Polars, DuckDB (BENCHMARKS.md has the measurements).
+BYTES_PER_FEE_LINE = 3_000
+RUNTIME_BYTES = 512 * MiB
+MIN_BUCKET_BYTES = 64 * MiB
+# A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) buckets.
+CSV_BYTES_PER_LINE = 100
+BUCKET = "_bucket"
+_SEED = 0x484D42  # any fixed seed: buckets only need to agree within one run
+
+
+def parse_size(text: str) -> int:
+    """Bytes from '1GiB', '1.5G', '800MB', '800M', '512MiB' or a plain number of bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text.lower())
+    if not m:
+        raise ConfigError(f"memory limit {text!r} is not a size; write it like 1GiB, 800MB or 1.5G")
+    scale = {"": 1, "k": 1 << 10, "m": MiB, "g": GiB, "t": 1 << 40}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+def format_size(n: int) -> str:
+    """Bytes as MiB or GiB for messages."""
+    return f"{n / GiB:.1f} GiB" if n >= GiB else f"{n / MiB:.0f} MiB"
+
+
+def default_memory_limit() -> int:
+    """A quarter of the machine's memory (the default ``--memory-limit``), at least 1 GiB.
+
+    A quarter leaves the rest to the operating system's file cache (the inputs and the spill
+    folder are read back from it) and to whatever else runs on the machine at night.
+    """
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 * GiB
+    return max(total // 4, GiB)
+
+
+def estimated_fee_lines(files: list[Path]) -> int:
+    """Fee lines in the files: exact for Parquet (from the footer), an upper guess for CSV."""
+    total = 0
+    for path in files:
+        if detect_format(path) == "parquet":
+            total += int(pl.scan_parquet(path).select(pl.len()).collect().item())
+        else:
+            total += path.stat().st_size // CSV_BYTES_PER_LINE + 1
+    return total
+
+
+def bucket_count(fee_lines: int, memory_limit: int) -> int:
+    """How many buckets keep a run of ``fee_lines`` under ``memory_limit`` bytes.
+
+    Raises ConfigError when the limit is below what any run needs.
+    """
+    usable = memory_limit - RUNTIME_BYTES
+    if usable < MIN_BUCKET_BYTES:
+        raise ConfigError(
+            f"--memory-limit {format_size(memory_limit)} is too small: hmb-batch needs about "
+            f"{format_size(RUNTIME_BYTES + MIN_BUCKET_BYTES)} to run at all (the runtime plus "
+            "one bucket of the batch); give a larger limit"
+        )
+    return max(1, math.ceil(fee_lines * BYTES_PER_FEE_LINE / usable))
+
+
+def duckdb_share(memory_limit: int) -> int:
+    """What DuckDB may use (sorting the payout file, the ledger commit): half of the limit less
+    the runtime, since the Python side still holds the runtime and what it last freed."""
+    return max((memory_limit - RUNTIME_BYTES) // 2, 96 * MiB)
+
+
+def bucket_of(column: str, n: int) -> pl.Expr:
+    """The bucket (0 .. n-1) of a member id (or of a setl_id with no member)."""
+    return (pl.col(column).hash(seed=_SEED) % n).cast(pl.UInt32)
+
+
+def settlement_owners(settlements: pl.LazyFrame, n: int) -> pl.LazyFrame:
+    """Each setl_id's bucket (``_owner``): its smallest member's, so that every copy of a
+    settlement and every fee line of it go where that member goes (rows with no member: a
+    bucket from the setl_id). ``settlements``: setl_id and psn_no of every settlement row."""
+    return (
+        settlements.filter(pl.col("setl_id").is_not_null())
+        .group_by("setl_id")
+        .agg(pl.col("psn_no").min())
+        .select(
+            "setl_id",
+            pl.when(pl.col("psn_no").is_not_null())
+            .then(bucket_of("psn_no", n))
+            .otherwise(bucket_of("setl_id", n))
+            .alias("_owner"),
+        )
+    )
+
+
+def with_bucket(frame: pl.LazyFrame, owners: pl.LazyFrame, n: int) -> pl.LazyFrame:
+    """``frame`` (settlement rows or fee lines) with its :data:`BUCKET` column from
+    :func:`settlement_owners`; a fee line of no settlement gets one from its setl_id (it is
+    quarantined as an orphan in that bucket)."""
+    return (
+        frame.join(owners, on="setl_id", how="left")
+        .with_columns(pl.coalesce("_owner", bucket_of("setl_id", n)).alias(BUCKET))
+        .drop("_owner")
+    )
+
+
+@dataclass(frozen=True)
+class BucketInput:
+    """One bucket's typed rows, as read from the inputs or the spill folder."""
+
+    index: int
+    settlements: pl.DataFrame
+    fee_lines: pl.DataFrame
+    roster: pl.DataFrame | None  # checked roster rows (None: the caller reads the roster)
+
+
+@dataclass
+class CutBatch:
+    """A batch cut into ``n`` buckets in ``folder`` (see the module docstring)."""
+
+    folder: Path
+    n: int
+    shape: str
+    enrolled_by_year: dict[int, int]
+    roster_schema: pl.Schema
+
+    def buckets(self) -> Iterator[BucketInput]:
+        """Each bucket's rows, one bucket in memory at a time (empty buckets skipped)."""
+        for k in range(self.n):
+            settlements = _with_errors(self.folder, "settlements", k)
+            lines = _with_errors(self.folder, "fee_lines", k)
+            if settlements is None and lines is None:
+                continue
+            roster = _with_errors(self.folder, "roster", k)
+            yield BucketInput(
+                k,
+                self._settlements(settlements),
+                lines.collect() if lines is not None else _empty_typed(FEE_LINES),
+                roster_frame(roster.collect())
+                if roster is not None
+                else pl.DataFrame(schema=self.roster_schema),
+            )
+
+    def _settlements(self, frame: pl.LazyFrame | None) -> pl.DataFrame:
+        if frame is None:
+            return _empty_typed(SETTLEMENTS)
+        if self.shape == "wide":  # every line repeats its header; all of them are in this bucket
+            return distinct_headers(frame).collect()
+        return frame.collect()
+
+
+_ERRORS = "-errors"  # the folder of a table's reading errors (see type_table_apart)
+
+
+def _with_errors(folder: Path, table: str, k: int) -> pl.LazyFrame | None:
+    """Bucket ``k`` of a table with its reading errors joined back (as type_table gives it)."""
+    rows = _scan_part(folder / table, k)
+    if rows is None:
+        return None
+    errors = _scan_part(folder / f"{table}{_ERRORS}", k)
+    if errors is None:
+        return rows.with_columns(pl.lit(None, pl.List(pl.String)).alias(ERRORS))
+    return with_errors(rows, errors)
+
+
+def _scan_part(folder: Path, k: int) -> pl.LazyFrame | None:
+    """Bucket ``k`` of a table: its part files, in input-file order, rows in file order."""
+    files = sorted(folder.glob(f"*/{BUCKET}={k}/*.parquet"))
+    if not files:
+        return None
+    return pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
+
+
+def _empty_typed(contract: object) -> pl.DataFrame:
+    from hmb_batch.io.extract import FILE, ROW
+
+    empty = pl.LazyFrame(schema={ROW: pl.UInt32, FILE: pl.String})
+    return type_table(empty, contract, require=False).collect()  # type: ignore[arg-type]
+
+
+def chunk_rows(memory_limit: int) -> int:
+    """Rows typed and written by one streaming query when cutting (see
+    :func:`hmb_batch.io.extract.raw_chunks`): about 400 bytes of peak per row typed, within
+    the limit less the runtime."""
+    return int(min(4_000_000, max(250_000, (memory_limit - RUNTIME_BYTES) // 400)))
+
+
+def cut_into_buckets(
+    extract_files: list[Path],
+    fee_files: list[Path],
+    roster: Path,
+    n: int,
+    folder: Path,
+    *,
+    column_map: dict[str, str] | None,
+    encoding: str,
+    timezone: str,
+    rows_per_query: int = 2_000_000,
+) -> CutBatch:
+    """Write the roster and the extract by member bucket into ``folder`` (module docstring).
+
+    Each input file is read in chunks of ``rows_per_query`` rows, each chunk one streaming
+    query (see :func:`chunk_rows`). Stops the run (exit 8) on a bad roster row, as reading the
+    roster whole does.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write(
+        frames: dict[str, pl.LazyFrame], part: str, bucket: Callable[[pl.LazyFrame], pl.LazyFrame]
+    ) -> None:
+        pl.collect_all(
+            [
+                bucket(frame).sink_parquet(
+                    pl.PartitionBy(folder / table / part, key=BUCKET, include_key=False),
+                    compression="lz4",
+                    lazy=True,
+                )
+                for table, frame in frames.items()
+            ]
+        )
+
+    def by_member(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(bucket_of("psn_no", n).alias(BUCKET))
+
+    empty_roster: pl.LazyFrame | None = None
+    for j, raw in enumerate(raw_chunks(roster, rows_per_query, encoding, temp_dir=folder)):
+        rows, errors = type_table_apart(
+            raw, ROSTER, column_map=column_map, file_label=str(roster), timezone=timezone
+        )
+        empty_roster = with_errors(rows, errors).clear()
+        write({"roster": rows, f"roster{_ERRORS}": errors}, f"{j:06d}", by_member)
+    problems: list[str] = []
+    enrolled: Counter[int] = Counter()
+    for k in range(n):
+        part = _with_errors(folder, "roster", k)
+        if part is not None:
+            members = part.collect()
+            problems += roster_problems(members, roster)
+            enrolled.update(enrolled_counts(members))
+    stop_on_roster_problems(problems, roster)
+    assert empty_roster is not None  # raw_chunks yields at least once
+    roster_schema = roster_frame(empty_roster.collect()).schema
+
+    shape, roles = extract_roles(extract_files, fee_files or None)
+    claimed = pl.concat(
+        [
+            typed_frames_apart(
+                scan_raw(path, encoding, temp_dir=folder), path, role, column_map, timezone=timezone
+            )["settlements"][0].select("setl_id", "psn_no")
+            for path, role in roles
+            if role in ("settlements", "wide")
+        ],
+        how="vertical_relaxed",
+    )
+    owner = settlement_owners(claimed, n).collect()
+
+    def by_owner(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return with_bucket(frame, owner.lazy(), n)
+
+    for i, (path, role) in enumerate(roles):
+        for j, raw in enumerate(raw_chunks(path, rows_per_query, encoding, temp_dir=folder)):
+            frames = typed_frames_apart(raw, path, role, column_map, timezone=timezone)
+            tables = {name: rows for name, (rows, _) in frames.items()}
+            tables |= {f"{name}{_ERRORS}": errors for name, (_, errors) in frames.items()}
+            write(tables, f"{i:06d}-{j:06d}", by_owner)
+    return CutBatch(folder, n, shape, dict(sorted(enrolled.items())), roster_schema)
+
+
+@dataclass
+class BucketParts:
+    """The buckets' results as part files in ``folder``, and their totals, added up as they come.
+
+    Part ``k`` of each output lives in ``folder/<output>/k.parquet``; :meth:`assemble` makes the
+    output files from them.
+    """
+
+    folder: Path
+    with_ledger: bool
+    totals: list[Totals] = field(default_factory=list)
+    after: list[AfterExpectation] = field(default_factory=list)
+    settlements_in: int = 0
+    fee_lines_in: int = 0
+    identical_repeats: int = 0
+    repeated_fee_lines: int = 0
+    absolute_fen: int = 0
+    years: set[int] = field(default_factory=set)
+    claim_years: set[int] = field(default_factory=set)
+    latest: dt.datetime | None = None  # of the latest valid settlement
+
+    def __post_init__(self) -> None:
+        for sub in self._subs():
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+
+    def _subs(self) -> list[str]:
+        ledger = [f"ledger-{t}" for t in BATCH_TABLES[:-1]] if self.with_ledger else []
+        return ["payouts", "payout-file", "lines", "quarantine", *ledger]
+
+    def add(self, k: int, result: BucketResult) -> None:
+        """Write bucket ``k``'s results and add up its totals."""
+        name = f"{k:06d}.parquet"
+        result.payouts.write_parquet(self.folder / "payouts" / name)
+        result.payout_file.write_parquet(self.folder / "payout-file" / name)
+        result.lines.write_parquet(self.folder / "lines" / name)
+        result.quarantine.write_parquet(self.folder / "quarantine" / name)
+        if result.ledger_rows is not None:
+            for table, rows in result.ledger_rows.items():
+                rows.write_parquet(self.folder / f"ledger-{table}" / name)
+        self.totals.append(result.totals)
+        if result.after is not None:
+            self.after.append(result.after)
+        self.settlements_in += result.settlements_in
+        self.fee_lines_in += result.fee_lines_in
+        self.identical_repeats += result.identical_repeats
+        self.repeated_fee_lines += result.repeated_fee_lines
+        self.absolute_fen += result.absolute_fen
+        self.years |= set(result.years)
+        self.claim_years |= set(result.claim_years)
+        if result.latest is not None and (self.latest is None or result.latest > self.latest):
+            self.latest = result.latest
+
+    def scan(self, output: str) -> pl.LazyFrame:
+        """All buckets' parts of one output (bucket order)."""
+        files = sorted((self.folder / output).glob("*.parquet"))
+        return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
+
+    def ledger_rows(self) -> dict[str, str]:
+        """Ledger table -> glob of its part files (see :meth:`Ledger.apply`)."""
+        return {t: str(self.folder / f"ledger-{t}" / "*.parquet") for t in BATCH_TABLES[:-1]}
+
+    def assemble(
+        self, *, csv: bool, responsibilities: list[str], memory_limit: int
+    ) -> dict[str, Path]:
+        """The output files, in ``folder/out``: output name -> path."""
+        out = self.folder / "out"
+        out.mkdir(exist_ok=True)
+        files = {
+            "payouts.parquet": out / "payouts.parquet",
+            "quarantine.parquet": out / "quarantine.parquet",
+            "lines.parquet": out / "lines.parquet",
+        }
+        parts = self.folder / "payout-file"
+        # DuckDB marks a column NOT NULL in its output when it reads one file without nulls there,
+        # never when it reads several: an empty part makes every B write the same schema
+        pl.scan_parquet(parts / "*.parquet").clear().collect().write_parquet(
+            parts / "empty.parquet"
+        )
+        _sorted_payout_file(parts, files["payouts.parquet"], memory_limit, self.folder)
+        self.scan("quarantine").sink_parquet(files["quarantine.parquet"], compression="zstd")
+        self.scan("lines").sink_parquet(files["lines.parquet"], compression="zstd")
+        if csv:
+            files["payouts.csv"] = out / "payouts.csv"
+            to_text(pl.scan_parquet(files["payouts.parquet"]), responsibilities).sink_csv(
+                files["payouts.csv"]
+            )
+        return files
+
+    def remove(self) -> None:
+        """Remove the part files (the spill area goes with the run anyway)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _sorted_payout_file(parts: Path, target: Path, memory_limit: int, folder: Path) -> None:
+    """The payout file in processing order (setl_time, setl_id): DuckDB sorts the parts within
+    :func:`duckdb_share` of the limit, spilling to the spill folder, and writes the same bytes
+    whatever the number of parts (one thread, row groups that depend on the limit only)."""
+    con = duckdb.connect()
+    share = duckdb_share(memory_limit)
+    try:
+        con.execute(f"SET memory_limit = '{share // MiB}MiB'")
+        # DuckDB's Parquet writer holds a whole row group: at 64 MiB, 122,880 payout rows (and
+        # even 8,192) failed to pin a block; 2,048 fitted. So row groups scale with the share,
+        # and the sort runs on one thread (two threads pin two sets of blocks: 10M payout rows
+        # failed to pin one in a 256 MiB share)
+        row_group = min(122_880, max(2_048, share // (32 * 1024)))
+        con.execute("SET threads = 1")
+        con.execute(f"SET temp_directory = '{_sql_text(str(folder / 'duckdb-spill'))}'")
+        con.execute("SET preserve_insertion_order = true")
+        src = _sql_text(str(parts / "*.parquet"))
+        dst = _sql_text(str(target))
+        con.execute(
+            f"COPY (SELECT * FROM read_parquet('{src}') ORDER BY setl_time, setl_id) "
+            f"TO '{dst}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {row_group})"
+        )
+    finally:
+        con.close()
+
+
+def _sql_text(text: str) -> str:
+    return text.replace("'", "''")

@@ -1,0 +1,150 @@
+"""The kernel on its own, and B member buckets against one: the same money, the same bytes.
+
+The kernel (hmb_batch.rules.kernel.adjudicate_bucket) is what a distributed engine calls per
+bucket, so it is tested here without the orchestration: frames in, frames out.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from polars.testing import assert_frame_equal
+
+from conftest import (
+    GOLDEN,
+    adjudicate_args,
+    golden_args,
+    ledger_snapshot,
+    new_ledger,
+    run_cli,
+    standard_extract,
+)
+from hmb_batch.io.extract import read_extract
+from hmb_batch.io.reference import load_lists, load_roster
+from hmb_batch.plan.catalog import select_plan
+from hmb_batch.rules.kernel import Bucket, adjudicate_bucket
+from hmb_batch.rules.reconcile import combine
+from hmb_batch.run.buckets import BUCKET, bucket_of, settlement_owners, with_bucket
+
+NIGHTS = ("batch_00", "batch_01", "batch_02")
+
+
+def _inputs(name: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    typed = read_extract([GOLDEN / name / "settlements.parquet"], [GOLDEN / name / "fees.parquet"])
+    settlements, fee_lines = pl.collect_all([typed.settlements, typed.fee_lines])
+    return (
+        settlements,
+        fee_lines,
+        load_roster(GOLDEN / "roster.parquet"),
+        load_lists(GOLDEN / "lists.parquet"),
+    )
+
+
+def _kernel(bucket: Bucket, lists: pl.DataFrame) -> object:
+    plan = select_plan("zhelibao", sorted(lists["list"].unique().to_list()))
+    return adjudicate_bucket(bucket, plan=plan, lists=lists, batch_id="b", shape="two-file")
+
+
+BATCH = _inputs("batch_00")
+WHOLE = _kernel(Bucket(BATCH[0], BATCH[1], BATCH[2]), BATCH[3])
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(min_value=2, max_value=9))
+def test_any_number_of_member_buckets_gives_the_kernel_s_results_for_the_whole_batch(
+    n: int,
+) -> None:
+    settlements, fee_lines, roster, lists = BATCH
+    owners = settlement_owners(settlements.lazy().select("setl_id", "psn_no"), n).collect()
+    s = with_bucket(settlements.lazy(), owners.lazy(), n).collect()
+    f = with_bucket(fee_lines.lazy(), owners.lazy(), n).collect()
+    r = roster.with_columns(bucket_of("psn_no", n).alias(BUCKET))
+    results = []
+    for k in range(n):
+        results.append(
+            _kernel(
+                Bucket(
+                    s.filter(pl.col(BUCKET) == k).drop(BUCKET),
+                    f.filter(pl.col(BUCKET) == k).drop(BUCKET),
+                    r.filter(pl.col(BUCKET) == k).drop(BUCKET),
+                ),
+                lists,
+            )
+        )
+    order = ["setl_time", "setl_id"]
+    payout_file = pl.concat([x.payout_file for x in results]).sort(order)  # type: ignore[attr-defined]
+    assert_frame_equal(payout_file, WHOLE.payout_file)  # type: ignore[attr-defined]
+    lines = pl.concat([x.lines for x in results]).sort("setl_id", "feedetl_sn")  # type: ignore[attr-defined]
+    assert_frame_equal(lines, WHOLE.lines.sort("setl_id", "feedetl_sn"))  # type: ignore[attr-defined]
+    whole = combine([WHOLE.totals])  # type: ignore[attr-defined]
+    parts = combine([x.totals for x in results])  # type: ignore[attr-defined]
+    for name in ("components", "settlement_parts", "years", "payouts", "mismatches"):
+        a, b = getattr(parts, name), getattr(whole, name)
+        key = [c for c, d in a.schema.items() if d in (pl.String, pl.Int64, pl.Int32)]
+        assert_frame_equal(a.sort(key), b.select(a.columns).sort(key), check_dtypes=False)
+    assert sum(x.settlements_in for x in results) == WHOLE.settlements_in  # type: ignore[attr-defined]
+    assert WHOLE.payout_file["payout_amt"].sum() > 0  # type: ignore[attr-defined]
+
+
+def test_the_kernel_is_deterministic_and_leaves_its_inputs_as_they_were() -> None:
+    settlements, fee_lines, roster, lists = BATCH
+    before = settlements.clone(), fee_lines.clone()
+    again = _kernel(Bucket(settlements, fee_lines, roster), lists)
+    assert_frame_equal(again.payouts, WHOLE.payouts)  # type: ignore[attr-defined]
+    assert_frame_equal(again.quarantine, WHOLE.quarantine)  # type: ignore[attr-defined]
+    assert_frame_equal(settlements, before[0]) and assert_frame_equal(fee_lines, before[1])
+
+
+def test_a_conflicting_copy_of_a_settlement_meets_the_first_in_its_bucket() -> None:
+    # two rows with one setl_id and different members: both go to the smaller member's bucket,
+    # where validation sees the conflict, whatever the number of buckets
+    s = pl.DataFrame({"setl_id": ["S1", "S1", "S2"], "psn_no": ["M9", "M1", None]})
+    for n in (2, 7, 64):
+        owners = settlement_owners(s.lazy(), n).collect()
+        got = with_bucket(s.lazy(), owners.lazy(), n).collect()
+        assert got.filter(pl.col("setl_id") == "S1")[BUCKET].n_unique() == 1
+        m1 = pl.DataFrame({"psn_no": ["M1"]}).select(bucket_of("psn_no", n))
+        assert got.filter(pl.col("setl_id") == "S1")[BUCKET][0] == m1.item()
+
+
+def test_b_buckets_write_byte_identical_payout_files_and_reconciliation(tmp_path: Path) -> None:
+    """The golden nights on a ledger, at B = 1, 2, 7 and 64: the same bytes, the same ledger."""
+    for b in (1, 2, 7, 64):
+        ledger = new_ledger(tmp_path / f"l{b}.duckdb")
+        for name in NIGHTS:
+            r = run_cli(
+                golden_args(
+                    name, tmp_path / str(b) / name, "--csv", "--buckets", str(b), ledger=ledger
+                )
+            )
+            assert r.exit_code == 0, r.output
+    for name in NIGHTS:
+        for file in ("payouts.parquet", "payouts.csv", "reconciliation.json"):
+            contents = {(tmp_path / str(b) / name / file).read_bytes() for b in (1, 2, 7, 64)}
+            assert len(contents) == 1, (name, file)
+        manifest = json.loads((tmp_path / "64" / name / "manifest.json").read_text())
+        assert manifest["buckets"] == 64
+    snapshots = [ledger_snapshot(tmp_path / f"l{b}.duckdb") for b in (1, 2, 7, 64)]
+    for table in ("settlements", "settlement_costs", "accumulators", "payout_history"):
+        assert all(s[table] == snapshots[0][table] for s in snapshots), table
+
+
+@pytest.mark.parametrize("buckets", [2, 64])
+def test_an_empty_batch_in_any_number_of_buckets_writes_a_header_only_csv(
+    tmp_path: Path, buckets: int
+) -> None:
+    ex = standard_extract()
+    ex.member("M1")
+    files = ex.write(tmp_path / "in")
+    for b in (1, buckets):
+        r = run_cli(
+            adjudicate_args(files, tmp_path / str(b), "--csv", "--quiet", "--buckets", str(b))
+        )
+        assert r.exit_code == 0, r.output
+    one, many = ((tmp_path / str(b) / "payouts.csv").read_bytes() for b in (1, buckets))
+    assert one == many and one.startswith(b"setl_id,") and one.count(b"\n") == 1
