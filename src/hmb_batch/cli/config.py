@@ -10,7 +10,7 @@ Example::
     out = "out"
     encoding = "utf-8"           # CSV encoding: utf-8 (BOM or not), gbk or gb18030
     timezone = "Asia/Shanghai"   # zone of time-zone-aware Parquet timestamps (IANA name)
-    memory_limit = "1GiB"        # bound memory: a bigger batch runs in partitions
+    memory_limit = "1GiB"        # bound memory: a bigger batch is cut into member buckets
 
     [columns]                    # the site's column name = the contract's name
     JSID = "setl_id"

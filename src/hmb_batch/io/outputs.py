@@ -1,6 +1,6 @@
 """Output files of a batch: payouts, quarantine, fee-line audit. Money Decimal(18, 2).
 
-The pipeline renders these frames to bytes and writes them (temporary name, then rename).
+The run (run/buckets.py) writes these frames to bytes and writes them (temporary name, then rename).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ def enrolled_by_year(
 
 def enrolled_counts(roster: pl.DataFrame | pl.LazyFrame) -> dict[int, int]:
     """Distinct members per plan year of roster rows (psn_no, plan_year). Counts of rosters
-    split by member add up (a bounded run counts each roster partition)."""
+    split by member add up (a run in buckets counts each roster part)."""
     counts = (
         roster.lazy()
         .select("plan_year", "psn_no")

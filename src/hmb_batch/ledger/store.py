@@ -794,10 +794,10 @@ class Ledger:
         """Apply one adjudicated batch in a single transaction.
 
         ``rows``: for each of :data:`BATCH_TABLES`, the rows to insert — a frame (see
-        :func:`batch_rows`) or the path or glob of Parquet files holding them (bounded-memory
-        runs build them partition by partition; DuckDB then reads them within its memory limit).
-        ``verify`` is called after the inserts, before the commit (see pipeline: the ledger after
-        must equal the ledger before plus the batch); if it raises, nothing is applied.
+        :func:`batch_rows`) or the path or glob of Parquet files holding them (runs build them
+        bucket by bucket; DuckDB then reads them within its memory limit). ``verify`` is called
+        after the inserts, before the commit (see run/batch.py: the ledger after must equal the
+        ledger before plus the batch); if it raises, nothing is applied.
         """
         batch_id = record["batch_id"]
         con = self.con
@@ -969,7 +969,7 @@ class Ledger:
 def batch_rows(
     batch_id: str, payouts: pl.DataFrame, accumulators_before: pl.DataFrame, costs: list[str]
 ) -> dict[str, pl.DataFrame]:
-    """The ledger rows of one batch (or one member partition of it), except ``batch_files``.
+    """The ledger rows of one batch (or one member bucket of it), except ``batch_files``.
 
     ``payouts``: the engine's payout frame (fen). ``accumulators_before``: the year to date
     before the batch of the members it touches (:attr:`PriorState.accumulators`).

@@ -54,7 +54,7 @@ class BatchSummary:
                 "payout_by_plan_year",
                 "balanced",
                 "enrolled_by_plan_year",
-                "personal_data",  # how the batch's files hold psn_name/certno (pipeline)
+                "personal_data",  # how the batch's files hold psn_name/certno (run/batch.py)
             )
         }
         return BatchSummary(
@@ -110,7 +110,7 @@ def summarise(
 ) -> BatchSummary:
     """Build the summary from the payout frame (fen) and the quarantine frame.
 
-    Either may be lazy (a bounded-memory run scans its partition files): only aggregates are
+    Either may be lazy (a run scans its buckets' part files): only aggregates are
     collected.
     """
     p = payouts.lazy()

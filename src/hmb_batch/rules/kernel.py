@@ -57,7 +57,7 @@ def collected(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
 
 @dataclass(frozen=True)
 class CheckedFrames:
-    """An extract (or one partition of it) validated, in memory: what the engine reads."""
+    """An extract (or one bucket of it) validated, in memory: what the engine reads."""
 
     settlements: pl.DataFrame  # with batch_seq and batch_id
     fee_lines: pl.DataFrame  # with batch_seq
@@ -115,7 +115,7 @@ def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
 class EngineFrames:
     """The engine's results for one bucket, collected (money in fen)."""
 
-    payouts: pl.DataFrame  # one row per adjudicated settlement, in (setl_time, setl_id) order
+    payouts: pl.DataFrame  # one row per adjudicated settlement (in no particular order)
     quarantine: pl.DataFrame  # validation's and the engine's, with batch_id
     lines: pl.DataFrame  # the fee-line audit
 
@@ -142,15 +142,10 @@ def run_engine(
         years=years,
         materialize=collected,
     )
-    # every output in a fixed order: the same frames in give the same bytes out (the streaming
-    # engine does not keep row order through joins and group-bys)
-    payouts, engine_q, audit = pl.collect_all(
-        [
-            result.payouts.sort("setl_time", "setl_id"),
-            result.quarantine,
-            result.lines.sort("setl_id", "feedetl_sn"),
-        ]
-    )
+    # the streaming engine keeps no row order through joins and group-bys: the payout file is
+    # sorted where it is assembled, the (small) quarantine below; the line audit is a set
+    # (sorting 10M lines by their string keys cost more than writing them)
+    payouts, engine_q, audit = pl.collect_all([result.payouts, result.quarantine, result.lines])
     quarantine = pl.concat(
         [
             checked.quarantine,
@@ -183,7 +178,7 @@ class Bucket:
 class BucketResult:
     """What one bucket gives: frames for the output files and the ledger, and its totals.
 
-    ``payouts``: the engine's frame (fen) in payout-file order (setl_time, setl_id);
+    ``payouts``: the engine's frame (fen), in no particular order;
     ``payout_file``, ``lines``, ``quarantine``: the rows of payouts.parquet, lines.parquet and
     quarantine.parquet (personal data masked unless asked); ``ledger_rows``: what the ledger
     inserts (None without a ledger); ``totals``: the reconciliation's sums; ``after``: what the

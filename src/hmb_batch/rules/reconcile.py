@@ -15,7 +15,7 @@ identity and the fields of ``reconciliation.json``):
   moves each year's accumulators by exactly the batch's increments.
 
 Everything here is a pure function of frames. :func:`batch_totals` reduces one batch (or one
-partition of it) to small additive frames; :func:`combine` adds partitions up;
+member bucket of it) to small additive frames; :func:`combine` adds buckets up;
 :func:`reconcile` turns totals into identities. Amounts are integer fen.
 """
 
@@ -76,7 +76,7 @@ _MISMATCH_SCHEMA = {
 
 @dataclass(frozen=True)
 class Totals:
-    """A batch (or a partition of one) reduced to additive totals; see :func:`combine`."""
+    """A batch (or a member bucket of one) reduced to additive totals; see :func:`combine`."""
 
     components: pl.DataFrame  # component, disposition, amount_fen, lines
     settlement_parts: pl.DataFrame  # cost, part, amount_fen
@@ -86,7 +86,7 @@ class Totals:
 
     @staticmethod
     def of_lines(components: pl.DataFrame) -> Totals:
-        """Totals holding only fee-line component rows (e.g. a partitioned run's input)."""
+        """Totals holding only fee-line component rows (e.g. input totals counted apart)."""
         return Totals(
             components.select(list(_COMPONENTS_SCHEMA)).cast(_COMPONENTS_SCHEMA),  # type: ignore[arg-type]
             pl.DataFrame(schema=_PARTS_SCHEMA),
@@ -166,7 +166,7 @@ def batch_totals(
     accumulator_log: pl.LazyFrame | None,
     costs: Sequence[str],
 ) -> Totals:
-    """Reduce one batch (or one partition) to the totals the identities compare.
+    """Reduce one batch (or one member bucket) to the totals the identities compare.
 
     ``line_sums``: :func:`component_sums` of the typed fee lines as read, before validation
     (``INPUT``), and of the copies validation dropped as identical repeats; ``fee_lines``
@@ -436,7 +436,7 @@ def _batch_level(
 
 
 def combine(parts: Iterable[Totals]) -> Totals:
-    """Add up the totals of a batch's partitions."""
+    """Add up the totals of a batch's member buckets."""
     parts = list(parts)
     return Totals(
         pl.concat([p.components for p in parts])
@@ -770,7 +770,7 @@ class AfterExpectation:
 
     @staticmethod
     def of(payouts: pl.DataFrame, prior: PriorState, costs: list[str]) -> AfterExpectation:
-        """From a batch's (or partition's) engine payouts and the prior it was computed on."""
+        """From a batch's (or bucket's) engine payouts and the prior it was computed on."""
         members = payouts.select("psn_no").unique()
         # only the member-years the batch touches: the ledger's after side is the batch's own
         # accumulator rows, and a member's other plan years are not among them
@@ -797,7 +797,7 @@ class AfterExpectation:
 
     @staticmethod
     def combine(parts: list[AfterExpectation]) -> AfterExpectation:
-        """Add up partitions (their members are disjoint)."""
+        """Add up buckets (their members are disjoint)."""
         return AfterExpectation(
             pl.concat([p.by_year for p in parts])
             .group_by("plan_year", "cost")

@@ -63,7 +63,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 # Peak resident memory per fee line while one bucket is validated and adjudicated, and what a run
 # holds besides its bucket: interpreter, Polars, DuckDB (BENCHMARKS.md has the measurements).
-BYTES_PER_FEE_LINE = 3_000
+BYTES_PER_FEE_LINE = 2_400
 RUNTIME_BYTES = 512 * MiB
 MIN_BUCKET_BYTES = 64 * MiB
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) buckets.
@@ -241,9 +241,10 @@ def _empty_typed(contract: object) -> pl.DataFrame:
 
 def chunk_rows(memory_limit: int) -> int:
     """Rows typed and written by one streaming query when cutting (see
-    :func:`hmb_batch.io.extract.raw_chunks`): about 400 bytes of peak per row typed, within
-    the limit less the runtime."""
-    return int(min(4_000_000, max(250_000, (memory_limit - RUNTIME_BYTES) // 400)))
+    :func:`hmb_batch.io.extract.raw_chunks`): a query's peak grows by a few hundred bytes per
+    row it types into dozens of open bucket files, so about 1 KB per row within the limit less
+    the runtime (BENCHMARKS.md)."""
+    return int(min(4_000_000, max(100_000, (memory_limit - RUNTIME_BYTES) // 1_000)))
 
 
 def cut_into_buckets(

@@ -18,7 +18,7 @@ def spill_area(out_dir: Path) -> Iterator[Path]:
     """This run's temporary folder, ``.hmb-spill-PID`` inside the output folder, removed at the
     end whatever happens; spill folders of runs that are gone (killed) are removed first.
 
-    Every temporary copy of input data (a GBK file's UTF-8 copy, partition files) lives here,
+    Every temporary copy of input data (a GBK file's UTF-8 copy, bucket files) lives here,
     never in the system's temp folder, so personal data a killed run left behind is found and
     removed by the next run of any kind in that folder. Creating it is also the check that the
     output folder can be written, before anything is read or applied (exit 3).
