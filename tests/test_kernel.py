@@ -150,3 +150,36 @@ def test_an_empty_batch_in_any_number_of_buckets_writes_a_header_only_csv(
         assert r.exit_code == 0, r.output
     one, many = ((tmp_path / str(b) / "payouts.csv").read_bytes() for b in (1, buckets))
     assert one == many and one.startswith(b"setl_id,") and one.count(b"\n") == 1
+
+
+def test_small_chunks_and_a_repeated_copy_give_what_one_bucket_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files cut into 5-row queries across 3 buckets: the same payout file and quarantine as one
+    bucket — including which copy of a repeated settlement validation keeps (the first, which
+    here has an extra field and so a reading error)."""
+    from hmb_batch.run import buckets
+
+    ex = standard_extract()
+    for i in range(24):
+        ex.member(f"M{i:02d}")
+        ex.claim(f"S{i:02d}", f"M{i:02d}", f"2022-03-{i + 1:02d} 10:00:00", compliant="30000")
+    ex.settlements.append(dict(ex.settlements[0]))  # S00 again, identical, at the end
+    files = ex.write(tmp_path / "in")
+    lines = files["settlements"].read_text().splitlines()
+    lines[1] += ",extra"  # the first copy of S00 has one field too many
+    files["settlements"].write_text("\n".join(lines) + "\n")
+    monkeypatch.setattr(buckets, "chunk_rows", lambda limit: 5)
+    for b in (1, 3):
+        r = run_cli(
+            adjudicate_args(files, tmp_path / str(b), "--csv", "--quiet", "--buckets", str(b))
+        )
+        assert r.exit_code == 0, r.output
+    for file in ("payouts.parquet", "payouts.csv", "reconciliation.json"):
+        assert (tmp_path / "1" / file).read_bytes() == (tmp_path / "3" / file).read_bytes(), file
+    key = ["record", "_file", "_row"]
+    q1, q3 = (pl.read_parquet(tmp_path / str(b) / "quarantine.parquet") for b in (1, 3))
+    assert_frame_equal(q1.sort(key), q3.select(q1.columns).sort(key))
+    s00 = q1.filter((pl.col("setl_id") == "S00") & (pl.col("record") == "settlement"))
+    assert s00.height == 1 and "BAD_VALUE" in s00["reasons"][0].to_list()
+    assert pl.read_parquet(tmp_path / "3" / "payouts.parquet").height == 23

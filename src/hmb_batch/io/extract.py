@@ -505,9 +505,10 @@ def _unreadable(
 ) -> pl.Expr:
     """True where a value is present but unreadable, or a required value is empty.
 
-    ``dtype``: the source column's type; a typed (non-text) Parquet value is present when it is
-    not null (casting it to text just to look for blanks cost a tenth of the typing time)."""
-    if dtype is not None and dtype != pl.String:
+    ``dtype``: the source column's type; a number, date or boolean is present when it is not
+    null (casting it to text just to look for blanks cost a tenth of the typing time); text,
+    categorical or binary values are present when not blank."""
+    if dtype is not None and (dtype.is_numeric() or dtype.is_temporal() or dtype == pl.Boolean):
         present = pl.col(src).is_not_null()
     else:
         present = pl.col(src).cast(pl.String).str.strip_chars().str.len_chars() > 0

@@ -163,6 +163,17 @@ def run_engine(
     return EngineFrames(payouts, quarantine, audit)
 
 
+def _touched(prior: PriorState, settlements: pl.DataFrame) -> PriorState:
+    """The prior state of the valid settlements only: the caller reads it for every row of the
+    bucket, and a quarantined row naming an old settlement must not add its plan year."""
+    ids = pl.concat(
+        [settlements.select("setl_id"), settlements.select(pl.col("init_setl_id").alias("setl_id"))]
+    ).drop_nulls()
+    registry = prior.registry.join(ids.lazy(), on="setl_id", how="semi")
+    members = pl.concat([settlements.lazy().select("psn_no"), registry.select("psn_no")])
+    return PriorState(registry, prior.accumulators.join(members, on="psn_no", how="semi"))
+
+
 @dataclass(frozen=True)
 class Bucket:
     """One bucket's inputs: its members' typed settlement rows and fee lines (not yet validated),
@@ -227,7 +238,7 @@ def adjudicate_bucket(
         ),
         batch_id,
     )
-    prior = bucket.prior
+    prior = _touched(bucket.prior, checked.settlements) if bucket.prior is not None else None
     costs = cost_ids(plan)
     responsibilities = responsibility_ids(plan)
     years = plan_years(checked.settlements, prior)

@@ -68,7 +68,7 @@ class BatchResult:
 
     summary: BatchSummary
     files: dict[str, Path]
-    payouts: pl.LazyFrame  # the payout file's rows (bounded-memory runs: scanned from it)
+    payouts: pl.LazyFrame  # the payout file's rows, scanned from it
     quarantine: pl.LazyFrame
     replayed: bool = False  # the same batch was applied before: files rewritten, ledger unchanged
     manifest: dict[str, Any] = field(default_factory=dict)

@@ -25,7 +25,6 @@ import datetime as dt
 import math
 import os
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from hmb_batch.errors import ConfigError
 from hmb_batch.io.contracts import FEE_LINES, ROSTER, SETTLEMENTS
 from hmb_batch.io.extract import (
     ERRORS,
+    ROW,
     detect_format,
     distinct_headers,
     extract_roles,
@@ -48,7 +48,7 @@ from hmb_batch.io.extract import (
     typed_frames_apart,
     with_errors,
 )
-from hmb_batch.io.outputs import to_text
+from hmb_batch.io.outputs import PERSONAL, to_text
 from hmb_batch.io.reference import (
     enrolled_counts,
     roster_frame,
@@ -169,7 +169,6 @@ def with_bucket(frame: pl.LazyFrame, owners: pl.LazyFrame, n: int) -> pl.LazyFra
 class BucketInput:
     """One bucket's typed rows, as read from the inputs or the spill folder."""
 
-    index: int
     settlements: pl.DataFrame
     fee_lines: pl.DataFrame
     roster: pl.DataFrame | None  # checked roster rows (None: the caller reads the roster)
@@ -194,7 +193,6 @@ class CutBatch:
                 continue
             roster = _with_errors(self.folder, "roster", k)
             yield BucketInput(
-                k,
                 self._settlements(settlements),
                 lines.collect() if lines is not None else _empty_typed(FEE_LINES),
                 roster_frame(roster.collect())
@@ -225,11 +223,18 @@ def _with_errors(folder: Path, table: str, k: int) -> pl.LazyFrame | None:
 
 
 def _scan_part(folder: Path, k: int) -> pl.LazyFrame | None:
-    """Bucket ``k`` of a table: its part files, in input-file order, rows in file order."""
+    """Bucket ``k`` of a table: its rows in input order (file, then row), as one bucket reads
+    them from the files: which copy of a repeated settlement validation keeps first must not
+    depend on B (the streaming sinks keep no row order)."""
     files = sorted(folder.glob(f"*/{BUCKET}={k}/*.parquet"))
     if not files:
         return None
-    return pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
+    # a part folder is one chunk of one input file (named file-chunk, in input order)
+    parts = [
+        pl.scan_parquet(f).with_columns(pl.lit(i, pl.UInt32).alias("_part"))
+        for i, f in enumerate(files)
+    ]
+    return pl.concat(parts, how="vertical_relaxed").sort("_part", ROW).drop("_part")
 
 
 def _empty_typed(contract: object) -> pl.DataFrame:
@@ -360,7 +365,8 @@ class BucketParts:
     def add(self, k: int, result: BucketResult) -> None:
         """Write bucket ``k``'s results and add up its totals."""
         name = f"{k:06d}.parquet"
-        result.payouts.write_parquet(self.folder / "payouts" / name)
+        # the summary and the report read these parts: they need no name or ID number
+        result.payouts.drop(PERSONAL, strict=False).write_parquet(self.folder / "payouts" / name)
         result.payout_file.write_parquet(self.folder / "payout-file" / name)
         result.lines.write_parquet(self.folder / "lines" / name)
         result.quarantine.write_parquet(self.folder / "quarantine" / name)
@@ -415,10 +421,6 @@ class BucketParts:
                 files["payouts.csv"]
             )
         return files
-
-    def remove(self) -> None:
-        """Remove the part files (the spill area goes with the run anyway)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _sorted_payout_file(parts: Path, target: Path, memory_limit: int, folder: Path) -> None:
