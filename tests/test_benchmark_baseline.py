@@ -9,13 +9,16 @@ import importlib.util
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from conftest import run_cli
 
 BASELINE = Path(__file__).parent.parent / "benchmarks" / "baseline.py"
 
 
-def test_baseline_sql_equals_hmb_batch_to_the_fen(tmp_path: Path) -> None:
+@pytest.mark.parametrize("buckets", [1, 7, 64])
+def test_baseline_sql_equals_hmb_batch_to_the_fen(tmp_path: Path, buckets: int) -> None:
+    """At any number of member buckets."""
     spec = importlib.util.spec_from_file_location("baseline", BASELINE)
     assert spec is not None and spec.loader is not None
     baseline = importlib.util.module_from_spec(spec)
@@ -38,6 +41,8 @@ def test_baseline_sql_equals_hmb_batch_to_the_fen(tmp_path: Path) -> None:
             "--out",
             str(tmp_path / "out"),
             "--quiet",
+            "--buckets",
+            str(buckets),
         ]
     )
     assert r.exit_code == 0, r.output
