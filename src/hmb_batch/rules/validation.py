@@ -150,7 +150,9 @@ def _duplicates(
         .group_by(key)
         .agg(pl.len().alias("_copies"), pl.struct(content).n_unique().alias("_variants"))
     )
-    return frame.join(counted, on=key, how="left").with_columns(
+    # in input order: which copy of an identical repeat is kept (the first) must not depend on
+    # how the engine ran the join
+    return frame.join(counted, on=key, how="left", maintain_order="left").with_columns(
         pl.col("_copies").fill_null(1), pl.col("_variants").fill_null(1)
     )
 
