@@ -99,7 +99,8 @@ def test_the_kernel_is_deterministic_and_leaves_its_inputs_as_they_were() -> Non
     assert_frame_equal(again.payouts.sort(order), WHOLE.payouts.sort(order))  # type: ignore[attr-defined]
     assert_frame_equal(again.payout_file, WHOLE.payout_file)  # type: ignore[attr-defined]
     assert_frame_equal(again.quarantine, WHOLE.quarantine)  # type: ignore[attr-defined]
-    assert_frame_equal(settlements, before[0]) and assert_frame_equal(fee_lines, before[1])
+    assert_frame_equal(settlements, before[0])
+    assert_frame_equal(fee_lines, before[1])
 
 
 def test_a_conflicting_copy_of_a_settlement_meets_the_first_in_its_bucket() -> None:

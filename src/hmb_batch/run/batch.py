@@ -34,7 +34,7 @@ from hmb_batch import __version__
 from hmb_batch.crash import crash_point
 from hmb_batch.errors import ConfigError, ReconciliationError, ReferenceDataError
 from hmb_batch.io.atomic import copy_files, file_key, install_files, write_files
-from hmb_batch.io.extract import read_extract
+from hmb_batch.io.extract import Extract, read_extract
 from hmb_batch.io.reference import enrolled_by_year, load_roster
 from hmb_batch.ledger.store import Ledger, LedgerError, file_rows, open_ledger
 from hmb_batch.money import fen_to_yuan
@@ -43,7 +43,7 @@ from hmb_batch.report.data import batch_report
 from hmb_batch.report.summary import BatchSummary, summarise
 from hmb_batch.rules.engine import cost_ids, responsibility_ids
 from hmb_batch.rules.kernel import Bucket, adjudicate_bucket
-from hmb_batch.rules.reconcile import AfterExpectation, Identity, Reconciliation, combine
+from hmb_batch.rules.reconcile import SHOW, AfterExpectation, Identity, Reconciliation, combine
 from hmb_batch.rules.validation import batch_within_bounds
 from hmb_batch.run import buckets
 from hmb_batch.run.balancing import (
@@ -256,19 +256,11 @@ def _buckets(
         found = False
         for b in cut.buckets():
             found = True
-            assert b.roster is not None
             yield Bucket(b.settlements, b.fee_lines, b.roster), cut.shape, cut.enrolled_by_year
         if not found:  # an empty batch still gives its (empty) files
             yield _empty_bucket(inputs, header, spill), cut.shape, cut.enrolled_by_year
         return
-    extract = read_extract(
-        header.extract_files,
-        header.fee_files or None,
-        column_map=cmap,
-        encoding=inputs.encoding,
-        timezone=inputs.timezone,
-        temp_dir=spill,
-    )
+    extract = _whole_extract(inputs, header, spill)
     settlements, fee_lines = pl.collect_all([extract.settlements, extract.fee_lines])
     digest = header.inputs["roster"][0]["sha256"]
     known = ledger is not None and ledger.knows_roster(digest)
@@ -287,8 +279,9 @@ def _buckets(
     yield Bucket(settlements, fee_lines, roster), extract.shape, enrolled
 
 
-def _empty_bucket(inputs: BatchInputs, header: BatchHeader, spill: Path) -> Bucket:
-    extract = read_extract(
+def _whole_extract(inputs: BatchInputs, header: BatchHeader, spill: Path) -> Extract:
+    """The batch's extract as one lazy frame pair, straight from the input files."""
+    return read_extract(
         header.extract_files,
         header.fee_files or None,
         column_map=dict(inputs.column_map or {}),
@@ -296,6 +289,11 @@ def _empty_bucket(inputs: BatchInputs, header: BatchHeader, spill: Path) -> Buck
         timezone=inputs.timezone,
         temp_dir=spill,
     )
+
+
+def _empty_bucket(inputs: BatchInputs, header: BatchHeader, spill: Path) -> Bucket:
+    """An empty bucket with the batch's columns (a batch with no rows still writes its files)."""
+    extract = _whole_extract(inputs, header, spill)
     settlements, fee_lines = pl.collect_all(
         [extract.settlements.clear(), extract.fee_lines.clear()]
     )
@@ -316,7 +314,7 @@ def _added_up(identities: list[Identity]) -> Identity:
         identities[0],
         expected=sum(i.expected for i in identities),
         found=sum(i.found for i in identities),
-        first=[f for i in identities for f in i.first][:5],
+        first=[f for i in identities for f in i.first][:SHOW],
     )
 
 
@@ -335,7 +333,7 @@ def _finish(
     clock: Laps,
     before: list[dict[str, Any]] | None,
     out_dir: Path,
-    buckets_used: int | None = None,
+    buckets_used: int,
     unmasked: bool = False,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """A batch's last steps: refuse it unless it reconciles, add
@@ -368,8 +366,7 @@ def _finish(
     written |= install_files({k: v for k, v in files.items() if isinstance(v, Path)}, out_dir)
     clock.lap("write_outputs")
     manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
-    if buckets_used is not None:
-        manifest["buckets"] = buckets_used
+    manifest["buckets"] = buckets_used
     _write_manifest(manifest, out_dir)
     return written, manifest
 

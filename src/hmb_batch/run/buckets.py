@@ -34,9 +34,10 @@ import duckdb
 import polars as pl
 
 from hmb_batch.errors import ConfigError
-from hmb_batch.io.contracts import FEE_LINES, ROSTER, SETTLEMENTS
+from hmb_batch.io.contracts import FEE_LINES, ROSTER, SETTLEMENTS, Contract
 from hmb_batch.io.extract import (
     ERRORS,
+    FILE,
     ROW,
     detect_format,
     distinct_headers,
@@ -171,7 +172,7 @@ class BucketInput:
 
     settlements: pl.DataFrame
     fee_lines: pl.DataFrame
-    roster: pl.DataFrame | None  # checked roster rows (None: the caller reads the roster)
+    roster: pl.DataFrame  # the checked roster rows of the bucket's members
 
 
 @dataclass
@@ -237,11 +238,10 @@ def _scan_part(folder: Path, k: int) -> pl.LazyFrame | None:
     return pl.concat(parts, how="vertical_relaxed").sort("_part", ROW).drop("_part")
 
 
-def _empty_typed(contract: object) -> pl.DataFrame:
-    from hmb_batch.io.extract import FILE, ROW
-
+def _empty_typed(contract: Contract) -> pl.DataFrame:
+    """A contract's typed table with no rows (a bucket that has none of it)."""
     empty = pl.LazyFrame(schema={ROW: pl.UInt32, FILE: pl.String})
-    return type_table(empty, contract, require=False).collect()  # type: ignore[arg-type]
+    return type_table(empty, contract, require=False).collect()
 
 
 def chunk_rows(memory_limit: int) -> int:
