@@ -421,7 +421,10 @@ def _scan_source(
 def _numbered(
     lf: pl.LazyFrame, path: Path, problems: pl.DataFrame | None, offset: int
 ) -> pl.LazyFrame:
-    lf = lf.with_row_index(ROW, offset=offset + 1).with_columns(pl.lit(str(path)).alias(FILE))
+    # categorical: the path repeated on every row as text was a third of a typed fee line
+    lf = lf.with_row_index(ROW, offset=offset + 1).with_columns(
+        pl.lit(str(path), pl.Categorical).alias(FILE)
+    )
     if problems is not None and problems.height:
         lf = lf.with_columns(
             pl.col(ROW)
@@ -589,8 +592,15 @@ def type_table(
     return with_errors(typed, messages)
 
 
-def with_errors(typed: pl.LazyFrame, messages: pl.LazyFrame) -> pl.LazyFrame:
-    """Typed rows and their reading errors (from :func:`type_table_apart`) as one frame."""
+def with_errors(
+    typed: pl.LazyFrame, messages: pl.LazyFrame, *, known: int | None = None
+) -> pl.LazyFrame:
+    """Typed rows and their reading errors (from :func:`type_table_apart`) as one frame.
+
+    ``known``: the number of messages, when the caller has counted them; with none (the usual
+    file) the rows need no join."""
+    if known == 0:
+        return typed.with_columns(pl.lit(None, pl.List(pl.String)).alias(ERRORS))
     return typed.join(
         messages.select(FILE, ROW, ERRORS), on=[FILE, ROW], how="left", maintain_order="left"
     )
@@ -807,16 +817,26 @@ def read_extract(
 
     ``extract`` (and ``fees``) may be several files — a year of nightly extracts, or the parts of
     a partitioned export — read as one batch; each row keeps its own file and row number.
-    ``timezone``: see :func:`type_table`; ``temp_dir``: see :func:`scan_raw`.
+    ``timezone``: see :func:`type_table`; ``temp_dir``: see :func:`scan_raw`. The files are
+    read here, into memory (the frames returned are lazy views of what was read).
     """
     extract_files = _paths(extract)
     fee_files = _paths(fees) if fees is not None else None
     shape, roles = extract_roles(extract_files, fee_files)
-    parts: dict[str, list[pl.LazyFrame]] = {"settlements": [], "fee_lines": []}
+    apart: list[tuple[str, pl.LazyFrame, pl.LazyFrame]] = []
     for path, role in roles:
         raw = scan_raw(path, encoding, temp_dir=temp_dir)
-        for name, frame in typed_frames(raw, path, role, column_map, timezone=timezone).items():
-            parts[name].append(frame)
+        for name, (rows, errors) in typed_frames_apart(
+            raw, path, role, column_map, timezone=timezone
+        ).items():
+            apart.append((name, rows, errors))
+    # rows and reading errors of a file computed in one query (they share its scan and typing;
+    # a lazy join of the two typed every row twice), then joined in memory
+    done = pl.collect_all([f for _, rows, errors in apart for f in (rows, errors)])
+    parts: dict[str, list[pl.LazyFrame]] = {"settlements": [], "fee_lines": []}
+    for i, (name, _, _) in enumerate(apart):
+        rows_df, errors_df = done[2 * i], done[2 * i + 1]
+        parts[name].append(with_errors(rows_df.lazy(), errors_df.lazy(), known=errors_df.height))
     settlements = _concat(parts["settlements"])
     if shape == "wide":
         settlements = distinct_headers(settlements)

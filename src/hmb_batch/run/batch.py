@@ -147,7 +147,9 @@ def run_batch(
         )
         plan = header.plan
         costs = cost_ids(plan)
-        parts = buckets.BucketParts(spill / "parts", with_ledger=ledger is not None)
+        parts = buckets.BucketParts(
+            spill / "parts", with_ledger=ledger is not None, in_memory=n == 1
+        )
         before_ids: list[Identity] = []
         shape, enrolled = "", dict[int, int]()
         # every bucket carries the batch's shape and roster counts: keep the last one's

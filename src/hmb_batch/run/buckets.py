@@ -240,7 +240,7 @@ def _scan_part(folder: Path, k: int) -> pl.LazyFrame | None:
 
 def _empty_typed(contract: Contract) -> pl.DataFrame:
     """A contract's typed table with no rows (a bucket that has none of it)."""
-    empty = pl.LazyFrame(schema={ROW: pl.UInt32, FILE: pl.String})
+    empty = pl.LazyFrame(schema={ROW: pl.UInt32, FILE: pl.Categorical})
     return type_table(empty, contract, require=False).collect()
 
 
@@ -338,11 +338,15 @@ class BucketParts:
     """The buckets' results as part files in ``folder``, and their totals, added up as they come.
 
     Part ``k`` of each output lives in ``folder/<output>/k.parquet``; :meth:`assemble` makes the
-    output files from them.
+    output files from them. ``in_memory`` (a batch of one bucket, every night): the parts stay
+    frames in memory, since writing and reading back a part that is the whole output costs
+    as much as the output itself; the output files are made by the same writers either way.
     """
 
     folder: Path
     with_ledger: bool
+    in_memory: bool = False
+    frames: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
     totals: list[Totals] = field(default_factory=list)
     after: list[AfterExpectation] = field(default_factory=list)
     settlements_in: int = 0
@@ -364,15 +368,20 @@ class BucketParts:
 
     def add(self, k: int, result: BucketResult) -> None:
         """Write bucket ``k``'s results and add up its totals."""
-        name = f"{k:06d}.parquet"
         # the summary and the report read these parts: they need no name or ID number
-        result.payouts.drop(PERSONAL, strict=False).write_parquet(self.folder / "payouts" / name)
-        result.payout_file.write_parquet(self.folder / "payout-file" / name)
-        result.lines.write_parquet(self.folder / "lines" / name)
-        result.quarantine.write_parquet(self.folder / "quarantine" / name)
+        outputs = {
+            "payouts": result.payouts.drop(PERSONAL, strict=False),
+            "payout-file": result.payout_file,
+            "lines": result.lines,
+            "quarantine": result.quarantine,
+        }
         if result.ledger_rows is not None:
-            for table, rows in result.ledger_rows.items():
-                rows.write_parquet(self.folder / f"ledger-{table}" / name)
+            outputs |= {f"ledger-{t}": rows for t, rows in result.ledger_rows.items()}
+        for sub, frame in outputs.items():
+            if self.in_memory:
+                self.frames.setdefault(sub, []).append(frame)
+            else:
+                frame.write_parquet(self.folder / sub / f"{k:06d}.parquet")
         self.totals.append(result.totals)
         if result.after is not None:
             self.after.append(result.after)
@@ -388,11 +397,16 @@ class BucketParts:
 
     def scan(self, output: str) -> pl.LazyFrame:
         """All buckets' parts of one output (bucket order)."""
-        files = sorted((self.folder / output).glob("*.parquet"))
-        return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed")
+        if self.in_memory:
+            frames = [f.lazy() for f in self.frames[output]]
+        else:
+            frames = [pl.scan_parquet(f) for f in sorted((self.folder / output).glob("*.parquet"))]
+        return pl.concat(frames, how="diagonal_relaxed")
 
-    def ledger_rows(self) -> dict[str, str]:
-        """Ledger table -> glob of its part files (see :meth:`Ledger.apply`)."""
+    def ledger_rows(self) -> dict[str, str | pl.DataFrame]:
+        """Ledger table -> its rows, or the glob of their part files (see :meth:`Ledger.apply`)."""
+        if self.in_memory:
+            return {t: self.scan(f"ledger-{t}").collect() for t in BATCH_TABLES[:-1]}
         return {t: str(self.folder / f"ledger-{t}" / "*.parquet") for t in BATCH_TABLES[:-1]}
 
     def assemble(
@@ -407,12 +421,17 @@ class BucketParts:
             "lines.parquet": out / "lines.parquet",
         }
         parts = self.folder / "payout-file"
-        # DuckDB marks a column NOT NULL in its output when it reads one file without nulls there,
-        # never when it reads several: an empty part makes every B write the same schema
-        pl.scan_parquet(parts / "*.parquet").clear().collect().write_parquet(
-            parts / "empty.parquet"
-        )
-        _sorted_payout_file(parts, files["payouts.parquet"], memory_limit, self.folder)
+        if self.in_memory:
+            source: Path | pl.DataFrame = self.scan("payout-file").collect()
+        else:
+            # DuckDB marks a column NOT NULL in its output when it reads one file without nulls
+            # there, never when it reads several: an empty part makes every B write the same
+            # schema (a frame's columns are all nullable)
+            pl.scan_parquet(parts / "*.parquet").clear().collect().write_parquet(
+                parts / "empty.parquet"
+            )
+            source = parts
+        _sorted_payout_file(source, files["payouts.parquet"], memory_limit, self.folder)
         self.scan("quarantine").sink_parquet(files["quarantine.parquet"], compression="zstd")
         self.scan("lines").sink_parquet(files["lines.parquet"], compression="zstd")
         if csv:
@@ -423,10 +442,13 @@ class BucketParts:
         return files
 
 
-def _sorted_payout_file(parts: Path, target: Path, memory_limit: int, folder: Path) -> None:
-    """The payout file in processing order (setl_time, setl_id): DuckDB sorts the parts within
-    :func:`duckdb_share` of the limit, spilling to the spill folder, and writes the same bytes
-    whatever the number of parts (one thread, row groups that depend on the limit only)."""
+def _sorted_payout_file(
+    parts: Path | pl.DataFrame, target: Path, memory_limit: int, folder: Path
+) -> None:
+    """The payout file in processing order (setl_time, setl_id): DuckDB sorts the parts (a
+    folder of part files, or one frame) within :func:`duckdb_share` of the limit, spilling to
+    the spill folder, and writes the same bytes whatever the number of parts (one thread, row
+    groups that depend on the limit only)."""
     con = duckdb.connect()
     share = duckdb_share(memory_limit)
     try:
@@ -439,10 +461,14 @@ def _sorted_payout_file(parts: Path, target: Path, memory_limit: int, folder: Pa
         con.execute("SET threads = 1")
         con.execute(f"SET temp_directory = '{_sql_text(str(folder / 'duckdb-spill'))}'")
         con.execute("SET preserve_insertion_order = true")
-        src = _sql_text(str(parts / "*.parquet"))
+        if isinstance(parts, pl.DataFrame):
+            con.register("payout_rows", parts.to_arrow())
+            src = "payout_rows"
+        else:
+            src = f"read_parquet('{_sql_text(str(parts / '*.parquet'))}')"
         dst = _sql_text(str(target))
         con.execute(
-            f"COPY (SELECT * FROM read_parquet('{src}') ORDER BY setl_time, setl_id) "
+            f"COPY (SELECT * FROM {src} ORDER BY setl_time, setl_id) "
             f"TO '{dst}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {row_group})"
         )
     finally:
