@@ -411,9 +411,11 @@ def _increments(
     lists: pl.LazyFrame,
     edition: CompiledEdition,
     costs: list[str],
+    codes: pl.Enum,
     materialize: Materialize | None = None,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Cost increments per settlement (zero when denied) and the fee-line audit."""
+    """Cost increments per settlement (zero when denied) and the fee-line audit (dispositions
+    as ``codes``, see :func:`disposition_codes`)."""
     denied = pl.col("denials").list.len() > 0
     line_costs = {cid: c for cid, c in edition.costs.items() if c.line_amount is not None}
     settlement_costs = [cid for cid, c in edition.costs.items() if c.line_amount is None]
@@ -477,7 +479,7 @@ def _increments(
         else:
             counted = (pl.col("inscp_scp_amt") != 0) & (pl.col(f"_settle_{cid}") != 0)
         reasons.append((counted & ~denied, c.audit_code))
-    dispositions = _component_dispositions(edition, denied)
+    dispositions = _component_dispositions(edition, denied, codes)
     audit = fl.with_columns(code_list(reasons).alias(REASONS)).select(
         "setl_id",
         "feedetl_sn",
@@ -496,12 +498,36 @@ def _increments(
     return s, audit
 
 
+def counting_code(cost_id: str, audit_code: str | None) -> str:
+    """The disposition of a fee-line amount a cost counts: its audit code, else COUNTED_<ID>."""
+    return audit_code or f"COUNTED_{cost_id.upper()}"
+
+
+def _exclusion_code(lists: frozenset[str]) -> str:
+    found = (EXCLUSION_CODES[n] for n in sorted(lists) if n in EXCLUSION_CODES)
+    return next(found, "EXCLUDED_LIST")
+
+
+def disposition_codes(plan: PlanSelection) -> pl.Enum:
+    """Every disposition a fee-line component can get under ``plan`` (see
+    :func:`_component_dispositions`), as the Enum the line audit holds them in: a code per line
+    and component as text cost more than the rest of the line's audit."""
+    codes = ["DENIED_SETTLEMENT", "SETTLEMENT_LEVEL", "NOT_COVERED"]
+    codes += sorted(ADMISSION_CODES.values())
+    for e in plan.editions:
+        for cid, c in e.costs.items():
+            codes += [counting_code(cid, c.audit_code), _exclusion_code(c.lists)]
+    return pl.Enum(list(dict.fromkeys(codes)))
+
+
 def disposition_column(component: str) -> str:
     """Audit column naming where a fee-line component went (see :func:`_component_dispositions`)."""
     return f"{component}__disposition"
 
 
-def _component_dispositions(edition: CompiledEdition, denied: pl.Expr) -> list[pl.Expr]:
+def _component_dispositions(
+    edition: CompiledEdition, denied: pl.Expr, codes: pl.Enum
+) -> list[pl.Expr]:
     """Per fee-line component, one code saying where its amount went (first that applies).
 
     ``DENIED_SETTLEMENT``; the counting cost's audit code (e.g. ``COUNTED_REASONABLE``); the
@@ -515,26 +541,26 @@ def _component_dispositions(edition: CompiledEdition, denied: pl.Expr) -> list[p
         for c in edition.costs.values()
         if c.start is not None and c.start in COMPONENT_PAIRS
     }
+
+    def lit(code: str) -> pl.Expr:
+        return pl.lit(code, codes)
+
     out = []
     for comp in LINE_COMPONENTS:
-        code: Any = pl.when(denied).then(pl.lit("DENIED_SETTLEMENT"))
+        code: Any = pl.when(denied).then(lit("DENIED_SETTLEMENT"))
         for cid, c in edition.costs.items():
             if comp in c.counts_component:
                 counted = c.in_scope & c.counts_component[comp]
-                code = code.when(counted).then(pl.lit(c.audit_code or f"COUNTED_{cid.upper()}"))
+                code = code.when(counted).then(lit(counting_code(cid, c.audit_code)))
         for c in edition.costs.values():
             if c.excluded is not None and comp in c.counts_component | c.refuses_component:
-                list_code = next(
-                    (EXCLUSION_CODES[n] for n in sorted(c.lists) if n in EXCLUSION_CODES),
-                    "EXCLUDED_LIST",
-                )
-                code = code.when(c.in_scope & c.excluded).then(pl.lit(list_code))
+                code = code.when(c.in_scope & c.excluded).then(lit(_exclusion_code(c.lists)))
             if comp in c.refuses_component:
                 code = code.when(c.in_scope & c.refuses_component[comp]).then(
-                    pl.lit(next(iter(ADMISSION_CODES.values())))
+                    lit(next(iter(ADMISSION_CODES.values())))
                 )
         fallback = "SETTLEMENT_LEVEL" if comp in starts else "NOT_COVERED"
-        out.append(code.otherwise(pl.lit(fallback)).alias(disposition_column(comp)))
+        out.append(code.otherwise(lit(fallback)).alias(disposition_column(comp)))
     return out
 
 
@@ -590,6 +616,7 @@ def adjudicate(
     """
     costs = cost_ids(plan)
     resps = responsibility_ids(plan)
+    codes = disposition_codes(plan)
     prior = prior or PriorState.empty(costs)
     originals, reversals, quarantine = _sequence(settlements, prior, plan, years, materialize)
 
@@ -600,7 +627,7 @@ def adjudicate(
         if edition is None:
             continue
         judged = _denials(originals, roster, edition, year)
-        judged, audit = _increments(judged, fee_lines, lists, edition, costs, materialize)
+        judged, audit = _increments(judged, fee_lines, lists, edition, costs, codes, materialize)
         judged_parts.append(judged)
         audit_parts.append(audit)
     if not judged_parts:

@@ -31,7 +31,14 @@ from hmb_batch.io.contracts import COMPONENT_PAIRS, LINE_COMPONENTS
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.compiled import CompiledEdition
-from hmb_batch.rules.engine import MEMBER_YEAR, PriorState, cum, disposition_column, inc
+from hmb_batch.rules.engine import (
+    MEMBER_YEAR,
+    PriorState,
+    counting_code,
+    cum,
+    disposition_column,
+    inc,
+)
 from hmb_batch.rules.validation import IS_REVERSAL
 
 SHOW = 5  # settlements or members named per failed identity
@@ -118,10 +125,16 @@ def component_sums(frame: pl.LazyFrame, disposition: str | pl.Expr) -> pl.LazyFr
 
 
 def _audit_sums(audit: pl.LazyFrame) -> pl.LazyFrame:
+    # grouped by the Enum (cheap), the few groups' codes then as text
     parts = [
         audit.group_by(pl.col(disposition_column(c)).alias("disposition"))
         .agg(_fen(c).sum().alias("amount_fen"), pl.len().cast(pl.Int64).alias("lines"))
-        .select(pl.lit(c).alias("component"), "disposition", "amount_fen", "lines")
+        .select(
+            pl.lit(c).alias("component"),
+            pl.col("disposition").cast(pl.String),
+            "amount_fen",
+            "lines",
+        )
         for c in LINE_COMPONENTS
     ]
     return pl.concat(parts)
@@ -196,7 +209,7 @@ def batch_totals(
         c for c in settlements.collect_schema().names() if c not in payouts.collect_schema().names()
     ]
     codes = [SETTLEMENT_LEVEL] + [
-        _code(cid, c.audit_code) for e in plan.editions for cid, c in e.costs.items()
+        counting_code(cid, c.audit_code) for e in plan.editions for cid, c in e.costs.items()
     ]
     originals, by_setl = pl.collect_all(
         [
@@ -264,7 +277,7 @@ def _cost_checks(
     for cid, c in edition.costs.items():
         if cid not in costs:
             continue
-        code = _code(cid, c.audit_code)
+        code = counting_code(cid, c.audit_code)
         if c.line_amount is not None:
             check = rows.select(
                 "setl_id",
@@ -323,10 +336,6 @@ def _cost_checks(
             )
             mismatches.append(_mismatches(both.lazy(), f"settlement_level.{comp}", "setl_id"))
     return parts, mismatches
-
-
-def _code(cid: str, audit_code: str | None) -> str:
-    return audit_code or f"COUNTED_{cid.upper()}"
 
 
 def _long(cost: str, sums: pl.DataFrame) -> pl.LazyFrame:
