@@ -40,13 +40,17 @@ _FLOAT_TOLERANCE_FEN = 1e-3
 _MAX_WHOLE_DIGITS = len(str(MAX_AMOUNT_YUAN))
 
 
+def non_ascii(text: pl.Expr) -> pl.Expr:
+    """True where text holds a character beyond ASCII (more bytes than characters: a length
+    comparison costs a fifth of a regular expression, on every id of every fee line)."""
+    return text.str.len_bytes() != text.str.len_chars()
+
+
 def nfkc(expr: pl.Expr) -> pl.Expr:
     """Text NFKC-normalised (full-width forms become ASCII). ASCII text is its own NFKC, and
     normalising only the rows that hold other characters costs a third of normalising all."""
     text = expr.cast(pl.String)
-    return (
-        pl.when(text.str.contains(r"[^\x00-\x7f]")).then(text.str.normalize("NFKC")).otherwise(text)
-    )
+    return pl.when(non_ascii(text)).then(text.str.normalize("NFKC")).otherwise(text)
 
 
 def _text_groups(expr: pl.Expr) -> tuple[pl.Expr, pl.Expr, pl.Expr]:

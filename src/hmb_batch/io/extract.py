@@ -30,7 +30,7 @@ import polars as pl
 
 from hmb_batch.errors import ConfigError, InputUnreadable, SchemaError
 from hmb_batch.io.contracts import FEE_LINES, PERSONAL, SETTLEMENTS, Contract, Kind
-from hmb_batch.money import MAX_AMOUNT_TEXT, above_maximum, fen_from, nfkc
+from hmb_batch.money import MAX_AMOUNT_TEXT, above_maximum, fen_from, nfkc, non_ascii
 
 ROW = "_row"  # 1-based data row in its file (the header is not counted)
 FILE = "_file"
@@ -46,6 +46,8 @@ _SHARED = (set(SETTLEMENTS.names) & set(FEE_LINES.names)) - {"setl_id"}
 # what an id or code may not hold after NFKC: controls (Cc), format characters (Cf: zero-width
 # space, BOM, word joiner ...) and whitespace
 _BAD_CODE_CHAR = r"[\p{Cc}\p{Cf}\s]"
+# what _BAD_CODE_CHAR matches within ASCII: the controls and the space
+_BAD_ASCII = [chr(i) for i in range(0x21)] + ["\x7f"]
 
 _DTYPES: dict[Kind, pl.DataType] = {
     Kind.TEXT: pl.String(),
@@ -519,7 +521,13 @@ def _unreadable(
         False
     )
     if kind is Kind.CODE:
-        return empty_or_null | pl.col(name).str.contains(_BAD_CODE_CHAR).fill_null(False)
+        code = pl.col(name)
+        # the ASCII ones among the characters _BAD_CODE_CHAR matches are found without a
+        # regular expression; it runs only on the (few) codes with other characters
+        bad = code.str.contains_any(_BAD_ASCII) | pl.when(non_ascii(code)).then(code).str.contains(
+            _BAD_CODE_CHAR
+        )
+        return empty_or_null | bad.fill_null(False)
     return empty_or_null
 
 

@@ -205,9 +205,15 @@ def batch_totals(
             _audit_sums(audit),
         ]
     )
-    header = [
-        c for c in settlements.collect_schema().names() if c not in payouts.collect_schema().names()
-    ]
+    # only the header columns the cost checks read: the whole header of every settlement cost
+    # as much to join as the checks themselves
+    read: set[str] = set()
+    for e in plan.editions:
+        for c in e.costs.values():
+            read |= set(c.in_scope.meta.root_names()) | set(c.settlement_amount.meta.root_names())
+            read |= {n for n in (c.start, *c.less_funds, *c.less_after) if n is not None}
+    have = set(payouts.collect_schema().names())
+    header = [c for c in settlements.collect_schema().names() if c in read and c not in have]
     codes = [SETTLEMENT_LEVEL] + [
         counting_code(cid, c.audit_code) for e in plan.editions for cid, c in e.costs.items()
     ]

@@ -380,8 +380,8 @@ class BucketParts:
         for sub, frame in outputs.items():
             if self.in_memory:
                 self.frames.setdefault(sub, []).append(frame)
-            else:
-                frame.write_parquet(self.folder / sub / f"{k:06d}.parquet")
+            else:  # spill files, read once: lz4 writes faster than zstd
+                frame.write_parquet(self.folder / sub / f"{k:06d}.parquet", compression="lz4")
         self.totals.append(result.totals)
         if result.after is not None:
             self.after.append(result.after)
