@@ -369,9 +369,10 @@ def _flag_lists(
 ) -> pl.LazyFrame:
     """Add ``on_list__NAME``: the line's item is on list NAME at its fee date.
 
-    One join of the lines' codes with every entry of the edition's lists, on a row index of the
-    lines, which are computed once first (a lazy frame evaluated twice need not give its rows in
-    the same order, and the index must match).
+    One join of the lines' codes with every entry of the edition's lists gives the row numbers
+    of the lines on each list; the lines, computed once first (a lazy frame evaluated twice need
+    not give its rows in the same order, and the numbers must match), then get one flag per
+    list by membership of their row number: no join back, which would copy every line.
     """
     index = "_line_index"
     lines = lines.with_row_index(index)
@@ -390,19 +391,17 @@ def _flag_lists(
             (pl.col("_fee_date") >= pl.col("valid_from"))
             & ((pl.col("_fee_date") <= pl.col("valid_to")) | pl.col("valid_to").is_null())
         )
-        .group_by(index)
-        .agg(pl.col("_list").alias("_lists"))
+        .select(index, "_list")
+        .collect()
     )
-    return (
-        lines.join(hits, on=index, how="left")
-        .with_columns(
-            [
-                pl.col("_lists").list.contains(name).fill_null(False).alias(list_flag(name))
-                for name in sorted(names)
-            ]
-        )
-        .drop(index, "_lists")
-    )
+    return lines.with_columns(
+        [
+            pl.col(index)
+            .is_in(hits.filter(pl.col("_list") == name)[index].implode())
+            .alias(list_flag(name))
+            for name in sorted(names)
+        ]
+    ).drop(index)
 
 
 def _increments(
