@@ -286,3 +286,24 @@ def test_a_bucketed_run_killed_at_any_stage_completes_on_retry(tmp_path: Path, s
     assert (tmp_path / "batch_01" / "payouts.parquet").read_bytes() == (
         tmp_path / "ref" / "batch_01" / "payouts.parquet"
     ).read_bytes()
+
+
+def test_an_output_written_bucket_by_bucket_keeps_every_row_when_buckets_differ_in_columns(
+    tmp_path: Path,
+) -> None:
+    # lines.parquet is written straight from the buckets; a bucket whose audit has other
+    # columns (a plan year under another edition, whose costs differ) must lose nothing
+    from hmb_batch.run.buckets import _Streamed
+
+    (tmp_path / "parts").mkdir()
+    out = _Streamed(tmp_path / "lines.parquet", tmp_path / "parts")
+    a = pl.DataFrame({"setl_id": ["S1", "S2"], "reasonable_counted": [1, 2]})
+    b = pl.DataFrame({"setl_id": ["S3"], "special_counted": [3]})
+    empty = pl.DataFrame(schema={"setl_id": pl.String})
+    for k, frame in enumerate([empty, a, b, a.head(1)]):
+        out.add(frame, k)
+    out.finish()
+    got = pl.read_parquet(tmp_path / "lines.parquet").sort("setl_id")
+    assert got["setl_id"].to_list() == ["S1", "S1", "S2", "S3"]
+    assert got["reasonable_counted"].to_list() == [1, 1, 2, None]
+    assert got["special_counted"].to_list() == [None, None, None, 3]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow.parquet as pq
 
 from hmb_batch.errors import ConfigError
 from hmb_batch.io.contracts import FEE_LINES, ROSTER, SETTLEMENTS, Contract
@@ -333,6 +334,45 @@ def cut_into_buckets(
     return CutBatch(folder, n, shape, dict(sorted(enrolled.items())), roster_schema)
 
 
+# outputs whose buckets' rows are written straight into the output file as they come (a set
+# of rows, in no fixed order): no part file written, read back and written again
+_STREAMED = ("lines", "quarantine")
+
+
+@dataclass
+class _Streamed:
+    """One output file written bucket by bucket; rows whose columns differ from the first
+    bucket's (another edition's costs) go to part files, added when the file is finished."""
+
+    path: Path
+    parts: Path
+    writer: pq.ParquetWriter | None = None
+    others: int = 0
+
+    def add(self, frame: pl.DataFrame, k: int) -> None:
+        table = frame.to_arrow()
+        if self.writer is None and frame.height:
+            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+        if self.writer is not None and table.schema.equals(self.writer.schema):
+            self.writer.write_table(table)
+        elif frame.height or self.writer is None:  # an empty bucket with another shape adds nothing
+            frame.write_parquet(self.parts / f"{k:06d}.parquet", compression="lz4")
+            self.others += 1
+
+    def finish(self) -> None:
+        """Close the file; add the part files' rows to it (all columns of both kept)."""
+        if self.writer is not None:
+            self.writer.close()
+        if not self.others:
+            return
+        frames = [pl.scan_parquet(f) for f in sorted(self.parts.glob("*.parquet"))]
+        if self.writer is not None:
+            written = self.path.with_suffix(".first.parquet")
+            self.path.rename(written)
+            frames.insert(0, pl.scan_parquet(written))
+        pl.concat(frames, how="diagonal_relaxed").sink_parquet(self.path, compression="zstd")
+
+
 @dataclass
 class BucketParts:
     """The buckets' results as part files in ``folder``, and their totals, added up as they come.
@@ -347,6 +387,7 @@ class BucketParts:
     with_ledger: bool
     in_memory: bool = False
     frames: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
+    streamed: dict[str, _Streamed] = field(default_factory=dict)
     totals: list[Totals] = field(default_factory=list)
     after: list[AfterExpectation] = field(default_factory=list)
     settlements_in: int = 0
@@ -378,7 +419,9 @@ class BucketParts:
         if result.ledger_rows is not None:
             outputs |= {f"ledger-{t}": rows for t, rows in result.ledger_rows.items()}
         for sub, frame in outputs.items():
-            if self.in_memory:
+            if sub in _STREAMED:
+                self._streamed(sub).add(frame, k)
+            elif self.in_memory:
                 self.frames.setdefault(sub, []).append(frame)
             else:  # spill files, read once: lz4 writes faster than zstd
                 frame.write_parquet(self.folder / sub / f"{k:06d}.parquet", compression="lz4")
@@ -394,6 +437,13 @@ class BucketParts:
         self.claim_years |= set(result.claim_years)
         if result.latest is not None and (self.latest is None or result.latest > self.latest):
             self.latest = result.latest
+
+    def _streamed(self, output: str) -> _Streamed:
+        if output not in self.streamed:
+            out = self.folder / "out"
+            out.mkdir(exist_ok=True)
+            self.streamed[output] = _Streamed(out / f"{output}.parquet", self.folder / output)
+        return self.streamed[output]
 
     def scan(self, output: str) -> pl.LazyFrame:
         """All buckets' parts of one output (bucket order)."""
@@ -432,8 +482,8 @@ class BucketParts:
             )
             source = parts
         _sorted_payout_file(source, files["payouts.parquet"], memory_limit, self.folder)
-        self.scan("quarantine").sink_parquet(files["quarantine.parquet"], compression="zstd")
-        self.scan("lines").sink_parquet(files["lines.parquet"], compression="zstd")
+        for output in _STREAMED:
+            self._streamed(output).finish()
         if csv:
             files["payouts.csv"] = out / "payouts.csv"
             to_text(pl.scan_parquet(files["payouts.parquet"]), responsibilities).sink_csv(
