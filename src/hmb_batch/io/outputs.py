@@ -8,7 +8,7 @@ from __future__ import annotations
 import polars as pl
 
 from hmb_batch.money import MONEY_OUT, to_decimal
-from hmb_batch.rules.engine import cum, inc
+from hmb_batch.rules.engine import COUNTED_SUFFIX, DISPOSITION_SUFFIX, cum, inc
 from hmb_batch.rules.validation import REASONS
 
 PAYOUT_COLUMNS = [
@@ -113,10 +113,26 @@ def payouts_frame(
     )
 
 
-def lines_frame(lines: pl.DataFrame) -> pl.DataFrame:
-    """The fee-line audit frame: money in yuan, one row per line (grouped by settlement)."""
-    money = [c for c, t in lines.collect_schema().items() if t == pl.Int64]
-    return lines.with_columns([to_decimal(pl.col(c)).alias(c) for c in money])
+# what lines.parquet repeats of a fee line: its key, its code and its total. The rest of the
+# line (list_type, chrgitm_lv, the component amounts) is in the fee-lines file, joined back on
+# (setl_id, feedetl_sn): the component amounts and two codes written again cost more than the
+# whole audit without them.
+AUDIT_REPEATS = ("setl_id", "feedetl_sn", "med_list_codg", "det_item_fee_sumamt")
+
+
+def lines_frame(audit: pl.DataFrame) -> pl.DataFrame:
+    """The fee-line audit file's frame from the engine's audit: each line's key, code and
+    total (:data:`AUDIT_REPEATS`), ``reasons``, what each cost counted of it (``<cost>_counted``)
+    and where each component went (``<component>__disposition``); money in yuan."""
+    names = audit.collect_schema().names()
+    kept = [
+        c
+        for c in names
+        if c in AUDIT_REPEATS or c == REASONS or c.endswith((COUNTED_SUFFIX, DISPOSITION_SUFFIX))
+    ]
+    return audit.select(
+        [to_decimal(pl.col(c)) if audit.schema[c] == pl.Int64 else pl.col(c) for c in kept]
+    )
 
 
 def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:

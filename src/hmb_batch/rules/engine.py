@@ -483,15 +483,13 @@ def _increments(
         "setl_id",
         "feedetl_sn",
         "med_list_codg",
-        "list_type",
-        "chrgitm_lv",
         "det_item_fee_sumamt",
         "fulamt_ownpay_amt",
         "overlmt_amt",
         "preselfpay_amt",
         "inscp_scp_amt",
         REASONS,
-        *[pl.col(f"line__{cid}").alias(f"{cid}_counted") for cid in line_costs],
+        *[pl.col(f"line__{cid}").alias(counted_column(cid)) for cid in line_costs],
         *dispositions,
     )
     return s, audit
@@ -519,9 +517,18 @@ def disposition_codes(plan: PlanSelection) -> pl.Enum:
     return pl.Enum(list(dict.fromkeys(codes)))
 
 
+DISPOSITION_SUFFIX = "__disposition"
+COUNTED_SUFFIX = "_counted"
+
+
 def disposition_column(component: str) -> str:
     """Audit column naming where a fee-line component went (see :func:`_component_dispositions`)."""
-    return f"{component}__disposition"
+    return f"{component}{DISPOSITION_SUFFIX}"
+
+
+def counted_column(cost_id: str) -> str:
+    """Audit column of what a line cost (e.g. reasonable) counted of the line."""
+    return f"{cost_id}{COUNTED_SUFFIX}"
 
 
 def _component_dispositions(
