@@ -78,3 +78,24 @@ def test_unmasked_payout_files_carry_the_full_values(tmp_path: Path) -> None:
     # reports stay free of personal data even then
     report = (tmp_path / "full" / "report.html").read_text(encoding="utf-8")
     assert not [x for x in set(people["psn_name"]) if x in report]
+
+
+def test_masking_hides_every_character_of_hostile_values() -> None:
+    # a line break inside a name or ID number is masked like any character (a regular
+    # expression's "." would have kept it, and the characters around it), and an empty or
+    # short value gives no more stars than it has characters
+    from hmb_batch.io.outputs import masked_certno, masked_name
+
+    values = ["张\n三\n丰", "33\n0102199001011234", "", "1234567", "张", None]
+    got = pl.DataFrame({"v": values}, schema={"v": pl.String}).select(
+        masked_name(pl.col("v")).alias("name"), masked_certno(pl.col("v")).alias("cert")
+    )
+    assert got["name"].to_list() == ["张****", "3" + "*" * 18, "", "1******", "张", None]
+    assert got["cert"].to_list() == [
+        "*****",
+        "33\n" + "*" * 12 + "1234",
+        "",
+        "*******",
+        "*",
+        None,
+    ]

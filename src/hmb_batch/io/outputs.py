@@ -26,19 +26,29 @@ PAYOUT_COLUMNS = [
 ]
 
 
+def _stars(n: pl.Expr) -> pl.Expr:
+    """``n`` asterisks (none for n <= 0): an empty text padded, not a regular expression run
+    over every character (whose ``.`` also left line breaks unmasked)."""
+    return pl.lit("").str.pad_end(n.clip(lower_bound=0), "*")
+
+
+def _length(expr: pl.Expr) -> pl.Expr:
+    # signed: len_chars is unsigned, and an empty text's length - 1 must not wrap around
+    return expr.str.len_chars().cast(pl.Int64)
+
+
 def masked_name(expr: pl.Expr) -> pl.Expr:
     """A name with every character after the first replaced by ``*`` (张三丰 → 张**)."""
-    return pl.concat_str(expr.str.slice(0, 1), expr.str.slice(1).str.replace_all(".", "*"))
+    return pl.concat_str(expr.str.slice(0, 1), _stars(_length(expr) - 1))
 
 
 def masked_certno(expr: pl.Expr) -> pl.Expr:
     """A certificate number with all but its first 3 and last 4 characters replaced by ``*``."""
-    n = expr.str.len_chars()
-    middle = expr.str.slice(3, (n - 7).clip(lower_bound=0)).str.replace_all(".", "*")
+    n = _length(expr)
     return (
         pl.when(n > 7)
-        .then(pl.concat_str(expr.str.slice(0, 3), middle, expr.str.slice(-4)))
-        .otherwise(expr.str.replace_all(".", "*"))
+        .then(pl.concat_str(expr.str.slice(0, 3), _stars(n - 7), expr.str.slice(-4)))
+        .otherwise(_stars(n))
     )
 
 

@@ -679,14 +679,15 @@ def adjudicate(
     flags = roster.select("psn_no", "plan_year", "pre_existing", "consecutive_years").unique(
         MEMBER_YEAR
     )
+    # a window ordered by ORDER, not a sort of the (wide) rows: the rows stay where they are
     rows = (
         rows.join(prior.accumulators, on=MEMBER_YEAR, how="left")
-        .sort([*MEMBER_YEAR, *ORDER])
         .with_columns(
             [
-                (pl.col(cum(c)).fill_null(0) + pl.col(inc(c)).cum_sum().over(MEMBER_YEAR)).alias(
-                    cum(c)
-                )
+                (
+                    pl.col(cum(c)).fill_null(0)
+                    + pl.col(inc(c)).cum_sum().over(MEMBER_YEAR, order_by=ORDER)
+                ).alias(cum(c))
                 for c in costs
             ]
         )

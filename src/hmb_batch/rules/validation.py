@@ -65,23 +65,23 @@ def _yuan(expr: pl.Expr) -> pl.Expr:
     return to_decimal(expr).cast(pl.String)
 
 
-def _line_checks(lines: pl.LazyFrame, reversal_ids: pl.LazyFrame) -> pl.LazyFrame:
-    """Per line, cheap boolean checks: unreadable or negative values, broken identity."""
+def _line_checks(lines: pl.LazyFrame) -> pl.LazyFrame:
+    """Per line, cheap boolean checks: unreadable values, negative amounts (bad outside a
+    reversal, which the settlement decides: no join of every line with the reversals), broken
+    identity."""
     money = FEE_LINES.of_kind(Kind.MONEY)
     total = pl.sum_horizontal(*[pl.col(c) for c in LINE_COMPONENTS])
     negative = pl.any_horizontal([(pl.col(c) < 0).fill_null(False) for c in money])
-    return (
-        lines.join(reversal_ids, on="setl_id", how="left")
-        .with_columns(pl.col(IS_REVERSAL).fill_null(False))
-        .with_columns(
-            (pl.col(ERRORS).is_not_null() | (negative & ~pl.col(IS_REVERSAL))).alias("_l_bad"),
-            (total != pl.col("det_item_fee_sumamt")).fill_null(False).alias("_l_identity"),
-        )
+    return lines.with_columns(
+        pl.col(ERRORS).is_not_null().alias("_l_unreadable"),
+        negative.alias("_l_negative"),
+        (total != pl.col("det_item_fee_sumamt")).fill_null(False).alias("_l_identity"),
     )
 
 
-def _line_messages(lines: pl.LazyFrame) -> pl.LazyFrame:
-    """Messages for lines with a problem (call on the few rejected lines only)."""
+def _line_messages(lines: pl.LazyFrame, reversal_ids: pl.LazyFrame) -> pl.LazyFrame:
+    """Messages for lines with a problem (the few suspect lines are joined with the reversals
+    to tell a reversal's negative amounts, which are fine, from the others)."""
     money = FEE_LINES.of_kind(Kind.MONEY)
     total = pl.sum_horizontal(*[pl.col(c) for c in LINE_COMPONENTS])
     negative = [
@@ -116,8 +116,13 @@ def _line_messages(lines: pl.LazyFrame) -> pl.LazyFrame:
             pl.col("_copies"),
         ),
     )
+    suspect = pl.col("_l_unreadable") | pl.col("_l_negative") | pl.col("_l_identity")
+    bad = pl.col("_l_unreadable") | (pl.col("_l_negative") & ~pl.col(IS_REVERSAL))
     return (
-        lines.filter(pl.col("_l_bad") | pl.col("_l_identity") | (pl.col("_variants") > 1))
+        lines.filter(suspect | (pl.col("_variants") > 1))
+        .join(reversal_ids, on="setl_id", how="left")
+        .with_columns(pl.col(IS_REVERSAL).fill_null(False))
+        .filter(bad | pl.col("_l_identity") | (pl.col("_variants") > 1))
         .with_columns(
             pl.concat_list(pl.col(ERRORS).fill_null([]), *negative).list.drop_nulls().alias("_bv"),
             pl.concat_list(identity).list.drop_nulls().alias("_id"),
@@ -210,11 +215,12 @@ def validate(
     )
     if not lines_unique:
         lines = lines.filter(_first_copy(line_key))
-    lines = _line_checks(lines, reversal_ids)
+    lines = _line_checks(lines)
     per_settlement = lines.group_by("setl_id").agg(
         pl.len().alias("_n_lines"),
         *[pl.col(c).sum().alias(f"_lines_{c}") for c in LINE_COMPONENTS],
-        pl.col("_l_bad").any().alias("_any_line_bad"),
+        pl.col("_l_unreadable").any().alias("_any_line_unreadable"),
+        pl.col("_l_negative").any().alias("_any_line_negative"),
         pl.col("_l_identity").any().alias("_any_line_identity"),
         (pl.col("_variants") > 1).any().alias("_any_line_conflict"),
     )
@@ -228,12 +234,19 @@ def validate(
     )
     if not settlements_unique:
         s = s.filter(_first_copy(["setl_id"]))
-    s = s.join(per_settlement, on="setl_id", how="left")
+    # a full join: the per-settlement rows of setl_ids no settlement has are the orphan lines'
+    s = s.with_columns(pl.lit(True).alias("_in_settlements")).join(
+        per_settlement, on="setl_id", how="full", coalesce=True
+    )
     money = SETTLEMENTS.of_kind(Kind.MONEY)
     total = pl.sum_horizontal(*[pl.col(c) for c in SETTLEMENT_COMPONENTS])
     flag_ok = pl.col("refd_setl_flag").is_null() | pl.col("refd_setl_flag").is_in(["0", "1"])
     negative = pl.any_horizontal([(pl.col(c) < 0).fill_null(False) for c in money])
     has_lines = pl.col("_n_lines").fill_null(0) > 0
+    # a line's negative amounts are fine when its setl_id is a reversal's (any copy's)
+    reversal_lines = (
+        pl.col(IS_REVERSAL) if settlements_unique else pl.col(IS_REVERSAL).any().over("setl_id")
+    )
     header_mismatch = pl.any_horizontal(
         [
             (pl.col(sc) != pl.col(f"_lines_{lc}")).fill_null(False)
@@ -245,7 +258,8 @@ def validate(
         | (negative & ~pl.col(IS_REVERSAL))
         | ~flag_ok
         | (pl.col(IS_REVERSAL) & pl.col("init_setl_id").is_null())
-        | pl.col("_any_line_bad").fill_null(False),
+        | pl.col("_any_line_unreadable").fill_null(False)
+        | (pl.col("_any_line_negative") & ~reversal_lines).fill_null(False),
         "AMOUNT_IDENTITY": (total != pl.col("medfee_sumamt")).fill_null(False)
         | pl.col("_any_line_identity").fill_null(False),
         "HEADER_LINE_MISMATCH": has_lines & header_mismatch,
@@ -260,11 +274,13 @@ def validate(
     s = s.with_columns(rejected_any.alias("_rejected"))
     if materialize is not None:
         lines, s = materialize([lines, s])
+    orphan_ids = s.filter(pl.col("_in_settlements").is_null()).select("setl_id")
+    s = s.filter(pl.col("_in_settlements").is_not_null())
     accepted = s.filter(~pl.col("_rejected")).drop(_scratch(s), ERRORS)
 
     # --- messages, for the rejected only ---------------------------------------------------
     rejected = s.filter(pl.col("_rejected")).with_columns(reasons.alias(REASONS))
-    rejected = rejected.join(_line_messages(lines), on="setl_id", how="left")
+    rejected = rejected.join(_line_messages(lines, reversal_ids), on="setl_id", how="left")
     bad_value = pl.concat_list(
         pl.col(ERRORS).fill_null([]),
         *[
@@ -359,8 +375,9 @@ def validate(
 
     rejected_ids = rejected.select("setl_id", REASONS, DETAIL).unique("setl_id")
     lines = lines.select(*FEE_LINES.names, ROW, FILE)
-    known = extract.settlements.select("setl_id").unique()
-    orphan_lines = lines.join(known, on="setl_id", how="anti").with_columns(
+    # the lines are matched against the few rejected and orphan ids (a null setl_id is an
+    # orphan too), not against every accepted setl_id
+    orphan_lines = lines.join(orphan_ids, on="setl_id", how="semi", nulls_equal=True).with_columns(
         pl.lit(["ORPHAN_FEE_LINES"]).alias(REASONS),
         pl.format(
             "{}: fee line {} of setl_id {}, which is not in the settlements file",
@@ -378,7 +395,12 @@ def validate(
     )
     return ValidatedBatch(
         settlements=accepted,
-        fee_lines=lines.join(accepted.select("setl_id"), on="setl_id", how="semi"),
+        fee_lines=lines.join(
+            pl.concat([rejected_ids.select("setl_id"), orphan_ids]),
+            on="setl_id",
+            how="anti",
+            nulls_equal=True,
+        ),
         quarantine=quarantine,
         repeats=repeats,
         repeated_lines=repeated_lines,
