@@ -50,6 +50,12 @@ from hmb_batch.rules.validation import (
     validate,
 )
 
+# A bucket is in memory already (its frames come in collected, sized by the run's memory
+# budget), so the streaming engine's bounded memory buys nothing here, and its start-up per
+# query (dozens per bucket) and its morsel pipelines cost more than the in-memory engine's
+# plans (BENCHMARKS.md: the kernel on one bucket, engine against engine).
+ENGINE = "in-memory"
+
 
 def collected(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
     return [f.lazy() for f in pl.collect_all(frames)]
@@ -228,7 +234,32 @@ def adjudicate_bucket(
     ``shape``: the extract's shape ('two-file' or 'wide'); ``files``: the input files (named in
     messages). Raises :class:`hmb_batch.errors.InputError` when the bucket's amounts are beyond
     what the engine can add up (see :func:`hmb_batch.rules.validation.batch_within_bounds`).
+
+    The bucket's queries run on Polars' in-memory engine (:data:`ENGINE`), set for the call
+    and restored after it.
     """
+    with pl.Config(set_engine_affinity=ENGINE):
+        return _adjudicate_bucket(
+            bucket,
+            plan=plan,
+            lists=lists,
+            batch_id=batch_id,
+            shape=shape,
+            files=files,
+            unmasked=unmasked,
+        )
+
+
+def _adjudicate_bucket(
+    bucket: Bucket,
+    *,
+    plan: PlanSelection,
+    lists: pl.DataFrame,
+    batch_id: str,
+    shape: str,
+    files: tuple[Path, ...],
+    unmasked: bool,
+) -> BucketResult:
     checked = check_extract(
         Extract(
             bucket.settlements.lazy(),
