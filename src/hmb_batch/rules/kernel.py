@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 
@@ -54,7 +55,7 @@ from hmb_batch.rules.validation import (
 # budget), so the streaming engine's bounded memory buys nothing here, and its start-up per
 # query (dozens per bucket) and its morsel pipelines cost more than the in-memory engine's
 # plans (BENCHMARKS.md: the kernel on one bucket, engine against engine).
-ENGINE = "in-memory"
+ENGINE: Final = "in-memory"
 
 
 def collected(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:

@@ -114,7 +114,22 @@ def no_line_sums() -> pl.DataFrame:
 
 def component_sums(frame: pl.LazyFrame, disposition: str | pl.Expr) -> pl.LazyFrame:
     """Long rows (component, disposition, amount_fen, lines) for each component of ``frame``."""
-    label = pl.lit(disposition) if isinstance(disposition, str) else disposition
+    if isinstance(disposition, str):  # one pass: every component's sum in one select
+        sums = frame.select(
+            pl.len().cast(pl.Int64).alias("lines"),
+            *[_fen(c).sum().alias(c) for c in LINE_COMPONENTS],
+        )
+        return (
+            sums.unpivot(
+                on=list(LINE_COMPONENTS),
+                index="lines",
+                variable_name="component",
+                value_name="amount_fen",
+            )
+            .filter(pl.col("lines") > 0)  # as a group-by of no rows: no row
+            .select("component", pl.lit(disposition).alias("disposition"), "amount_fen", "lines")
+        )
+    label = disposition
     parts = [
         frame.group_by(label.alias("disposition"))
         .agg(_fen(c).sum().alias("amount_fen"), pl.len().cast(pl.Int64).alias("lines"))
