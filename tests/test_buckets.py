@@ -91,6 +91,58 @@ def test_golden_year_in_buckets_equals_one_bucket(tmp_path: Path, ext: str) -> N
         assert memory[table] == parts[table], table
 
 
+def test_a_settlement_map_made_in_parts_places_every_row_as_the_whole_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a city-year's settlements do not fit in memory as one map from setl_id to bucket: the
+    # rows are first cut by setl_id into parts and each part's map is made in turn. The golden
+    # nights (repeated settlements, a copy naming another member, identical repeats) give the
+    # same files and ledger as one bucket, and the same bucket frames as the whole map
+    import hmb_batch.run.buckets as cut
+
+    monkeypatch.setattr(cut, "owner_parts", lambda settlements, limit: 3)
+    for mode, extra in (("memory", ("--buckets", "1")), ("parts", ("--buckets", "5"))):
+        new_ledger(tmp_path / f"{mode}.duckdb")
+        for name in NIGHTS:
+            r = run_cli(
+                golden_args(
+                    name,
+                    tmp_path / mode / name,
+                    "--csv",
+                    *extra,
+                    ledger=tmp_path / f"{mode}.duckdb",
+                )
+            )
+            assert r.exit_code == 0, r.output
+    for name in NIGHTS:
+        _same_outputs(tmp_path / "memory" / name, tmp_path / "parts" / name)
+    memory, parts = (ledger_snapshot(tmp_path / f"{m}.duckdb") for m in ("memory", "parts"))
+    assert memory == parts
+    b = GOLDEN / "batch_01"
+    whole, in_parts = (
+        cut.cut_into_buckets(
+            [b / "settlements.parquet"],
+            [b / "fees.parquet"],
+            GOLDEN / "roster.parquet",
+            7,
+            tmp_path / f"cut-{k}",
+            column_map={},
+            encoding="utf-8",
+            timezone="Asia/Shanghai",
+            rows_per_query=700,  # several chunks per file, and several slices per part
+            map_parts=k,
+        )
+        for k in (1, 3)
+    )
+    pairs = list(zip(whole.buckets(), in_parts.buckets(), strict=True))
+    assert len(pairs) == 7
+    for a, c in pairs:
+        assert_frame_equal(a.settlements, c.settlements)
+        assert_frame_equal(a.fee_lines, c.fee_lines)
+        assert_frame_equal(a.roster, c.roster)
+    assert not (tmp_path / "cut-3" / "by-setl").exists()  # the staged parts are gone
+
+
 def test_a_wide_extract_in_buckets(tmp_path: Path) -> None:
     b = GOLDEN / "batch_00"
     s = pl.read_parquet(b / "settlements.parquet")

@@ -253,6 +253,9 @@ def _buckets(
             encoding=inputs.encoding,
             timezone=inputs.timezone,
             rows_per_query=buckets.chunk_rows(memory_limit),
+            map_parts=buckets.owner_parts(
+                buckets.estimated_settlement_rows(header.extract_files), memory_limit
+            ),
         )
         clock.lap("cut_into_buckets")
         found = False

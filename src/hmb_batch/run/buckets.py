@@ -15,6 +15,11 @@ Python loop over rows or slices):
    naming another member still meets the first one in validation: CONFLICTING_DUPLICATE);
 3. settlement rows and fee lines, typed once, joined to that map and written by bucket.
 
+The map is made in parts (:func:`owner_parts`) when the batch has more settlements than one
+query types: the typed rows are then first written by a hash of ``setl_id``, and each part's
+map sends that part's rows to their buckets, so no query holds more than a chunk's worth of map
+whatever the batch's size.
+
 The payout file is sorted across buckets by DuckDB within :func:`duckdb_share` of the limit
 (spilling to the spill folder) for every B, so B buckets write the same bytes as one.
 """
@@ -25,6 +30,7 @@ import datetime as dt
 import math
 import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,7 +76,9 @@ RUNTIME_BYTES = 512 * MiB
 MIN_BUCKET_BYTES = 64 * MiB
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) buckets.
 CSV_BYTES_PER_LINE = 100
+CSV_BYTES_PER_SETTLEMENT = 200  # a generated settlement row is ~230 bytes
 BUCKET = "_bucket"
+SOURCE = "_source"  # which input file a row came from (its number in the batch's file list)
 _SEED = 0x484D42  # any fixed seed: buckets only need to agree within one run
 
 
@@ -101,15 +109,35 @@ def default_memory_limit() -> int:
     return max(total // 4, GiB)
 
 
-def estimated_fee_lines(files: list[Path]) -> int:
-    """Fee lines in the files: exact for Parquet (from the footer), an upper guess for CSV."""
+def _estimated_rows(files: list[Path], csv_bytes_per_row: int) -> int:
     total = 0
     for path in files:
         if detect_format(path) == "parquet":
             total += int(pl.scan_parquet(path).select(pl.len()).collect().item())
         else:
-            total += path.stat().st_size // CSV_BYTES_PER_LINE + 1
+            total += path.stat().st_size // csv_bytes_per_row + 1
     return total
+
+
+def estimated_fee_lines(files: list[Path]) -> int:
+    """Fee lines in the files: exact for Parquet (from the footer), an upper guess for CSV."""
+    return _estimated_rows(files, CSV_BYTES_PER_LINE)
+
+
+def estimated_settlement_rows(files: list[Path]) -> int:
+    """Settlement rows in the extract files: exact for Parquet, an upper guess for CSV (a wide
+    file's rows are its fee lines: more than its settlements, so the guess stays high)."""
+    return _estimated_rows(files, CSV_BYTES_PER_SETTLEMENT)
+
+
+def owner_parts(settlement_rows: int, memory_limit: int) -> int:
+    """In how many parts (by a hash of setl_id) the map from settlement to bucket is made
+    (see :func:`cut_into_buckets`): parts of at most :func:`chunk_rows` settlements. Each
+    query that sends a chunk of rows to their buckets joins them with a map, building its
+    hash table from the whole map: a map no bigger than the chunk keeps the query's memory
+    that of the chunk (10M fee lines in 45 buckets under 1 GiB: one map of 2M settlements
+    peaked at 1.18 GB, four parts at 0.90 GB, for 1.4 s more; BENCHMARKS.md)."""
+    return max(1, math.ceil(settlement_rows / chunk_rows(memory_limit)))
 
 
 def bucket_count(fee_lines: int, memory_limit: int) -> int:
@@ -227,16 +255,13 @@ def _with_errors(folder: Path, table: str, k: int) -> pl.LazyFrame | None:
 def _scan_part(folder: Path, k: int) -> pl.LazyFrame | None:
     """Bucket ``k`` of a table: its rows in input order (file, then row), as one bucket reads
     them from the files: which copy of a repeated settlement validation keeps first must not
-    depend on B (the streaming sinks keep no row order)."""
+    depend on B (the streaming sinks keep no row order). Every row carries its input file's
+    number (:data:`SOURCE`) and its row in that file (ROW)."""
     files = sorted(folder.glob(f"*/{BUCKET}={k}/*.parquet"))
     if not files:
         return None
-    # a part folder is one chunk of one input file (named file-chunk, in input order)
-    parts = [
-        pl.scan_parquet(f).with_columns(pl.lit(i, pl.UInt32).alias("_part"))
-        for i, f in enumerate(files)
-    ]
-    return pl.concat(parts, how="vertical_relaxed").sort("_part", ROW).drop("_part")
+    parts = [pl.scan_parquet(f) for f in files]
+    return pl.concat(parts, how="vertical_relaxed").sort(SOURCE, ROW).drop(SOURCE)
 
 
 def _empty_typed(contract: Contract) -> pl.DataFrame:
@@ -264,22 +289,31 @@ def cut_into_buckets(
     encoding: str,
     timezone: str,
     rows_per_query: int = 2_000_000,
+    map_parts: int = 1,
 ) -> CutBatch:
     """Write the roster and the extract by member bucket into ``folder`` (module docstring).
 
     Each input file is read in chunks of ``rows_per_query`` rows, each chunk one streaming
     query (see :func:`chunk_rows`). Stops the run (exit 8) on a bad roster row, as reading the
     roster whole does.
+
+    ``map_parts`` (see :func:`owner_parts`): with more than one, the map from settlement to
+    bucket would not fit in memory at once. The typed rows are then first written by a hash
+    of setl_id into that many parts, and each part's map is made and its rows sent to their
+    buckets in turn: one more write and read of the rows, memory bounded at any size.
     """
     folder.mkdir(parents=True, exist_ok=True)
 
     def write(
-        frames: dict[str, pl.LazyFrame], part: str, bucket: Callable[[pl.LazyFrame], pl.LazyFrame]
+        frames: dict[str, pl.LazyFrame],
+        part: str,
+        bucket: Callable[[pl.LazyFrame], pl.LazyFrame],
+        root: Path = folder,
     ) -> None:
         pl.collect_all(
             [
                 bucket(frame).sink_parquet(
-                    pl.PartitionBy(folder / table / part, key=BUCKET, include_key=False),
+                    pl.PartitionBy(root / table / part, key=BUCKET, include_key=False),
                     compression="lz4",
                     lazy=True,
                 )
@@ -296,7 +330,11 @@ def cut_into_buckets(
             raw, ROSTER, column_map=column_map, file_label=str(roster), timezone=timezone
         )
         empty_roster = with_errors(rows, errors).clear()
-        write({"roster": rows, f"roster{_ERRORS}": errors}, f"{j:06d}", by_member)
+        write(
+            {"roster": _from(rows, 0), f"roster{_ERRORS}": _from(errors, 0)},
+            f"{j:06d}",
+            by_member,
+        )
     problems: list[str] = []
     enrolled: Counter[int] = Counter()
     for k in range(n):
@@ -310,28 +348,105 @@ def cut_into_buckets(
     roster_schema = roster_frame(empty_roster.collect()).schema
 
     shape, roles = extract_roles(extract_files, fee_files or None)
-    claimed = pl.concat(
-        [
-            typed_frames_apart(
-                scan_raw(path, encoding, temp_dir=folder), path, role, column_map, timezone=timezone
-            )["settlements"][0].select("setl_id", "psn_no")
-            for path, role in roles
-            if role in ("settlements", "wide")
-        ],
-        how="vertical_relaxed",
-    )
-    owner = settlement_owners(claimed, n).collect()
 
-    def by_owner(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return with_bucket(frame, owner.lazy(), n)
+    def chunks() -> Iterator[tuple[str, dict[str, pl.LazyFrame]]]:
+        """Each chunk of each input file, typed: its part name and its tables."""
+        for i, (path, role) in enumerate(roles):
+            for j, raw in enumerate(raw_chunks(path, rows_per_query, encoding, temp_dir=folder)):
+                frames = typed_frames_apart(raw, path, role, column_map, timezone=timezone)
+                tables = {name: _from(rows, i) for name, (rows, _) in frames.items()}
+                tables |= {
+                    f"{name}{_ERRORS}": _from(errors, i) for name, (_, errors) in frames.items()
+                }
+                yield f"{i:06d}-{j:06d}", tables
 
-    for i, (path, role) in enumerate(roles):
-        for j, raw in enumerate(raw_chunks(path, rows_per_query, encoding, temp_dir=folder)):
-            frames = typed_frames_apart(raw, path, role, column_map, timezone=timezone)
-            tables = {name: rows for name, (rows, _) in frames.items()}
-            tables |= {f"{name}{_ERRORS}": errors for name, (_, errors) in frames.items()}
-            write(tables, f"{i:06d}-{j:06d}", by_owner)
+    if map_parts <= 1:
+        claimed = pl.concat(
+            [
+                typed_frames_apart(
+                    scan_raw(path, encoding, temp_dir=folder),
+                    path,
+                    role,
+                    column_map,
+                    timezone=timezone,
+                )["settlements"][0].select("setl_id", "psn_no")
+                for path, role in roles
+                if role in ("settlements", "wide")
+            ],
+            how="vertical_relaxed",
+        )
+        owner = settlement_owners(claimed, n).collect()
+
+        def by_owner(frame: pl.LazyFrame) -> pl.LazyFrame:
+            return with_bucket(frame, owner.lazy(), n)
+
+        for name, tables in chunks():
+            write(tables, name, by_owner)
+    else:
+        _cut_by_map_parts(chunks(), folder, n, map_parts, rows_per_query, write)
     return CutBatch(folder, n, shape, dict(sorted(enrolled.items())), roster_schema)
+
+
+def _from(frame: pl.LazyFrame, source: int) -> pl.LazyFrame:
+    """Rows with the number of the input file they came from (see :func:`_scan_part`)."""
+    return frame.with_columns(pl.lit(source, pl.UInt32).alias(SOURCE))
+
+
+def _cut_by_map_parts(
+    chunks: Iterator[tuple[str, dict[str, pl.LazyFrame]]],
+    folder: Path,
+    n: int,
+    parts: int,
+    rows_per_query: int,
+    write: Callable[
+        [dict[str, pl.LazyFrame], str, Callable[[pl.LazyFrame], pl.LazyFrame], Path], None
+    ],
+) -> None:
+    """The extract's rows to their buckets when the settlement map is made in ``parts``.
+
+    First every typed chunk is written by a hash of setl_id (``folder/by-setl``); then, part
+    by part, the map of that part's settlements is made and the part's rows, in slices of
+    ``rows_per_query``, are written to their buckets. A settlement, its copies and its fee
+    lines share a setl_id, so they are in one part, and the map of that part places them as
+    the whole map would.
+    """
+    staged = folder / "by-setl"
+
+    def by_setl(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(bucket_of("setl_id", parts).alias(BUCKET))
+
+    tables: set[str] = set()
+    for part, frames in chunks:
+        write(frames, part, by_setl, staged)
+        tables |= set(frames)
+    for k in range(parts):
+        files = {t: sorted((staged / t).glob(f"*/{BUCKET}={k}/*.parquet")) for t in tables}
+        settlement_files = files.get("settlements", [])
+        if not settlement_files and not any(files.values()):
+            continue
+        claimed = (
+            pl.scan_parquet(settlement_files).select("setl_id", "psn_no")
+            if settlement_files
+            else pl.LazyFrame(schema={"setl_id": pl.String, "psn_no": pl.String})
+        )
+        owner = settlement_owners(claimed, n).collect()
+
+        def by_owner(frame: pl.LazyFrame, owner: pl.DataFrame = owner) -> pl.LazyFrame:
+            return with_bucket(frame, owner.lazy(), n)
+
+        for table, found in files.items():
+            if not found:
+                continue
+            rows = pl.scan_parquet(found)
+            total = int(rows.select(pl.len()).collect().item())
+            for s, offset in enumerate(range(0, max(total, 1), rows_per_query)):
+                write(
+                    {table: rows.slice(offset, rows_per_query)},
+                    f"m{k:06d}-{s:06d}",
+                    by_owner,
+                    folder,
+                )
+    shutil.rmtree(staged, ignore_errors=True)
 
 
 # outputs whose buckets' rows are written straight into the output file as they come (a set
