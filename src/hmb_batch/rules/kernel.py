@@ -240,75 +240,54 @@ def adjudicate_bucket(
     and restored after it.
     """
     with pl.Config(set_engine_affinity=ENGINE):
-        return _adjudicate_bucket(
-            bucket,
-            plan=plan,
-            lists=lists,
-            batch_id=batch_id,
-            shape=shape,
-            files=files,
-            unmasked=unmasked,
+        checked = check_extract(
+            Extract(
+                bucket.settlements.lazy(),
+                bucket.fee_lines.lazy(),
+                shape,
+                files,
+            ),
+            batch_id,
         )
-
-
-def _adjudicate_bucket(
-    bucket: Bucket,
-    *,
-    plan: PlanSelection,
-    lists: pl.DataFrame,
-    batch_id: str,
-    shape: str,
-    files: tuple[Path, ...],
-    unmasked: bool,
-) -> BucketResult:
-    checked = check_extract(
-        Extract(
-            bucket.settlements.lazy(),
-            bucket.fee_lines.lazy(),
-            shape,
-            files,
-        ),
-        batch_id,
-    )
-    prior = _touched(bucket.prior, checked.settlements) if bucket.prior is not None else None
-    costs = cost_ids(plan)
-    responsibilities = responsibility_ids(plan)
-    years = plan_years(checked.settlements, prior)
-    done = run_engine(batch_id, plan, checked, bucket.roster, lists, prior, years)
-    payouts, audit, quarantine = done.payouts, done.lines, done.quarantine
-    rows = None
-    if prior is not None:
-        rows = batch_rows(batch_id, payouts, prior.accumulators.collect(), costs)
-    totals = batch_totals(
-        plan=plan,
-        line_sums=checked.line_sums,
-        fee_lines=checked.fee_lines.lazy(),
-        settlements=checked.settlements.lazy(),
-        roster=bucket.roster.lazy(),
-        payouts=payouts.lazy(),
-        audit=audit.lazy(),
-        quarantine=quarantine.lazy(),
-        prior=prior,
-        accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
-        costs=costs,
-    )
-    valid = checked.settlements
-    claims = valid.filter(~pl.col(IS_REVERSAL))
-    latest = valid["setl_time"].max() if valid.height else None
-    return BucketResult(
-        payouts=payouts,
-        payout_file=payouts_frame(payouts, costs, responsibilities, unmasked=unmasked),
-        lines=lines_frame(audit),
-        quarantine=masked_personal(quarantine, unmasked=unmasked),
-        ledger_rows=rows,
-        totals=totals,
-        after=AfterExpectation.of(payouts, prior, costs) if prior is not None else None,
-        settlements_in=checked.settlements_in,
-        fee_lines_in=checked.fee_lines_in,
-        identical_repeats=checked.identical_repeats,
-        repeated_fee_lines=checked.repeated_fee_lines,
-        absolute_fen=checked.absolute_fen,
-        years=years,
-        claim_years=plan_years(claims, None),
-        latest=latest,  # type: ignore[arg-type]
-    )
+        prior = _touched(bucket.prior, checked.settlements) if bucket.prior is not None else None
+        costs = cost_ids(plan)
+        responsibilities = responsibility_ids(plan)
+        years = plan_years(checked.settlements, prior)
+        done = run_engine(batch_id, plan, checked, bucket.roster, lists, prior, years)
+        payouts, audit, quarantine = done.payouts, done.lines, done.quarantine
+        rows = None
+        if prior is not None:
+            rows = batch_rows(batch_id, payouts, prior.accumulators.collect(), costs)
+        totals = batch_totals(
+            plan=plan,
+            line_sums=checked.line_sums,
+            fee_lines=checked.fee_lines.lazy(),
+            settlements=checked.settlements.lazy(),
+            roster=bucket.roster.lazy(),
+            payouts=payouts.lazy(),
+            audit=audit.lazy(),
+            quarantine=quarantine.lazy(),
+            prior=prior,
+            accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
+            costs=costs,
+        )
+        valid = checked.settlements
+        claims = valid.filter(~pl.col(IS_REVERSAL))
+        latest = valid["setl_time"].max() if valid.height else None
+        return BucketResult(
+            payouts=payouts,
+            payout_file=payouts_frame(payouts, costs, responsibilities, unmasked=unmasked),
+            lines=lines_frame(audit),
+            quarantine=masked_personal(quarantine, unmasked=unmasked),
+            ledger_rows=rows,
+            totals=totals,
+            after=AfterExpectation.of(payouts, prior, costs) if prior is not None else None,
+            settlements_in=checked.settlements_in,
+            fee_lines_in=checked.fee_lines_in,
+            identical_repeats=checked.identical_repeats,
+            repeated_fee_lines=checked.repeated_fee_lines,
+            absolute_fen=checked.absolute_fen,
+            years=years,
+            claim_years=plan_years(claims, None),
+            latest=latest,  # type: ignore[arg-type]
+        )

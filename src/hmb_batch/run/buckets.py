@@ -135,8 +135,7 @@ def owner_parts(settlement_rows: int, memory_limit: int) -> int:
     (see :func:`cut_into_buckets`): parts of at most :func:`chunk_rows` settlements. Each
     query that sends a chunk of rows to their buckets joins them with a map, building its
     hash table from the whole map: a map no bigger than the chunk keeps the query's memory
-    that of the chunk (10M fee lines in 45 buckets under 1 GiB: one map of 2M settlements
-    peaked at 1.18 GB, four parts at 0.90 GB, for 1.4 s more; BENCHMARKS.md)."""
+    that of the chunk, whatever the batch's size (BENCHMARKS.md has the measurements)."""
     return max(1, math.ceil(settlement_rows / chunk_rows(memory_limit)))
 
 
@@ -424,9 +423,9 @@ def _cut_by_map_parts(
         tables |= set(frames)
     for k in range(parts):
         files = {t: sorted((staged / t).glob(f"*/{BUCKET}={k}/*.parquet")) for t in tables}
-        settlement_files = files.get("settlements", [])
-        if not settlement_files and not any(files.values()):
+        if not any(files.values()):
             continue
+        settlement_files = files.get("settlements", [])
         claimed = (
             pl.scan_parquet(settlement_files).select("setl_id", "psn_no")
             if settlement_files
