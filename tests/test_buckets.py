@@ -98,42 +98,45 @@ def test_golden_year_in_buckets_equals_one_bucket(tmp_path: Path, ext: str) -> N
         assert memory[table] == parts[table], table
 
 
-def test_a_settlement_map_made_in_parts_places_every_row_as_the_whole_map(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_the_cut_puts_each_settlement_whole_in_one_part_and_each_member_in_one_bucket(
+    tmp_path: Path,
 ) -> None:
-    # a city-year's settlements do not fit in memory as one map from setl_id to bucket: the
-    # rows are first cut by setl_id into parts and each part's map is made in turn. The golden
-    # nights (repeated settlements, a copy naming another member, identical repeats) give the
-    # same files and ledger as one bucket, and the same bucket frames as the whole map
+    # validation needs every row and fee line of a settlement together (copies, conflicting
+    # duplicates, the header against its lines): the extract is cut by setl_id; the roster by
+    # member, the same hash the facts are sent to their member buckets by. Small queries (700
+    # rows) cut each file in several chunks: nothing is lost or doubled
     import hmb_batch.run.buckets as cut
 
-    monkeypatch.setattr(cut, "owner_parts", lambda settlements, limit: 3)
-    _golden_year_twice(tmp_path)
-    memory, parts = (ledger_snapshot(tmp_path / f"{m}.duckdb") for m in ("memory", "parts"))
-    assert memory == parts
     b = GOLDEN / "batch_01"
-    whole, in_parts = (
-        cut.cut_into_buckets(
-            [b / "settlements.parquet"],
-            [b / "fees.parquet"],
-            GOLDEN / "roster.parquet",
-            7,
-            tmp_path / f"cut-{k}",
-            column_map={},
-            encoding="utf-8",
-            timezone="Asia/Shanghai",
-            rows_per_query=700,  # several chunks per file, and several slices per part
-            map_parts=k,
-        )
-        for k in (1, 3)
+    batch = cut.cut_into_buckets(
+        [b / "settlements.parquet"],
+        [b / "fees.parquet"],
+        GOLDEN / "roster.parquet",
+        7,
+        3,
+        tmp_path / "cut",
+        column_map={},
+        encoding="utf-8",
+        timezone="Asia/Shanghai",
+        rows_per_query=700,
     )
-    pairs = list(zip(whole.buckets(), in_parts.buckets(), strict=True))
-    assert len(pairs) == 7
-    for a, c in pairs:
-        assert_frame_equal(a.settlements, c.settlements)
-        assert_frame_equal(a.fee_lines, c.fee_lines)
-        assert_frame_equal(a.roster, c.roster)
-    assert not (tmp_path / "cut-3" / "by-setl").exists()  # the staged parts are gone
+    parts = list(batch.line_parts())
+    assert len(parts) == 7
+    settlements = pl.concat([p.settlements.with_columns(part=pl.lit(k)) for k, p in parts])
+    lines = pl.concat([p.fee_lines.with_columns(part=pl.lit(k)) for k, p in parts])
+    s_in = pl.read_parquet(b / "settlements.parquet")
+    f_in = pl.read_parquet(b / "fees.parquet")
+    assert settlements.height == s_in.height and lines.height == f_in.height
+    both = pl.concat([settlements.select("setl_id", "part"), lines.select("setl_id", "part")])
+    assert both.group_by("setl_id").agg(pl.col("part").n_unique())["part"].max() == 1
+    for k, p in parts:  # each part keeps its rows in input order
+        assert p.fee_lines["_row"].is_sorted() and p.settlements["_row"].is_sorted(), k
+    rosters = [batch.roster(m).with_columns(bucket=pl.lit(m)) for m in range(3)]
+    roster = pl.concat(rosters)
+    assert roster.height == pl.read_parquet(GOLDEN / "roster.parquet").height
+    assert roster.group_by("psn_no").agg(pl.col("bucket").n_unique())["bucket"].max() == 1
+    expected = roster.select("psn_no", cut.bucket_of("psn_no", 3).alias("want"), "bucket")
+    assert (expected["want"] == expected["bucket"]).all()
 
 
 def test_a_wide_extract_in_buckets(tmp_path: Path) -> None:
@@ -345,8 +348,8 @@ def test_an_output_written_bucket_by_bucket_keeps_every_row_when_buckets_differ_
     a = pl.DataFrame({"setl_id": ["S1", "S2"], "reasonable_counted": [1, 2]})
     b = pl.DataFrame({"setl_id": ["S3"], "special_counted": [3]})
     empty = pl.DataFrame(schema={"setl_id": pl.String})
-    for k, frame in enumerate([empty, a, b, a.head(1)]):
-        out.add(frame, k)
+    for frame in [empty, a, b, a.head(1)]:
+        out.add(frame)
     out.finish()
     got = pl.read_parquet(tmp_path / "lines.parquet").sort("setl_id")
     assert got["setl_id"].to_list() == ["S1", "S1", "S2", "S3"]

@@ -27,9 +27,17 @@ from conftest import (
 from hmb_batch.io.extract import read_extract
 from hmb_batch.io.reference import load_lists, load_roster
 from hmb_batch.plan.catalog import select_plan
-from hmb_batch.rules.kernel import Bucket, adjudicate_bucket
-from hmb_batch.rules.reconcile import combine
-from hmb_batch.run.buckets import BUCKET, bucket_of, settlement_owners, with_bucket
+from hmb_batch.rules.kernel import (
+    Bucket,
+    LinePart,
+    MemberBucket,
+    adjudicate_bucket,
+    adjudicate_lines,
+    adjudicate_members,
+    settle_audit,
+)
+from hmb_batch.rules.reconcile import Totals, combine
+from hmb_batch.run.buckets import bucket_of
 
 NIGHTS = ("batch_00", "batch_01", "batch_02")
 
@@ -54,41 +62,76 @@ BATCH = _inputs("batch_00")
 WHOLE = _kernel(Bucket(BATCH[0], BATCH[1], BATCH[2]), BATCH[3])
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(n=st.integers(min_value=2, max_value=9))
-def test_any_number_of_member_buckets_gives_the_kernel_s_results_for_the_whole_batch(
-    n: int,
-) -> None:
+PLAN = select_plan("zhelibao", sorted(BATCH[3]["list"].unique().to_list()))
+
+
+def _by(frame: pl.DataFrame, column: str, n: int, k: int) -> pl.DataFrame:
+    return frame.filter(bucket_of(column, n) == k)
+
+
+def _staged(parts: int, members: int) -> dict[str, pl.DataFrame | Totals]:
+    """The batch through the kernel's three stages as a cut run makes them: ``parts`` parts
+    of whole settlements (by setl_id), ``members`` member buckets of their facts (by psn_no)."""
     settlements, fee_lines, roster, lists = BATCH
-    owners = settlement_owners(settlements.lazy().select("setl_id", "psn_no"), n).collect()
-    s = with_bucket(settlements.lazy(), owners.lazy(), n).collect()
-    f = with_bucket(fee_lines.lazy(), owners.lazy(), n).collect()
-    r = roster.with_columns(bucket_of("psn_no", n).alias(BUCKET))
-    results = []
-    for k in range(n):
-        results.append(
-            _kernel(
-                Bucket(
-                    s.filter(pl.col(BUCKET) == k).drop(BUCKET),
-                    f.filter(pl.col(BUCKET) == k).drop(BUCKET),
-                    r.filter(pl.col(BUCKET) == k).drop(BUCKET),
-                ),
-                lists,
-            )
+    common = dict(plan=PLAN, batch_id="b")
+    lined = [
+        adjudicate_lines(
+            LinePart(_by(settlements, "setl_id", parts, k), _by(fee_lines, "setl_id", parts, k)),
+            lists=lists,
+            shape="two-file",
+            **common,  # type: ignore[arg-type]
         )
-    order = ["setl_time", "setl_id"]
-    payout_file = pl.concat([x.payout_file for x in results]).sort(order)  # type: ignore[attr-defined]
-    assert_frame_equal(payout_file, WHOLE.payout_file)  # type: ignore[attr-defined]
-    lines = pl.concat([x.lines for x in results]).sort("setl_id", "feedetl_sn")  # type: ignore[attr-defined]
-    assert_frame_equal(lines, WHOLE.lines.sort("setl_id", "feedetl_sn"))  # type: ignore[attr-defined]
+        for k in range(parts)
+    ]
+    facts = pl.concat([x.facts for x in lined], how="diagonal_relaxed")
+    membered = [
+        adjudicate_members(
+            MemberBucket(_by(facts, "psn_no", members, m), _by(roster, "psn_no", members, m)),
+            **common,  # type: ignore[arg-type]
+        )
+        for m in range(members)
+    ]
+    denied = pl.concat([x.denied for x in membered])
+    removed = pl.concat([x.removed for x in membered])
+    settled = [
+        settle_audit(
+            x.audit,
+            _by(fee_lines, "setl_id", parts, k),
+            denied,
+            removed,
+            **common,  # type: ignore[arg-type]
+        )
+        for k, x in enumerate(lined)
+    ]
+    quarantine = [x.quarantine for x in (*lined, *membered, *settled) if x.quarantine.height]
+    return {
+        "payout_file": pl.concat([x.payout_file for x in membered]).sort("setl_time", "setl_id"),
+        "lines": pl.concat([x.lines for x in settled]).sort("setl_id", "feedetl_sn"),
+        "quarantine": pl.concat(quarantine, how="diagonal_relaxed"),
+        "totals": combine([x.totals for x in (*lined, *membered, *settled)]),
+    }
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(parts=st.integers(min_value=1, max_value=9), members=st.integers(min_value=1, max_value=9))
+def test_any_cut_into_parts_and_member_buckets_gives_the_kernel_s_results_for_the_whole_batch(
+    parts: int, members: int
+) -> None:
+    got = _staged(parts, members)
+    assert_frame_equal(got["payout_file"], WHOLE.payout_file)  # type: ignore[attr-defined]
+    assert_frame_equal(got["lines"], WHOLE.lines.sort("setl_id", "feedetl_sn"))  # type: ignore[attr-defined]
+    key = ["record", "_file", "_row"]
+    q = WHOLE.quarantine  # type: ignore[attr-defined]
+    assert_frame_equal(got["quarantine"].select(q.columns).sort(key), q.sort(key))  # type: ignore[union-attr]
     whole = combine([WHOLE.totals])  # type: ignore[attr-defined]
-    parts = combine([x.totals for x in results])  # type: ignore[attr-defined]
+    totals = got["totals"]
+    assert isinstance(totals, Totals)
     for name in ("components", "settlement_parts", "years", "payouts", "mismatches"):
-        a, b = getattr(parts, name), getattr(whole, name)
+        a, b = getattr(totals, name), getattr(whole, name)
         key = [c for c, d in a.schema.items() if d in (pl.String, pl.Int64, pl.Int32)]
         assert_frame_equal(a.sort(key), b.select(a.columns).sort(key), check_dtypes=False)
-    assert sum(x.settlements_in for x in results) == WHOLE.settlements_in  # type: ignore[attr-defined]
     assert WHOLE.payout_file["payout_amt"].sum() > 0  # type: ignore[attr-defined]
+    assert q.height > 0 and whole.mismatches.height == 0
 
 
 def test_the_kernel_is_deterministic_and_leaves_its_inputs_as_they_were() -> None:
@@ -103,16 +146,27 @@ def test_the_kernel_is_deterministic_and_leaves_its_inputs_as_they_were() -> Non
     assert_frame_equal(fee_lines, before[1])
 
 
-def test_a_conflicting_copy_of_a_settlement_meets_the_first_in_its_bucket() -> None:
-    # two rows with one setl_id and different members: both go to the smaller member's bucket,
-    # where validation sees the conflict, whatever the number of buckets
-    s = pl.DataFrame({"setl_id": ["S1", "S1", "S2"], "psn_no": ["M9", "M1", None]})
-    for n in (2, 7, 64):
-        owners = settlement_owners(s.lazy(), n).collect()
-        got = with_bucket(s.lazy(), owners.lazy(), n).collect()
-        assert got.filter(pl.col("setl_id") == "S1")[BUCKET].n_unique() == 1
-        m1 = pl.DataFrame({"psn_no": ["M1"]}).select(bucket_of("psn_no", n))
-        assert got.filter(pl.col("setl_id") == "S1")[BUCKET][0] == m1.item()
+def test_a_conflicting_copy_naming_another_member_is_quarantined_whatever_the_cut() -> None:
+    # two rows with one setl_id and different members: they share a part (the cut is by
+    # setl_id), where validation sees the conflict, and neither reaches a member bucket
+    settlements, fee_lines, _, _ = BATCH
+    first = settlements.filter(pl.col("setl_id") == settlements["setl_id"][0])
+    other = settlements.filter(pl.col("psn_no") != first["psn_no"][0])["psn_no"][0]
+    copy = first.with_columns(pl.lit(other).alias("psn_no"))
+    rows = pl.concat([settlements, copy])
+    for parts in (1, 2, 7, 64):
+        k = first.select(bucket_of("setl_id", parts)).item()
+        lined = adjudicate_lines(
+            LinePart(_by(rows, "setl_id", parts, k), _by(fee_lines, "setl_id", parts, k)),
+            plan=PLAN,
+            lists=BATCH[3],
+            batch_id="b",
+            shape="two-file",
+        )
+        q = lined.quarantine.filter(pl.col("setl_id") == first["setl_id"][0])
+        assert q.filter(pl.col("record") == "settlement").height == 2
+        assert all("CONFLICTING_DUPLICATE" in r for r in q["reasons"].to_list())
+        assert first["setl_id"][0] not in lined.facts["setl_id"].to_list()
 
 
 def test_b_buckets_write_byte_identical_payout_files_and_reconciliation(tmp_path: Path) -> None:

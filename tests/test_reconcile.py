@@ -198,12 +198,12 @@ def test_a_corrupted_increment_is_refused_naming_the_settlement(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ledger = tmp_path / "ledger.duckdb"
-    real = kernel.run_engine
+    real = kernel.adjudicate_settlements
     victim: list[str] = []
 
     def corrupt(*args: Any, **kw: Any) -> Any:
         done = real(*args, **kw)
-        paid = done.payouts.filter(pl.col("status") == "paid").sort("setl_id")
+        paid = done.payouts.filter(pl.col("status") == "paid").sort("setl_id").collect()
         victim.append(paid["setl_id"][0])
         bumped = pl.when(pl.col("setl_id") == victim[0])
         payouts = done.payouts.with_columns(
@@ -211,7 +211,7 @@ def test_a_corrupted_increment_is_refused_naming_the_settlement(
         )
         return dataclasses.replace(done, payouts=payouts)
 
-    monkeypatch.setattr(kernel, "run_engine", corrupt)
+    monkeypatch.setattr(kernel, "adjudicate_settlements", corrupt)
     error = _refused(tmp_path, ledger, "batch_00", "cost_counted.reasonable")
     assert victim[0] in str(error) and "expected" in str(error) and error.exit_code == 6
 
@@ -277,14 +277,42 @@ def test_the_commit_itself_checks_ledger_after_equals_before_plus_batch(
     assert ledger_snapshot(ledger) == before
 
 
-def _engine_fault(monkeypatch: pytest.MonkeyPatch, fault: Any, victim: list[str]) -> None:
-    """Wrap the engine stage of the kernel: ``fault(frames, victim)`` returns altered frames."""
-    real = kernel.run_engine
+@dataclasses.dataclass(frozen=True)
+class _Frames:
+    """What the engine's stages give, for a fault to alter: the payouts and the engine's
+    quarantine (the member stage), or the settled fee-line audit (``lines``)."""
 
-    def faulty(*args: Any, **kw: Any) -> Any:
-        return fault(real(*args, **kw), victim)
+    payouts: pl.DataFrame
+    quarantine: pl.DataFrame
+    lines: pl.DataFrame
 
-    monkeypatch.setattr(kernel, "run_engine", faulty)
+
+def _engine_fault(
+    monkeypatch: pytest.MonkeyPatch, fault: Any, victim: list[str], stage: str = "members"
+) -> None:
+    """Wrap one of the engine's stages in the kernel: ``fault(frames, victim)`` returns altered
+    frames: the payouts and quarantine of the member stage, or the settled line audit."""
+    empty = pl.DataFrame()
+    if stage == "members":
+        real_settlements = kernel.adjudicate_settlements
+
+        def faulty_settlements(*args: Any, **kw: Any) -> Any:
+            done = real_settlements(*args, **kw)
+            payouts, quarantine = pl.collect_all([done.payouts, done.quarantine])
+            frames = fault(_Frames(payouts, quarantine, empty), victim)
+            return dataclasses.replace(
+                done, payouts=frames.payouts.lazy(), quarantine=frames.quarantine.lazy()
+            )
+
+        monkeypatch.setattr(kernel, "adjudicate_settlements", faulty_settlements)
+        return
+    real_audit = kernel.settled_audit
+
+    def faulty_audit(*args: Any, **kw: Any) -> Any:
+        lines = real_audit(*args, **kw).collect()
+        return fault(_Frames(empty, empty, lines), victim).lines.lazy()
+
+    monkeypatch.setattr(kernel, "settled_audit", faulty_audit)
 
 
 def _bump(frame: pl.DataFrame, setl_id: str, col: str, by: int = 1) -> pl.DataFrame:
@@ -385,7 +413,12 @@ def test_item19_a_settlement_lost_by_the_engine_fails_the_settlement_count(
     monkeypatch.setattr(pipeline, "_check_balanced", lambda summary: None)
     error = _refused(tmp_path, ledger, "batch_00", r"settlements\.count")
     assert "expected 747, found 746" in str(error) and error.exit_code == 6
-    assert {i["name"] for i in _failed(tmp_path)} == {"settlements.count"}
+    # the lost settlement's lines are no longer denied: they are left at settlement level,
+    # where no settlement splits them
+    assert {i["name"] for i in _failed(tmp_path)} == {
+        "settlements.count",
+        "settlement_level.inscp_scp_amt",
+    }
 
 
 def test_item19_a_line_amount_changed_in_the_audit_fails_its_component(
@@ -407,7 +440,7 @@ def test_item19_a_line_amount_changed_in_the_audit_fails_its_component(
         )
 
     victim: list[str] = []
-    _engine_fault(monkeypatch, fault, victim)
+    _engine_fault(monkeypatch, fault, victim, stage="lines")
     error = _refused(
         tmp_path, tmp_path / "ledger.duckdb", "batch_00", r"fee_lines\.fulamt_ownpay_amt"
     )

@@ -17,7 +17,7 @@ loops are over plan years, costs and list names, never over members or settlemen
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import polars as pl
@@ -404,33 +404,54 @@ def _flag_lists(
     ).drop(index)
 
 
-def _increments(
-    judged: pl.LazyFrame,
+def code_sum(code: str) -> str:
+    """Column of a settlement's line amounts (all components) under disposition ``code``, as
+    its lines were disposed of before any denial (the reconciliation's per-settlement checks)."""
+    return f"codesum__{code}"
+
+
+def line_amount(cost_id: str) -> str:
+    """Column of what a fee-lines cost counted of a settlement's lines (before any denial)."""
+    return f"line__{cost_id}"
+
+
+def reconciled_codes(plan: PlanSelection) -> list[str]:
+    """The disposition codes whose per-settlement sums the reconciliation checks."""
+    codes = ["SETTLEMENT_LEVEL"] + [
+        counting_code(cid, c.audit_code) for e in plan.editions for cid, c in e.costs.items()
+    ]
+    return sorted(set(codes))
+
+
+def _line_rules(
+    originals: pl.LazyFrame,
     lines: pl.LazyFrame,
     lists: pl.LazyFrame,
     edition: CompiledEdition,
-    costs: list[str],
     codes: pl.Enum,
+    summed: list[str],
     materialize: Materialize | None = None,
 ) -> tuple[pl.LazyFrame, pl.LazyFrame]:
-    """Cost increments per settlement (zero when denied) and the fee-line audit (dispositions
-    as ``codes``, see :func:`disposition_codes`)."""
-    denied = pl.col("denials").list.len() > 0
+    """One plan year's fee lines through the edition's line rules, as if no settlement were
+    denied: per settlement, what each fee-lines cost counted and what its lines put under each
+    reconciled code (``summed``); and the fee-line audit. A denial is a per-settlement change
+    made afterwards (:func:`settled_audit`): every line rule is a function of the line and its
+    settlement's header, and a denied settlement counts nothing."""
     line_costs = {cid: c for cid, c in edition.costs.items() if c.line_amount is not None}
     settlement_costs = [cid for cid, c in edition.costs.items() if c.line_amount is None]
     # what each settlement cost counts, carried to the lines for their audit codes in the same
     # join that brings them the settlement's columns (a second join of every line cost more)
     settled = [
-        pl.when(denied | ~edition.costs[cid].in_scope)
+        pl.when(~edition.costs[cid].in_scope)
         .then(0)
         .otherwise(edition.costs[cid].settlement_amount)
         .cast(pl.Int64)
         .alias(f"_settle_{cid}")
         for cid in settlement_costs
     ]
-    settle_cols = ["setl_id", "batch_seq", "med_type", "denials", *settled]
+    settle_cols = ["setl_id", "batch_seq", "med_type", *settled]
     fl = _flag_lists(
-        lines.join(judged.select(settle_cols), on=["setl_id", "batch_seq"], how="inner"),
+        lines.join(originals.select(settle_cols), on=["setl_id", "batch_seq"], how="inner"),
         lists,
         edition.lists,
         materialize,
@@ -439,15 +460,126 @@ def _increments(
     for cid, c in line_costs.items():
         assert c.line_amount is not None
         line_amount_cols.append(
-            pl.when(c.in_scope & ~denied).then(c.line_amount).otherwise(0).alias(f"line__{cid}")
+            pl.when(c.in_scope).then(c.line_amount).otherwise(0).alias(line_amount(cid))
         )
     fl = fl.with_columns(line_amount_cols)
-    if materialize is not None:  # the payouts and the line audit both read the judged lines
-        (fl,) = materialize([fl])
-    per_settlement = fl.group_by("setl_id").agg(
-        [pl.col(f"line__{cid}").sum() for cid in line_costs]
+    no = pl.lit(False)
+    reasons: list[tuple[pl.Expr, str]] = []
+    for list_name, code in EXCLUSION_CODES.items():
+        if list_name in edition.lists:
+            reasons.append((pl.col(list_flag(list_name)), code))
+    for cid, c in edition.costs.items():
+        if c.not_admitted is not None:
+            code = next(iter(ADMISSION_CODES.values()))
+            reasons.append((c.not_admitted & c.in_scope, code))
+        if c.audit_code is None:
+            continue
+        if cid in line_costs:
+            counted = pl.col(line_amount(cid)) != 0
+        else:
+            counted = (pl.col("inscp_scp_amt") != 0) & (pl.col(f"_settle_{cid}") != 0)
+        reasons.append((counted, c.audit_code))
+    fl = fl.with_columns(
+        code_list(reasons).alias(REASONS), *_component_dispositions(edition, no, codes)
     )
-    s = judged.join(per_settlement, on="setl_id", how="left")
+    if materialize is not None:  # the per-settlement sums and the line audit both read it
+        (fl,) = materialize([fl])
+    per_settlement = fl.group_by("setl_id", "batch_seq").agg(
+        *[pl.col(line_amount(cid)).sum() for cid in line_costs],
+        *[
+            pl.sum_horizontal(
+                [
+                    pl.when(pl.col(disposition_column(k)) == code)
+                    .then(pl.col(k).fill_null(0))
+                    .otherwise(0)
+                    for k in LINE_COMPONENTS
+                ]
+            )
+            .sum()
+            .cast(pl.Int64)
+            .alias(code_sum(code))
+            for code in summed
+            if code in codes.categories
+        ],
+    )
+    audit = fl.select(
+        "setl_id",
+        "feedetl_sn",
+        "batch_seq",
+        "med_list_codg",
+        "det_item_fee_sumamt",
+        *LINE_COMPONENTS,
+        REASONS,
+        *[pl.col(line_amount(cid)).alias(counted_column(cid)) for cid in line_costs],
+        *[disposition_column(k) for k in LINE_COMPONENTS],
+    )
+    return per_settlement, audit
+
+
+def line_facts(
+    settlements: pl.LazyFrame,
+    fee_lines: pl.LazyFrame,
+    lists: pl.LazyFrame,
+    plan: PlanSelection,
+    *,
+    years: list[int],
+    materialize: Materialize | None = None,
+) -> tuple[pl.LazyFrame, pl.LazyFrame]:
+    """Validated settlements and their fee lines through the line rules: the settlements with
+    their line facts (:func:`line_amount` per fee-lines cost, :func:`code_sum` per reconciled
+    code), and the fee-line audit, both as if no settlement were denied.
+
+    Everything after this reads the settlements only, so a batch's fee lines are read once
+    and its members' work runs on settlement facts (a sixth of the rows, and narrow). Lines of
+    reversals and of plan years without an edition have no audit rows (a reversal counts the
+    negation of its original; the others are quarantined with their lines).
+    """
+    codes = disposition_codes(plan)
+    summed = reconciled_codes(plan)
+    s = settlements.with_columns(pl.col("setl_time").dt.year().cast(pl.Int64).alias("plan_year"))
+    sums: list[pl.LazyFrame] = []
+    audits: list[pl.LazyFrame] = []
+    for year in years:
+        edition = plan.for_year(year)
+        if edition is None:
+            continue
+        originals = s.filter(~pl.col(IS_REVERSAL) & (pl.col("plan_year") == year))
+        per_settlement, audit = _line_rules(
+            originals, fee_lines, lists, edition, codes, summed, materialize
+        )
+        sums.append(per_settlement)
+        audits.append(audit)
+    if sums:
+        facts = settlements.join(
+            pl.concat(sums, how="diagonal_relaxed"), on=["setl_id", "batch_seq"], how="left"
+        )
+        audit_all = pl.concat(audits, how="diagonal_relaxed")
+    else:
+        facts = settlements
+        audit_all = fee_lines.filter(pl.lit(False)).select(
+            "setl_id", "feedetl_sn", "batch_seq", pl.lit([], pl.List(pl.String)).alias(REASONS)
+        )
+    return facts, audit_all
+
+
+def complete_facts(facts: pl.LazyFrame, plan: PlanSelection) -> pl.LazyFrame:
+    """``facts`` with every line-fact column of ``plan`` (zero where a part had no lines of
+    an edition: only reversals, or another plan year)."""
+    names = set(facts.collect_schema().names())
+    wanted = [
+        line_amount(cid)
+        for e in plan.editions
+        for cid, c in e.costs.items()
+        if c.line_amount is not None
+    ] + [code_sum(code) for code in reconciled_codes(plan)]
+    return facts.with_columns(
+        pl.lit(0, pl.Int64).alias(c) for c in dict.fromkeys(wanted) if c not in names
+    )
+
+
+def _increments(judged: pl.LazyFrame, edition: CompiledEdition, costs: list[str]) -> pl.LazyFrame:
+    """Cost increments per settlement from its line facts (zero when denied)."""
+    denied = pl.col("denials").list.len() > 0
     inc_exprs = []
     for cid in costs:
         if cid not in edition.costs:
@@ -455,44 +587,50 @@ def _increments(
             continue
         c = edition.costs[cid]
         amount = c.settlement_amount
-        if cid in line_costs:
-            amount = amount + pl.col(f"line__{cid}").fill_null(0)
+        if c.line_amount is not None:
+            amount = amount + pl.col(line_amount(cid)).fill_null(0)
         inc_exprs.append(
             pl.when(denied | ~c.in_scope).then(0).otherwise(amount).cast(pl.Int64).alias(inc(cid))
         )
-    s = s.with_columns(inc_exprs).drop([f"line__{cid}" for cid in line_costs])
+    return judged.with_columns(inc_exprs)
 
-    # fee-line audit: why each line counted or not
-    reasons: list[tuple[pl.Expr, str]] = [(denied, "DENIED_SETTLEMENT")]
-    for list_name, code in EXCLUSION_CODES.items():
-        if list_name in edition.lists:
-            reasons.append((pl.col(list_flag(list_name)), code))
-    for cid, c in edition.costs.items():
-        if c.not_admitted is not None:
-            code = next(iter(ADMISSION_CODES.values()))
-            reasons.append((c.not_admitted & c.in_scope & ~denied, code))
-        if c.audit_code is None:
-            continue
-        if cid in line_costs:
-            counted = pl.col(f"line__{cid}") != 0
-        else:
-            counted = (pl.col("inscp_scp_amt") != 0) & (pl.col(f"_settle_{cid}") != 0)
-        reasons.append((counted & ~denied, c.audit_code))
-    dispositions = _component_dispositions(edition, denied, codes)
-    audit = fl.with_columns(code_list(reasons).alias(REASONS)).select(
-        "setl_id",
-        "feedetl_sn",
-        "med_list_codg",
-        "det_item_fee_sumamt",
-        "fulamt_ownpay_amt",
-        "overlmt_amt",
-        "preselfpay_amt",
-        "inscp_scp_amt",
-        REASONS,
-        *[pl.col(f"line__{cid}").alias(counted_column(cid)) for cid in line_costs],
-        *dispositions,
+
+def settled_audit(
+    audit: pl.LazyFrame, denied: pl.DataFrame, removed: pl.DataFrame, plan: PlanSelection
+) -> pl.LazyFrame:
+    """The fee-line audit once the settlements are decided (see :func:`line_facts`).
+
+    ``denied``: setl_id and batch_seq of the denied settlements: each of their lines counts
+    nothing and every component is DENIED_SETTLEMENT, its reasons DENIED_SETTLEMENT and the
+    lists that excluded it. ``removed``: the settlements the engine quarantined (their lines
+    are quarantined with them). Only the lines of those settlements are rewritten.
+    """
+    key = ["setl_id", "batch_seq"]
+    names = audit.collect_schema().names()
+    if "batch_seq" not in names:
+        audit = audit.with_columns(pl.lit(0, pl.Int64).alias("batch_seq"))
+    if removed.height:
+        audit = audit.join(removed.select(key).lazy(), on=key, how="anti")
+    if not denied.height:
+        return audit
+    codes = disposition_codes(plan)
+    exclusions = sorted(set(EXCLUSION_CODES.values()))
+    hit = audit.join(denied.select(key).lazy(), on=key, how="semi")
+    rest = audit.join(denied.select(key).lazy(), on=key, how="anti")
+    counted = [c for c in names if c.endswith(COUNTED_SUFFIX)]
+    hit = hit.with_columns(
+        *[pl.lit(0, pl.Int64).alias(c) for c in counted],
+        *[
+            pl.lit("DENIED_SETTLEMENT", codes).alias(disposition_column(k))
+            for k in LINE_COMPONENTS
+            if disposition_column(k) in names
+        ],
+        pl.concat_list(
+            pl.lit(["DENIED_SETTLEMENT"], pl.List(pl.String)),
+            pl.col(REASONS).list.eval(pl.element().filter(pl.element().is_in(exclusions))),
+        ).alias(REASONS),
     )
-    return s, audit
+    return pl.concat([rest, hit.select(rest.collect_schema().names())])
 
 
 def counting_code(cost_id: str, audit_code: str | None) -> str:
@@ -610,7 +748,9 @@ def adjudicate(
     years: list[int],
     materialize: Materialize | None = None,
 ) -> Adjudication:
-    """Adjudicate validated settlements (with ``batch_seq`` and ``batch_id``) under ``plan``.
+    """Adjudicate validated settlements (with ``batch_seq`` and ``batch_id``) and their fee
+    lines under ``plan``: :func:`line_facts`, then :func:`adjudicate_settlements`, then the
+    audit settled (:func:`settled_audit`).
 
     Fee lines carry ``batch_seq`` too: a run may hold several batches, and a setl_id repeated in
     a later batch (a duplicate) must not lend its lines to the first copy.
@@ -620,22 +760,50 @@ def adjudicate(
     a boolean. ``materialize`` (optional) may compute shared intermediate frames once (see
     :func:`hmb_batch.rules.validation.validate`). Returns lazy frames in fen.
     """
+    facts, audit = line_facts(
+        settlements, fee_lines, lists, plan, years=years, materialize=materialize
+    )
+    result = adjudicate_settlements(
+        facts, roster, plan, prior, years=years, materialize=materialize
+    )
+    payouts, quarantine = pl.collect_all([result.payouts, result.quarantine])
+    key = ["setl_id", "batch_seq"]
+    denied = payouts.filter(pl.col("status") == "denied").select(key)
+    removed = quarantine.select(key) if "batch_seq" in quarantine.columns else quarantine.clear()
+    return replace(
+        result,
+        payouts=payouts.lazy(),
+        quarantine=quarantine.lazy(),
+        lines=settled_audit(audit, denied, removed, plan),
+    )
+
+
+def adjudicate_settlements(
+    facts: pl.LazyFrame,
+    roster: pl.LazyFrame,
+    plan: PlanSelection,
+    prior: PriorState | None = None,
+    *,
+    years: list[int],
+    materialize: Materialize | None = None,
+) -> Adjudication:
+    """Adjudicate validated settlements with their line facts (:func:`line_facts`): sequence,
+    eligibility, costs, year to date, benefits. Reads no fee line: ``lines`` of the result is
+    empty (the audit is :func:`line_facts`' and :func:`settled_audit`'s). Returns lazy frames
+    in fen."""
     costs = cost_ids(plan)
     resps = responsibility_ids(plan)
-    codes = disposition_codes(plan)
     prior = prior or PriorState.empty(costs)
-    originals, reversals, quarantine = _sequence(settlements, prior, plan, years, materialize)
+    facts = complete_facts(facts, plan)
+    originals, reversals, quarantine = _sequence(facts, prior, plan, years, materialize)
 
     judged_parts: list[pl.LazyFrame] = []
-    audit_parts: list[pl.LazyFrame] = []
     for year in years:
         edition = plan.for_year(year)
         if edition is None:
             continue
-        judged = _denials(originals, roster, edition, year)
-        judged, audit = _increments(judged, fee_lines, lists, edition, costs, codes, materialize)
+        judged = _increments(_denials(originals, roster, edition, year), edition, costs)
         judged_parts.append(judged)
-        audit_parts.append(audit)
     if not judged_parts:
         empty_year = originals.filter(pl.lit(False))
         judged_parts.append(
@@ -728,13 +896,7 @@ def adjudicate(
     payouts = payouts.with_columns(status.alias("status"), pl.col("denials").alias(REASONS)).drop(
         "denials", "pre_existing", "consecutive_years"
     )
-    audit = (
-        pl.concat(audit_parts, how="diagonal_relaxed")
-        if audit_parts
-        else fee_lines.filter(pl.lit(False))
-        .select("setl_id", "feedetl_sn")
-        .with_columns(pl.lit([], pl.List(pl.String)).alias(REASONS))
-    )
+    audit = pl.LazyFrame(schema={"setl_id": pl.String, "feedetl_sn": pl.String})
     return Adjudication(payouts, audit, quarantine, costs, resps)
 
 

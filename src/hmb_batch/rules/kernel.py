@@ -25,19 +25,29 @@ from typing import Final
 
 import polars as pl
 
-from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS
-from hmb_batch.io.extract import FILE, ROW, Extract
+from hmb_batch.io.contracts import FEE_LINES, LINE_COMPONENTS, SETTLEMENTS, Contract
+from hmb_batch.io.extract import FILE, ROW, Extract, type_table
 from hmb_batch.io.outputs import lines_frame, masked_personal, payouts_frame
 from hmb_batch.ledger.store import batch_rows
 from hmb_batch.plan.catalog import PlanSelection
-from hmb_batch.rules.engine import PriorState, adjudicate, cost_ids, plan_years, responsibility_ids
+from hmb_batch.rules.engine import (
+    PriorState,
+    adjudicate_settlements,
+    cost_ids,
+    line_facts,
+    plan_years,
+    responsibility_ids,
+    settled_audit,
+)
 from hmb_batch.rules.reconcile import (
     IDENTICAL_REPEAT,
     INPUT,
     AfterExpectation,
     Totals,
-    batch_totals,
+    combine,
     component_sums,
+    line_totals,
+    member_totals,
 )
 from hmb_batch.rules.validation import (
     DETAIL,
@@ -47,7 +57,9 @@ from hmb_batch.rules.validation import (
     absolute_total,
     batch_within_bounds,
     keys_unique,
+    line_records,
     quarantine_frame,
+    settlement_records,
     validate,
 )
 
@@ -118,58 +130,6 @@ def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
     )
 
 
-@dataclass(frozen=True)
-class EngineFrames:
-    """The engine's results for one bucket, collected (money in fen)."""
-
-    payouts: pl.DataFrame  # one row per adjudicated settlement (in no particular order)
-    quarantine: pl.DataFrame  # validation's and the engine's, with batch_id
-    lines: pl.DataFrame  # the fee-line audit
-
-
-def run_engine(
-    batch_id: str,
-    plan: PlanSelection,
-    checked: CheckedFrames,
-    roster: pl.DataFrame,
-    lists: pl.DataFrame,
-    prior: PriorState | None,
-    years: list[int],
-) -> EngineFrames:
-    """Adjudicate checked settlements (sequence, eligibility, costs, year to date, benefits) and
-    put the engine's quarantine, with the fee lines of the settlements it rejected, after
-    validation's."""
-    result = adjudicate(
-        checked.settlements.lazy(),
-        checked.fee_lines.lazy(),
-        roster.lazy(),
-        lists.lazy(),
-        plan,
-        prior,
-        years=years,
-        materialize=collected,
-    )
-    # the streaming engine keeps no row order through joins and group-bys: the payout file is
-    # sorted where it is assembled, the (small) quarantine below; the line audit is a set
-    # (sorting 10M lines by their string keys cost more than writing them)
-    payouts, engine_q, audit = pl.collect_all([result.payouts, result.quarantine, result.lines])
-    quarantine = pl.concat(
-        [
-            checked.quarantine,
-            quarantine_frame(
-                engine_q.lazy(),
-                checked.fee_lines.lazy().join(
-                    engine_q.lazy().select("setl_id", REASONS, DETAIL), on="setl_id", how="inner"
-                ),
-            ).collect(),
-        ],
-        how="diagonal_relaxed",
-    ).with_columns(pl.lit(batch_id).alias("batch_id"))
-    order = [c for c in (RECORD, FILE, ROW, "setl_id", "feedetl_sn") if c in quarantine.columns]
-    quarantine = quarantine.sort(order, nulls_last=True, maintain_order=True)
-    return EngineFrames(payouts, quarantine, audit)
-
-
 def _touched(prior: PriorState, settlements: pl.DataFrame) -> PriorState:
     """The prior state of the valid settlements only: the caller reads it for every row of the
     bucket, and a quarantined row naming an old settlement must not add its plan year."""
@@ -181,6 +141,106 @@ def _touched(prior: PriorState, settlements: pl.DataFrame) -> PriorState:
     return PriorState(registry, prior.accumulators.join(members, on="psn_no", how="semi"))
 
 
+def _no_records() -> pl.DataFrame:
+    """A quarantine with no rows and every column a record may have (whichever stage gives it,
+    a bucket's quarantine has these columns, so the buckets' rows go into one file as is)."""
+
+    def typed(contract: Contract) -> pl.LazyFrame:
+        empty = pl.LazyFrame(schema={ROW: pl.UInt32, FILE: pl.Categorical})
+        return type_table(empty, contract, require=False).with_columns(
+            pl.lit(None, pl.List(pl.String)).alias(REASONS), pl.lit(None, pl.String).alias(DETAIL)
+        )
+
+    return quarantine_frame(typed(SETTLEMENTS), typed(FEE_LINES)).collect()
+
+
+_NO_RECORDS = _no_records()
+
+
+def _sorted_quarantine(frames: list[pl.DataFrame], batch_id: str) -> pl.DataFrame:
+    quarantine = pl.concat([_NO_RECORDS, *frames], how="diagonal_relaxed").with_columns(
+        pl.lit(batch_id).alias("batch_id")
+    )
+    order = [c for c in (RECORD, FILE, ROW, "setl_id", "feedetl_sn") if c in quarantine.columns]
+    return quarantine.sort(order, nulls_last=True, maintain_order=True)
+
+
+# --- 1. the lines: validation and the line rules, per part of whole settlements ------------
+
+
+@dataclass(frozen=True)
+class LinePart:
+    """Whole settlements of a batch: every settlement row and fee line of each of its setl_ids
+    (typed, not yet validated). A part is cut by a hash of setl_id, or is the whole batch."""
+
+    settlements: pl.DataFrame
+    fee_lines: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class LineResult:
+    """What a part's lines give: the accepted settlements with their line facts (what the
+    member stage reads), the fee-line audit as if no settlement were denied (settled by
+    :func:`settle_audit`), validation's quarantine, the line totals and the counts."""
+
+    facts: pl.DataFrame
+    audit: pl.DataFrame
+    quarantine: pl.DataFrame
+    totals: Totals
+    settlements_in: int
+    fee_lines_in: int
+    identical_repeats: int
+    repeated_fee_lines: int
+    absolute_fen: int
+
+
+def adjudicate_lines(
+    part: LinePart,
+    *,
+    plan: PlanSelection,
+    lists: pl.DataFrame,
+    batch_id: str,
+    shape: str,
+    files: tuple[Path, ...] = (),
+    unmasked: bool = False,
+) -> LineResult:
+    """Validate a part's settlements and run their fee lines through the line rules.
+
+    ``shape``: the extract's shape ('two-file' or 'wide'); ``files``: the input files (named in
+    messages). Raises :class:`hmb_batch.errors.InputError` when the part's amounts are beyond
+    what the engine can add up (see :func:`hmb_batch.rules.validation.batch_within_bounds`).
+    """
+    with pl.Config(set_engine_affinity=ENGINE):
+        checked = check_extract(
+            Extract(part.settlements.lazy(), part.fee_lines.lazy(), shape, files), batch_id
+        )
+        years = plan_years(checked.settlements, None)
+        facts, audit = line_facts(
+            checked.settlements.lazy(),
+            checked.fee_lines.lazy(),
+            lists.lazy(),
+            plan,
+            years=years,
+            materialize=collected,
+        )
+        facts_df, audit_df = pl.collect_all([facts, audit])
+        quarantine = _sorted_quarantine([checked.quarantine], batch_id)
+        return LineResult(
+            facts=facts_df,
+            audit=audit_df,
+            quarantine=masked_personal(quarantine, unmasked=unmasked),
+            totals=line_totals(quarantine=quarantine.lazy(), line_sums=checked.line_sums),
+            settlements_in=checked.settlements_in,
+            fee_lines_in=checked.fee_lines_in,
+            identical_repeats=checked.identical_repeats,
+            repeated_fee_lines=checked.repeated_fee_lines,
+            absolute_fen=checked.absolute_fen,
+        )
+
+
+# --- 2. the members: eligibility, costs, year to date, benefits, per bucket of members ------
+
+
 @dataclass(frozen=True)
 class Bucket:
     """One bucket's inputs: its members' typed settlement rows and fee lines (not yet validated),
@@ -190,6 +250,157 @@ class Bucket:
     fee_lines: pl.DataFrame
     roster: pl.DataFrame
     prior: PriorState | None = None
+
+
+@dataclass(frozen=True)
+class MemberBucket:
+    """A bucket of members: their settlements' facts (:attr:`LineResult.facts` of every part,
+    the rows of these members), their checked roster rows, the ledger's prior state for them
+    (None: no ledger)."""
+
+    facts: pl.DataFrame
+    roster: pl.DataFrame
+    prior: PriorState | None = None
+
+
+@dataclass(frozen=True)
+class MemberResult:
+    """What a bucket of members gives.
+
+    ``payouts``: the engine's frame (fen), in no particular order; ``payout_file`` and
+    ``quarantine``: rows of payouts.parquet and quarantine.parquet (the settlements the engine
+    quarantined; personal data masked unless asked); ``ledger_rows``: what the ledger inserts
+    (None without a ledger); ``totals``: the reconciliation's sums; ``after``: what the ledger
+    must hold after the commit for these members; ``denied`` and ``removed``: the settlements
+    whose fee-line audit changes (:func:`settle_audit`), ``removed`` with the reasons and detail
+    their lines are quarantined with.
+    """
+
+    payouts: pl.DataFrame
+    payout_file: pl.DataFrame
+    quarantine: pl.DataFrame
+    ledger_rows: dict[str, pl.DataFrame] | None
+    totals: Totals
+    after: AfterExpectation | None
+    denied: pl.DataFrame
+    removed: pl.DataFrame
+    years: list[int]  # plan years of the bucket (and of its prior registry)
+    claim_years: list[int]  # plan years of its valid non-reversals
+    latest: dt.datetime | None  # its latest valid setl_time
+
+
+SETTLEMENT_KEY = ["setl_id", "batch_seq"]
+
+
+def adjudicate_members(
+    bucket: MemberBucket,
+    *,
+    plan: PlanSelection,
+    batch_id: str,
+    unmasked: bool = False,
+) -> MemberResult:
+    """Adjudicate a bucket of members' settlements from their facts (see the module
+    docstring): sequence, eligibility, costs, year to date, benefits."""
+    with pl.Config(set_engine_affinity=ENGINE):
+        valid = bucket.facts
+        prior = _touched(bucket.prior, valid) if bucket.prior is not None else None
+        costs = cost_ids(plan)
+        responsibilities = responsibility_ids(plan)
+        years = plan_years(valid, prior)
+        result = adjudicate_settlements(
+            valid.lazy(), bucket.roster.lazy(), plan, prior, years=years, materialize=collected
+        )
+        payouts, engine_q = pl.collect_all([result.payouts, result.quarantine])
+        quarantine = _sorted_quarantine([settlement_records(engine_q.lazy()).collect()], batch_id)
+        rows = None
+        if prior is not None:
+            rows = batch_rows(batch_id, payouts, prior.accumulators.collect(), costs)
+        totals = member_totals(
+            plan=plan,
+            facts=valid.lazy(),
+            roster=bucket.roster.lazy(),
+            payouts=payouts.lazy(),
+            prior=prior,
+            accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
+            costs=costs,
+        )
+        claims = valid.filter(~pl.col(IS_REVERSAL))
+        latest = valid["setl_time"].max() if valid.height else None
+        return MemberResult(
+            payouts=payouts,
+            payout_file=payouts_frame(payouts, costs, responsibilities, unmasked=unmasked),
+            quarantine=masked_personal(quarantine, unmasked=unmasked),
+            ledger_rows=rows,
+            totals=totals,
+            after=AfterExpectation.of(payouts, prior, costs) if prior is not None else None,
+            denied=payouts.filter(pl.col("status") == "denied").select(SETTLEMENT_KEY),
+            removed=engine_q.select(*SETTLEMENT_KEY, REASONS, DETAIL),
+            years=years,
+            claim_years=plan_years(claims, None),
+            latest=latest,  # type: ignore[arg-type]
+        )
+
+
+# --- 3. the audit settled: denials and the engine's quarantine, per part of whole settlements
+
+
+@dataclass(frozen=True)
+class SettledLines:
+    """A part's fee-line audit once its settlements are decided: rows of lines.parquet, the
+    fee lines quarantined with the settlements the engine quarantined, and their totals."""
+
+    lines: pl.DataFrame
+    quarantine: pl.DataFrame
+    totals: Totals
+
+
+def settle_audit(
+    audit: pl.DataFrame,
+    fee_lines: pl.DataFrame,
+    denied: pl.DataFrame,
+    removed: pl.DataFrame,
+    *,
+    plan: PlanSelection,
+    batch_id: str,
+    unmasked: bool = False,
+) -> SettledLines:
+    """Settle a part's audit (:attr:`LineResult.audit`) with the member stage's decisions.
+
+    ``fee_lines``: the part's typed fee lines as read (only those of ``removed`` settlements
+    are read: they go to quarantine, one copy of an identical repeat); ``denied`` and
+    ``removed``: from :class:`MemberResult` (any settlements; those of other parts match none
+    of this part's lines).
+    """
+    with pl.Config(set_engine_affinity=ENGINE):
+        settled = settled_audit(audit.lazy(), denied, removed, plan).collect()
+        quarantine = pl.DataFrame()
+        # a removed settlement was accepted by validation: its lines are the part's lines of
+        # its setl_id, one copy of each identical repeat
+        lines = fee_lines.join(removed.select("setl_id"), on="setl_id", how="semi")
+        if lines.height:
+            lines = lines.unique(["setl_id", "feedetl_sn"], keep="first", maintain_order=True)
+            why = removed.lazy().select("setl_id", REASONS, DETAIL).unique("setl_id")
+            quarantine = _sorted_quarantine(
+                [line_records(lines.lazy().join(why, on="setl_id")).collect()],
+                batch_id,
+            )
+        totals = line_totals(
+            quarantine=quarantine.lazy() if quarantine.height else _NO_QUARANTINE,
+            audit=settled.lazy(),
+        )
+        return SettledLines(
+            lines_frame(settled),
+            masked_personal(quarantine, unmasked=unmasked) if quarantine.height else quarantine,
+            totals,
+        )
+
+
+_NO_QUARANTINE = pl.LazyFrame(
+    schema={"record": pl.String, **{c: pl.Decimal(18, 2) for c in LINE_COMPONENTS}}
+)
+
+
+# --- one bucket of members, whole: the three stages in turn -------------------------------
 
 
 @dataclass(frozen=True)
@@ -230,64 +441,58 @@ def adjudicate_bucket(
     files: tuple[Path, ...] = (),
     unmasked: bool = False,
 ) -> BucketResult:
-    """Validate and adjudicate one bucket of members (see the module docstring).
+    """Validate and adjudicate one bucket of members whole: :func:`adjudicate_lines`, then
+    :func:`adjudicate_members`, then :func:`settle_audit` (see the module docstring).
 
     ``shape``: the extract's shape ('two-file' or 'wide'); ``files``: the input files (named in
     messages). Raises :class:`hmb_batch.errors.InputError` when the bucket's amounts are beyond
     what the engine can add up (see :func:`hmb_batch.rules.validation.batch_within_bounds`).
-
-    The bucket's queries run on Polars' in-memory engine (:data:`ENGINE`), set for the call
-    and restored after it.
     """
-    with pl.Config(set_engine_affinity=ENGINE):
-        checked = check_extract(
-            Extract(
-                bucket.settlements.lazy(),
-                bucket.fee_lines.lazy(),
-                shape,
-                files,
-            ),
-            batch_id,
-        )
-        prior = _touched(bucket.prior, checked.settlements) if bucket.prior is not None else None
-        costs = cost_ids(plan)
-        responsibilities = responsibility_ids(plan)
-        years = plan_years(checked.settlements, prior)
-        done = run_engine(batch_id, plan, checked, bucket.roster, lists, prior, years)
-        payouts, audit, quarantine = done.payouts, done.lines, done.quarantine
-        rows = None
-        if prior is not None:
-            rows = batch_rows(batch_id, payouts, prior.accumulators.collect(), costs)
-        totals = batch_totals(
-            plan=plan,
-            line_sums=checked.line_sums,
-            fee_lines=checked.fee_lines.lazy(),
-            settlements=checked.settlements.lazy(),
-            roster=bucket.roster.lazy(),
-            payouts=payouts.lazy(),
-            audit=audit.lazy(),
-            quarantine=quarantine.lazy(),
-            prior=prior,
-            accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
-            costs=costs,
-        )
-        valid = checked.settlements
-        claims = valid.filter(~pl.col(IS_REVERSAL))
-        latest = valid["setl_time"].max() if valid.height else None
-        return BucketResult(
-            payouts=payouts,
-            payout_file=payouts_frame(payouts, costs, responsibilities, unmasked=unmasked),
-            lines=lines_frame(audit),
-            quarantine=masked_personal(quarantine, unmasked=unmasked),
-            ledger_rows=rows,
-            totals=totals,
-            after=AfterExpectation.of(payouts, prior, costs) if prior is not None else None,
-            settlements_in=checked.settlements_in,
-            fee_lines_in=checked.fee_lines_in,
-            identical_repeats=checked.identical_repeats,
-            repeated_fee_lines=checked.repeated_fee_lines,
-            absolute_fen=checked.absolute_fen,
-            years=years,
-            claim_years=plan_years(claims, None),
-            latest=latest,  # type: ignore[arg-type]
-        )
+    lined = adjudicate_lines(
+        LinePart(bucket.settlements, bucket.fee_lines),
+        plan=plan,
+        lists=lists,
+        batch_id=batch_id,
+        shape=shape,
+        files=files,
+        unmasked=True,
+    )
+    members = adjudicate_members(
+        MemberBucket(lined.facts, bucket.roster, bucket.prior),
+        plan=plan,
+        batch_id=batch_id,
+        unmasked=True,
+    )
+    settled = settle_audit(
+        lined.audit,
+        bucket.fee_lines,
+        members.denied,
+        members.removed,
+        plan=plan,
+        batch_id=batch_id,
+        unmasked=True,
+    )
+    quarantine = _sorted_quarantine(
+        [f for f in (lined.quarantine, members.quarantine, settled.quarantine) if f.width],
+        batch_id,
+    )
+    costs = cost_ids(plan)
+    return BucketResult(
+        payouts=members.payouts,
+        payout_file=payouts_frame(
+            members.payouts, costs, responsibility_ids(plan), unmasked=unmasked
+        ),
+        lines=settled.lines,
+        quarantine=masked_personal(quarantine, unmasked=unmasked),
+        ledger_rows=members.ledger_rows,
+        totals=combine([lined.totals, members.totals, settled.totals]),
+        after=members.after,
+        settlements_in=lined.settlements_in,
+        fee_lines_in=lined.fee_lines_in,
+        identical_repeats=lined.identical_repeats,
+        repeated_fee_lines=lined.repeated_fee_lines,
+        absolute_fen=lined.absolute_fen,
+        years=members.years,
+        claim_years=members.claim_years,
+        latest=members.latest,
+    )

@@ -34,12 +34,15 @@ from hmb_batch.plan.compiled import CompiledEdition
 from hmb_batch.rules.engine import (
     MEMBER_YEAR,
     PriorState,
+    code_sum,
+    complete_facts,
     counting_code,
     cum,
     disposition_column,
     inc,
+    reconciled_codes,
 )
-from hmb_batch.rules.validation import IS_REVERSAL
+from hmb_batch.rules.validation import IS_REVERSAL, LINES_N, line_total
 
 SHOW = 5  # settlements or members named per failed identity
 
@@ -180,46 +183,73 @@ def _mismatches(frame: pl.LazyFrame, identity: str, key: str) -> pl.LazyFrame:
     )
 
 
-def batch_totals(
+def line_totals(
+    *,
+    quarantine: pl.LazyFrame,
+    line_sums: pl.DataFrame | None = None,
+    audit: pl.LazyFrame | None = None,
+) -> Totals:
+    """The fee-line component totals of one part of a batch's lines.
+
+    ``line_sums``: :func:`component_sums` of the typed fee lines as read, before validation
+    (``INPUT``), and of the copies validation dropped as identical repeats; ``quarantine``:
+    quarantine records (amounts in yuan; its fee-line records count as ``QUARANTINED``);
+    ``audit``: the settled fee-line audit (its lines by disposition).
+    """
+    parts = [component_sums(quarantined_line_fen(quarantine), QUARANTINED)]
+    if line_sums is not None:
+        parts.append(line_sums.lazy())
+    if audit is not None:
+        present = set(audit.collect_schema().names())
+        audit = audit.with_columns(  # an empty batch's audit may lack them: nothing to dispose of
+            *[
+                pl.lit(None, pl.String).alias(disposition_column(c))
+                for c in LINE_COMPONENTS
+                if disposition_column(c) not in present
+            ],
+            *[pl.lit(None, pl.Int64).alias(c) for c in LINE_COMPONENTS if c not in present],
+        )
+        parts.append(_audit_sums(audit))
+    components = (
+        pl.concat(parts)
+        .group_by("component", "disposition")
+        .agg(pl.col("amount_fen").sum(), pl.col("lines").sum())
+        .collect()
+    )
+    return Totals.of_lines(components)
+
+
+def member_totals(
     *,
     plan: PlanSelection,
-    line_sums: pl.DataFrame,
-    fee_lines: pl.LazyFrame,
-    settlements: pl.LazyFrame,
+    facts: pl.LazyFrame,
     roster: pl.LazyFrame,
     payouts: pl.LazyFrame,
-    audit: pl.LazyFrame,
-    quarantine: pl.LazyFrame,
     prior: PriorState | None,
     accumulator_log: pl.LazyFrame | None,
     costs: Sequence[str],
 ) -> Totals:
-    """Reduce one batch (or one member bucket) to the totals the identities compare.
+    """Reduce one member bucket's adjudication to the totals the settlement and batch
+    identities compare, and its valid reversals' fee lines (``REVERSAL``).
 
-    ``line_sums``: :func:`component_sums` of the typed fee lines as read, before validation
-    (``INPUT``), and of the copies validation dropped as identical repeats; ``fee_lines``
-    and ``settlements``: the checked frames the engine read; ``payouts``, ``audit`` and
-    ``quarantine``: the engine's results (quarantine with validation's, amounts in yuan);
+    ``facts``: the settlements the engine read, with their line facts
+    (:func:`hmb_batch.rules.engine.line_facts`); ``payouts``: the engine's;
     ``accumulator_log``: the ledger rows the batch would insert (None without a ledger).
     """
-    present = set(audit.collect_schema().names())
-    audit = audit.with_columns(  # an empty batch's audit may lack them: no lines to dispose of
-        *[
-            pl.lit(None, pl.String).alias(disposition_column(c))
-            for c in LINE_COMPONENTS
-            if disposition_column(c) not in present
-        ],
-        *[pl.lit(None, pl.Int64).alias(c) for c in LINE_COMPONENTS if c not in present],
+    key = ["setl_id", "batch_seq"]
+    facts = complete_facts(facts, plan)
+    reversals = payouts.filter(pl.col(IS_REVERSAL)).select(key)
+    reversal_lines = facts.join(reversals, on=key, how="semi").select(
+        pl.lit(REVERSAL).alias("disposition"),
+        pl.col(LINES_N).fill_null(0).sum().cast(pl.Int64).alias("lines"),
+        *[_fen(line_total(c)).sum().alias(c) for c in LINE_COMPONENTS],
     )
-    reversal_ids = payouts.filter(pl.col(IS_REVERSAL)).select("setl_id")
-    components = pl.concat(
-        [
-            line_sums.lazy(),
-            component_sums(quarantined_line_fen(quarantine), QUARANTINED),
-            component_sums(fee_lines.join(reversal_ids, on="setl_id", how="semi"), REVERSAL),
-            _audit_sums(audit),
-        ]
-    )
+    components = reversal_lines.unpivot(
+        on=list(LINE_COMPONENTS),
+        index=["disposition", "lines"],
+        variable_name="component",
+        value_name="amount_fen",
+    ).filter(pl.col("lines") > 0)
     # only the header columns the cost checks read: the whole header of every settlement cost
     # as much to join as the checks themselves
     read: set[str] = set()
@@ -228,32 +258,28 @@ def batch_totals(
             read |= set(c.in_scope.meta.root_names()) | set(c.settlement_amount.meta.root_names())
             read |= {n for n in (c.start, *c.less_funds, *c.less_after) if n is not None}
     have = set(payouts.collect_schema().names())
-    header = [c for c in settlements.collect_schema().names() if c in read and c not in have]
-    codes = [SETTLEMENT_LEVEL] + [
-        counting_code(cid, c.audit_code) for e in plan.editions for cid, c in e.costs.items()
-    ]
-    originals, by_setl = pl.collect_all(
+    names = facts.collect_schema().names()
+    header = [c for c in names if c in read and c not in have]
+    sums = [code_sum(c) for c in reconciled_codes(plan)]
+    (originals,) = pl.collect_all(
         [
             payouts.filter(~pl.col(IS_REVERSAL)).join(
-                settlements.select("setl_id", *header), on="setl_id", how="left"
+                facts.select(*key, *header, *sums), on=key, how="left"
             ),
-            _per_settlement(audit, codes),
         ]
     )
     parts: list[pl.LazyFrame] = []
     mismatches: list[pl.LazyFrame] = []
     for edition in {e.id: e for e in plan.editions}.values():
         mine = originals.filter(pl.col("edition") == edition.id)
-        p, m = _cost_checks(edition, mine, by_setl, costs)
+        p, m = _cost_checks(edition, mine, costs)
         parts += p
         mismatches += m
     years, payout_years, m = _batch_level(plan, payouts, roster, prior, accumulator_log, costs)
     mismatches += m
     frames = pl.collect_all(
         [
-            components.group_by("component", "disposition").agg(
-                pl.col("amount_fen").sum(), pl.col("lines").sum()
-            ),
+            components.select("component", "disposition", "amount_fen", "lines"),
             pl.concat(parts).group_by("cost", "part").agg(pl.col("amount_fen").sum())
             if parts
             else pl.DataFrame(schema=_PARTS_SCHEMA).lazy(),
@@ -265,36 +291,21 @@ def batch_totals(
     return Totals(*frames)
 
 
-def _per_settlement(audit: pl.LazyFrame, codes: Iterable[str]) -> pl.LazyFrame:
-    """Per settlement, what its lines put under each disposition code (all components)."""
-    return audit.group_by("setl_id").agg(
-        pl.sum_horizontal(
-            [
-                pl.when(pl.col(disposition_column(k)) == code).then(_fen(k)).otherwise(0)
-                for k in LINE_COMPONENTS
-            ]
-        )
-        .sum()
-        .alias(code)
-        for code in sorted(set(codes))
-    )
-
-
 def _cost_checks(
     edition: CompiledEdition,
     originals: pl.DataFrame,
-    by_setl: pl.DataFrame,
     costs: Sequence[str],
 ) -> tuple[list[pl.LazyFrame], list[pl.LazyFrame]]:
     """Per cost: increments against what lines and settlement parts counted, per settlement.
 
     ``originals``: the edition's non-reversal settlements of the payouts with their header
-    columns; ``by_setl``: :func:`_per_settlement` of the audit.
+    columns and what their lines put under each reconciled code (before any denial: a denied
+    settlement's lines count nothing).
     """
     denied = pl.col("status") == "denied"
     parts: list[pl.LazyFrame] = []
     mismatches: list[pl.LazyFrame] = []
-    rows = originals.join(by_setl, on="setl_id", how="left")
+    rows = originals
     for cid, c in edition.costs.items():
         if cid not in costs:
             continue
@@ -303,7 +314,7 @@ def _cost_checks(
             check = rows.select(
                 "setl_id",
                 (
-                    pl.col(code).fill_null(0)
+                    pl.when(denied).then(0).otherwise(_fen(code_sum(code)))
                     + pl.when(denied | ~c.in_scope).then(0).otherwise(c.settlement_amount)
                 )
                 .cast(pl.Int64)
@@ -333,8 +344,8 @@ def _cost_checks(
             pl.when(live).then(0).otherwise(start).alias(OUT_OF_SCOPE),
             pl.col(inc(cid)).alias(code),
             *(
-                [pl.col(SETTLEMENT_LEVEL).fill_null(0).alias("_lines_left")]
-                if SETTLEMENT_LEVEL in rows.columns
+                [_fen(code_sum(SETTLEMENT_LEVEL)).alias("_lines_left")]
+                if code_sum(SETTLEMENT_LEVEL) in rows.columns
                 else [pl.lit(0, pl.Int64).alias("_lines_left")]
             ),
         )

@@ -32,6 +32,15 @@ REASONS = "reasons"
 DETAIL = "detail"
 RECORD = "record"  # "settlement" | "fee_line" in quarantine output
 
+# what an accepted settlement's fee lines add up to (the engine's facts carry them on)
+LINES_N = "lines_n"
+
+
+def line_total(component: str) -> str:
+    """Column of the sum of an accepted settlement's fee lines' ``component``."""
+    return f"linesum__{component}"
+
+
 _DETAIL_LIMIT = 5  # messages per settlement; the rest are summarised as "(+N more)"
 
 
@@ -276,7 +285,14 @@ def validate(
         lines, s = materialize([lines, s])
     orphan_ids = s.filter(pl.col("_in_settlements").is_null()).select("setl_id")
     s = s.filter(pl.col("_in_settlements").is_not_null())
-    accepted = s.filter(~pl.col("_rejected")).drop(_scratch(s), ERRORS)
+    accepted = (
+        s.filter(~pl.col("_rejected"))
+        .with_columns(
+            pl.col("_n_lines").fill_null(0).cast(pl.Int64).alias(LINES_N),
+            *[pl.col(f"_lines_{c}").fill_null(0).alias(line_total(c)) for c in LINE_COMPONENTS],
+        )
+        .drop(_scratch(s), ERRORS)
+    )
 
     # --- messages, for the rejected only ---------------------------------------------------
     rejected = s.filter(pl.col("_rejected")).with_columns(reasons.alias(REASONS))
@@ -452,27 +468,33 @@ def quarantine_frame(settlements: pl.LazyFrame, fee_lines: pl.LazyFrame) -> pl.L
     One row per record; ``record`` says which table it came from. The row's own columns follow
     (values that could not be read are empty; ``detail`` quotes what was found).
     """
-    head = [
+    return pl.concat(
+        [settlement_records(settlements), line_records(fee_lines)], how="diagonal_relaxed"
+    )
+
+
+def _records(frame: pl.LazyFrame, contract: Contract, record: str) -> pl.LazyFrame:
+    cols = [
+        to_decimal(pl.col(c)).alias(c) if contract.column(c).kind is Kind.MONEY else pl.col(c)
+        for c in contract.names
+        if c != "setl_id"
+    ]
+    return frame.select(
         pl.col("setl_id"),
-        pl.lit("settlement").alias(RECORD),
+        pl.lit(record).alias(RECORD),
         pl.col(REASONS),
         pl.col(DETAIL),
-    ]
-    s_cols = [
-        to_decimal(pl.col(c)).alias(c) if SETTLEMENTS.column(c).kind is Kind.MONEY else pl.col(c)
-        for c in SETTLEMENTS.names
-        if c != "setl_id"
-    ]
-    line_head = [*head[:1], pl.lit("fee_line").alias(RECORD), *head[2:]]
-    l_cols = [
-        to_decimal(pl.col(c)).alias(c) if FEE_LINES.column(c).kind is Kind.MONEY else pl.col(c)
-        for c in FEE_LINES.names
-        if c != "setl_id"
-    ]
-    return pl.concat(
-        [
-            settlements.select(*head, *s_cols, pl.col(FILE).cast(pl.String), pl.col(ROW)),
-            fee_lines.select(*line_head, *l_cols, pl.col(FILE).cast(pl.String), pl.col(ROW)),
-        ],
-        how="diagonal_relaxed",
+        *cols,
+        pl.col(FILE).cast(pl.String),
+        pl.col(ROW),
     )
+
+
+def settlement_records(settlements: pl.LazyFrame) -> pl.LazyFrame:
+    """Quarantine records of settlement rows (with ``reasons`` and ``detail``)."""
+    return _records(settlements, SETTLEMENTS, "settlement")
+
+
+def line_records(fee_lines: pl.LazyFrame) -> pl.LazyFrame:
+    """Quarantine records of fee lines (with ``reasons`` and ``detail``)."""
+    return _records(fee_lines, FEE_LINES, "fee_line")

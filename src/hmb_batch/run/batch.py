@@ -42,7 +42,13 @@ from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.report.data import batch_report
 from hmb_batch.report.summary import BatchSummary, summarise
 from hmb_batch.rules.engine import cost_ids, responsibility_ids
-from hmb_batch.rules.kernel import Bucket, adjudicate_bucket
+from hmb_batch.rules.kernel import (
+    LinePart,
+    MemberBucket,
+    adjudicate_lines,
+    adjudicate_members,
+    settle_audit,
+)
 from hmb_batch.rules.reconcile import SHOW, AfterExpectation, Identity, Reconciliation, combine
 from hmb_batch.rules.validation import batch_within_bounds
 from hmb_batch.run import buckets
@@ -142,37 +148,72 @@ def run_batch(
                     ledger, existing.batch_id, header, out_dir, started, clock, before, unmasked
                 )
             header = _unique_batch_id(ledger, header, explicit=inputs.batch_id is not None)
-        n = buckets_wanted or buckets.bucket_count(
-            buckets.estimated_fee_lines(header.fee_files or header.extract_files), limit
-        )
+        n, m = _stage_counts(header, limit, buckets_wanted)
         plan = header.plan
-        costs = cost_ids(plan)
         parts = buckets.BucketParts(
-            spill / "parts", with_ledger=ledger is not None, in_memory=n == 1
+            spill / "parts", with_ledger=ledger is not None, members=m, in_memory=n == m == 1
         )
         before_ids: list[Identity] = []
-        shape, enrolled = "", dict[int, int]()
-        # every bucket carries the batch's shape and roster counts: keep the last one's
-        for bucket, shape, enrolled in _buckets(inputs, header, ledger, spill, n, clock, limit):  # noqa: B007
+        source = _source(inputs, header, ledger, spill, n, m, clock, limit)
+        files_named = (*header.extract_files, *header.fee_files)
+        found = False
+        for k, part in source.line_parts():
+            found = True
             crash_point("read")
-            prior = ledger.prior_for(bucket.settlements, costs) if ledger is not None else None
-            result = adjudicate_bucket(
-                replace(bucket, prior=prior),
+            lined = adjudicate_lines(
+                part,
                 plan=plan,
                 lists=header.lists,
                 batch_id=header.batch_id,
-                shape=shape,
-                files=(*header.extract_files, *header.fee_files),
+                shape=source.shape,
+                files=files_named,
                 unmasked=unmasked,
             )
-            if ledger is not None and prior is not None:
-                before_ids.append(ledger_before_identity(ledger, result.payouts, prior, costs))
-            parts.add(len(parts.totals), result)
-            batch_within_bounds(parts.absolute_fen)  # each bucket is within; the batch must be
-        clock.lap("adjudicate")
+            parts.add_lines(k, lined)
+            batch_within_bounds(parts.absolute_fen)  # each part is within; the batch must be
+        if not found:  # an empty batch still gives its (empty) files
+            lined = adjudicate_lines(
+                source.empty_part(),
+                plan=plan,
+                lists=header.lists,
+                batch_id=header.batch_id,
+                shape=source.shape,
+                unmasked=unmasked,
+            )
+            parts.add_lines(0, lined)
+        clock.lap("adjudicate_lines")
+        adjudicated = False
+        for bucket in range(m):
+            facts = parts.facts_of(bucket)
+            if facts is None:
+                continue
+            adjudicated = True
+            found_before = _adjudicate_members(
+                parts, bucket, facts, source.roster(bucket), ledger, header, unmasked
+            )
+            if found_before is not None:
+                before_ids.append(found_before)
+        if not adjudicated:  # no settlement at all: the empty files need the engine's columns
+            assert parts.no_facts is not None
+            roster = source.roster(0).clear()
+            _adjudicate_members(parts, 0, parts.no_facts, roster, ledger, header, unmasked)
+        clock.lap("adjudicate_members")
+        denied, removed = parts.decided()
+        for k in list(parts.audited):
+            settled = settle_audit(
+                parts.audit_of(k),
+                source.fee_lines(k, removed),
+                denied,
+                removed,
+                plan=plan,
+                batch_id=header.batch_id,
+                unmasked=unmasked,
+            )
+            parts.add_settled(k, settled)
+        clock.lap("settle_audit")
         crash_point("compute")
         # refusals that need the whole batch, before anything is written or applied
-        require_roster_years(plan, parts.claim_years, enrolled, inputs.roster)
+        require_roster_years(plan, parts.claim_years, source.enrolled, inputs.roster)
         covered_years(plan, sorted(parts.years))
         if ledger is not None:
             _check_order(ledger, header.batch_id, parts.latest, allow_out_of_order)
@@ -184,7 +225,7 @@ def run_batch(
         summary = summarise(
             batch_id=header.batch_id,
             editions=editions_used(plan, sorted(parts.years)),
-            shape=shape,
+            shape=source.shape,
             settlements_in=parts.settlements_in,
             fee_lines_in=parts.fee_lines_in,
             identical_repeats=parts.identical_repeats,
@@ -192,7 +233,7 @@ def run_batch(
             payouts=payouts,
             quarantine=pl.scan_parquet(files["quarantine.parquet"]),
         )
-        summary = replace(summary, enrolled_by_plan_year=enrolled)
+        summary = replace(summary, enrolled_by_plan_year=source.enrolled)
         _check_balanced(summary)
         recon = reconciliation_of(
             header.batch_id, combine(parts.totals), summary, ledger is not None
@@ -226,20 +267,74 @@ def run_batch(
         )
 
 
-def _buckets(
+def _stage_counts(header: BatchHeader, limit: int, wanted: int | None) -> tuple[int, int]:
+    """How many parts of whole settlements and member buckets the batch runs in: from its fee
+    lines and settlements and the memory limit, or ``wanted`` (``--buckets``) for both."""
+    if wanted:
+        return wanted, wanted
+    n = buckets.bucket_count(
+        buckets.estimated_fee_lines(header.fee_files or header.extract_files), limit
+    )
+    if n == 1:
+        return 1, 1
+    settlements = buckets.estimated_settlement_rows(header.extract_files)
+    return n, buckets.member_bucket_count(settlements, limit)
+
+
+def _adjudicate_members(
+    parts: buckets.BucketParts,
+    m: int,
+    facts: pl.DataFrame,
+    roster: pl.DataFrame,
+    ledger: Ledger | None,
+    header: BatchHeader,
+    unmasked: bool,
+) -> Identity | None:
+    """Member bucket ``m`` through the member stage, its results kept in ``parts``; with a
+    ledger, the bucket's ledger.before identity."""
+    crash_point("read")
+    costs = cost_ids(header.plan)
+    prior = ledger.prior_for(facts, costs) if ledger is not None else None
+    result = adjudicate_members(
+        MemberBucket(facts, roster, prior),
+        plan=header.plan,
+        batch_id=header.batch_id,
+        unmasked=unmasked,
+    )
+    parts.add_members(m, result)
+    if ledger is None or prior is None:
+        return None
+    return ledger_before_identity(ledger, result.payouts, prior, costs)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where the stages read a batch from: its parts of whole settlements, a part's fee lines
+    again (those of the settlements the engine quarantined), each member bucket's roster."""
+
+    shape: str
+    enrolled: dict[int, int]
+    line_parts: Callable[[], Iterator[tuple[int, LinePart]]]
+    fee_lines: Callable[[int, pl.DataFrame], pl.DataFrame]
+    roster: Callable[[int], pl.DataFrame]
+    empty_part: Callable[[], LinePart]
+
+
+def _source(
     inputs: BatchInputs,
     header: BatchHeader,
     ledger: Ledger | None,
     spill: Path,
     n: int,
+    m: int,
     clock: Laps,
     memory_limit: int,
-) -> Iterator[tuple[Bucket, str, dict[int, int]]]:
-    """Each bucket of the batch with the extract's shape and the roster's members per plan year.
+) -> _Source:
+    """The batch's inputs for the stages.
 
-    One bucket: the extract read straight from the input files and the roster loaded whole, or,
-    when the ledger has checked this roster file before (same SHA-256), only the rows of the
-    batch's members. More: the inputs cut by member into the spill area first.
+    One part (n = 1): the extract read straight from the input files and the roster loaded
+    whole, or, when the ledger has checked this roster file before (same SHA-256), only the
+    rows of the batch's members. More: the inputs cut into the spill area first.
     """
     cmap = dict(inputs.column_map or {})
     if n > 1:
@@ -248,23 +343,22 @@ def _buckets(
             header.fee_files,
             inputs.roster,
             n,
+            m,
             spill / "buckets",
             column_map=cmap,
             encoding=inputs.encoding,
             timezone=inputs.timezone,
             rows_per_query=buckets.chunk_rows(memory_limit),
-            map_parts=buckets.owner_parts(
-                buckets.estimated_settlement_rows(header.extract_files), memory_limit
-            ),
         )
-        clock.lap("cut_into_buckets")
-        found = False
-        for b in cut.buckets():
-            found = True
-            yield Bucket(b.settlements, b.fee_lines, b.roster), cut.shape, cut.enrolled_by_year
-        if not found:  # an empty batch still gives its (empty) files
-            yield _empty_bucket(inputs, header, spill), cut.shape, cut.enrolled_by_year
-        return
+        clock.lap("cut_into_parts")
+        return _Source(
+            cut.shape,
+            cut.enrolled_by_year,
+            cut.line_parts,
+            cut.fee_lines,
+            cut.roster,
+            lambda: _empty_part(inputs, header, spill),
+        )
     extract = _whole_extract(inputs, header, spill)
     settlements, fee_lines = pl.collect_all([extract.settlements, extract.fee_lines])
     digest = header.inputs["roster"][0]["sha256"]
@@ -281,7 +375,15 @@ def _buckets(
     enrolled = ledger.roster_enrolment(digest) if ledger is not None else None
     if enrolled is None:
         enrolled = enrolled_by_year(inputs.roster, cmap, inputs.encoding, temp_dir=spill)
-    yield Bucket(settlements, fee_lines, roster), extract.shape, enrolled
+    whole = LinePart(settlements, fee_lines)
+    return _Source(
+        extract.shape,
+        enrolled,
+        lambda: iter([(0, whole)]) if settlements.height or fee_lines.height else iter([]),
+        lambda k, ids: fee_lines,
+        lambda m: roster,
+        lambda: whole,
+    )
 
 
 def _whole_extract(inputs: BatchInputs, header: BatchHeader, spill: Path) -> Extract:
@@ -296,21 +398,13 @@ def _whole_extract(inputs: BatchInputs, header: BatchHeader, spill: Path) -> Ext
     )
 
 
-def _empty_bucket(inputs: BatchInputs, header: BatchHeader, spill: Path) -> Bucket:
-    """An empty bucket with the batch's columns (a batch with no rows still writes its files)."""
+def _empty_part(inputs: BatchInputs, header: BatchHeader, spill: Path) -> LinePart:
+    """An empty part with the batch's columns (a batch with no rows still writes its files)."""
     extract = _whole_extract(inputs, header, spill)
     settlements, fee_lines = pl.collect_all(
         [extract.settlements.clear(), extract.fee_lines.clear()]
     )
-    roster = load_roster(
-        inputs.roster,
-        dict(inputs.column_map or {}),
-        inputs.encoding,
-        members=pl.Series("psn_no", [], pl.String),
-        timezone=inputs.timezone,
-        temp_dir=spill,
-    )
-    return Bucket(settlements, fee_lines, roster)
+    return LinePart(settlements, fee_lines)
 
 
 def _added_up(identities: list[Identity]) -> Identity:

@@ -1,27 +1,24 @@
-"""Member buckets: a batch cut by a hash of the member so that each bucket fits the memory budget.
+"""Parts and buckets: a batch cut so that each piece of its work fits the memory budget.
 
-Every batch runs as B buckets (:func:`bucket_count`); each bucket goes through the kernel
-(:func:`hmb_batch.rules.kernel.adjudicate_bucket`) on its own and its results are written as part
-files, which :class:`BucketParts` assembles into the output files. B = 1 when the batch fits the
-budget (every nightly run): the bucket is the whole extract, read straight from the input files.
+A batch runs through the kernel (:mod:`hmb_batch.rules.kernel`) in three stages:
 
-For B > 1 the inputs are cut once, by Polars streaming sinks into the run's spill folder (no
-Python loop over rows or slices):
+1. **lines**, per part of whole settlements (a hash of ``setl_id``: every row and fee line of a
+   settlement in one part): validation and the line rules give each settlement's facts and the
+   fee-line audit;
+2. **members**, per bucket of members (a hash of ``psn_no``) of those facts: eligibility, costs,
+   year to date and benefits, on a sixth of the rows, and narrow;
+3. **the audit settled**, per part again: the denials and the engine's quarantine applied to
+   the part's audit.
 
-1. the roster by a hash of ``psn_no`` (each part is checked on its own: a member's rows are all
-   in one part, so duplicate rows are still found);
-2. the settlements' members: one row per ``setl_id`` with its (smallest) ``psn_no``, the map
-   that sends a settlement, every copy of it and every fee line of it to one bucket (a copy
-   naming another member still meets the first one in validation: CONFLICTING_DUPLICATE);
-3. settlement rows and fee lines, typed once, joined to that map and written by bucket.
-
-The map is made in parts (:func:`owner_parts`) when the batch has more settlements than one
-query types: the typed rows are then first written by a hash of ``setl_id``, and each part's
-map sends that part's rows to their buckets, so no query holds more than a chunk's worth of map
-whatever the batch's size.
+P parts (:func:`bucket_count`, from the fee lines) and M member buckets
+(:func:`member_bucket_count`, from the settlements) are 1 when the batch fits the budget
+(every nightly run): then nothing is cut and every frame stays in memory. Otherwise the inputs
+are cut once, by Polars streaming sinks into the run's spill folder (no Python loop over rows
+or slices): the roster by member bucket, the extract's rows, typed once, by part. The facts go
+from the parts to their member buckets as part files; the fee lines are read once.
 
 The payout file is sorted across buckets by DuckDB within :func:`duckdb_share` of the limit
-(spilling to the spill folder) for every B, so B buckets write the same bytes as one.
+(spilling to the spill folder) for every P and M, so any cut writes the same bytes as none.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ import datetime as dt
 import math
 import os
 import re
-import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +46,6 @@ from hmb_batch.io.extract import (
     distinct_headers,
     extract_roles,
     raw_chunks,
-    scan_raw,
     type_table,
     type_table_apart,
     typed_frames_apart,
@@ -64,7 +59,7 @@ from hmb_batch.io.reference import (
     stop_on_roster_problems,
 )
 from hmb_batch.ledger.store import BATCH_TABLES
-from hmb_batch.rules.kernel import BucketResult
+from hmb_batch.rules.kernel import LinePart, LineResult, MemberResult, SettledLines
 from hmb_batch.rules.reconcile import AfterExpectation, Totals
 
 MiB = 1 << 20
@@ -72,6 +67,9 @@ GiB = 1 << 30
 # Peak resident memory per fee line while one bucket is validated and adjudicated, and what a run
 # holds besides its bucket: interpreter, Polars, DuckDB (BENCHMARKS.md has the measurements).
 BYTES_PER_FEE_LINE = 2_400
+# the same for a settlement's facts in the member stage (a settlement row, its line facts, the
+# engine's columns; the ledger's prior state of its member)
+BYTES_PER_SETTLEMENT = 2_400
 RUNTIME_BYTES = 512 * MiB
 MIN_BUCKET_BYTES = 64 * MiB
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) buckets.
@@ -130,15 +128,6 @@ def estimated_settlement_rows(files: list[Path]) -> int:
     return _estimated_rows(files, CSV_BYTES_PER_SETTLEMENT)
 
 
-def owner_parts(settlement_rows: int, memory_limit: int) -> int:
-    """In how many parts (by a hash of setl_id) the map from settlement to bucket is made
-    (see :func:`cut_into_buckets`): parts of at most :func:`chunk_rows` settlements. Each
-    query that sends a chunk of rows to their buckets joins them with a map, building its
-    hash table from the whole map: a map no bigger than the chunk keeps the query's memory
-    that of the chunk, whatever the batch's size (BENCHMARKS.md has the measurements)."""
-    return max(1, math.ceil(settlement_rows / chunk_rows(memory_limit)))
-
-
 def bucket_count(fee_lines: int, memory_limit: int) -> int:
     """How many buckets keep a run of ``fee_lines`` under ``memory_limit`` bytes.
 
@@ -154,6 +143,13 @@ def bucket_count(fee_lines: int, memory_limit: int) -> int:
     return max(1, math.ceil(fee_lines * BYTES_PER_FEE_LINE / usable))
 
 
+def member_bucket_count(settlements: int, memory_limit: int) -> int:
+    """How many member buckets keep the member stage of ``settlements`` settlement facts under
+    ``memory_limit`` bytes (see :func:`bucket_count`)."""
+    usable = max(memory_limit - RUNTIME_BYTES, MIN_BUCKET_BYTES)
+    return max(1, math.ceil(settlements * BYTES_PER_SETTLEMENT / usable))
+
+
 def duckdb_share(memory_limit: int) -> int:
     """What DuckDB may use (sorting the payout file, the ledger commit): half of the limit less
     the runtime, since the Python side still holds the runtime and what it last freed."""
@@ -165,74 +161,52 @@ def bucket_of(column: str, n: int) -> pl.Expr:
     return (pl.col(column).hash(seed=_SEED) % n).cast(pl.UInt32)
 
 
-def settlement_owners(settlements: pl.LazyFrame, n: int) -> pl.LazyFrame:
-    """Each setl_id's bucket (``_owner``): its smallest member's, so that every copy of a
-    settlement and every fee line of it go where that member goes (rows with no member: a
-    bucket from the setl_id). ``settlements``: setl_id and psn_no of every settlement row."""
-    return (
-        settlements.filter(pl.col("setl_id").is_not_null())
-        .group_by("setl_id")
-        .agg(pl.col("psn_no").min())
-        .select(
-            "setl_id",
-            pl.when(pl.col("psn_no").is_not_null())
-            .then(bucket_of("psn_no", n))
-            .otherwise(bucket_of("setl_id", n))
-            .alias("_owner"),
-        )
-    )
-
-
-def with_bucket(frame: pl.LazyFrame, owners: pl.LazyFrame, n: int) -> pl.LazyFrame:
-    """``frame`` (settlement rows or fee lines) with its :data:`BUCKET` column from
-    :func:`settlement_owners`; a fee line of no settlement gets one from its setl_id (it is
-    quarantined as an orphan in that bucket)."""
-    return (
-        frame.join(owners, on="setl_id", how="left")
-        .with_columns(pl.coalesce("_owner", bucket_of("setl_id", n)).alias(BUCKET))
-        .drop("_owner")
-    )
-
-
-@dataclass(frozen=True)
-class BucketInput:
-    """One bucket's typed rows, as read from the inputs or the spill folder."""
-
-    settlements: pl.DataFrame
-    fee_lines: pl.DataFrame
-    roster: pl.DataFrame  # the checked roster rows of the bucket's members
-
-
 @dataclass
 class CutBatch:
-    """A batch cut into ``n`` buckets in ``folder`` (see the module docstring)."""
+    """A batch cut into ``parts`` parts of whole settlements and its roster into ``members``
+    member buckets, in ``folder`` (see the module docstring)."""
 
     folder: Path
-    n: int
+    parts: int
+    members: int
     shape: str
     enrolled_by_year: dict[int, int]
     roster_schema: pl.Schema
 
-    def buckets(self) -> Iterator[BucketInput]:
-        """Each bucket's rows, one bucket in memory at a time (empty buckets skipped)."""
-        for k in range(self.n):
+    def line_parts(self) -> Iterator[tuple[int, LinePart]]:
+        """Each part's typed rows, one part in memory at a time (empty parts skipped)."""
+        for k in range(self.parts):
             settlements = _with_errors(self.folder, "settlements", k)
             lines = _with_errors(self.folder, "fee_lines", k)
             if settlements is None and lines is None:
                 continue
-            roster = _with_errors(self.folder, "roster", k)
-            yield BucketInput(
-                self._settlements(settlements),
-                lines.collect() if lines is not None else _empty_typed(FEE_LINES),
-                roster_frame(roster.collect())
-                if roster is not None
-                else pl.DataFrame(schema=self.roster_schema),
+            yield (
+                k,
+                LinePart(
+                    self._settlements(settlements),
+                    lines.collect() if lines is not None else _empty_typed(FEE_LINES),
+                ),
             )
+
+    def fee_lines(self, k: int, setl_ids: pl.DataFrame) -> pl.DataFrame:
+        """Part ``k``'s typed fee lines of these settlements (in input order)."""
+        mine = setl_ids.filter(bucket_of("setl_id", self.parts) == k)
+        lines = _with_errors(self.folder, "fee_lines", k) if mine.height else None
+        if lines is None:
+            return _empty_typed(FEE_LINES)
+        return lines.join(mine.lazy().select("setl_id"), on="setl_id", how="semi").collect()
+
+    def roster(self, m: int) -> pl.DataFrame:
+        """Member bucket ``m``'s checked roster rows."""
+        roster = _with_errors(self.folder, "roster", m)
+        if roster is None:
+            return pl.DataFrame(schema=self.roster_schema)
+        return roster_frame(roster.collect())
 
     def _settlements(self, frame: pl.LazyFrame | None) -> pl.DataFrame:
         if frame is None:
             return _empty_typed(SETTLEMENTS)
-        if self.shape == "wide":  # every line repeats its header; all of them are in this bucket
+        if self.shape == "wide":  # every line repeats its header; all of them are in this part
             return distinct_headers(frame).collect()
         return frame.collect()
 
@@ -281,38 +255,31 @@ def cut_into_buckets(
     extract_files: list[Path],
     fee_files: list[Path],
     roster: Path,
-    n: int,
+    parts: int,
+    members: int,
     folder: Path,
     *,
     column_map: dict[str, str] | None,
     encoding: str,
     timezone: str,
     rows_per_query: int = 2_000_000,
-    map_parts: int = 1,
 ) -> CutBatch:
-    """Write the roster and the extract by member bucket into ``folder`` (module docstring).
+    """Write the roster by member bucket and the extract by part into ``folder`` (module
+    docstring).
 
     Each input file is read in chunks of ``rows_per_query`` rows, each chunk one streaming
     query (see :func:`chunk_rows`). Stops the run (exit 8) on a bad roster row, as reading the
     roster whole does.
-
-    ``map_parts`` (see :func:`owner_parts`): with more than one, the map from settlement to
-    bucket would not fit in memory at once. The typed rows are then first written by a hash
-    of setl_id into that many parts, and each part's map is made and its rows sent to their
-    buckets in turn: one more write and read of the rows, memory bounded at any size.
     """
     folder.mkdir(parents=True, exist_ok=True)
 
     def write(
-        frames: dict[str, pl.LazyFrame],
-        part: str,
-        bucket: Callable[[pl.LazyFrame], pl.LazyFrame],
-        root: Path = folder,
+        frames: dict[str, pl.LazyFrame], part: str, bucket: Callable[[pl.LazyFrame], pl.LazyFrame]
     ) -> None:
         pl.collect_all(
             [
                 bucket(frame).sink_parquet(
-                    pl.PartitionBy(root / table / part, key=BUCKET, include_key=False),
+                    pl.PartitionBy(folder / table / part, key=BUCKET, include_key=False),
                     compression="lz4",
                     lazy=True,
                 )
@@ -321,7 +288,10 @@ def cut_into_buckets(
         )
 
     def by_member(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame.with_columns(bucket_of("psn_no", n).alias(BUCKET))
+        return frame.with_columns(bucket_of("psn_no", members).alias(BUCKET))
+
+    def by_settlement(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(bucket_of("setl_id", parts).alias(BUCKET))
 
     empty_roster: pl.LazyFrame | None = None
     for j, raw in enumerate(raw_chunks(roster, rows_per_query, encoding, temp_dir=folder)):
@@ -336,119 +306,32 @@ def cut_into_buckets(
         )
     problems: list[str] = []
     enrolled: Counter[int] = Counter()
-    for k in range(n):
-        part = _with_errors(folder, "roster", k)
+    for m in range(members):
+        part = _with_errors(folder, "roster", m)
         if part is not None:
-            members = part.collect()
-            problems += roster_problems(members, roster)
-            enrolled.update(enrolled_counts(members))
+            rows_m = part.collect()
+            problems += roster_problems(rows_m, roster)
+            enrolled.update(enrolled_counts(rows_m))
     stop_on_roster_problems(problems, roster)
     assert empty_roster is not None  # raw_chunks yields at least once
     roster_schema = roster_frame(empty_roster.collect()).schema
 
     shape, roles = extract_roles(extract_files, fee_files or None)
-
-    def chunks() -> Iterator[tuple[str, dict[str, pl.LazyFrame]]]:
-        """Each chunk of each input file, typed: its part name and its tables."""
-        for i, (path, role) in enumerate(roles):
-            # a settlement row (or a wide row, which holds one) types about three fee lines'
-            # worth of columns: a third of the rows per query keeps the query's peak the same
-            rows = rows_per_query if role == "fee_lines" else max(rows_per_query // 3, 1)
-            for j, raw in enumerate(raw_chunks(path, rows, encoding, temp_dir=folder)):
-                frames = typed_frames_apart(raw, path, role, column_map, timezone=timezone)
-                tables = {name: _from(rows, i) for name, (rows, _) in frames.items()}
-                tables |= {
-                    f"{name}{_ERRORS}": _from(errors, i) for name, (_, errors) in frames.items()
-                }
-                yield f"{i:06d}-{j:06d}", tables
-
-    if map_parts <= 1:
-        claimed = pl.concat(
-            [
-                typed_frames_apart(
-                    scan_raw(path, encoding, temp_dir=folder),
-                    path,
-                    role,
-                    column_map,
-                    timezone=timezone,
-                )["settlements"][0].select("setl_id", "psn_no")
-                for path, role in roles
-                if role in ("settlements", "wide")
-            ],
-            how="vertical_relaxed",
-        )
-        owner = settlement_owners(claimed, n).collect()
-
-        def by_owner(frame: pl.LazyFrame) -> pl.LazyFrame:
-            return with_bucket(frame, owner.lazy(), n)
-
-        for name, tables in chunks():
-            write(tables, name, by_owner)
-    else:
-        _cut_by_map_parts(chunks(), folder, n, map_parts, rows_per_query, write)
-    return CutBatch(folder, n, shape, dict(sorted(enrolled.items())), roster_schema)
+    for i, (path, role) in enumerate(roles):
+        # a settlement row (or a wide row, which holds one) types about three fee lines'
+        # worth of columns: a third of the rows per query keeps the query's peak the same
+        rows_n = rows_per_query if role == "fee_lines" else max(rows_per_query // 3, 1)
+        for j, raw in enumerate(raw_chunks(path, rows_n, encoding, temp_dir=folder)):
+            frames = typed_frames_apart(raw, path, role, column_map, timezone=timezone)
+            tables = {name: _from(rows, i) for name, (rows, _) in frames.items()}
+            tables |= {f"{name}{_ERRORS}": _from(errors, i) for name, (_, errors) in frames.items()}
+            write(tables, f"{i:06d}-{j:06d}", by_settlement)
+    return CutBatch(folder, parts, members, shape, dict(sorted(enrolled.items())), roster_schema)
 
 
 def _from(frame: pl.LazyFrame, source: int) -> pl.LazyFrame:
     """Rows with the number of the input file they came from (see :func:`_scan_part`)."""
     return frame.with_columns(pl.lit(source, pl.UInt32).alias(SOURCE))
-
-
-def _cut_by_map_parts(
-    chunks: Iterator[tuple[str, dict[str, pl.LazyFrame]]],
-    folder: Path,
-    n: int,
-    parts: int,
-    rows_per_query: int,
-    write: Callable[
-        [dict[str, pl.LazyFrame], str, Callable[[pl.LazyFrame], pl.LazyFrame], Path], None
-    ],
-) -> None:
-    """The extract's rows to their buckets when the settlement map is made in ``parts``.
-
-    First every typed chunk is written by a hash of setl_id (``folder/by-setl``); then, part
-    by part, the map of that part's settlements is made and the part's rows, in slices of
-    ``rows_per_query``, are written to their buckets. A settlement, its copies and its fee
-    lines share a setl_id, so they are in one part, and the map of that part places them as
-    the whole map would.
-    """
-    staged = folder / "by-setl"
-
-    def by_setl(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame.with_columns(bucket_of("setl_id", parts).alias(BUCKET))
-
-    tables: set[str] = set()
-    for part, frames in chunks:
-        write(frames, part, by_setl, staged)
-        tables |= set(frames)
-    for k in range(parts):
-        files = {t: sorted((staged / t).glob(f"*/{BUCKET}={k}/*.parquet")) for t in tables}
-        if not any(files.values()):
-            continue
-        settlement_files = files.get("settlements", [])
-        claimed = (
-            pl.scan_parquet(settlement_files).select("setl_id", "psn_no")
-            if settlement_files
-            else pl.LazyFrame(schema={"setl_id": pl.String, "psn_no": pl.String})
-        )
-        owner = settlement_owners(claimed, n).collect()
-
-        def by_owner(frame: pl.LazyFrame, owner: pl.DataFrame = owner) -> pl.LazyFrame:
-            return with_bucket(frame, owner.lazy(), n)
-
-        for table, found in files.items():
-            if not found:
-                continue
-            rows = pl.scan_parquet(found)
-            total = int(rows.select(pl.len()).collect().item())
-            for s, offset in enumerate(range(0, max(total, 1), rows_per_query)):
-                write(
-                    {table: rows.slice(offset, rows_per_query)},
-                    f"m{k:06d}-{s:06d}",
-                    by_owner,
-                    folder,
-                )
-    shutil.rmtree(staged, ignore_errors=True)
 
 
 # outputs whose buckets' rows are written straight into the output file as they come (a set
@@ -466,14 +349,14 @@ class _Streamed:
     writer: pq.ParquetWriter | None = None
     others: int = 0
 
-    def add(self, frame: pl.DataFrame, k: int) -> None:
+    def add(self, frame: pl.DataFrame) -> None:
         table = frame.to_arrow()
         if self.writer is None and frame.height:
             self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
         if self.writer is not None and table.schema.equals(self.writer.schema):
             self.writer.write_table(table)
         elif frame.height or self.writer is None:  # an empty bucket with another shape adds nothing
-            frame.write_parquet(self.parts / f"{k:06d}.parquet", compression="lz4")
+            frame.write_parquet(self.parts / f"{self.others:06d}.parquet", compression="lz4")
             self.others += 1
 
     def finish(self) -> None:
@@ -492,16 +375,19 @@ class _Streamed:
 
 @dataclass
 class BucketParts:
-    """The buckets' results as part files in ``folder``, and their totals, added up as they come.
+    """The stages' results as part files in ``folder``, and their totals, added up as they come.
 
-    Part ``k`` of each output lives in ``folder/<output>/k.parquet``; :meth:`assemble` makes the
-    output files from them. ``in_memory`` (a batch of one bucket, every night): the parts stay
-    frames in memory, since writing and reading back a part that is the whole output costs
-    as much as the output itself; the output files are made by the same writers either way.
+    Member bucket ``m``'s part of each output lives in ``folder/<output>/m.parquet``, a part's
+    facts in ``folder/facts/<k>/`` (cut by member bucket) and its audit in
+    ``folder/audit/<k>.parquet``; :meth:`assemble` makes the output files. ``in_memory`` (one
+    part and one member bucket, every night): the parts stay frames in memory, since writing
+    and reading back a part that is the whole output costs as much as the output itself; the
+    output files are made by the same writers either way.
     """
 
     folder: Path
     with_ledger: bool
+    members: int = 1
     in_memory: bool = False
     frames: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
     streamed: dict[str, _Streamed] = field(default_factory=dict)
@@ -515,6 +401,10 @@ class BucketParts:
     years: set[int] = field(default_factory=set)
     claim_years: set[int] = field(default_factory=set)
     latest: dt.datetime | None = None  # of the latest valid settlement
+    audited: list[int] = field(default_factory=list)  # the parts with an audit, in order
+    no_facts: pl.DataFrame | None = None  # the facts' columns, for a batch without any
+    denied: list[pl.DataFrame] = field(default_factory=list)
+    removed: list[pl.DataFrame] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for sub in self._subs():
@@ -522,38 +412,95 @@ class BucketParts:
 
     def _subs(self) -> list[str]:
         ledger = [f"ledger-{t}" for t in BATCH_TABLES[:-1]] if self.with_ledger else []
-        return ["payouts", "payout-file", "lines", "quarantine", *ledger]
+        return ["payouts", "payout-file", "lines", "quarantine", "facts", "audit", *ledger]
 
-    def add(self, k: int, result: BucketResult) -> None:
-        """Write bucket ``k``'s results and add up its totals."""
-        # the summary and the report read these parts: they need no name or ID number
-        outputs = {
-            "payouts": result.payouts.drop(PERSONAL, strict=False),
-            "payout-file": result.payout_file,
-            "lines": result.lines,
-            "quarantine": result.quarantine,
-        }
-        if result.ledger_rows is not None:
-            outputs |= {f"ledger-{t}": rows for t, rows in result.ledger_rows.items()}
-        for sub, frame in outputs.items():
-            if sub in _STREAMED:
-                self._streamed(sub).add(frame, k)
-            elif self.in_memory:
-                self.frames.setdefault(sub, []).append(frame)
-            else:  # spill files, read once: lz4 writes faster than zstd
-                frame.write_parquet(self.folder / sub / f"{k:06d}.parquet", compression="lz4")
+    def _keep(self, sub: str, frame: pl.DataFrame, k: int) -> None:
+        if sub in _STREAMED:
+            self._streamed(sub).add(frame)
+        elif self.in_memory:
+            self.frames.setdefault(sub, []).append(frame)
+        else:  # spill files, read once: lz4 writes faster than zstd
+            frame.write_parquet(self.folder / sub / f"{k:06d}.parquet", compression="lz4")
+
+    # --- stage 1 ---------------------------------------------------------------------------
+    def add_lines(self, k: int, result: LineResult) -> None:
+        """Keep part ``k``'s facts (by member bucket) and audit; write its quarantine."""
+        self._streamed("quarantine").add(result.quarantine)
+        if self.no_facts is None:
+            self.no_facts = result.facts.clear()
+        if self.in_memory:
+            self.frames.setdefault("facts", []).append(result.facts)
+            self.frames.setdefault("audit", []).append(result.audit)
+        else:
+            if result.facts.height:
+                result.facts.lazy().with_columns(
+                    bucket_of("psn_no", self.members).alias(BUCKET)
+                ).sink_parquet(
+                    pl.PartitionBy(
+                        self.folder / "facts" / f"{k:06d}", key=BUCKET, include_key=False
+                    ),
+                    compression="lz4",
+                )
+            audit = self.folder / "audit" / f"{k:06d}.parquet"
+            result.audit.write_parquet(audit, compression="lz4")
+        self.audited.append(k)
         self.totals.append(result.totals)
-        if result.after is not None:
-            self.after.append(result.after)
         self.settlements_in += result.settlements_in
         self.fee_lines_in += result.fee_lines_in
         self.identical_repeats += result.identical_repeats
         self.repeated_fee_lines += result.repeated_fee_lines
         self.absolute_fen += result.absolute_fen
+
+    def facts_of(self, m: int) -> pl.DataFrame | None:
+        """Member bucket ``m``'s settlement facts from every part (None: it has none)."""
+        if self.in_memory:
+            found = self.frames.get("facts", [])
+            return pl.concat(found, how="diagonal_relaxed") if found else None
+        files = sorted((self.folder / "facts").glob(f"*/{BUCKET}={m}/*.parquet"))
+        if not files:
+            return None
+        return pl.concat([pl.scan_parquet(f) for f in files], how="diagonal_relaxed").collect()
+
+    # --- stage 2 ---------------------------------------------------------------------------
+    def add_members(self, m: int, result: MemberResult) -> None:
+        """Write member bucket ``m``'s results and add up its totals."""
+        # the summary and the report read these parts: they need no name or ID number
+        outputs = {
+            "payouts": result.payouts.drop(PERSONAL, strict=False),
+            "payout-file": result.payout_file,
+            "quarantine": result.quarantine,
+        }
+        if result.ledger_rows is not None:
+            outputs |= {f"ledger-{t}": rows for t, rows in result.ledger_rows.items()}
+        for sub, frame in outputs.items():
+            self._keep(sub, frame, m)
+        self.totals.append(result.totals)
+        if result.after is not None:
+            self.after.append(result.after)
+        self.denied.append(result.denied)
+        self.removed.append(result.removed)
         self.years |= set(result.years)
         self.claim_years |= set(result.claim_years)
         if result.latest is not None and (self.latest is None or result.latest > self.latest):
             self.latest = result.latest
+
+    def decided(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The denied and the engine-quarantined settlements of every member bucket."""
+        return pl.concat(self.denied), pl.concat(self.removed, how="diagonal_relaxed")
+
+    # --- stage 3 ---------------------------------------------------------------------------
+    def audit_of(self, k: int) -> pl.DataFrame:
+        """Part ``k``'s audit as the line stage left it."""
+        if self.in_memory:
+            return self.frames["audit"][self.audited.index(k)]
+        return pl.read_parquet(self.folder / "audit" / f"{k:06d}.parquet")
+
+    def add_settled(self, k: int, settled: SettledLines) -> None:
+        """Write part ``k``'s settled audit and the fee lines quarantined with it."""
+        self._streamed("lines").add(settled.lines)
+        if settled.quarantine.height:
+            self._streamed("quarantine").add(settled.quarantine)
+        self.totals.append(settled.totals)
 
     def _streamed(self, output: str) -> _Streamed:
         if output not in self.streamed:
