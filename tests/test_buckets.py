@@ -87,12 +87,23 @@ def test_golden_year_in_buckets_equals_one_bucket(tmp_path: Path, ext: str) -> N
         manifest = json.loads((tmp_path / "parts" / name / "manifest.json").read_text())
         assert manifest["buckets"] == 5
         assert not list((tmp_path / "parts" / name).glob(".hmb-spill-*"))  # spill cleaned up
-    # quarantines of both kinds came through: validation's (stage A) and the engine's (stage B)
+    # quarantines of both kinds came through: validation's (the line stage) and the engine's
+    # (the member stage), the engine's with their fee lines (the audit settled), which are
+    # then in no line audit
     reasons = pl.concat(
         pl.read_parquet(tmp_path / "parts" / n / "quarantine.parquet").select("reasons")
         for n in NIGHTS
     )["reasons"].explode()
     assert {"DUPLICATE_SETTLEMENT", "AMOUNT_IDENTITY"} <= set(reasons.to_list())
+    for n in NIGHTS:
+        q = pl.read_parquet(tmp_path / "parts" / n / "quarantine.parquet")
+        dup = q.filter(pl.col("reasons").list.contains("DUPLICATE_SETTLEMENT"))
+        ids = dup.filter(pl.col("record") == "settlement")["setl_id"]
+        with_lines = dup.filter(pl.col("record") == "fee_line")["setl_id"].unique()
+        audited = pl.read_parquet(tmp_path / "parts" / n / "lines.parquet")["setl_id"]
+        assert not audited.is_in(ids.implode()).any(), n
+        if ids.len():
+            assert with_lines.is_in(ids.implode()).all() and with_lines.len() > 0, n
     memory, parts = (ledger_snapshot(tmp_path / f"{m}.duckdb") for m in ("memory", "parts"))
     for table in ("settlements", "settlement_costs", "accumulators", "payout_history"):
         assert memory[table] == parts[table], table

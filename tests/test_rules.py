@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
 from conftest import Extract, adjudicate, row, yuan
 
@@ -266,6 +267,37 @@ def test_denied_settlement_leaves_year_to_date_unchanged(ex: Extract, tmp_path: 
     assert denied["status"] == "denied"
     assert denied["cum_payable_amt"] == yuan("10000") and denied["cum_payout_amt"] == yuan("7500")
     assert row(p, "S3")["cum_payable_amt"] == yuan("11000")
+
+
+@pytest.mark.parametrize("buckets", ["1", "3"])
+def test_a_denied_settlement_s_lines_count_nothing_and_say_why(
+    ex: Extract, tmp_path: Path, buckets: str
+) -> None:
+    # the lines are judged before the member's eligibility is known (as if paid), then the
+    # denial rewrites them: every component DENIED_SETTLEMENT, nothing counted, the reasons
+    # DENIED_SETTLEMENT and the list that excluded a line (in one part or cut in three)
+    ex.on_list("negative", "NEG-1", "2022-01-01")
+    ex.member("M1", basic_suspended_from="2022-04-01", basic_suspended_to="2022-04-30")
+    negative = {"list_type": "101", "chrgitm_lv": "03", "fulamt_ownpay_amt": "70", "code": "NEG-1"}
+    ex.claim("S1", "M1", "2022-03-01 08:00:00", reasonable="100", extra_lines=[negative])
+    ex.claim("S2", "M1", "2022-04-15 08:00:00", reasonable="100", extra_lines=[negative])
+    p = adjudicate(ex, tmp_path, "--buckets", buckets)
+    assert row(p, "S2")["status"] == "denied" and row(p, "S1")["status"] == "zero"
+    audit = pl.read_parquet(tmp_path / "out" / "lines.parquet").sort("setl_id", "feedetl_sn")
+    denied = audit.filter(pl.col("setl_id") == "S2")
+    assert denied["reasons"].to_list() == [
+        ["DENIED_SETTLEMENT"],
+        ["DENIED_SETTLEMENT"],
+        ["DENIED_SETTLEMENT", "NEGATIVE_LIST"],
+    ]
+    assert (denied["reasonable_counted"] == 0).all()
+    dispositions = [c for c in audit.columns if c.endswith("__disposition")]
+    assert set(denied.select(dispositions).unpivot()["value"].cast(pl.String)) == {
+        "DENIED_SETTLEMENT"
+    }
+    paid = audit.filter(pl.col("setl_id") == "S1")
+    assert paid["reasons"].to_list() == [[], ["COUNTED_REASONABLE"], ["NEGATIVE_LIST"]]
+    assert paid["reasonable_counted"].to_list() == [yuan(0), yuan(100), yuan(0)]
 
 
 def test_list_validity_first_and_last_day(ex: Extract, tmp_path: Path) -> None:
