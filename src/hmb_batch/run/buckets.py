@@ -176,15 +176,18 @@ class CutBatch:
     def line_parts(self) -> Iterator[tuple[int, LinePart]]:
         """Each part's typed rows, one part in memory at a time (empty parts skipped)."""
         for k in range(self.parts):
-            settlements = _with_errors(self.folder, "settlements", k)
-            lines = _with_errors(self.folder, "fee_lines", k)
+            wide = self.shape == "wide"
+            settlements = _with_errors(self.folder, "settlements", k, ordered=wide)
+            lines = _with_errors(self.folder, "fee_lines", k, ordered=False)
             if settlements is None and lines is None:
                 continue
             yield (
                 k,
                 LinePart(
                     self._settlements(settlements),
-                    lines.collect() if lines is not None else _empty_typed(FEE_LINES),
+                    _in_input_order(lines.collect(), ["setl_id", "feedetl_sn"])
+                    if lines is not None
+                    else _empty_typed(FEE_LINES),
                 ),
             )
 
@@ -208,15 +211,16 @@ class CutBatch:
             return _empty_typed(SETTLEMENTS)
         if self.shape == "wide":  # every line repeats its header; all of them are in this part
             return distinct_headers(frame).collect()
-        return frame.collect()
+        return _in_input_order(frame.collect(), ["setl_id"])
 
 
 _ERRORS = "-errors"  # the folder of a table's reading errors (see type_table_apart)
 
 
-def _with_errors(folder: Path, table: str, k: int) -> pl.LazyFrame | None:
-    """Bucket ``k`` of a table with its reading errors joined back (as type_table gives it)."""
-    rows = _scan_part(folder / table, k)
+def _with_errors(folder: Path, table: str, k: int, *, ordered: bool = True) -> pl.LazyFrame | None:
+    """Bucket ``k`` of a table with its reading errors joined back (as type_table gives it);
+    ``ordered``: see :func:`_scan_part`."""
+    rows = _scan_part(folder / table, k, ordered=ordered)
     if rows is None:
         return None
     errors = _scan_part(folder / f"{table}{_ERRORS}", k)
@@ -225,16 +229,28 @@ def _with_errors(folder: Path, table: str, k: int) -> pl.LazyFrame | None:
     return with_errors(rows, errors)
 
 
-def _scan_part(folder: Path, k: int) -> pl.LazyFrame | None:
+def _scan_part(folder: Path, k: int, *, ordered: bool = True) -> pl.LazyFrame | None:
     """Bucket ``k`` of a table: its rows in input order (file, then row), as one bucket reads
     them from the files: which copy of a repeated settlement validation keeps first must not
     depend on B (the streaming sinks keep no row order). Every row carries its input file's
-    number (:data:`SOURCE`) and its row in that file (ROW)."""
+    number (:data:`SOURCE`) and its row in that file (ROW). ``ordered=False``: in no order,
+    with :data:`SOURCE` (see :func:`_in_input_order`)."""
     files = sorted(folder.glob(f"*/{BUCKET}={k}/*.parquet"))
     if not files:
         return None
-    parts = [pl.scan_parquet(f) for f in files]
-    return pl.concat(parts, how="vertical_relaxed").sort(SOURCE, ROW).drop(SOURCE)
+    rows = pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
+    return rows.sort(SOURCE, ROW).drop(SOURCE) if ordered else rows
+
+
+def _in_input_order(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    """A part's rows in input order when the order matters: only for the copies of a repeated
+    key (which one validation keeps). Distinct hashes prove every key distinct, and then the
+    rows' order decides nothing (sorting every wide row of a part cost several times the
+    count)."""
+    hashed = pl.sum_horizontal(pl.col(c).hash(i + 1) for i, c in enumerate(key))
+    if frame.select(hashed.n_unique()).item() == frame.height:
+        return frame.drop(SOURCE)
+    return frame.sort(SOURCE, ROW).drop(SOURCE)
 
 
 def _empty_typed(contract: Contract) -> pl.DataFrame:
