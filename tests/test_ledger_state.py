@@ -9,6 +9,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from conftest import Extract, adjudicate_args, new_ledger, run_cli, standard_extract
@@ -319,3 +320,19 @@ def test_a_revert_drops_a_cost_first_accumulated_by_the_reverted_batch(tmp_path:
     with open_ledger(ledger) as lg:
         lg.revert("b2")
     assert _assert_state_is_the_log(ledger) == after_first == [("M1", 2022, "compliant", 500)]
+
+
+def test_cost_rows_of_a_settlement_the_batch_does_not_record_are_refused(tmp_path: Path) -> None:
+    from hmb_batch.ledger.store import LedgerError, open_ledger
+
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
+    record, rows = _log_only_batch("b1", 1, [("M1", 2022, "compliant", None, 500)])
+    # a cost row without its settlement would name no member: no night's check could see it
+    rows["settlement_costs"] = pl.DataFrame(
+        [("X9", "compliant", 500, 500)], schema=rows["settlement_costs"].schema, orient="row"
+    )
+    refused = pytest.raises(LedgerError, match=r"\(X9\); nothing was applied")
+    with open_ledger(ledger) as lg, refused:
+        lg.apply(record, rows)
+    assert _query(ledger, "SELECT count(*) FROM batches") == [(0,)]
+    assert _state(ledger) == []

@@ -215,6 +215,10 @@ _REVERT_UNSEEN = """
     WHERE m.psn_no = u.psn_no AND m.plan_year = u.plan_year AND m.cost = u.cost
 """
 
+# The most setl_ids a run keeps from prior_for's lookups for the commit's guard (see
+# Ledger._already_recorded); beyond it the guard reads the registry.
+_LOOKUPS_KEPT = 1_000_000
+
 # What one batch inserts, in this order (see :func:`batch_rows`).
 BATCH_TABLES = (
     "settlements",
@@ -758,8 +762,11 @@ class Ledger:
         finally:
             self.con.unregister("ids")
         reversed_ids = found.filter(~pl.col("hit"))["init_setl_id"]
-        looked_up = (ids, found.filter(pl.col("hit")).select("setl_id"))
-        self._looked_up = [*(self._looked_up or []), looked_up]
+        looked_up = [*(self._looked_up or []), (ids, found.filter(pl.col("hit")).select("setl_id"))]
+        # a batch of many buckets would hold every id it looked up until its commit: past a
+        # bound the lookups are let go, and the guard then reads the registry itself
+        kept = sum(i.height for i, _ in looked_up) <= _LOOKUPS_KEPT
+        self._looked_up = looked_up if kept else None
         registry = (
             found.filter(pl.col("hit"))
             .drop("hit")
@@ -960,6 +967,15 @@ class Ledger:
                 if table == "settlement_costs":
                     # member and plan year from the batch's own registry rows (a join of the
                     # batch with itself), so the rows a kernel gives need not carry them
+                    orphans = con.execute(
+                        f"SELECT DISTINCT c.setl_id FROM {src} c "
+                        f"ANTI JOIN {registry} s USING (setl_id) ORDER BY 1 LIMIT 5"
+                    ).fetchall()
+                    if orphans:  # they would carry no member: no night could check them
+                        raise LedgerError(
+                            f"batch {batch_id} has cost rows of settlements it does not record "
+                            f"({', '.join(r[0] for r in orphans)}); nothing was applied"
+                        )
                     keys = member_keys(registry)
                     con.execute(
                         f"INSERT INTO {table} ({cols}, psn_no, plan_year, member_key) "
