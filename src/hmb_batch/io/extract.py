@@ -24,16 +24,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+import numpy as np
 import polars as pl
 
 from hmb_batch.errors import ConfigError, InputUnreadable, SchemaError
 from hmb_batch.io.contracts import FEE_LINES, PERSONAL, SETTLEMENTS, Contract, Kind
 from hmb_batch.money import MAX_AMOUNT_TEXT, above_maximum, fen_from, nfkc, non_ascii
-
-if TYPE_CHECKING:
-    import numpy as np
 
 ROW = "_row"  # 1-based data row in its file (the header is not counted)
 FILE = "_file"
@@ -100,7 +97,7 @@ def detect_format(path: Path) -> str:
 _TMP: list[str] = []
 _CHUNK = 1 << 22
 # bytes that may stand before an opening quote / after a closing one (-1: start or end of file)
-_QUOTE_NEIGHBOURS = [ord(","), ord("\n"), ord("\r"), ord('"'), -1]
+_QUOTE_NEIGHBOURS = np.array([ord(","), ord("\n"), ord("\r"), ord('"'), -1])
 _BOM = codecs.BOM_UTF8
 
 
@@ -132,8 +129,6 @@ class _Shape:
 
     def feed(self, data: bytes, final: bool = False) -> None:
         """Take the next bytes; the last byte waits for its successor (a quote's check)."""
-        import numpy as np  # only CSV input needs NumPy: not imported at start
-
         if self.offset == 0 and not self._held and data.startswith(_BOM):
             data, self.offset = data[len(_BOM) :], len(_BOM)
             self.start = self.offset
@@ -149,8 +144,6 @@ class _Shape:
             self._finish()
 
     def _chunk(self, buf: np.ndarray, nxt: int) -> None:
-        import numpy as np  # only CSV input needs NumPy: not imported at start
-
         base = self.offset
         quotes = np.flatnonzero(buf == 0x22)
         breaks = np.flatnonzero(buf == 0x0A)
@@ -208,8 +201,6 @@ class _Shape:
         self.offset = base + buf.size
 
     def _finish(self) -> None:
-        import numpy as np  # only CSV input needs NumPy: not imported at start
-
         if self.offset > self.start and not self.in_quote:  # a last record without a line break
             fields = self.commas + 1
             if self.header is None:
@@ -222,8 +213,6 @@ class _Shape:
 
     def problems(self, path: Path) -> pl.DataFrame:
         """Data rows (``_row``) whose field count differs from the header's, with a message."""
-        import numpy as np  # only CSV input needs NumPy: not imported at start
-
         if not self.bad_rows:
             return pl.DataFrame(schema={ROW: pl.UInt32, _SHAPE: pl.String})
         frame = pl.DataFrame(
