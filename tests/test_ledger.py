@@ -408,7 +408,13 @@ def test_a_batch_that_does_not_balance_is_not_applied(
     assert not (tmp_path / "out" / "payouts.parquet").exists()
 
 
-def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_path: Path) -> None:
+# the guard reads the registry itself, or answers from the setl_ids prior_for looked up in it
+# (all of the batch's, or only some, or more than it keeps: then it reads the registry too)
+@pytest.mark.parametrize("looked_up", ["none", "all", "some", "let go"])
+def test_the_ledger_itself_refuses_a_settlement_recorded_twice(
+    year: Path, tmp_path: Path, looked_up: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hmb_batch.ledger import store
     from hmb_batch.ledger.store import LedgerError
     from hmb_batch.rules.engine import PriorState
 
@@ -438,7 +444,13 @@ def test_the_ledger_itself_refuses_a_settlement_recorded_twice(year: Path, tmp_p
         "max_setl_time": None,
         "summary": "{}",
     }
+    extract = pl.read_parquet(inputs.extract, columns=["setl_id", "init_setl_id", "psn_no"])
     with open_ledger(ledger) as lg, pytest.raises(LedgerError, match="already in the ledger"):
+        if looked_up == "let go":
+            monkeypatch.setattr(store, "_LOOKUPS_KEPT", 0)
+        if looked_up != "none":
+            lg.prior_for(extract.tail(1) if looked_up == "some" else extract, costs)
+        assert (lg._looked_up is None) == (looked_up in ("none", "let go"))
         lg.apply(
             record,
             {

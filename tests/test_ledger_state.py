@@ -9,6 +9,7 @@ from typing import Any
 
 import duckdb
 import polars as pl
+import pytest
 from polars.testing import assert_frame_equal
 
 from conftest import Extract, adjudicate_args, new_ledger, run_cli, standard_extract
@@ -123,9 +124,23 @@ def test_member_state_follows_nights_a_revert_and_a_reapply(tmp_path: Path) -> N
     assert nightly_state == _state(whole_ledger)
 
 
+def _as_schema_6(ledger: Path) -> None:
+    """Turn a ledger back into what schema 6 was: cost rows without member and plan year."""
+    assert SCHEMA_VERSION == 7
+    con = duckdb.connect(str(ledger))
+    try:
+        con.execute("ALTER TABLE settlement_costs DROP COLUMN psn_no")
+        con.execute("ALTER TABLE settlement_costs DROP COLUMN plan_year")
+        con.execute("ALTER TABLE settlement_costs DROP COLUMN member_key")
+        con.execute("DROP TABLE member_keys")
+        con.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    finally:
+        con.close()
+
+
 def _as_schema_5(ledger: Path) -> None:
     """Turn a ledger back into what schema 5 was: no member_state, the view over the log."""
-    assert SCHEMA_VERSION == 6
+    _as_schema_6(ledger)
     view_v1 = next(ddl for ddl in MIGRATIONS[1] if "VIEW accumulators" in ddl)
     con = duckdb.connect(str(ledger))
     try:
@@ -153,11 +168,83 @@ def test_a_schema_5_ledger_migrates_with_its_year_to_date(tmp_path: Path) -> Non
 
     status = run_cli(["ledger", "status", "--ledger", str(ledger)])  # opening migrates
     assert status.exit_code == 0, status.output
-    assert _query(ledger, "SELECT value FROM meta WHERE key = 'schema_version'") == [("6",)]
+    assert _query(ledger, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
     assert _assert_state_is_the_log(ledger) == expected
     # and the migrated ledger carries on
     _night(ledger, tmp_path, "n2-again", NIGHTS[2])
     _assert_state_is_the_log(ledger)
+
+
+# each cost row's member and plan year, as the registry's settlements say, and the member's key
+COST_MEMBERS = """
+    SELECT c.setl_id, c.cost, s.psn_no, s.plan_year, k.member_key FROM settlement_costs c
+    JOIN settlements s USING (setl_id) JOIN member_keys k ON k.psn_no = s.psn_no
+"""
+COSTS = "SELECT setl_id, cost, psn_no, plan_year, member_key FROM settlement_costs"
+
+
+def _assert_keys_are_dense_and_unique(ledger: Path) -> None:
+    keys = _query(ledger, "SELECT psn_no, member_key FROM member_keys")
+    assert len({p for p, _ in keys}) == len(keys)
+    assert sorted(k for _, k in keys) == list(range(1, len(keys) + 1))
+
+
+def test_a_schema_6_ledger_migrates_its_cost_rows_with_their_members(tmp_path: Path) -> None:
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
+    for i, claims in enumerate(NIGHTS[:3]):
+        _night(ledger, tmp_path, f"n{i}", claims)
+    costs = _query(ledger, COSTS)
+    assert costs == _query(ledger, COST_MEMBERS) and len(costs) > 0
+    _as_schema_6(ledger)
+
+    status = run_cli(["ledger", "status", "--ledger", str(ledger)])  # opening migrates
+    assert status.exit_code == 0, status.output
+    assert _query(ledger, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
+    migrated = _query(ledger, COSTS)
+    assert migrated == _query(ledger, COST_MEMBERS)
+    assert [r[:4] for r in migrated] == [r[:4] for r in costs]
+    _assert_keys_are_dense_and_unique(ledger)
+    # and the migrated ledger carries on, its new cost rows named and keyed too (M3's 2023
+    # claim is a new member-year of a member already keyed)
+    _night(ledger, tmp_path, "n3", NIGHTS[3])
+    after = _query(ledger, COSTS)
+    assert after == _query(ledger, COST_MEMBERS) and len(after) > len(costs)
+    _assert_keys_are_dense_and_unique(ledger)
+    _assert_state_is_the_log(ledger)
+
+
+def test_member_keys_survive_a_revert_and_new_members_get_the_next(tmp_path: Path) -> None:
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
+    _night(ledger, tmp_path, "n0", NIGHTS[0])  # M1, M2
+    assert _query(ledger, "SELECT psn_no, member_key FROM member_keys") == [("M1", 1), ("M2", 2)]
+    _night(ledger, tmp_path, "n2", NIGHTS[2])  # M3 is new
+    r = run_cli(["ledger", "revert", _last_batch(ledger), "--ledger", str(ledger)])
+    assert r.exit_code == 0, r.output
+    # a key is never taken back: M3 keeps 3 for when its claims come again
+    keys = [("M1", 1), ("M2", 2), ("M3", 3)]
+    assert _query(ledger, "SELECT psn_no, member_key FROM member_keys") == keys
+    _night(ledger, tmp_path, "n2-again", NIGHTS[2])
+    assert _query(ledger, "SELECT psn_no, member_key FROM member_keys") == keys
+    assert _query(ledger, COSTS) == _query(ledger, COST_MEMBERS)
+
+
+def test_a_registry_cost_row_edited_by_hand_is_refused(tmp_path: Path) -> None:
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
+    _night(ledger, tmp_path, "n0", NIGHTS[0])
+    con = duckdb.connect(str(ledger))
+    try:  # a settlement's increment edited by hand between nights: the accumulator is intact
+        con.execute(
+            "UPDATE settlement_costs SET increment_fen = increment_fen + 1 "
+            "WHERE setl_id = 'A1' AND cost = 'compliant'"
+        )
+    finally:
+        con.close()
+    before = _state(ledger)
+    files = _extract(NIGHTS[1]).write(tmp_path / "n1" / "in")
+    r = run_cli(adjudicate_args(files, tmp_path / "n1" / "out", "--ledger", str(ledger)))
+    assert r.exit_code == 6, r.output
+    assert "ledger.before" in r.output and "M1 2022 compliant" in r.output
+    assert _state(ledger) == before
 
 
 def test_a_member_state_that_disagrees_with_the_registry_is_refused(tmp_path: Path) -> None:
@@ -233,3 +320,19 @@ def test_a_revert_drops_a_cost_first_accumulated_by_the_reverted_batch(tmp_path:
     with open_ledger(ledger) as lg:
         lg.revert("b2")
     assert _assert_state_is_the_log(ledger) == after_first == [("M1", 2022, "compliant", 500)]
+
+
+def test_cost_rows_of_a_settlement_the_batch_does_not_record_are_refused(tmp_path: Path) -> None:
+    from hmb_batch.ledger.store import LedgerError, open_ledger
+
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
+    record, rows = _log_only_batch("b1", 1, [("M1", 2022, "compliant", None, 500)])
+    # a cost row without its settlement would name no member: no night's check could see it
+    rows["settlement_costs"] = pl.DataFrame(
+        [("X9", "compliant", 500, 500)], schema=rows["settlement_costs"].schema, orient="row"
+    )
+    refused = pytest.raises(LedgerError, match=r"\(X9\); nothing was applied")
+    with open_ledger(ledger) as lg, refused:
+        lg.apply(record, rows)
+    assert _query(ledger, "SELECT count(*) FROM batches") == [(0,)]
+    assert _state(ledger) == []

@@ -1,6 +1,6 @@
 """The ledger: an embedded DuckDB file holding the year to date between nightly batches.
 
-Tables (schema version 6; analysts may open the file with DuckDB and query them):
+Tables (schema version 7; analysts may open the file with DuckDB and query them):
 
 ``meta``             key/value: ``schema_version``.
 ``batches``          one row per batch: ``batch_id``, ``seq`` (application order), ``batch_key``
@@ -12,7 +12,11 @@ Tables (schema version 6; analysts may open the file with DuckDB and query them)
                      member, plan year, edition, payable/payout and year-to-date after it, in fen;
                      med_type, district and hospital (for reports from the ledger alone).
 ``settlement_costs`` each settlement's increment of each cost (e.g. compliant, reasonable) and the
-                     year to date after it, in fen.
+                     year to date after it, in fen, with the settlement's member and plan year
+                     and ``member_key`` (a night reads its members' increments from this table
+                     alone, joined by the integer key).
+``member_keys``      psn_no and ``member_key``: a dense integer per member ever recorded (kept
+                     when a batch is reverted), for integer joins over the year's cost rows.
 ``settlement_responsibilities`` each settlement's payable and payout per responsibility (责任) and
                      the responsibility's year to date after it, in fen.
 ``accumulator_log``  per batch, each touched accumulator before and after, in fen.
@@ -71,7 +75,7 @@ from hmb_batch.rules.engine import (
 )
 from hmb_batch.rules.validation import IS_REVERSAL
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -142,6 +146,29 @@ MIGRATIONS: dict[int, list[str]] = {
         """CREATE OR REPLACE VIEW accumulators AS
             SELECT psn_no, plan_year, cost, amount_fen FROM member_state""",
     ],
+    # each cost row names its member and plan year, and carries the member's key: a dense
+    # integer from member_keys (one row per member ever recorded, never removed), so a night
+    # finds its members' cost rows by an integer join instead of a string join over the
+    # year's rows. The table is rebuilt (not altered and updated) so the copy is one pass
+    # over each table, its rows kept in their order
+    7: [
+        """CREATE TABLE member_keys(
+            psn_no VARCHAR NOT NULL, member_key INTEGER NOT NULL)""",
+        """INSERT INTO member_keys
+            SELECT psn_no, row_number() OVER (ORDER BY psn_no)
+            FROM (SELECT DISTINCT psn_no FROM settlements)""",
+        """CREATE TABLE settlement_costs_v7(
+            setl_id VARCHAR NOT NULL, cost VARCHAR NOT NULL, increment_fen BIGINT NOT NULL,
+            cum_fen BIGINT NOT NULL, psn_no VARCHAR, plan_year INTEGER, member_key INTEGER)""",
+        """INSERT INTO settlement_costs_v7
+            SELECT c.setl_id, c.cost, c.increment_fen, c.cum_fen, s.psn_no, s.plan_year,
+                   k.member_key
+            FROM settlement_costs c LEFT JOIN settlements s USING (setl_id)
+                 LEFT JOIN member_keys k USING (psn_no)
+            ORDER BY c.rowid""",
+        "DROP TABLE settlement_costs",
+        "ALTER TABLE settlement_costs_v7 RENAME TO settlement_costs",
+    ],
 }
 
 # The batch's accumulator_log rows ({log}: a registered frame or read_parquet) become its
@@ -187,6 +214,10 @@ _REVERT_UNSEEN = """
     ) u
     WHERE m.psn_no = u.psn_no AND m.plan_year = u.plan_year AND m.cost = u.cost
 """
+
+# The most setl_ids a run keeps from prior_for's lookups for the commit's guard (see
+# Ledger._already_recorded); beyond it the guard reads the registry.
+_LOOKUPS_KEPT = 1_000_000
 
 # What one batch inserts, in this order (see :func:`batch_rows`).
 BATCH_TABLES = (
@@ -492,6 +523,10 @@ class Ledger:
         self.path = path
         self.con = con
         self.archive = FileArchive(path)
+        # the members the last prior_for read and their registry increments (increments_of)
+        self._increments: tuple[pl.DataFrame, pl.DataFrame] | None = None
+        # the setl_ids each prior_for since the last write looked up, and those it found
+        self._looked_up: list[tuple[pl.DataFrame, pl.DataFrame]] | None = None
 
     # --- schema ------------------------------------------------------------------------
     def _migrate(self, *, create: bool = False) -> None:
@@ -690,8 +725,11 @@ class Ledger:
         """The registry and year to date that a batch touches — and nothing more.
 
         Registry rows: the batch's setl_ids and the originals its reversals name. Accumulators:
-        the members of the batch and of those originals.
+        the members of the batch and of those originals. The same pass over the registry's
+        costs also sums these members' increments, which :meth:`increments_of` then answers
+        from (until the ledger is next written).
         """
+        self._increments = None
         ids = (
             pl.concat(
                 [
@@ -702,44 +740,104 @@ class Ledger:
             .drop_nulls()
             .unique()
         )
-        self.con.register("ids", ids.to_arrow())
-        # ``reversed``: a reversal in the registry names the row. Joined on the batch's ids,
+        # the registry's rows with the batch's ids (``hit``), and the reversals that name one of
+        # them (the originals they name are ``reversed``): two semi joins on the batch's ids,
         # not a correlated EXISTS, which DuckDB runs as a second join over every settlement
-        registry = _frame(
-            self.con.sql(
-                """
-            WITH reversed AS (
-                SELECT DISTINCT r.init_setl_id AS setl_id
-                FROM settlements r JOIN ids ON r.init_setl_id = ids.setl_id
+        self.con.register("ids", ids.to_arrow())
+        try:
+            found = _frame(
+                self.con.sql(
+                    """
+                SELECT s.setl_id, s.psn_no, s.plan_year::BIGINT AS plan_year, s.is_reversal,
+                       s.init_setl_id, s.header_fen, TRUE AS hit
+                FROM settlements s SEMI JOIN ids USING (setl_id)
+                UNION ALL
+                SELECT r.setl_id, r.psn_no, r.plan_year::BIGINT, r.is_reversal, r.init_setl_id,
+                       r.header_fen, FALSE
+                FROM settlements r SEMI JOIN ids ON r.init_setl_id = ids.setl_id
                 WHERE r.is_reversal
+                """
+                )
             )
-            SELECT s.setl_id, s.psn_no, s.plan_year::BIGINT AS plan_year, s.is_reversal,
-                   s.init_setl_id, s.header_fen, reversed.setl_id IS NOT NULL AS reversed
-            FROM settlements s JOIN ids USING (setl_id) LEFT JOIN reversed USING (setl_id)
-            """
-            )
+        finally:
+            self.con.unregister("ids")
+        reversed_ids = found.filter(~pl.col("hit"))["init_setl_id"]
+        looked_up = [*(self._looked_up or []), (ids, found.filter(pl.col("hit")).select("setl_id"))]
+        # a batch of many buckets would hold every id it looked up until its commit: past a
+        # bound the lookups are let go, and the guard then reads the registry itself
+        kept = sum(i.height for i, _ in looked_up) <= _LOOKUPS_KEPT
+        self._looked_up = looked_up if kept else None
+        registry = (
+            found.filter(pl.col("hit"))
+            .drop("hit")
+            .with_columns(pl.col("setl_id").is_in(reversed_ids.implode()).alias("reversed"))
         )
-        self.con.unregister("ids")
-        # the costs of the rows found (a night's own ids are mostly new): a smaller hash table
-        # to probe the year's settlement_costs with
-        self.con.register("ids", registry.select("setl_id").to_arrow())
-        costs_long = _frame(
-            self.con.sql(
-                "SELECT c.setl_id, c.cost, c.increment_fen "
-                "FROM settlement_costs c JOIN ids USING (setl_id)"
-            )
-        )
-        self.con.unregister("ids")
-        registry = _widen(registry, costs_long, "setl_id", "increment_fen", inc, costs)
         members = (
             pl.concat([settlements.select("psn_no"), registry.select("psn_no")])
             .drop_nulls()
             .unique()
         )
+        costs_long, sums = self._costs_of(registry.select("setl_id"), members)
+        registry = _widen(registry, costs_long, "setl_id", "increment_fen", inc, costs)
+        self._increments = (members, sums)
         acc_long = self.year_to_date(members)
         keys = acc_long.select(MEMBER_YEAR).unique()
         accumulators = _widen(keys, acc_long, MEMBER_YEAR, "amount_fen", cum, costs)
+        self._release_cache()
         return PriorState(registry.lazy(), accumulators.lazy())
+
+    def _release_cache(self) -> None:
+        """Hand back the memory of the blocks DuckDB kept from reading the year's tables.
+
+        DuckDB keeps what it read cached up to its memory limit; the kernel, which runs next,
+        would otherwise reach its peak on top of that cache. Lowering the limit for a moment
+        evicts the unpinned blocks; if DuckDB cannot go that low, the limit stays as it was.
+        """
+        rows = self.con.execute("SELECT current_setting('memory_limit')").fetchall()
+        with contextlib.suppress(duckdb.Error):
+            self.con.execute("SET memory_limit = '32MiB'")
+        self.con.execute(f"SET memory_limit = {_quote(str(rows[0][0]))}")
+
+    def _costs_of(
+        self, found: pl.DataFrame, members: pl.DataFrame
+    ) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """In one pass over ``settlement_costs``: the cost rows of the settlements ``found`` (of
+        ``members``): setl_id, cost, increment_fen; and the sum of the increments of ``members``'
+        settlements per plan year and cost: psn_no, plan_year, cost, amount_fen.
+
+        The members' keys are looked up in ``member_keys`` (a string join over the members
+        ever recorded); the year's cost rows are then joined and grouped by the integer key.
+        """
+        self.con.register("found", found.to_arrow())
+        self.con.register("members", members.select("psn_no").to_arrow())
+        try:
+            # a found settlement's rows keep their setl_id, the others are summed
+            groups = _frame(
+                self.con.sql(
+                    """
+                WITH k AS MATERIALIZED (
+                    SELECT psn_no, member_key FROM member_keys SEMI JOIN members USING (psn_no)
+                ), g AS (
+                    SELECT CASE WHEN f.setl_id IS NOT NULL THEN c.setl_id END AS setl_id,
+                           c.member_key, c.plan_year, c.cost, sum(c.increment_fen) AS amount_fen
+                    FROM settlement_costs c SEMI JOIN k USING (member_key)
+                         LEFT JOIN found f USING (setl_id)
+                    GROUP BY ALL
+                )
+                SELECT g.setl_id, k.psn_no, g.plan_year::BIGINT AS plan_year, g.cost,
+                       g.amount_fen::BIGINT AS amount_fen
+                FROM g JOIN k USING (member_key)
+                """
+                )
+            )
+        finally:
+            self.con.unregister("found")
+            self.con.unregister("members")
+        rows = groups.filter(pl.col("setl_id").is_not_null()).select(
+            "setl_id", "cost", pl.col("amount_fen").alias("increment_fen")
+        )
+        sums = groups.group_by("psn_no", "plan_year", "cost").agg(pl.col("amount_fen").sum())
+        return rows, sums
 
     def year_to_date(self, members: pl.DataFrame) -> pl.DataFrame:
         """The accumulators of these members (``psn_no``): psn_no, plan_year, cost, amount_fen.
@@ -762,17 +860,26 @@ class Ledger:
 
     def increments_of(self, members: pl.DataFrame) -> pl.DataFrame:
         """What the registry holds for these members: the sum of their applied settlements'
-        increments per plan year and cost (psn_no, plan_year, cost, amount_fen)."""
-        self.con.register("members", members.select("psn_no").to_arrow())
+        increments per plan year and cost (psn_no, plan_year, cost, amount_fen).
+
+        Members that the last :meth:`prior_for` read are answered from that read of the
+        registry (nothing has written the ledger since: the run holds its lock); others are
+        read now.
+        """
+        wanted = members.select("psn_no").unique()
+        if self._increments is not None:
+            read, sums = self._increments
+            if wanted.join(read, on="psn_no", how="anti").is_empty():
+                return sums.join(wanted, on="psn_no", how="semi")
+        self.con.register("members", wanted.to_arrow())
         try:
             return _frame(
                 self.con.sql(
                     """
-                SELECT s.psn_no, s.plan_year::BIGINT AS plan_year, c.cost,
+                SELECT c.psn_no, c.plan_year::BIGINT AS plan_year, c.cost,
                        sum(c.increment_fen)::BIGINT AS amount_fen
-                FROM settlements s JOIN members USING (psn_no)
-                     JOIN settlement_costs c USING (setl_id)
-                GROUP BY s.psn_no, s.plan_year, c.cost
+                FROM settlement_costs c JOIN members USING (psn_no)
+                GROUP BY c.psn_no, c.plan_year, c.cost
                 """
                 )
             )
@@ -802,6 +909,7 @@ class Ledger:
         batch_id = record["batch_id"]
         con = self.con
         registered: list[str] = []
+        self._increments = None
 
         def source(table: str) -> str:
             value = rows[table]
@@ -812,6 +920,31 @@ class Ledger:
             registered.append(view)
             return view
 
+        def member_keys(registry: str) -> str:
+            """The keys of the batch's members (a view): new members get the next ones."""
+            known = _frame(
+                con.sql(
+                    "SELECT psn_no, member_key FROM member_keys "
+                    f"SEMI JOIN (SELECT psn_no FROM {registry}) USING (psn_no)"
+                )
+            )
+            members = _frame(con.sql(f"SELECT DISTINCT psn_no FROM {registry}"))
+            last = con.execute("SELECT coalesce(max(member_key), 0) FROM member_keys").fetchall()
+            new = (
+                members.drop_nulls()
+                .join(known, on="psn_no", how="anti")
+                .sort("psn_no")
+                .with_row_index("member_key", offset=int(last[0][0]) + 1)
+                .select("psn_no", pl.col("member_key").cast(pl.Int32))
+            )
+            con.register("_new_member_keys", new.to_arrow())
+            registered.append("_new_member_keys")
+            con.execute("INSERT INTO member_keys SELECT psn_no, member_key FROM _new_member_keys")
+            keys = pl.concat([known.with_columns(pl.col("member_key").cast(pl.Int32)), new])
+            con.register("_member_keys", keys.to_arrow())
+            registered.append("_member_keys")
+            return "_member_keys"
+
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(
@@ -821,9 +954,7 @@ class Ledger:
                 record,
             )
             registry = source("settlements")
-            seen = con.execute(
-                f"SELECT s.setl_id FROM settlements s JOIN {registry} r USING (setl_id) LIMIT 5"
-            ).fetchall()
+            seen = self._already_recorded(registry)
             if seen:  # the engine quarantines these; this guards the ledger itself
                 raise LedgerError(
                     f"batch {batch_id} would record settlements already in the ledger "
@@ -833,6 +964,27 @@ class Ledger:
             for table in BATCH_TABLES:
                 src = sources[table] = sources.get(table) or source(table)
                 cols = ", ".join(_TABLE_COLUMNS[table])
+                if table == "settlement_costs":
+                    # member and plan year from the batch's own registry rows (a join of the
+                    # batch with itself), so the rows a kernel gives need not carry them
+                    orphans = con.execute(
+                        f"SELECT DISTINCT c.setl_id FROM {src} c "
+                        f"ANTI JOIN {registry} s USING (setl_id) ORDER BY 1 LIMIT 5"
+                    ).fetchall()
+                    if orphans:  # they would carry no member: no night could check them
+                        raise LedgerError(
+                            f"batch {batch_id} has cost rows of settlements it does not record "
+                            f"({', '.join(r[0] for r in orphans)}); nothing was applied"
+                        )
+                    keys = member_keys(registry)
+                    con.execute(
+                        f"INSERT INTO {table} ({cols}, psn_no, plan_year, member_key) "
+                        f"SELECT {', '.join('c.' + c for c in _TABLE_COLUMNS[table])}, "
+                        f"s.psn_no, s.plan_year, k.member_key FROM {src} c "
+                        f"LEFT JOIN {registry} s USING (setl_id) "
+                        f"LEFT JOIN {keys} k USING (psn_no)"
+                    )
+                    continue
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {src}")
             # from the batch's own rows, not the log table: reading these back out of the
             # log would scan the year's log
@@ -854,9 +1006,45 @@ class Ledger:
             _rollback(con)
             raise
         finally:
+            self._looked_up = None
             for view in registered:
                 with contextlib.suppress(Exception):
                     con.unregister(view)
+
+    def _already_recorded(self, registry: str) -> list[str]:
+        """Up to five setl_ids of the batch's registry rows (``registry``: a view or
+        ``read_parquet``) that the ledger already holds.
+
+        Ids that :meth:`prior_for` looked up since the ledger was last written are answered
+        from what it found there (the run holds the lock, so the registry is as it was then):
+        a join of the batch with its own lookups instead of another pass over the year's
+        registry. Only if some id was not looked up is the registry read.
+        """
+        con = self.con
+        if self._looked_up is not None:
+            ids, hits = (pl.concat(frames) for frames in zip(*self._looked_up, strict=True))
+            con.register("_looked_up", ids.to_arrow())
+            con.register("_hits", hits.to_arrow())
+            try:
+                rows = con.execute(
+                    f"""
+                    SELECT r.setl_id, h.setl_id IS NOT NULL AS hit
+                    FROM {registry} r LEFT JOIN _looked_up l USING (setl_id)
+                         LEFT JOIN _hits h USING (setl_id)
+                    WHERE h.setl_id IS NOT NULL OR l.setl_id IS NULL
+                    ORDER BY hit DESC, r.setl_id
+                    LIMIT 5
+                    """
+                ).fetchall()
+            finally:
+                con.unregister("_looked_up")
+                con.unregister("_hits")
+            if all(hit for _, hit in rows):
+                return [r[0] for r in rows]
+        seen = con.execute(
+            f"SELECT s.setl_id FROM settlements s JOIN {registry} r USING (setl_id) LIMIT 5"
+        ).fetchall()
+        return [r[0] for r in seen]
 
     def revert(self, batch_id: str) -> BatchRecord:
         """Undo the most recent applied batch exactly; refuse any other."""
@@ -874,6 +1062,7 @@ class Ledger:
                 "computed on top of it; revert them first, newest first"
             )
         con = self.con
+        self._increments = self._looked_up = None
         con.execute("BEGIN TRANSACTION")
         try:
             # the batch's accumulator_log rows stay as history (marked by the batch's status);
@@ -1148,6 +1337,9 @@ def _connected(path: Path, *, create: bool = False) -> Iterator[Ledger]:
     except duckdb.Error as exc:  # truncated, overwritten header, locked by another program ...
         raise ledger_failure(path, exc) from exc
     try:
+        # DuckDB draws a progress bar on stdout for a long query (a migration of a big ledger),
+        # which would garble --json output
+        con.execute("SET enable_progress_bar = false")
         ledger = Ledger(path, con)
         ledger._migrate(create=create)
         yield ledger
