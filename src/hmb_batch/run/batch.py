@@ -198,8 +198,8 @@ def run_batch(
             roster = source.roster(0).clear()
             _adjudicate_members(parts, 0, parts.no_facts, roster, ledger, header, unmasked)
         clock.lap("adjudicate_members")
-        denied, removed = parts.decided()
         for k in list(parts.audited):
+            denied, removed = parts.decided(k, n)
             settled = settle_audit(
                 parts.audit_of(k),
                 source.fee_lines(k, removed),

@@ -421,6 +421,7 @@ class BucketParts:
     no_facts: pl.DataFrame | None = None  # the facts' columns, for a batch without any
     denied: list[pl.DataFrame] = field(default_factory=list)
     removed: list[pl.DataFrame] = field(default_factory=list)
+    _decided: list[pl.DataFrame] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for sub in self._subs():
@@ -502,9 +503,19 @@ class BucketParts:
         if result.latest is not None and (self.latest is None or result.latest > self.latest):
             self.latest = result.latest
 
-    def decided(self) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """The denied and the engine-quarantined settlements of every member bucket."""
-        return pl.concat(self.denied), pl.concat(self.removed, how="diagonal_relaxed")
+    def decided(self, k: int, parts: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The denied and the engine-quarantined settlements of part ``k`` (of ``parts``),
+        from every member bucket: each part's audit is matched with its own few, not with
+        the whole batch's."""
+        if not self._decided:
+            self._decided = [
+                pl.concat(self.denied),
+                pl.concat(self.removed, how="diagonal_relaxed"),
+            ]
+        return (
+            self._decided[0].filter(bucket_of("setl_id", parts) == k),
+            self._decided[1].filter(bucket_of("setl_id", parts) == k),
+        )
 
     # --- stage 3 ---------------------------------------------------------------------------
     def audit_of(self, k: int) -> pl.DataFrame:
