@@ -210,8 +210,8 @@ def test_an_empty_batch_in_any_number_of_buckets_writes_a_header_only_csv(
 def test_small_chunks_and_a_repeated_copy_give_what_one_bucket_gives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Files cut into 5-row queries across 3 buckets: the same payout file and quarantine as one
-    bucket — including which copy of a repeated settlement validation keeps (the first, which
+    """Files cut into 5-row queries across 3 buckets, the facts written 3 at a time: the same
+    payout file and quarantine as one bucket — including which copy of a repeated settlement validation keeps (the first, which
     here has an extra field and so a reading error)."""
     from hmb_batch.run import buckets
 
@@ -225,6 +225,7 @@ def test_small_chunks_and_a_repeated_copy_give_what_one_bucket_gives(
     lines[1] += ",extra"  # the first copy of S00 has one field too many
     files["settlements"].write_text("\n".join(lines) + "\n")
     monkeypatch.setattr(buckets, "chunk_rows", lambda limit: 5)
+    monkeypatch.setattr(buckets, "FACTS_PER_WRITE", 3)  # the facts written in several goes
     for b in (1, 3):
         r = run_cli(
             adjudicate_args(files, tmp_path / str(b), "--csv", "--quiet", "--buckets", str(b))

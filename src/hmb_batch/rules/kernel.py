@@ -1,31 +1,38 @@
-"""The kernel: one bucket of a batch's members through every rule, frames in, frames out.
+"""The kernel: a batch's settlements through every rule, frames in, frames out.
 
-A batch is cut into buckets by a hash of the member (one bucket when it fits the memory budget:
-every nightly run); each bucket goes through :func:`adjudicate_bucket`:
+Three stages, each a pure function (no I/O, no global state: the same frames in give the same
+frames out), so that each can run in this process, another process, or on a cluster's worker:
 
-    validate -> sequence -> eligibility -> costs -> year to date -> benefits
+1. :func:`adjudicate_lines`, per part of whole settlements (every row and fee line of each
+   setl_id): validate, then the line rules (lists at the fee date, what each cost counts of
+   each line), giving each accepted settlement's facts and the fee-line audit as if no
+   settlement were denied;
+2. :func:`adjudicate_members`, per bucket of members, on the facts alone:
+   sequence -> eligibility -> costs -> year to date -> benefits, giving the payouts, the
+   payout-file rows, the ledger rows and the reconciliation's settlement and batch totals;
+3. :func:`settle_audit`, per part again: the member stage's denials and quarantine applied to
+   the part's audit (a denied settlement's lines count nothing; a quarantined one's go to
+   quarantine with it).
 
-giving the bucket's payouts, payout-file rows, fee-line audit, quarantine, ledger rows and
-reconciliation totals. It is pure: no I/O, no global state, the same frames in give the same
-frames out, so a bucket can run in this process, another process, or on a cluster's worker. The
-orchestration (:mod:`hmb_batch.run.batch`) reads the buckets, the ledger's prior state for each,
-and writes the results.
-
-Why a bucket is a set of members: every rule after validation is per member and plan year (the
-year to date, reversals against the member's own settlements), and validation is per settlement,
-whose rows and fee lines all go to its member's bucket.
+Why these cuts: validation is per settlement, and so is every line rule (a line and its
+settlement's header); every rule after them is per member and plan year (the year to date,
+reversals against the member's own settlements), and reads a settlement's facts, not its
+lines. :func:`adjudicate_bucket` runs the three on one bucket held whole. The orchestration
+(:mod:`hmb_batch.run.batch`) reads the parts and buckets, the ledger's prior state for each
+bucket, and writes the results.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
 import polars as pl
 
-from hmb_batch.io.contracts import FEE_LINES, LINE_COMPONENTS, SETTLEMENTS, Contract
+from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS, Contract
 from hmb_batch.io.extract import FILE, ROW, Extract, type_table
 from hmb_batch.io.outputs import lines_frame, masked_personal, payouts_frame
 from hmb_batch.ledger.store import batch_rows
@@ -141,6 +148,7 @@ def _touched(prior: PriorState, settlements: pl.DataFrame) -> PriorState:
     return PriorState(registry, prior.accumulators.join(members, on="psn_no", how="semi"))
 
 
+@functools.cache
 def _no_records() -> pl.DataFrame:
     """A quarantine with no rows and every column a record may have (whichever stage gives it,
     a bucket's quarantine has these columns, so the buckets' rows go into one file as is)."""
@@ -154,11 +162,8 @@ def _no_records() -> pl.DataFrame:
     return quarantine_frame(typed(SETTLEMENTS), typed(FEE_LINES)).collect()
 
 
-_NO_RECORDS = _no_records()
-
-
 def _sorted_quarantine(frames: list[pl.DataFrame], batch_id: str) -> pl.DataFrame:
-    quarantine = pl.concat([_NO_RECORDS, *frames], how="diagonal_relaxed").with_columns(
+    quarantine = pl.concat([_no_records(), *frames], how="diagonal_relaxed").with_columns(
         pl.lit(batch_id).alias("batch_id")
     )
     order = [c for c in (RECORD, FILE, ROW, "setl_id", "feedetl_sn") if c in quarantine.columns]
@@ -239,17 +244,6 @@ def adjudicate_lines(
 
 
 # --- 2. the members: eligibility, costs, year to date, benefits, per bucket of members ------
-
-
-@dataclass(frozen=True)
-class Bucket:
-    """One bucket's inputs: its members' typed settlement rows and fee lines (not yet validated),
-    their checked roster rows, the ledger's prior state for them (None: no ledger)."""
-
-    settlements: pl.DataFrame
-    fee_lines: pl.DataFrame
-    roster: pl.DataFrame
-    prior: PriorState | None = None
 
 
 @dataclass(frozen=True)
@@ -373,7 +367,7 @@ def settle_audit(
     """
     with pl.Config(set_engine_affinity=ENGINE):
         settled = settled_audit(audit.lazy(), denied, removed, plan).collect()
-        quarantine = pl.DataFrame()
+        quarantine = _sorted_quarantine([], batch_id)
         # a removed settlement was accepted by validation: its lines are the part's lines of
         # its setl_id, one copy of each identical repeat
         lines = fee_lines.join(removed.select("setl_id"), on="setl_id", how="semi")
@@ -384,23 +378,24 @@ def settle_audit(
                 [line_records(lines.lazy().join(why, on="setl_id")).collect()],
                 batch_id,
             )
-        totals = line_totals(
-            quarantine=quarantine.lazy() if quarantine.height else _NO_QUARANTINE,
-            audit=settled.lazy(),
-        )
+        totals = line_totals(quarantine=quarantine.lazy(), audit=settled.lazy())
         return SettledLines(
-            lines_frame(settled),
-            masked_personal(quarantine, unmasked=unmasked) if quarantine.height else quarantine,
-            totals,
+            lines_frame(settled), masked_personal(quarantine, unmasked=unmasked), totals
         )
-
-
-_NO_QUARANTINE = pl.LazyFrame(
-    schema={"record": pl.String, **{c: pl.Decimal(18, 2) for c in LINE_COMPONENTS}}
-)
 
 
 # --- one bucket of members, whole: the three stages in turn -------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """One bucket's inputs: its members' typed settlement rows and fee lines (not yet validated),
+    their checked roster rows, the ledger's prior state for them (None: no ledger)."""
+
+    settlements: pl.DataFrame
+    fee_lines: pl.DataFrame
+    roster: pl.DataFrame
+    prior: PriorState | None = None
 
 
 @dataclass(frozen=True)
@@ -473,7 +468,7 @@ def adjudicate_bucket(
         unmasked=True,
     )
     quarantine = _sorted_quarantine(
-        [f for f in (lined.quarantine, members.quarantine, settled.quarantine) if f.width],
+        [lined.quarantine, members.quarantine, settled.quarantine],
         batch_id,
     )
     costs = cost_ids(plan)

@@ -1,13 +1,16 @@
-"""One batch end to end: read, cut into member buckets, adjudicate each, apply, write.
+"""One batch end to end: read, cut into parts and member buckets, adjudicate, apply, write.
 
-This is the orchestration edge: it does the I/O and calls the pure kernel
-(:func:`hmb_batch.rules.kernel.adjudicate_bucket`) once per bucket. The CLI calls
+This is the orchestration edge: it does the I/O and calls the pure kernel's three stages
+(:mod:`hmb_batch.rules.kernel`): ``adjudicate_lines`` once per part of whole settlements,
+``adjudicate_members`` once per member bucket, ``settle_audit`` once per part. The CLI calls
 :func:`run_batch` and renders what it returns.
 
 There is one path for every batch, a 5,000-line night or a year of a province: the batch is cut
-into B buckets by a hash of the member (:mod:`hmb_batch.run.buckets`; B = 1 when it fits the
-memory budget), each bucket goes through the kernel, its results go to part files in the run's
-spill area, and the output files, the reconciliation and the ledger rows are made from the parts.
+into P parts by a hash of setl_id and its settlements' facts into M buckets by a hash of the
+member (:mod:`hmb_batch.run.buckets`; P = M = 1 when it fits the memory budget, and then
+nothing is cut), the results go to part files in the run's spill area (kept in memory when
+nothing is cut), and the output files, the reconciliation and the ledger rows are made from the
+parts.
 
 With a ledger, the order is: take the writer lock; if the same inputs (content hashes) under the
 same plan editions were applied before, rewrite that batch's files from the ledger and stop;
@@ -153,63 +156,14 @@ def run_batch(
         parts = buckets.BucketParts(
             spill / "parts", with_ledger=ledger is not None, members=m, in_memory=n == m == 1
         )
-        before_ids: list[Identity] = []
         source = _source(inputs, header, ledger, spill, n, m, clock, limit)
-        files_named = (*header.extract_files, *header.fee_files)
-        found = False
-        for k, part in source.line_parts():
-            found = True
-            crash_point("read")
-            lined = adjudicate_lines(
-                part,
-                plan=plan,
-                lists=header.lists,
-                batch_id=header.batch_id,
-                shape=source.shape,
-                files=files_named,
-                unmasked=unmasked,
-            )
-            parts.add_lines(k, lined)
-            batch_within_bounds(parts.absolute_fen)  # each part is within; the batch must be
-        if not found:  # an empty batch still gives its (empty) files
-            lined = adjudicate_lines(
-                source.empty_part(),
-                plan=plan,
-                lists=header.lists,
-                batch_id=header.batch_id,
-                shape=source.shape,
-                unmasked=unmasked,
-            )
-            parts.add_lines(0, lined)
+        # each stage in its own function: a stage's last part or bucket is not held while the
+        # next stage runs
+        _line_stage(parts, source, header, unmasked)
         clock.lap("adjudicate_lines")
-        adjudicated = False
-        for bucket in range(m):
-            facts = parts.facts_of(bucket)
-            if facts is None:
-                continue
-            adjudicated = True
-            found_before = _adjudicate_members(
-                parts, bucket, facts, source.roster(bucket), ledger, header, unmasked
-            )
-            if found_before is not None:
-                before_ids.append(found_before)
-        if not adjudicated:  # no settlement at all: the empty files need the engine's columns
-            assert parts.no_facts is not None
-            roster = source.roster(0).clear()
-            _adjudicate_members(parts, 0, parts.no_facts, roster, ledger, header, unmasked)
+        before_ids = _member_stage(parts, source, ledger, header, m, unmasked)
         clock.lap("adjudicate_members")
-        for k in list(parts.audited):
-            denied, removed = parts.decided(k, n)
-            settled = settle_audit(
-                parts.audit_of(k),
-                source.fee_lines(k, removed),
-                denied,
-                removed,
-                plan=plan,
-                batch_id=header.batch_id,
-                unmasked=unmasked,
-            )
-            parts.add_settled(k, settled)
+        _settle_stage(parts, source, header, n, unmasked)
         clock.lap("settle_audit")
         crash_point("compute")
         # refusals that need the whole batch, before anything is written or applied
@@ -265,6 +219,87 @@ def run_batch(
             False,
             manifest,
         )
+
+
+def _line_stage(
+    parts: buckets.BucketParts, source: _Source, header: BatchHeader, unmasked: bool
+) -> None:
+    """Every part of whole settlements through the line stage (an empty batch: one empty part,
+    so that its files have their columns)."""
+    found = False
+    for k, part in source.line_parts():
+        found = True
+        crash_point("read")
+        parts.add_lines(
+            k,
+            adjudicate_lines(
+                part,
+                plan=header.plan,
+                lists=header.lists,
+                batch_id=header.batch_id,
+                shape=source.shape,
+                files=(*header.extract_files, *header.fee_files),
+                unmasked=unmasked,
+            ),
+        )
+        batch_within_bounds(parts.absolute_fen)  # each part is within; the batch must be
+    if not found:
+        empty = adjudicate_lines(
+            source.empty_part(),
+            plan=header.plan,
+            lists=header.lists,
+            batch_id=header.batch_id,
+            shape=source.shape,
+            unmasked=unmasked,
+        )
+        parts.add_lines(0, empty)
+
+
+def _member_stage(
+    parts: buckets.BucketParts,
+    source: _Source,
+    ledger: Ledger | None,
+    header: BatchHeader,
+    m: int,
+    unmasked: bool,
+) -> list[Identity]:
+    """Every member bucket through the member stage; with a ledger, each bucket's
+    ledger.before identity."""
+    before_ids: list[Identity] = []
+    adjudicated = False
+    for bucket in range(m):
+        facts = parts.facts_of(bucket)
+        if facts is None:
+            continue
+        adjudicated = True
+        found = _adjudicate_members(
+            parts, bucket, facts, source.roster(bucket), ledger, header, unmasked
+        )
+        if found is not None:
+            before_ids.append(found)
+    if not adjudicated:  # no settlement at all: the empty files need the engine's columns
+        assert parts.no_facts is not None
+        roster = source.roster(0).clear()
+        _adjudicate_members(parts, 0, parts.no_facts, roster, ledger, header, unmasked)
+    return before_ids
+
+
+def _settle_stage(
+    parts: buckets.BucketParts, source: _Source, header: BatchHeader, n: int, unmasked: bool
+) -> None:
+    """Every part's audit settled with the member stage's decisions."""
+    for k in list(parts.audited):
+        denied, removed = parts.decided(k, n)
+        settled = settle_audit(
+            parts.audit_of(k),
+            source.fee_lines(k, removed),
+            denied,
+            removed,
+            plan=header.plan,
+            batch_id=header.batch_id,
+            unmasked=unmasked,
+        )
+        parts.add_settled(k, settled)
 
 
 def _stage_counts(header: BatchHeader, limit: int, wanted: int | None) -> tuple[int, int]:

@@ -69,9 +69,12 @@ GiB = 1 << 30
 BYTES_PER_FEE_LINE = 2_400
 # the same for a settlement's facts in the member stage (a settlement row, its line facts, the
 # engine's columns; the ledger's prior state of its member)
-BYTES_PER_SETTLEMENT = 2_400
+BYTES_PER_SETTLEMENT = 3_600
 RUNTIME_BYTES = 512 * MiB
 MIN_BUCKET_BYTES = 64 * MiB
+# settlement facts kept from the line stage's parts before they are written by member bucket
+# (at about 300 bytes a settlement's facts, some 90 MB)
+FACTS_PER_WRITE = 300_000
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) buckets.
 CSV_BYTES_PER_LINE = 100
 CSV_BYTES_PER_SETTLEMENT = 200  # a generated settlement row is ~230 bytes
@@ -393,9 +396,9 @@ class _Streamed:
 class BucketParts:
     """The stages' results as part files in ``folder``, and their totals, added up as they come.
 
-    Member bucket ``m``'s part of each output lives in ``folder/<output>/m.parquet``, a part's
-    facts in ``folder/facts/<k>/`` (cut by member bucket) and its audit in
-    ``folder/audit/<k>.arrow``; :meth:`assemble` makes the output files. ``in_memory`` (one
+    Member bucket ``m``'s part of each output lives in ``folder/<output>/m.parquet``, the
+    parts' facts in ``folder/facts/<write>/`` (a few parts' per write, cut by member bucket)
+    and a part's audit in ``folder/audit/<k>.arrow``; :meth:`assemble` makes the output files. ``in_memory`` (one
     part and one member bucket, every night): the parts stay frames in memory, since writing
     and reading back a part that is the whole output costs as much as the output itself; the
     output files are made by the same writers either way.
@@ -422,6 +425,8 @@ class BucketParts:
     denied: list[pl.DataFrame] = field(default_factory=list)
     removed: list[pl.DataFrame] = field(default_factory=list)
     _decided: list[pl.DataFrame] = field(default_factory=list)
+    _pending: list[pl.DataFrame] = field(default_factory=list)  # facts not yet written
+    _facts_writes: int = 0
 
     def __post_init__(self) -> None:
         for sub in self._subs():
@@ -450,14 +455,9 @@ class BucketParts:
             self.frames.setdefault("audit", []).append(result.audit)
         else:
             if result.facts.height:
-                result.facts.lazy().with_columns(
-                    bucket_of("psn_no", self.members).alias(BUCKET)
-                ).sink_parquet(
-                    pl.PartitionBy(
-                        self.folder / "facts" / f"{k:06d}", key=BUCKET, include_key=False
-                    ),
-                    compression="lz4",
-                )
+                self._pending.append(result.facts)
+                if sum(f.height for f in self._pending) >= FACTS_PER_WRITE:
+                    self._write_facts()
             # read back once, whole, by this process: Arrow IPC writes and reads it in about
             # half the time Parquet takes (BENCHMARKS.md)
             audit = self.folder / "audit" / f"{k:06d}.arrow"
@@ -470,8 +470,25 @@ class BucketParts:
         self.repeated_fee_lines += result.repeated_fee_lines
         self.absolute_fen += result.absolute_fen
 
+    def _write_facts(self) -> None:
+        """The facts kept since the last write, by member bucket: a few parts' facts per
+        write, so that a member bucket reads a few files, not one per part (a city-year's
+        hundreds of parts times its dozens of buckets made tens of thousands of small files)."""
+        if not self._pending:
+            return
+        pending = pl.concat(self._pending, how="diagonal_relaxed")
+        self._pending.clear()
+        pending.lazy().with_columns(bucket_of("psn_no", self.members).alias(BUCKET)).sink_parquet(
+            pl.PartitionBy(
+                self.folder / "facts" / f"{self._facts_writes:06d}", key=BUCKET, include_key=False
+            ),
+            compression="lz4",
+        )
+        self._facts_writes += 1
+
     def facts_of(self, m: int) -> pl.DataFrame | None:
         """Member bucket ``m``'s settlement facts from every part (None: it has none)."""
+        self._write_facts()
         if self.in_memory:
             found = self.frames.get("facts", [])
             return pl.concat(found, how="diagonal_relaxed") if found else None
