@@ -211,8 +211,8 @@ def test_small_chunks_and_a_repeated_copy_give_what_one_bucket_gives(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Files cut into 5-row queries across 3 buckets, the facts written 3 at a time: the same
-    payout file and quarantine as one bucket — including which copy of a repeated settlement validation keeps (the first, which
-    here has an extra field and so a reading error)."""
+    payout file and quarantine as one bucket — including which copy of a repeated settlement
+    validation keeps (the first, which here has an extra field and so a reading error)."""
     from hmb_batch.run import buckets
 
     ex = standard_extract()

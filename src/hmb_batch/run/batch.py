@@ -300,6 +300,7 @@ def _settle_stage(
             unmasked=unmasked,
         )
         parts.add_settled(k, settled)
+    parts.forget_decisions()
 
 
 def _stage_counts(header: BatchHeader, limit: int, wanted: int | None) -> tuple[int, int]:

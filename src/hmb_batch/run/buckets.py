@@ -398,10 +398,10 @@ class BucketParts:
 
     Member bucket ``m``'s part of each output lives in ``folder/<output>/m.parquet``, the
     parts' facts in ``folder/facts/<write>/`` (a few parts' per write, cut by member bucket)
-    and a part's audit in ``folder/audit/<k>.arrow``; :meth:`assemble` makes the output files. ``in_memory`` (one
-    part and one member bucket, every night): the parts stay frames in memory, since writing
-    and reading back a part that is the whole output costs as much as the output itself; the
-    output files are made by the same writers either way.
+    and a part's audit in ``folder/audit/<k>.arrow``; :meth:`assemble` makes the output
+    files. ``in_memory`` (one part and one member bucket, every night): the parts stay frames
+    in memory, since writing and reading back a part that is the whole output costs as much as
+    the output itself; the output files are made by the same writers either way.
     """
 
     folder: Path
@@ -533,6 +533,13 @@ class BucketParts:
             self._decided[0].filter(bucket_of("setl_id", parts) == k),
             self._decided[1].filter(bucket_of("setl_id", parts) == k),
         )
+
+    def forget_decisions(self) -> None:
+        """Drop the member stage's denied and quarantined ids once every part is settled (a
+        city-year's are a few hundred MB the commit need not hold)."""
+        self.denied.clear()
+        self.removed.clear()
+        self._decided.clear()
 
     # --- stage 3 ---------------------------------------------------------------------------
     def audit_of(self, k: int) -> pl.DataFrame:
