@@ -607,8 +607,6 @@ def settled_audit(
     """
     key = ["setl_id", "batch_seq"]
     names = audit.collect_schema().names()
-    if "batch_seq" not in names:
-        audit = audit.with_columns(pl.lit(0, pl.Int64).alias("batch_seq"))
     if removed.height:
         audit = audit.join(removed.select(key).lazy(), on=key, how="anti")
     if not denied.height:
@@ -769,7 +767,7 @@ def adjudicate(
     payouts, quarantine = pl.collect_all([result.payouts, result.quarantine])
     key = ["setl_id", "batch_seq"]
     denied = payouts.filter(pl.col("status") == "denied").select(key)
-    removed = quarantine.select(key) if "batch_seq" in quarantine.columns else quarantine.clear()
+    removed = quarantine.select(key)
     return replace(
         result,
         payouts=payouts.lazy(),

@@ -450,13 +450,13 @@ def adjudicate_bucket(
         batch_id=batch_id,
         shape=shape,
         files=files,
-        unmasked=True,
+        unmasked=unmasked,
     )
     members = adjudicate_members(
         MemberBucket(lined.facts, bucket.roster, bucket.prior),
         plan=plan,
         batch_id=batch_id,
-        unmasked=True,
+        unmasked=unmasked,
     )
     settled = settle_audit(
         lined.audit,
@@ -465,20 +465,15 @@ def adjudicate_bucket(
         members.removed,
         plan=plan,
         batch_id=batch_id,
-        unmasked=True,
+        unmasked=unmasked,
     )
-    quarantine = _sorted_quarantine(
-        [lined.quarantine, members.quarantine, settled.quarantine],
-        batch_id,
-    )
-    costs = cost_ids(plan)
     return BucketResult(
         payouts=members.payouts,
-        payout_file=payouts_frame(
-            members.payouts, costs, responsibility_ids(plan), unmasked=unmasked
-        ),
+        payout_file=members.payout_file,
         lines=settled.lines,
-        quarantine=masked_personal(quarantine, unmasked=unmasked),
+        quarantine=_sorted_quarantine(
+            [lined.quarantine, members.quarantine, settled.quarantine], batch_id
+        ),
         ledger_rows=members.ledger_rows,
         totals=combine([lined.totals, members.totals, settled.totals]),
         after=members.after,
