@@ -366,3 +366,42 @@ def test_an_output_written_bucket_by_bucket_keeps_every_row_when_buckets_differ_
     assert got["setl_id"].to_list() == ["S1", "S1", "S2", "S3"]
     assert got["reasonable_counted"].to_list() == [1, 1, 2, None]
     assert got["special_counted"].to_list() == [None, None, None, 3]
+
+
+def test_the_payout_file_sorted_in_ranges_is_the_file_sorted_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a batch too big to sort at once is sorted range by range of setl_time; the file must
+    # hold the same bytes as one sort of every row, however the rows were cut into parts
+    import datetime as dt
+
+    from hmb_batch.run import sorted_file
+
+    monkeypatch.setattr(sorted_file, "ROW_GROUP_ROWS", 64)
+    monkeypatch.setattr(sorted_file, "PART_ROW_GROUP_ROWS", 8)
+    n = 3_000
+    start = dt.datetime(2022, 1, 1)
+    rows = pl.DataFrame(
+        {
+            "setl_id": [f"S{(i * 7919) % n:05d}" for i in range(n)],
+            # several settlements an hour, some at the same second (setl_id decides)
+            "setl_time": [start + dt.timedelta(minutes=(i * 37) % 20_000) for i in range(n)],
+            "payout_amt": [i % 97 for i in range(n)],
+        }
+    ).with_columns(
+        pl.when(pl.col("payout_amt") == 5).then(None).otherwise("setl_time").alias("setl_time")
+    )
+    whole = tmp_path / "whole.parquet"
+    sorted_file.write_sorted(rows, whole, 10**9)
+    expected = rows.sort("setl_time", "setl_id", nulls_last=True)
+    assert_frame_equal(pl.read_parquet(whole), expected)
+    for cut in (1, 3, 7):
+        parts = []
+        for k in range(cut):
+            part = tmp_path / f"cut{cut}-{k}.parquet"
+            sorted_file.write_part(rows.filter(pl.col("payout_amt") % cut == k), part)
+            parts.append(part)
+        ranged = tmp_path / f"cut{cut}.parquet"
+        # ranges of at most 64 rows: dozens of them
+        sorted_file.write_sorted(parts, ranged, 64 * sorted_file.BYTES_PER_PAYOUT_ROW)
+        assert ranged.read_bytes() == whole.read_bytes(), cut

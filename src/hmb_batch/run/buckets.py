@@ -17,8 +17,9 @@ are cut once, by Polars streaming sinks into the run's spill folder (no Python l
 or slices): the roster by member bucket, the extract's rows, typed once, by part. The facts go
 from the parts to their member buckets as part files; the fee lines are read once.
 
-The payout file is sorted across buckets by DuckDB within :func:`duckdb_share` of the limit
-(spilling to the spill folder) for every P and M, so any cut writes the same bytes as none.
+The payout file is sorted across buckets in ranges of setl_time within :func:`duckdb_share`
+of the limit (:mod:`hmb_batch.run.sorted_file`) for every P and M, so any cut writes the same
+bytes as none.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pyarrow.parquet as pq
 
@@ -61,6 +61,7 @@ from hmb_batch.io.reference import (
 from hmb_batch.ledger.store import BATCH_TABLES
 from hmb_batch.rules.kernel import LinePart, LineResult, MemberResult, SettledLines
 from hmb_batch.rules.reconcile import AfterExpectation, Totals
+from hmb_batch.run import sorted_file
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -154,7 +155,7 @@ def member_bucket_count(settlements: int, memory_limit: int) -> int:
 
 
 def duckdb_share(memory_limit: int) -> int:
-    """What DuckDB may use (sorting the payout file, the ledger commit): half of the limit less
+    """What DuckDB may use (the ledger commit), and the payout file's sort: half of the limit less
     the runtime, since the Python side still holds the runtime and what it last freed."""
     return max((memory_limit - RUNTIME_BYTES) // 2, 96 * MiB)
 
@@ -441,6 +442,8 @@ class BucketParts:
             self._streamed(sub).add(frame)
         elif self.in_memory:
             self.frames.setdefault(sub, []).append(frame)
+        elif sub == "payout-file":  # sorted, read range by range (see run/sorted_file.py)
+            sorted_file.write_part(frame, self.folder / sub / f"{k:06d}.parquet")
         else:  # spill files, read once: lz4 writes faster than zstd
             frame.write_parquet(self.folder / sub / f"{k:06d}.parquet", compression="lz4")
 
@@ -587,18 +590,13 @@ class BucketParts:
             "quarantine.parquet": out / "quarantine.parquet",
             "lines.parquet": out / "lines.parquet",
         }
-        parts = self.folder / "payout-file"
-        if self.in_memory:
-            source: Path | pl.DataFrame = self.scan("payout-file").collect()
-        else:
-            # DuckDB marks a column NOT NULL in its output when it reads one file without nulls
-            # there, never when it reads several: an empty part makes every B write the same
-            # schema (a frame's columns are all nullable)
-            pl.scan_parquet(parts / "*.parquet").clear().collect().write_parquet(
-                parts / "empty.parquet"
-            )
-            source = parts
-        _sorted_payout_file(source, files["payouts.parquet"], memory_limit, self.folder)
+        parts: pl.DataFrame | list[Path] = (
+            self.scan("payout-file").collect()
+            if self.in_memory
+            else sorted((self.folder / "payout-file").glob("*.parquet"))
+        )
+        # the stages are done: the sort may use what DuckDB may (the ledger holds the rest)
+        sorted_file.write_sorted(parts, files["payouts.parquet"], duckdb_share(memory_limit))
         for output in _STREAMED:
             self._streamed(output).finish()
         if csv:
@@ -607,40 +605,3 @@ class BucketParts:
                 files["payouts.csv"]
             )
         return files
-
-
-def _sorted_payout_file(
-    parts: Path | pl.DataFrame, target: Path, memory_limit: int, folder: Path
-) -> None:
-    """The payout file in processing order (setl_time, setl_id): DuckDB sorts the parts (a
-    folder of part files, or one frame) within :func:`duckdb_share` of the limit, spilling to
-    the spill folder, and writes the same bytes whatever the number of parts (one thread, row
-    groups that depend on the limit only)."""
-    con = duckdb.connect()
-    share = duckdb_share(memory_limit)
-    try:
-        con.execute(f"SET memory_limit = '{share // MiB}MiB'")
-        # DuckDB's Parquet writer holds a whole row group: at 64 MiB, 122,880 payout rows (and
-        # even 8,192) failed to pin a block; 2,048 fitted. So row groups scale with the share,
-        # and the sort runs on one thread (two threads pin two sets of blocks: 10M payout rows
-        # failed to pin one in a 256 MiB share)
-        row_group = min(122_880, max(2_048, share // (32 * 1024)))
-        con.execute("SET threads = 1")
-        con.execute(f"SET temp_directory = '{_sql_text(str(folder / 'duckdb-spill'))}'")
-        con.execute("SET preserve_insertion_order = true")
-        if isinstance(parts, pl.DataFrame):
-            con.register("payout_rows", parts.to_arrow())
-            src = "payout_rows"
-        else:
-            src = f"read_parquet('{_sql_text(str(parts / '*.parquet'))}')"
-        dst = _sql_text(str(target))
-        con.execute(
-            f"COPY (SELECT * FROM {src} ORDER BY setl_time, setl_id) "
-            f"TO '{dst}' (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {row_group})"
-        )
-    finally:
-        con.close()
-
-
-def _sql_text(text: str) -> str:
-    return text.replace("'", "''")
