@@ -296,3 +296,59 @@ def test_validation_verdict_for_every_settlement() -> None:
     accepted = v.settlements.collect().height
     rejected = v.quarantine.filter(pl.col("record") == "settlement").collect().height
     assert accepted + rejected == e.settlements.collect().height
+
+
+def test_a_large_csv_is_read_in_pieces_as_one_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a CSV beyond CSV_PIECE_BYTES is read as pieces (Polars maps a file whole into memory):
+    # the rows, their numbers and every message must be those of the file read whole, with
+    # quoted commas and line breaks, a ragged row, a byte order mark and GBK all across cuts
+    from hmb_batch.io import extract
+
+    header = "setl_id,psn_name,note,amount\n"
+    rows = []
+    for i in range(60):
+        note = f'"a, ""quoted""\nline {i}"' if i % 7 == 3 else f"plain {i}"
+        extra = ",surplus" if i == 40 else ""
+        rows.append(f"S{i:03d},张三{i},{note},{i}.50{extra}\n")
+    text = header + "".join(rows) + "S999,李四,last,1"  # the last row has no line break
+    files = {
+        "utf-8": b"\xef\xbb\xbf" + text.encode("utf-8"),
+        "gbk": text.encode("gbk"),
+    }
+    for encoding, content in files.items():
+        path = tmp_path / f"{encoding}.csv"
+        path.write_bytes(content)
+        extract._CHECKED.clear()
+        whole = extract.scan_raw(path, encoding, temp_dir=tmp_path / "whole").collect()
+        monkeypatch.setattr(extract, "CSV_PIECE_BYTES", 150)
+        monkeypatch.setattr(extract, "_CHUNK", 64)  # the file is read (and cut) in 64-byte reads
+        extract._CHECKED.clear()
+        spill = tmp_path / f"pieces-{encoding}"
+        pieces = extract.scan_raw(path, encoding, temp_dir=spill).collect()
+        assert len(list(spill.glob("*.csv"))) >= 5, "the file was not cut into pieces"
+        assert_frame_equal(pieces, whole)
+        assert whole[ROW].to_list() == list(range(1, 62))
+        assert (
+            whole.filter(pl.col("setl_id") == "S040")["__shape"]
+            .item()
+            .startswith(f"{path} row 41 (line ")
+        )
+        chunks = pl.concat(
+            [c.collect() for c in extract.raw_chunks(path, 7, encoding, temp_dir=spill)]
+        )
+        assert_frame_equal(chunks, whole)
+        monkeypatch.undo()
+    # a misplaced quote is named at the same line of the file, cut or not
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes((header + "".join(rows[:50]) + 'S050,x,a"b,1\n').encode("gbk"))
+    messages = []
+    for piece_bytes in (1 << 26, 150):
+        monkeypatch.setattr(extract, "CSV_PIECE_BYTES", piece_bytes)
+        monkeypatch.setattr(extract, "_CHUNK", 64)
+        extract._CHECKED.clear()
+        with pytest.raises(extract.InputUnreadable) as refused:
+            extract.scan_raw(bad, "gbk", temp_dir=tmp_path / f"bad-{piece_bytes}")
+        messages.append(str(refused.value))
+    assert messages[0] == messages[1] and "line 59 has a quote" in messages[0]

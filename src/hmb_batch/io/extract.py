@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import codecs
-import contextlib
 import shutil
 import tempfile
 import zoneinfo
@@ -24,6 +23,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
@@ -96,6 +96,11 @@ def detect_format(path: Path) -> str:
 
 _TMP: list[str] = []
 _CHUNK = 1 << 22
+# A CSV larger than this is read as pieces of about this size, each its own file starting with
+# the header: Polars maps a CSV file into memory whole, and every page a scan touches counts in
+# the process's resident memory, so a 1 GB extract read in chunks of rows still peaked above
+# 1 GiB. Pieces cost one copy of the file (written while it is checked, in the run's spill area).
+CSV_PIECE_BYTES = 64 << 20
 # bytes that may stand before an opening quote / after a closing one (-1: start or end of file)
 _QUOTE_NEIGHBOURS = np.array([ord(","), ord("\n"), ord("\r"), ord('"'), -1])
 _BOM = codecs.BOM_UTF8
@@ -121,6 +126,7 @@ class _Shape:
         self.start = 0  # file offset where the record under way starts
         self.quoted_breaks = 0  # line breaks inside quotes so far (physical line numbers)
         self.header: int | None = None
+        self.header_end: int | None = None  # file offset just after the header's line break
         self.bad_rows: list[np.ndarray] = []
         self.bad_fields: list[np.ndarray] = []
         self.bad_lines: list[np.ndarray] = []
@@ -180,6 +186,7 @@ class _Shape:
             starts = np.concatenate(([self.start - base], breaks[:-1] + 1))
             if self.header is None:
                 self.header = int(fields[0])
+                self.header_end = base + int(breaks[0]) + 1
             wrong = fields != self.header
             if wrong.any():
                 lines = (
@@ -259,10 +266,74 @@ def _encoding_hint(encoding: str) -> str:
 
 @dataclass(frozen=True)
 class _CsvSource:
-    """A CSV checked for its encoding and field counts: what Polars reads, and the bad rows."""
+    """A CSV checked for its encoding and field counts: what Polars reads (UTF-8: the file
+    itself, or pieces of it, each a header and whole records), and the bad rows."""
 
-    utf8: Path
+    pieces: tuple[Path, ...]
     problems: pl.DataFrame
+
+
+class _Pieces:
+    """The checked bytes of a CSV written as UTF-8 piece files of about
+    :data:`CSV_PIECE_BYTES` (one piece when ``split`` is false), cut where a record ends (as
+    :class:`_Shape` finds them: never inside quotes), each later piece starting with the
+    header."""
+
+    def __init__(self, path: Path, temp_dir: Path | None, *, split: bool) -> None:
+        self.base = _copy_path(path, temp_dir)
+        self.split = split
+        self.done: list[Path] = []
+        self.carry = bytearray()  # bytes fed but not yet written: the record under way
+        self.carry_at = 0  # file offset of carry's first byte
+        self.head = bytearray()  # the file's first bytes, until the header is known
+        self.header: bytes | None = None
+        self.size = 0
+        self.out = self._open()
+
+    def _open(self) -> BinaryIO:
+        name = (
+            self.base
+            if not self.split
+            else self.base.with_name(f"{self.base.name}.{len(self.done):05d}.csv")
+        )
+        self.current = name
+        return name.open("wb")
+
+    def add(self, data: bytes, shape: _Shape, *, final: bool) -> None:
+        """Bytes the shape has just been fed (``final``: the last)."""
+        if self.header is None:
+            self.head += data
+            if shape.header_end is not None:
+                start = len(_BOM) if self.head.startswith(_BOM) else 0
+                self.header = bytes(self.head[start : shape.header_end])
+                self.head = bytearray()
+        self.carry += data
+        whole = (shape.offset if final else shape.start) - self.carry_at
+        if whole <= 0:
+            return
+        self.out.write(self.carry[:whole])
+        del self.carry[:whole]
+        self.carry_at += whole
+        self.size += whole
+        if self.split and not final and self.size >= CSV_PIECE_BYTES and self.header is not None:
+            self._close()
+            self.out = self._open()
+            self.out.write(self.header)
+            self.size = len(self.header)
+
+    def _close(self) -> None:
+        self.out.close()
+        self.done.append(self.current)
+
+    def finish(self) -> tuple[Path, ...]:
+        """Close the last piece (after the shape's last feed)."""
+        if self.carry:
+            self.out.write(self.carry)
+        self._close()
+        return tuple(self.done)
+
+    def abandon(self) -> None:
+        self.out.close()
 
 
 _CHECKED: dict[tuple[str, int, int, str, str], _CsvSource] = {}
@@ -287,15 +358,15 @@ def _check_csv(path: Path, encoding: str, temp_dir: Path | None) -> _CsvSource:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, name, str(temp_dir))
     known = _CHECKED.get(key)
-    if known is not None and known.utf8.exists():
+    if known is not None and all(p.exists() for p in known.pieces):
         return known
     shape = _Shape()
     decoder = codecs.getincrementaldecoder("utf-8" if utf8 else name)(errors="strict")
-    out = path if utf8 else _copy_path(path, temp_dir)
+    split = stat.st_size > CSV_PIECE_BYTES
+    pieces = _Pieces(path, temp_dir, split=split) if split or not utf8 else None
     offset = 0
     try:
-        copy = contextlib.nullcontext() if utf8 else out.open("wb")
-        with path.open("rb") as src, copy as dst:
+        with path.open("rb") as src:
             while True:
                 chunk = src.read(_CHUNK)
                 held = len(decoder.getstate()[0])
@@ -307,17 +378,26 @@ def _check_csv(path: Path, encoding: str, temp_dir: Path | None) -> _CsvSource:
                         f"{path}: not valid {name} at byte {at} (line {_line_of(path, at)}); "
                         f"{_encoding_hint(name)}"
                     ) from None
-                shape.feed(chunk if utf8 else text.encode("utf-8"), final=not chunk)
-                if dst is not None:
-                    dst.write(text.encode("utf-8"))
+                data = chunk if utf8 else text.encode("utf-8")
+                shape.feed(data, final=not chunk)
+                if pieces is not None:
+                    pieces.add(data, shape, final=not chunk)
                 if not chunk:
                     break
                 offset += len(chunk)
     except OSError as exc:
+        if pieces is not None:
+            pieces.abandon()
         raise InputUnreadable(f"{path}: cannot be read ({exc.strerror})") from None
+    except InputUnreadable:
+        if pieces is not None:
+            pieces.abandon()
+        raise
+    read = pieces.finish() if pieces is not None else (path,)
     if shape.bad_quote is not None or shape.in_quote:
-        at_copy = shape.bad_quote if shape.bad_quote is not None else shape.start
-        line = _line_of(out, at_copy)
+        at = shape.bad_quote if shape.bad_quote is not None else shape.start
+        # the offset is one of the UTF-8 bytes: the file's own, or its UTF-8 copy's
+        line = _line_of(path, at) if utf8 else _utf8_line(path, name, at)
         what = (
             "a quote inside an unquoted value, or text after a closing quote"
             if shape.bad_quote is not None
@@ -327,9 +407,22 @@ def _check_csv(path: Path, encoding: str, temp_dir: Path | None) -> _CsvSource:
             f"{path}: line {line} has {what}, so the rows after it cannot be told apart; "
             'quote a value that holds commas or quotes as "..." and double each quote inside it'
         )
-    checked = _CsvSource(out, shape.problems(path))
+    checked = _CsvSource(read, shape.problems(path))
     _CHECKED[key] = checked
     return checked
+
+
+def _utf8_line(path: Path, encoding: str, offset: int) -> int:
+    """The 1-based line holding byte ``offset`` of the UTF-8 text of a file in ``encoding``
+    (error messages only)."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+    line, seen = 1, 0
+    with path.open("rb") as fh:
+        while seen < offset and (chunk := fh.read(_CHUNK)):
+            data = decoder.decode(chunk).encode("utf-8")[: offset - seen]
+            line += data.count(b"\n")
+            seen += len(data)
+    return line
 
 
 def _copy_path(path: Path, temp_dir: Path | None) -> Path:
@@ -348,8 +441,8 @@ def _copy_path(path: Path, temp_dir: Path | None) -> Path:
 
 def _transcoded(path: Path, encoding: str, temp_dir: Path | None = None) -> Path:
     """A UTF-8 copy of a CSV in another encoding (Polars reads UTF-8 only), decoded in chunks,
-    in ``temp_dir`` when given (see :func:`_check_csv`)."""
-    return _check_csv(path, encoding, temp_dir).utf8
+    in ``temp_dir`` when given (see :func:`_check_csv`): its first piece."""
+    return _check_csv(path, encoding, temp_dir).pieces[0]
 
 
 @lru_cache(maxsize=16)
@@ -373,8 +466,13 @@ def scan_raw(path: Path, encoding: str = "utf-8", *, temp_dir: Path | None = Non
     read as empty, and an optional amount as 0). ``temp_dir``: where the UTF-8 copy of a
     non-UTF-8 CSV is written (default: a private temporary folder).
     """
-    lf, problems = _scan_source(path, encoding, temp_dir)
-    return _numbered(lf, path, problems, 0)
+    scans, problems = _scan_source(path, encoding, temp_dir)
+    numbered, before = [], 0
+    for i, lf in enumerate(scans):
+        numbered.append(_numbered(lf, path, problems, before))
+        if i < len(scans) - 1:  # a piece's rows are numbered after the pieces before it
+            before += _rows(lf)
+    return _concat(numbered)
 
 
 def raw_chunks(
@@ -388,36 +486,48 @@ def raw_chunks(
     is cut in fixed-size chunks, each one streaming query. Python only sends the queries; no
     row passes through it.
     """
-    lf, problems = _scan_source(path, encoding, temp_dir)
-    total = int(lf.select(pl.len()).collect().item())
-    for offset in range(0, max(total, 1), rows):
-        yield _numbered(lf.slice(offset, rows), path, problems, offset)
+    scans, problems = _scan_source(path, encoding, temp_dir)
+    before = 0
+    for i, lf in enumerate(scans):
+        # each piece counted and read by queries of its own: no two are mapped at once
+        total = _rows(lf)
+        # an empty file still gives one (empty) chunk: its columns are checked and typed
+        for offset in range(0, max(total, 1) if i == 0 else total, rows):
+            yield _numbered(lf.slice(offset, rows), path, problems, before + offset)
+        before += total
+
+
+def _rows(lf: pl.LazyFrame) -> int:
+    return int(lf.select(pl.len()).collect().item())
 
 
 def _scan_source(
     path: Path, encoding: str, temp_dir: Path | None
-) -> tuple[pl.LazyFrame, pl.DataFrame | None]:
+) -> tuple[list[pl.LazyFrame], pl.DataFrame | None]:
+    """The file's scans, in order: one for a Parquet file, one per piece for a CSV (see
+    :data:`CSV_PIECE_BYTES`); and a CSV's rows with a wrong number of fields."""
     if not path.exists():
         raise InputUnreadable(f"{path}: no such file")
     fmt = detect_format(path)
     problems: pl.DataFrame | None = None
     try:
         if fmt == "parquet":
-            lf = pl.scan_parquet(path)
+            scans = [pl.scan_parquet(path)]
         else:
             checked = _check_csv(path, encoding, temp_dir)
             problems = checked.problems
-            lf = pl.scan_csv(
-                checked.utf8, infer_schema=False, encoding="utf8", truncate_ragged_lines=True
-            )
-        lf.collect_schema()
+            scans = [
+                pl.scan_csv(piece, infer_schema=False, encoding="utf8", truncate_ragged_lines=True)
+                for piece in checked.pieces
+            ]
+        scans[0].collect_schema()  # the pieces share the file's header
     except (InputUnreadable, ConfigError):
         raise
     except Exception as exc:
         # a CSV reader's message may quote rows (names, ID numbers): only Parquet's is shown
         reason = f": {str(exc).splitlines()[0][:200]}" if fmt == "parquet" else ""
         raise InputUnreadable(f"{path}: cannot be read as {fmt}{reason}") from None
-    return lf, problems
+    return scans, problems
 
 
 def _numbered(
