@@ -109,13 +109,15 @@ def test_golden_year_in_buckets_equals_one_bucket(tmp_path: Path, ext: str) -> N
         assert memory[table] == parts[table], table
 
 
+@pytest.mark.parametrize("groups", [1, 3])
 def test_the_cut_puts_each_settlement_whole_in_one_part_and_each_member_in_one_bucket(
-    tmp_path: Path,
+    tmp_path: Path, groups: int
 ) -> None:
     # validation needs every row and fee line of a settlement together (copies, conflicting
     # duplicates, the header against its lines): the extract is cut by setl_id; the roster by
     # member, the same hash the facts are sent to their member buckets by. Small queries (700
-    # rows) cut each file in several chunks: nothing is lost or doubled
+    # rows) cut each file in several chunks: nothing is lost or doubled. In two levels (groups
+    # of parts first) each part is one file per table, and holds the same rows
     import hmb_batch.run.buckets as cut
 
     b = GOLDEN / "batch_01"
@@ -130,9 +132,13 @@ def test_the_cut_puts_each_settlement_whole_in_one_part_and_each_member_in_one_b
         encoding="utf-8",
         timezone="Asia/Shanghai",
         rows_per_query=700,
+        groups=groups,
     )
     parts = list(batch.line_parts())
     assert len(parts) == 7
+    files = list((tmp_path / "cut" / "fee_lines").glob(f"*/{cut.BUCKET}=0/*.parquet"))
+    assert len(files) == 1 if groups > 1 else len(files) > 1
+    assert not (tmp_path / "cut" / "groups").exists()
     settlements = pl.concat([p.settlements.with_columns(part=pl.lit(k)) for k, p in parts])
     lines = pl.concat([p.fee_lines.with_columns(part=pl.lit(k)) for k, p in parts])
     s_in = pl.read_parquet(b / "settlements.parquet")
@@ -148,6 +154,23 @@ def test_the_cut_puts_each_settlement_whole_in_one_part_and_each_member_in_one_b
     assert roster.group_by("psn_no").agg(pl.col("bucket").n_unique())["bucket"].max() == 1
     expected = roster.select("psn_no", cut.bucket_of("psn_no", 3).alias("want"), "bucket")
     assert (expected["want"] == expected["bucket"]).all()
+
+
+def test_a_batch_cut_in_two_levels_gives_what_one_bucket_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a city-year in hundreds of parts is cut into groups of parts first (cut_groups): forced
+    # here on a golden night, the outputs must be those of one bucket
+    import hmb_batch.run.buckets as cut
+
+    for mode, extra in (("memory", ("--buckets", "1")), ("parts", ("--buckets", "7"))):
+        if mode == "parts":
+            monkeypatch.setattr(cut, "MAX_CUT_FILES", 0)
+            monkeypatch.setattr(cut, "PARTS_PER_GROUP", 2)
+        r = run_cli(golden_args("batch_01", tmp_path / mode, "--csv", *extra))
+        assert r.exit_code == 0, r.output
+    assert cut.cut_groups(7, 10_000, 2_000, GiB) == 4
+    _same_outputs(tmp_path / "memory", tmp_path / "parts")
 
 
 def test_a_wide_extract_in_buckets(tmp_path: Path) -> None:

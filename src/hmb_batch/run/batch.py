@@ -151,12 +151,12 @@ def run_batch(
                     ledger, existing.batch_id, header, out_dir, started, clock, before, unmasked
                 )
             header = _unique_batch_id(ledger, header, explicit=inputs.batch_id is not None)
-        n, m = _stage_counts(header, limit, buckets_wanted)
+        n, m, groups = _stage_counts(header, limit, buckets_wanted)
         plan = header.plan
         parts = buckets.BucketParts(
             spill / "parts", with_ledger=ledger is not None, members=m, in_memory=n == m == 1
         )
-        source = _source(inputs, header, ledger, spill, n, m, clock, limit)
+        source = _source(inputs, header, ledger, spill, (n, m, groups), clock, limit)
         # each stage in its own function: a stage's last part or bucket is not held while the
         # next stage runs
         _line_stage(parts, source, header, unmasked)
@@ -303,18 +303,17 @@ def _settle_stage(
     parts.forget_decisions()
 
 
-def _stage_counts(header: BatchHeader, limit: int, wanted: int | None) -> tuple[int, int]:
+def _stage_counts(header: BatchHeader, limit: int, wanted: int | None) -> tuple[int, int, int]:
     """How many parts of whole settlements and member buckets the batch runs in: from its fee
-    lines and settlements and the memory limit, or ``wanted`` (``--buckets``) for both."""
-    if wanted:
-        return wanted, wanted
-    n = buckets.bucket_count(
-        buckets.estimated_fee_lines(header.fee_files or header.extract_files), limit
-    )
+    lines and settlements and the memory limit, or ``wanted`` (``--buckets``) for both; and in
+    how many groups of parts the cut goes first (:func:`buckets.cut_groups`)."""
+    lines = buckets.estimated_fee_lines(header.fee_files or header.extract_files)
+    n = wanted or buckets.bucket_count(lines, limit)
     if n == 1:
-        return 1, 1
+        return 1, 1, 1
     settlements = buckets.estimated_settlement_rows(header.extract_files)
-    return n, buckets.member_bucket_count(settlements, limit)
+    m = wanted or buckets.member_bucket_count(settlements, limit)
+    return n, m, buckets.cut_groups(n, lines, settlements, limit)
 
 
 def _adjudicate_members(
@@ -361,17 +360,17 @@ def _source(
     header: BatchHeader,
     ledger: Ledger | None,
     spill: Path,
-    n: int,
-    m: int,
+    counts: tuple[int, int, int],
     clock: Laps,
     memory_limit: int,
 ) -> _Source:
-    """The batch's inputs for the stages.
+    """The batch's inputs for the stages; ``counts``: see :func:`_stage_counts`.
 
     One part (n = 1): the extract read straight from the input files and the roster loaded
     whole, or, when the ledger has checked this roster file before (same SHA-256), only the
     rows of the batch's members. More: the inputs cut into the spill area first.
     """
+    n, m, groups = counts
     cmap = dict(inputs.column_map or {})
     if n > 1:
         cut = buckets.cut_into_buckets(
@@ -385,6 +384,7 @@ def _source(
             encoding=inputs.encoding,
             timezone=inputs.timezone,
             rows_per_query=buckets.chunk_rows(memory_limit),
+            groups=groups,
         )
         clock.lap("cut_into_parts")
         return _Source(

@@ -28,6 +28,7 @@ import datetime as dt
 import math
 import os
 import re
+import shutil
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -266,6 +267,30 @@ def _empty_typed(contract: Contract) -> pl.DataFrame:
     return type_table(empty, contract, require=False).collect()
 
 
+# A one-level cut writes a file per chunk of input and part: past this many, the chunks are cut
+# into groups of parts first, and each group then into its parts (see cut_groups).
+MAX_CUT_FILES = 20_000
+# parts one group is cut into by one streaming query: Polars' partitioned sink holds a buffer
+# per open part (about 15 MB each when cutting typed fee lines), so a group's fan-out is bounded
+PARTS_PER_GROUP = 16
+
+
+def cut_groups(parts: int, fee_lines: int, settlement_rows: int, memory_limit: int) -> int:
+    """In how many groups of parts a batch is cut first (1: straight into its ``parts``).
+
+    A cut writes a file per chunk of input (:func:`chunk_rows`) and part, and a part is then
+    read from a file per chunk: a city-year in hundreds of parts made hundreds of thousands of
+    small files. Cut in two levels, every chunk writes a file per group, and each group is then
+    cut into its parts by one streaming query over the group's small files, so each part is one
+    file (at the cost of writing the typed rows twice).
+    """
+    rows = chunk_rows(memory_limit)
+    chunks = math.ceil(fee_lines / rows) + math.ceil(settlement_rows / max(rows // 3, 1))
+    if parts <= PARTS_PER_GROUP or chunks * parts <= MAX_CUT_FILES:
+        return 1
+    return math.ceil(parts / PARTS_PER_GROUP)
+
+
 def chunk_rows(memory_limit: int) -> int:
     """Rows typed and written by one streaming query when cutting (see
     :func:`hmb_batch.io.extract.raw_chunks`): a query's peak grows by a few hundred bytes per
@@ -286,13 +311,15 @@ def cut_into_buckets(
     encoding: str,
     timezone: str,
     rows_per_query: int = 2_000_000,
+    groups: int = 1,
 ) -> CutBatch:
     """Write the roster by member bucket and the extract by part into ``folder`` (module
     docstring).
 
     Each input file is read in chunks of ``rows_per_query`` rows, each chunk one streaming
-    query (see :func:`chunk_rows`). Stops the run (exit 8) on a bad roster row, as reading the
-    roster whole does.
+    query (see :func:`chunk_rows`); with ``groups`` > 1 the chunks go to groups of parts first
+    (:func:`cut_groups`). Stops the run (exit 8) on a bad roster row, as reading the roster
+    whole does.
     """
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -315,6 +342,10 @@ def cut_into_buckets(
 
     def by_settlement(frame: pl.LazyFrame) -> pl.LazyFrame:
         return frame.with_columns(bucket_of("setl_id", parts).alias(BUCKET))
+
+    def by_group(frame: pl.LazyFrame) -> pl.LazyFrame:
+        # part k is in group k % groups: each part's rows all go to one group
+        return frame.with_columns((bucket_of("setl_id", parts) % groups).alias(BUCKET))
 
     empty_roster: pl.LazyFrame | None = None
     for j, raw in enumerate(raw_chunks(roster, rows_per_query, encoding, temp_dir=folder)):
@@ -348,8 +379,37 @@ def cut_into_buckets(
             frames = typed_frames_apart(raw, path, role, column_map, timezone=timezone)
             tables = {name: _from(rows, i) for name, (rows, _) in frames.items()}
             tables |= {f"{name}{_ERRORS}": _from(errors, i) for name, (_, errors) in frames.items()}
-            write(tables, f"{i:06d}-{j:06d}", by_settlement)
+            if groups == 1:
+                write(tables, f"{i:06d}-{j:06d}", by_settlement)
+            else:
+                tables = {f"{_GROUPS}/{name}": frame for name, frame in tables.items()}
+                write(tables, f"{i:06d}-{j:06d}", by_group)
+    if groups > 1:
+        _cut_groups(folder, groups, by_settlement)
     return CutBatch(folder, parts, members, shape, dict(sorted(enrolled.items())), roster_schema)
+
+
+_GROUPS = "groups"  # the first level of a two-level cut (see cut_groups)
+
+
+def _cut_groups(
+    folder: Path, groups: int, by_settlement: Callable[[pl.LazyFrame], pl.LazyFrame]
+) -> None:
+    """Each group of the first level cut into its parts: one streaming query per group and
+    table, reading the group's small files (the chunks'), writing one file per part; then the
+    first level goes."""
+    first = folder / _GROUPS
+    for table in sorted(p.name for p in first.iterdir() if p.is_dir()):
+        for g in range(groups):
+            files = sorted((first / table).glob(f"*/{BUCKET}={g}/*.parquet"))
+            if not files:
+                continue
+            rows = pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
+            by_settlement(rows.drop(BUCKET, strict=False)).sink_parquet(
+                pl.PartitionBy(folder / table / f"g{g:06d}", key=BUCKET, include_key=False),
+                compression="lz4",
+            )
+    shutil.rmtree(first)
 
 
 def _from(frame: pl.LazyFrame, source: int) -> pl.LazyFrame:
