@@ -54,6 +54,8 @@ CARRIED = [
 # can be checked against its original (REVERSAL_MISMATCH).
 HEADER_AMOUNTS = SETTLEMENTS.of_kind(Kind.MONEY)
 HEADER_FEN = "header_fen"
+# the roster's member flags the benefit reads
+FLAGS = ("pre_existing", "consecutive_years")
 
 
 def header_fen() -> pl.Expr:
@@ -328,7 +330,8 @@ def _reversal_mismatch() -> pl.Expr:
 def _denials(
     originals: pl.LazyFrame, roster: pl.LazyFrame, edition: CompiledEdition, year: int
 ) -> pl.LazyFrame:
-    """Join the roster and give each settlement of ``year`` its denial reasons (sorted)."""
+    """Join the roster and give each settlement of ``year`` its denial reasons (sorted) and
+    its member's :data:`FLAGS`."""
     r = (
         roster.filter(pl.col("plan_year") == year)
         .with_columns(
@@ -341,6 +344,7 @@ def _denials(
             "basic_suspended_from",
             "basic_suspended_to",
             "_enrolled",
+            *FLAGS,
         )
     )
     service = pl.coalesce(pl.col("begndate"), pl.col("setl_time").dt.date())
@@ -706,6 +710,37 @@ def _component_dispositions(
     return out
 
 
+def _year_to_date(rows: pl.LazyFrame, costs: list[str]) -> pl.LazyFrame:
+    """``cum__COST``: the year to date after each settlement, from the prior year to date
+    (``cum__COST`` on entry, null for none) and the running sums of ``inc__COST`` in
+    (batch, setl_time, setl_id) order within each member and plan year.
+
+    One sort of the keys (a permutation), a running sum over all rows, and each member-year's
+    sum before its first row taken off: a window per cost grouped by member and year, each
+    ordering its groups again, cost several times more. The rows stay where they are. The
+    running sum over all rows is Int128: the bucket's sum need not fit Int64 where each
+    member's does.
+    """
+    # each step its own with_columns: common subexpressions of one are not always shared
+    order, first, back = "_ytd_order", "_ytd_first", "_ytd_back"
+    rows = rows.with_columns(pl.arg_sort_by([*MEMBER_YEAR, *ORDER]).alias(order))
+    starts = [pl.col(k).gather(pl.col(order)) for k in MEMBER_YEAR]
+    rows = rows.with_columns(
+        pl.any_horizontal(
+            pl.int_range(pl.len()) == 0, *[k.ne_missing(k.shift()) for k in starts]
+        ).alias(first),
+        pl.col(order).arg_sort().alias(back),
+    )
+    cums = []
+    for c in costs:
+        step = pl.col(inc(c)).gather(pl.col(order)).cast(pl.Int128)
+        running = step.cum_sum()
+        start = pl.col(cum(c)).fill_null(0).gather(pl.col(order))
+        offset = pl.when(pl.col(first)).then(running - step - start).forward_fill()
+        cums.append((running - offset).gather(pl.col(back)).cast(pl.Int64).alias(cum(c)))
+    return rows.with_columns(cums).drop(order, first, back)
+
+
 def _benefit_columns(
     frame: pl.LazyFrame, edition: CompiledEdition, costs: list[str], responsibilities: list[str]
 ) -> pl.LazyFrame:
@@ -808,6 +843,7 @@ def adjudicate_settlements(
             empty_year.with_columns(
                 pl.lit([], pl.List(pl.String)).alias("denials"),
                 *[pl.lit(0, pl.Int64).alias(inc(c)) for c in costs],
+                *[pl.lit(None, roster.collect_schema()[f]).alias(f) for f in FLAGS],
             )
         )
     judged_all = pl.concat(judged_parts, how="diagonal_relaxed")
@@ -826,6 +862,9 @@ def adjudicate_settlements(
         *[(-pl.col(inc(c)).fill_null(0)).alias(inc(c)) for c in costs],
         pl.lit([], pl.List(pl.String)).alias("denials"),
     )
+    # a reversal's member flags; the originals' came with their roster row (_denials)
+    flags = roster.select("psn_no", "plan_year", *FLAGS).unique(MEMBER_YEAR)
+    rev = rev.join(flags, on=MEMBER_YEAR, how="left")
     keep = [
         "setl_id",
         "psn_no",
@@ -838,27 +877,11 @@ def adjudicate_settlements(
         "denials",
         *CARRIED,
         *[inc(c) for c in costs],
+        *FLAGS,
     ]
     rows = pl.concat([judged_all.select(keep), rev.select(keep)], how="vertical_relaxed")
 
-    # year to date: prior + running sums in (batch, setl_time, setl_id) order
-    flags = roster.select("psn_no", "plan_year", "pre_existing", "consecutive_years").unique(
-        MEMBER_YEAR
-    )
-    # a window ordered by ORDER, not a sort of the (wide) rows: the rows stay where they are
-    rows = (
-        rows.join(prior.accumulators, on=MEMBER_YEAR, how="left")
-        .with_columns(
-            [
-                (
-                    pl.col(cum(c)).fill_null(0)
-                    + pl.col(inc(c)).cum_sum().over(MEMBER_YEAR, order_by=ORDER)
-                ).alias(cum(c))
-                for c in costs
-            ]
-        )
-        .join(flags, on=MEMBER_YEAR, how="left")
-    )
+    rows = _year_to_date(rows.join(prior.accumulators, on=MEMBER_YEAR, how="left"), costs)
     parts = []
     for year in years:
         edition = plan.for_year(year)
@@ -892,7 +915,7 @@ def adjudicate_settlements(
         .otherwise(pl.lit("zero"))
     )
     payouts = payouts.with_columns(status.alias("status"), pl.col("denials").alias(REASONS)).drop(
-        "denials", "pre_existing", "consecutive_years"
+        "denials", *FLAGS
     )
     audit = pl.LazyFrame(schema={"setl_id": pl.String, "feedetl_sn": pl.String})
     return Adjudication(payouts, audit, quarantine, costs, resps)
