@@ -296,13 +296,17 @@ def adjudicate_members(
     """Adjudicate a bucket of members' settlements from their facts (see the module
     docstring): sequence, eligibility, costs, year to date, benefits."""
     with pl.Config(set_engine_affinity=ENGINE):
-        valid = bucket.facts
+        # one chunk per column: a bucket's facts come from many files, and the columns the
+        # engine adds are single chunks; a frame whose columns are chunked differently is
+        # copied whole to realign them by every filter and join that reads it
+        valid = bucket.facts.rechunk()
+        roster = bucket.roster.rechunk()
         prior = _touched(bucket.prior, valid) if bucket.prior is not None else None
         costs = cost_ids(plan)
         responsibilities = responsibility_ids(plan)
         years = plan_years(valid, prior)
         result = adjudicate_settlements(
-            valid.lazy(), bucket.roster.lazy(), plan, prior, years=years, materialize=collected
+            valid.lazy(), roster.lazy(), plan, prior, years=years, materialize=collected
         )
         payouts, engine_q = pl.collect_all([result.payouts, result.quarantine])
         quarantine = _sorted_quarantine([settlement_records(engine_q.lazy()).collect()], batch_id)
@@ -312,7 +316,7 @@ def adjudicate_members(
         totals = member_totals(
             plan=plan,
             facts=valid.lazy(),
-            roster=bucket.roster.lazy(),
+            roster=roster.lazy(),
             payouts=payouts.lazy(),
             prior=prior,
             accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
