@@ -217,8 +217,15 @@ def _sequence(
         pl.lit(False).alias("_orig_in_run"),
         pl.col(HEADER_FEN).alias("_o_header"),
     )
-    targets = pl.concat([in_run, from_prior], how="vertical_relaxed")
+    # only the originals some reversal names (a semi join hashes the reversals' few ids, not
+    # every settlement of the run)
+    named = reversals.select("init_setl_id")
+    targets = pl.concat([in_run, from_prior], how="vertical_relaxed").join(
+        named, on="init_setl_id", how="semi"
+    )
     reversals = reversals.join(targets, on="init_setl_id", how="left")
+    if materialize is not None:  # few rows, which every check below and the engine read
+        (reversals,) = materialize([reversals])
     found = pl.col("psn_no").is_not_null()
     # the original must precede the reversal in (batch, setl_time, setl_id) order
     precedes = (pl.col("_o_batch") < pl.col("batch_seq")) | (
@@ -857,6 +864,10 @@ def adjudicate_settlements(
             ),
         ],
         how="vertical_relaxed",
+    )
+    # as in _sequence: the originals some reversal names first
+    orig_inc = orig_inc.join(
+        reversals.select("init_setl_id"), on="init_setl_id", how="semi"
     ).unique("init_setl_id")
     rev = reversals.join(orig_inc, on="init_setl_id", how="left").with_columns(
         *[(-pl.col(inc(c)).fill_null(0)).alias(inc(c)) for c in costs],
