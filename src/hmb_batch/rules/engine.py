@@ -758,23 +758,38 @@ def _benefit_columns(
     )
     after = edition.benefit({c: pl.col(cum(c)) for c in costs}, **flags)
     before = edition.benefit({c: pl.col(cum(c)) - pl.col(inc(c)) for c in costs}, **flags)
+    # each responsibility's payable and benefit after and before, computed once into scratch
+    # columns that the totals (their sums, as BenefitExprs' totals are) and differences then
+    # read: in one with_columns the totals' trees were evaluated again beside the
+    # responsibilities'
+    ids = list(after.benefit)
+    sides = {"pa": after.payable, "ba": after.benefit, "pb": before.payable, "bb": before.benefit}
+    scratch = {(k, rid): f"_{k}_{i}" for k in sides for i, rid in enumerate(ids)}
+    frame = frame.with_columns(sides[k][rid].alias(name) for (k, rid), name in scratch.items())
+
+    def one(k: str, rid: str) -> pl.Expr:
+        return pl.col(scratch[k, rid])
+
+    def total(k: str) -> pl.Expr:
+        return pl.sum_horizontal([one(k, rid) for rid in ids])
+
     cols = [
-        after.payable_total.alias("cum_payable"),
-        (after.payable_total - before.payable_total).alias("payable"),
-        after.benefit_total.alias("cum_payout"),
-        (after.benefit_total - before.benefit_total).alias("payout"),
+        total("pa").alias("cum_payable"),
+        (total("pa") - total("pb")).alias("payable"),
+        total("ba").alias("cum_payout"),
+        (total("ba") - total("bb")).alias("payout"),
         pl.lit(edition.id).alias("edition"),
     ]
     for rid in responsibilities:
         if rid in after.benefit:
-            cols.append((after.benefit[rid] - before.benefit[rid]).alias(f"resp__{rid}__payout"))
-            cols.append((after.payable[rid] - before.payable[rid]).alias(f"resp__{rid}__payable"))
-            cols.append(after.benefit[rid].alias(f"resp__{rid}__cum_payout"))
-            cols.append(after.payable[rid].alias(f"resp__{rid}__cum_payable"))
+            cols.append((one("ba", rid) - one("bb", rid)).alias(f"resp__{rid}__payout"))
+            cols.append((one("pa", rid) - one("pb", rid)).alias(f"resp__{rid}__payable"))
+            cols.append(one("ba", rid).alias(f"resp__{rid}__cum_payout"))
+            cols.append(one("pa", rid).alias(f"resp__{rid}__cum_payable"))
         else:
             for k in RESPONSIBILITY_VALUES:
                 cols.append(pl.lit(0, pl.Int64).alias(f"resp__{rid}__{k}"))
-    return frame.with_columns(cols)
+    return frame.with_columns(cols).drop(scratch.values())
 
 
 def adjudicate(
