@@ -301,7 +301,11 @@ def adjudicate_members(
         # copied whole to realign them by every filter and join that reads it
         valid = bucket.facts.rechunk()
         roster = bucket.roster.rechunk()
-        prior = _touched(bucket.prior, valid) if bucket.prior is not None else None
+        prior = None
+        if bucket.prior is not None:
+            # computed once: the engine, the ledger rows and the totals each read it
+            touched = _touched(bucket.prior, valid)
+            prior = PriorState(*collected([touched.registry, touched.accumulators]))
         costs = cost_ids(plan)
         responsibilities = responsibility_ids(plan)
         years = plan_years(valid, prior)
