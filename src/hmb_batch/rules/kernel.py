@@ -326,7 +326,8 @@ def adjudicate_members(
             accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
             costs=costs,
         )
-        claims = valid.filter(~pl.col(IS_REVERSAL))
+        # lazy: only the columns read are filtered, not the whole facts
+        claims = valid.lazy().filter(~pl.col(IS_REVERSAL))
         latest = valid["setl_time"].max() if valid.height else None
         return MemberResult(
             payouts=payouts,
@@ -335,7 +336,10 @@ def adjudicate_members(
             ledger_rows=rows,
             totals=totals,
             after=AfterExpectation.of(payouts, prior, costs) if prior is not None else None,
-            denied=payouts.filter(pl.col("status") == "denied").select(SETTLEMENT_KEY),
+            denied=payouts.lazy()
+            .filter(pl.col("status") == "denied")
+            .select(SETTLEMENT_KEY)
+            .collect(),
             removed=engine_q.select(*SETTLEMENT_KEY, REASONS, DETAIL),
             years=years,
             claim_years=plan_years(claims, None),
