@@ -97,29 +97,35 @@ def payouts_frame(
             for r in responsibilities
         ]
     )
-    return payouts.sort("batch_seq", "setl_time", "setl_id").select(
-        "setl_id",
-        "psn_no",
-        pl.col("plan_year").cast(pl.Int64),
-        "status",
-        pl.col(REASONS),
-        *[to_decimal(pl.col(inc(c))).alias(f"{c}_amt") for c in costs],
-        to_decimal(pl.col("payable")).alias("payable_amt"),
-        to_decimal(pl.col("payout")).alias("payout_amt"),
-        to_decimal(pl.col("cum_payable")).alias("cum_payable_amt"),
-        to_decimal(pl.col("cum_payout")).alias("cum_payout_amt"),
-        "batch_id",
-        "edition",
-        "init_setl_id",
-        "setl_time",
-        "med_type",
-        "insu_admdvs",
-        "fixmedins_code",
-        "fixmedins_name",
-        *[to_decimal(pl.col(cum(c))).alias(f"cum_{c}_amt") for c in costs],
-        resp.alias("responsibilities"),
-        name.alias("psn_name"),
-        cert.alias("certno"),
+    # lazy: only the columns the file takes are sorted, not every payout column
+    return (
+        payouts.lazy()
+        .sort("batch_seq", "setl_time", "setl_id")
+        .select(
+            "setl_id",
+            "psn_no",
+            pl.col("plan_year").cast(pl.Int64),
+            "status",
+            pl.col(REASONS),
+            *[to_decimal(pl.col(inc(c))).alias(f"{c}_amt") for c in costs],
+            to_decimal(pl.col("payable")).alias("payable_amt"),
+            to_decimal(pl.col("payout")).alias("payout_amt"),
+            to_decimal(pl.col("cum_payable")).alias("cum_payable_amt"),
+            to_decimal(pl.col("cum_payout")).alias("cum_payout_amt"),
+            "batch_id",
+            "edition",
+            "init_setl_id",
+            "setl_time",
+            "med_type",
+            "insu_admdvs",
+            "fixmedins_code",
+            "fixmedins_name",
+            *[to_decimal(pl.col(cum(c))).alias(f"cum_{c}_amt") for c in costs],
+            resp.alias("responsibilities"),
+            name.alias("psn_name"),
+            cert.alias("certno"),
+        )
+        .collect()
     )
 
 

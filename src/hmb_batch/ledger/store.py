@@ -1218,8 +1218,10 @@ def batch_rows(
             | {f"{k}_fen": pl.Int64 for k in RESPONSIBILITY_VALUES}
         )
     )
+    # only the columns it reads are sorted, not every payout column
     after = (
-        payouts.sort("batch_seq", "setl_time", "setl_id")
+        payouts.select(*MEMBER_YEAR, "batch_seq", "setl_time", "setl_id", *map(cum, costs))
+        .sort("batch_seq", "setl_time", "setl_id")
         .group_by(MEMBER_YEAR, maintain_order=True)
         .agg([pl.col(cum(c)).last() for c in costs])
     )

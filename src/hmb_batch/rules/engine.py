@@ -54,6 +54,8 @@ CARRIED = [
 # can be checked against its original (REVERSAL_MISMATCH).
 HEADER_AMOUNTS = SETTLEMENTS.of_kind(Kind.MONEY)
 HEADER_FEN = "header_fen"
+# the roster's member flags the benefit reads
+FLAGS = ("pre_existing", "consecutive_years")
 
 
 def header_fen() -> pl.Expr:
@@ -215,8 +217,15 @@ def _sequence(
         pl.lit(False).alias("_orig_in_run"),
         pl.col(HEADER_FEN).alias("_o_header"),
     )
-    targets = pl.concat([in_run, from_prior], how="vertical_relaxed")
+    # only the originals some reversal names (a semi join hashes the reversals' few ids, not
+    # every settlement of the run)
+    named = reversals.select("init_setl_id")
+    targets = pl.concat([in_run, from_prior], how="vertical_relaxed").join(
+        named, on="init_setl_id", how="semi"
+    )
     reversals = reversals.join(targets, on="init_setl_id", how="left")
+    if materialize is not None:  # few rows, which every check below and the engine read
+        (reversals,) = materialize([reversals])
     found = pl.col("psn_no").is_not_null()
     # the original must precede the reversal in (batch, setl_time, setl_id) order
     precedes = (pl.col("_o_batch") < pl.col("batch_seq")) | (
@@ -328,7 +337,8 @@ def _reversal_mismatch() -> pl.Expr:
 def _denials(
     originals: pl.LazyFrame, roster: pl.LazyFrame, edition: CompiledEdition, year: int
 ) -> pl.LazyFrame:
-    """Join the roster and give each settlement of ``year`` its denial reasons (sorted)."""
+    """Join the roster and give each settlement of ``year`` its denial reasons (sorted) and
+    its member's :data:`FLAGS`."""
     r = (
         roster.filter(pl.col("plan_year") == year)
         .with_columns(
@@ -341,6 +351,7 @@ def _denials(
             "basic_suspended_from",
             "basic_suspended_to",
             "_enrolled",
+            *FLAGS,
         )
     )
     service = pl.coalesce(pl.col("begndate"), pl.col("setl_time").dt.date())
@@ -706,6 +717,37 @@ def _component_dispositions(
     return out
 
 
+def _year_to_date(rows: pl.LazyFrame, costs: list[str]) -> pl.LazyFrame:
+    """``cum__COST``: the year to date after each settlement, from the prior year to date
+    (``cum__COST`` on entry, null for none) and the running sums of ``inc__COST`` in
+    (batch, setl_time, setl_id) order within each member and plan year.
+
+    One sort of the keys (a permutation), a running sum over all rows, and each member-year's
+    sum before its first row taken off: a window per cost grouped by member and year, each
+    ordering its groups again, cost several times more. The rows stay where they are. The
+    running sum over all rows is Int128: the bucket's sum need not fit Int64 where each
+    member's does.
+    """
+    # each step its own with_columns: common subexpressions of one are not always shared
+    order, first, back = "_ytd_order", "_ytd_first", "_ytd_back"
+    rows = rows.with_columns(pl.arg_sort_by([*MEMBER_YEAR, *ORDER]).alias(order))
+    starts = [pl.col(k).gather(pl.col(order)) for k in MEMBER_YEAR]
+    rows = rows.with_columns(
+        pl.any_horizontal(
+            pl.int_range(pl.len()) == 0, *[k.ne_missing(k.shift()) for k in starts]
+        ).alias(first),
+        pl.col(order).arg_sort().alias(back),
+    )
+    cums = []
+    for c in costs:
+        step = pl.col(inc(c)).gather(pl.col(order)).cast(pl.Int128)
+        running = step.cum_sum()
+        start = pl.col(cum(c)).fill_null(0).gather(pl.col(order))
+        offset = pl.when(pl.col(first)).then(running - step - start).forward_fill()
+        cums.append((running - offset).gather(pl.col(back)).cast(pl.Int64).alias(cum(c)))
+    return rows.with_columns(cums).drop(order, first, back)
+
+
 def _benefit_columns(
     frame: pl.LazyFrame, edition: CompiledEdition, costs: list[str], responsibilities: list[str]
 ) -> pl.LazyFrame:
@@ -716,23 +758,38 @@ def _benefit_columns(
     )
     after = edition.benefit({c: pl.col(cum(c)) for c in costs}, **flags)
     before = edition.benefit({c: pl.col(cum(c)) - pl.col(inc(c)) for c in costs}, **flags)
+    # each responsibility's payable and benefit after and before, computed once into scratch
+    # columns that the totals (their sums, as BenefitExprs' totals are) and differences then
+    # read: in one with_columns the totals' trees were evaluated again beside the
+    # responsibilities'
+    ids = list(after.benefit)
+    sides = {"pa": after.payable, "ba": after.benefit, "pb": before.payable, "bb": before.benefit}
+    scratch = {(k, rid): f"_{k}_{i}" for k in sides for i, rid in enumerate(ids)}
+    frame = frame.with_columns(sides[k][rid].alias(name) for (k, rid), name in scratch.items())
+
+    def one(k: str, rid: str) -> pl.Expr:
+        return pl.col(scratch[k, rid])
+
+    def total(k: str) -> pl.Expr:
+        return pl.sum_horizontal([one(k, rid) for rid in ids])
+
     cols = [
-        after.payable_total.alias("cum_payable"),
-        (after.payable_total - before.payable_total).alias("payable"),
-        after.benefit_total.alias("cum_payout"),
-        (after.benefit_total - before.benefit_total).alias("payout"),
+        total("pa").alias("cum_payable"),
+        (total("pa") - total("pb")).alias("payable"),
+        total("ba").alias("cum_payout"),
+        (total("ba") - total("bb")).alias("payout"),
         pl.lit(edition.id).alias("edition"),
     ]
     for rid in responsibilities:
         if rid in after.benefit:
-            cols.append((after.benefit[rid] - before.benefit[rid]).alias(f"resp__{rid}__payout"))
-            cols.append((after.payable[rid] - before.payable[rid]).alias(f"resp__{rid}__payable"))
-            cols.append(after.benefit[rid].alias(f"resp__{rid}__cum_payout"))
-            cols.append(after.payable[rid].alias(f"resp__{rid}__cum_payable"))
+            cols.append((one("ba", rid) - one("bb", rid)).alias(f"resp__{rid}__payout"))
+            cols.append((one("pa", rid) - one("pb", rid)).alias(f"resp__{rid}__payable"))
+            cols.append(one("ba", rid).alias(f"resp__{rid}__cum_payout"))
+            cols.append(one("pa", rid).alias(f"resp__{rid}__cum_payable"))
         else:
             for k in RESPONSIBILITY_VALUES:
                 cols.append(pl.lit(0, pl.Int64).alias(f"resp__{rid}__{k}"))
-    return frame.with_columns(cols)
+    return frame.with_columns(cols).drop(scratch.values())
 
 
 def adjudicate(
@@ -808,6 +865,7 @@ def adjudicate_settlements(
             empty_year.with_columns(
                 pl.lit([], pl.List(pl.String)).alias("denials"),
                 *[pl.lit(0, pl.Int64).alias(inc(c)) for c in costs],
+                *[pl.lit(None, roster.collect_schema()[f]).alias(f) for f in FLAGS],
             )
         )
     judged_all = pl.concat(judged_parts, how="diagonal_relaxed")
@@ -821,11 +879,18 @@ def adjudicate_settlements(
             ),
         ],
         how="vertical_relaxed",
+    )
+    # as in _sequence: the originals some reversal names first
+    orig_inc = orig_inc.join(
+        reversals.select("init_setl_id"), on="init_setl_id", how="semi"
     ).unique("init_setl_id")
     rev = reversals.join(orig_inc, on="init_setl_id", how="left").with_columns(
         *[(-pl.col(inc(c)).fill_null(0)).alias(inc(c)) for c in costs],
         pl.lit([], pl.List(pl.String)).alias("denials"),
     )
+    # a reversal's member flags; the originals' came with their roster row (_denials)
+    flags = roster.select("psn_no", "plan_year", *FLAGS).unique(MEMBER_YEAR)
+    rev = rev.join(flags, on=MEMBER_YEAR, how="left")
     keep = [
         "setl_id",
         "psn_no",
@@ -838,27 +903,11 @@ def adjudicate_settlements(
         "denials",
         *CARRIED,
         *[inc(c) for c in costs],
+        *FLAGS,
     ]
     rows = pl.concat([judged_all.select(keep), rev.select(keep)], how="vertical_relaxed")
 
-    # year to date: prior + running sums in (batch, setl_time, setl_id) order
-    flags = roster.select("psn_no", "plan_year", "pre_existing", "consecutive_years").unique(
-        MEMBER_YEAR
-    )
-    # a window ordered by ORDER, not a sort of the (wide) rows: the rows stay where they are
-    rows = (
-        rows.join(prior.accumulators, on=MEMBER_YEAR, how="left")
-        .with_columns(
-            [
-                (
-                    pl.col(cum(c)).fill_null(0)
-                    + pl.col(inc(c)).cum_sum().over(MEMBER_YEAR, order_by=ORDER)
-                ).alias(cum(c))
-                for c in costs
-            ]
-        )
-        .join(flags, on=MEMBER_YEAR, how="left")
-    )
+    rows = _year_to_date(rows.join(prior.accumulators, on=MEMBER_YEAR, how="left"), costs)
     parts = []
     for year in years:
         edition = plan.for_year(year)
@@ -892,7 +941,7 @@ def adjudicate_settlements(
         .otherwise(pl.lit("zero"))
     )
     payouts = payouts.with_columns(status.alias("status"), pl.col("denials").alias(REASONS)).drop(
-        "denials", "pre_existing", "consecutive_years"
+        "denials", *FLAGS
     )
     audit = pl.LazyFrame(schema={"setl_id": pl.String, "feedetl_sn": pl.String})
     return Adjudication(payouts, audit, quarantine, costs, resps)

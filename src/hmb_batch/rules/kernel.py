@@ -296,13 +296,21 @@ def adjudicate_members(
     """Adjudicate a bucket of members' settlements from their facts (see the module
     docstring): sequence, eligibility, costs, year to date, benefits."""
     with pl.Config(set_engine_affinity=ENGINE):
-        valid = bucket.facts
-        prior = _touched(bucket.prior, valid) if bucket.prior is not None else None
+        # one chunk per column: a bucket's facts come from many files, and the columns the
+        # engine adds are single chunks; a frame whose columns are chunked differently is
+        # copied whole to realign them by every filter and join that reads it
+        valid = bucket.facts.rechunk()
+        roster = bucket.roster.rechunk()
+        prior = None
+        if bucket.prior is not None:
+            # computed once: the engine, the ledger rows and the totals each read it
+            touched = _touched(bucket.prior, valid)
+            prior = PriorState(*collected([touched.registry, touched.accumulators]))
         costs = cost_ids(plan)
         responsibilities = responsibility_ids(plan)
         years = plan_years(valid, prior)
         result = adjudicate_settlements(
-            valid.lazy(), bucket.roster.lazy(), plan, prior, years=years, materialize=collected
+            valid.lazy(), roster.lazy(), plan, prior, years=years, materialize=collected
         )
         payouts, engine_q = pl.collect_all([result.payouts, result.quarantine])
         quarantine = _sorted_quarantine([settlement_records(engine_q.lazy()).collect()], batch_id)
@@ -312,13 +320,14 @@ def adjudicate_members(
         totals = member_totals(
             plan=plan,
             facts=valid.lazy(),
-            roster=bucket.roster.lazy(),
+            roster=roster.lazy(),
             payouts=payouts.lazy(),
             prior=prior,
             accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
             costs=costs,
         )
-        claims = valid.filter(~pl.col(IS_REVERSAL))
+        # lazy: only the columns read are filtered, not the whole facts
+        claims = valid.lazy().filter(~pl.col(IS_REVERSAL))
         latest = valid["setl_time"].max() if valid.height else None
         return MemberResult(
             payouts=payouts,
@@ -327,7 +336,10 @@ def adjudicate_members(
             ledger_rows=rows,
             totals=totals,
             after=AfterExpectation.of(payouts, prior, costs) if prior is not None else None,
-            denied=payouts.filter(pl.col("status") == "denied").select(SETTLEMENT_KEY),
+            denied=payouts.lazy()
+            .filter(pl.col("status") == "denied")
+            .select(SETTLEMENT_KEY)
+            .collect(),
             removed=engine_q.select(*SETTLEMENT_KEY, REASONS, DETAIL),
             years=years,
             claim_years=plan_years(claims, None),

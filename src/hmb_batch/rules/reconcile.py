@@ -257,15 +257,18 @@ def member_totals(
         for c in e.costs.values():
             read |= set(c.in_scope.meta.root_names()) | set(c.settlement_amount.meta.root_names())
             read |= {n for n in (c.start, *c.less_funds, *c.less_after) if n is not None}
-    have = set(payouts.collect_schema().names())
+    have = payouts.collect_schema().names()
     names = facts.collect_schema().names()
     header = [c for c in names if c in read and c not in have]
     sums = [code_sum(c) for c in reconciled_codes(plan)]
+    # and only the payout columns they read: each edition's filter copies what is joined
+    wanted = read | {"status", "edition"} | {inc(c) for c in costs}
+    checked = [c for c in have if c in wanted and c not in key]
     (originals,) = pl.collect_all(
         [
-            payouts.filter(~pl.col(IS_REVERSAL)).join(
-                facts.select(*key, *header, *sums), on=key, how="left"
-            ),
+            payouts.filter(~pl.col(IS_REVERSAL))
+            .select(*key, *checked)
+            .join(facts.select(*key, *header, *sums), on=key, how="left"),
         ]
     )
     parts: list[pl.LazyFrame] = []
