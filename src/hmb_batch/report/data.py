@@ -25,6 +25,32 @@ from hmb_batch.report.summary import BatchSummary
 from hmb_batch.rules.engine import responsibility_ids
 from hmb_batch.rules.reconcile import Reconciliation
 
+# what the batch's summary, its report and its order check read of the engine's payout frame
+# (besides each responsibility's payout): a run keeps only these of its buckets' payouts
+_READ = [
+    "plan_year",
+    "status",
+    "reasons",
+    "setl_time",
+    "insu_admdvs",
+    "fixmedins_code",
+    "fixmedins_name",
+    "edition",
+    "payable",
+    "payout",
+    "cum_payable",
+]
+
+
+def report_columns(payouts: pl.DataFrame) -> pl.DataFrame:
+    """The columns of the engine's payout frame that the batch's summary
+    (:func:`hmb_batch.report.summary.summarise`), its report (:func:`batch_report`) and the
+    ledger's order check read: no name, ID number or amount the files already hold."""
+    responsibility = [
+        c for c in payouts.columns if c.startswith("resp__") and c.endswith("__payout")
+    ]
+    return payouts.select(*_READ, *responsibility)
+
 
 def report_frame(payouts: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """The engine's payout frame as reports read settlements (:data:`report.SETTLEMENT_COLUMNS`)."""

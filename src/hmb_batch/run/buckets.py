@@ -52,7 +52,7 @@ from hmb_batch.io.extract import (
     typed_frames_apart,
     with_errors,
 )
-from hmb_batch.io.outputs import PERSONAL, to_text
+from hmb_batch.io.outputs import to_text
 from hmb_batch.io.reference import (
     enrolled_counts,
     roster_frame,
@@ -60,6 +60,7 @@ from hmb_batch.io.reference import (
     stop_on_roster_problems,
 )
 from hmb_batch.ledger.store import BATCH_TABLES
+from hmb_batch.report.data import report_columns
 from hmb_batch.rules.kernel import LinePart, LineResult, MemberResult, SettledLines
 from hmb_batch.rules.reconcile import AfterExpectation, Totals
 from hmb_batch.run import sorted_file
@@ -566,9 +567,9 @@ class BucketParts:
     # --- stage 2 ---------------------------------------------------------------------------
     def add_members(self, m: int, result: MemberResult) -> None:
         """Write member bucket ``m``'s results and add up its totals."""
-        # the summary and the report read these parts: they need no name or ID number
+        # the summary and the report read the payouts parts: only the columns they need
         outputs = {
-            "payouts": result.payouts.drop(PERSONAL, strict=False),
+            "payouts": report_columns(result.payouts),
             "payout-file": result.payout_file,
             "quarantine": result.quarantine,
         }
