@@ -154,7 +154,11 @@ def run_batch(
         n, m, groups = _stage_counts(header, limit, buckets_wanted)
         plan = header.plan
         parts = buckets.BucketParts(
-            spill / "parts", with_ledger=ledger is not None, members=m, in_memory=n == m == 1
+            spill / "parts",
+            with_ledger=ledger is not None,
+            members=m,
+            in_memory=n == m == 1,
+            parts=n,
         )
         source = _source(inputs, header, ledger, spill, (n, m, groups), clock, limit)
         # each stage in its own function: a stage's last part or bucket is not held while the
@@ -163,7 +167,7 @@ def run_batch(
         clock.lap("adjudicate_lines")
         before_ids = _member_stage(parts, source, ledger, header, m, unmasked)
         clock.lap("adjudicate_members")
-        _settle_stage(parts, source, header, n, unmasked)
+        _settle_stage(parts, source, header, unmasked)
         clock.lap("settle_audit")
         crash_point("compute")
         # refusals that need the whole batch, before anything is written or applied
@@ -285,11 +289,11 @@ def _member_stage(
 
 
 def _settle_stage(
-    parts: buckets.BucketParts, source: _Source, header: BatchHeader, n: int, unmasked: bool
+    parts: buckets.BucketParts, source: _Source, header: BatchHeader, unmasked: bool
 ) -> None:
     """Every part's audit settled with the member stage's decisions."""
     for k in list(parts.audited):
-        denied, removed = parts.decided(k, n)
+        denied, removed = parts.decided(k)
         settled = settle_audit(
             parts.audit_of(k),
             source.fee_lines(k, removed),

@@ -81,6 +81,10 @@ MIN_BUCKET_BYTES = 64 * MiB
 # settlement facts kept from the line stage's parts before they are written by member bucket
 # (at about 300 bytes a settlement's facts, some 90 MB)
 FACTS_PER_WRITE = 300_000
+# denied and engine-quarantined settlements kept from the member buckets before they are written
+# by part (a city-year denies millions: held whole until the audit is settled, they were some
+# hundreds of MB)
+DECISIONS_PER_WRITE = 1_000_000
 # A CSV fee line is ~130-160 bytes; a low guess means more lines, so more (smaller) buckets.
 CSV_BYTES_PER_LINE = 100
 CSV_BYTES_PER_SETTLEMENT = 200  # a generated settlement row is ~230 bytes
@@ -487,9 +491,11 @@ class BucketParts:
     latest: dt.datetime | None = None  # of the latest valid settlement
     audited: list[int] = field(default_factory=list)  # the parts with an audit, in order
     no_facts: pl.DataFrame | None = None  # the facts' columns, for a batch without any
+    parts: int = 1  # parts of whole settlements (the decisions are written by part)
     denied: list[pl.DataFrame] = field(default_factory=list)
     removed: list[pl.DataFrame] = field(default_factory=list)
-    _decided: list[pl.DataFrame] = field(default_factory=list)
+    _decided: list[pl.DataFrame] = field(default_factory=list)  # in memory: the whole batch's
+    _decision_writes: int = 0
     _pending: list[pl.DataFrame] = field(default_factory=list)  # facts not yet written
     _facts_writes: int = 0
 
@@ -499,7 +505,8 @@ class BucketParts:
 
     def _subs(self) -> list[str]:
         ledger = [f"ledger-{t}" for t in BATCH_TABLES[:-1]] if self.with_ledger else []
-        return ["payouts", "payout-file", "lines", "quarantine", "facts", "audit", *ledger]
+        subs = ["payouts", "payout-file", "lines", "quarantine", "facts", "audit"]
+        return [*subs, "denied", "removed", *ledger]
 
     def _keep(self, sub: str, frame: pl.DataFrame, k: int) -> None:
         if sub in _STREAMED:
@@ -582,31 +589,54 @@ class BucketParts:
             self.after.append(result.after)
         self.denied.append(result.denied)
         self.removed.append(result.removed)
+        if not self._decided:  # the columns, for a part that has no decision
+            self._decided = [result.denied.clear(), result.removed.clear()]
+        if not self.in_memory and sum(f.height for f in self.denied) >= DECISIONS_PER_WRITE:
+            self._write_decisions()
         self.years |= set(result.years)
         self.claim_years |= set(result.claim_years)
         if result.latest is not None and (self.latest is None or result.latest > self.latest):
             self.latest = result.latest
 
-    def decided(self, k: int, parts: int) -> tuple[pl.DataFrame, pl.DataFrame]:
-        """The denied and the engine-quarantined settlements of part ``k`` (of ``parts``),
-        from every member bucket: each part's audit is matched with its own few, not with
-        the whole batch's."""
-        if not self._decided:
-            self._decided = [
-                pl.concat(self.denied),
-                pl.concat(self.removed, how="diagonal_relaxed"),
-            ]
-        return (
-            self._decided[0].filter(bucket_of("setl_id", parts) == k),
-            self._decided[1].filter(bucket_of("setl_id", parts) == k),
-        )
+    def _write_decisions(self) -> None:
+        """The decisions kept since the last write, by part (a few writes per batch, so that a
+        part reads a few files)."""
+        for name, frames in (("denied", self.denied), ("removed", self.removed)):
+            if frames:
+                pl.concat(frames, how="diagonal_relaxed").lazy().with_columns(
+                    bucket_of("setl_id", self.parts).alias(BUCKET)
+                ).sink_parquet(
+                    pl.PartitionBy(
+                        self.folder / name / f"{self._decision_writes:06d}",
+                        key=BUCKET,
+                        include_key=False,
+                    ),
+                    compression="lz4",
+                )
+            frames.clear()
+        self._decision_writes += 1
+
+    def decided(self, k: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The denied and the engine-quarantined settlements of part ``k``, from every member
+        bucket: each part's audit is matched with its own few, not with the whole batch's."""
+        if self.in_memory:
+            return (
+                pl.concat([self._decided[0], *self.denied]),
+                pl.concat([self._decided[1], *self.removed], how="diagonal_relaxed"),
+            )
+        if self.denied or self.removed:
+            self._write_decisions()
+        found = []
+        for name, empty in zip(("denied", "removed"), self._decided, strict=True):
+            files = sorted((self.folder / name).glob(f"*/{BUCKET}={k}/*.parquet"))
+            frames = [pl.read_parquet(f) for f in files]
+            found.append(pl.concat([empty, *frames], how="diagonal_relaxed"))
+        return found[0], found[1]
 
     def forget_decisions(self) -> None:
-        """Drop the member stage's denied and quarantined ids once every part is settled (a
-        city-year's are a few hundred MB the commit need not hold)."""
+        """Drop the member stage's denied and quarantined ids once every part is settled."""
         self.denied.clear()
         self.removed.clear()
-        self._decided.clear()
 
     # --- stage 3 ---------------------------------------------------------------------------
     def audit_of(self, k: int) -> pl.DataFrame:
