@@ -303,13 +303,16 @@ def test_a_large_csv_is_read_in_pieces_as_one_file(
 ) -> None:
     # a CSV beyond CSV_PIECE_BYTES is read as pieces (Polars maps a file whole into memory):
     # the rows, their numbers and every message must be those of the file read whole, with
-    # quoted commas and line breaks, a ragged row, a byte order mark and GBK all across cuts
+    # quoted commas and line breaks, a long record, a ragged row, a byte order mark and GBK all
+    # across cuts
     from hmb_batch.io import extract
 
     header = "setl_id,psn_name,note,amount\n"
     rows = []
     for i in range(60):
         note = f'"a, ""quoted""\nline {i}"' if i % 7 == 3 else f"plain {i}"
+        if i == 20:  # a record longer than several reads
+            note = '"' + "long, " * 60 + '\nvalue"'
         extra = ",surplus" if i == 40 else ""
         rows.append(f"S{i:03d},张三{i},{note},{i}.50{extra}\n")
     text = header + "".join(rows) + "S999,李四,last,1"  # the last row has no line break
@@ -351,4 +354,4 @@ def test_a_large_csv_is_read_in_pieces_as_one_file(
         with pytest.raises(extract.InputUnreadable) as refused:
             extract.scan_raw(bad, "gbk", temp_dir=tmp_path / f"bad-{piece_bytes}")
         messages.append(str(refused.value))
-    assert messages[0] == messages[1] and "line 59 has a quote" in messages[0]
+    assert messages[0] == messages[1] and "line 60 has a quote" in messages[0]

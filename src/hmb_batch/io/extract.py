@@ -285,7 +285,9 @@ class _Pieces:
         self.done: list[Path] = []
         self.carry = bytearray()  # bytes fed but not yet written: the record under way
         self.carry_at = 0  # file offset of carry's first byte
-        self.head = bytearray()  # the file's first bytes, until the header is known
+        # the file's first bytes until the header is known (None: no header line within a
+        # piece's size, and the file stays one piece)
+        self.head: bytearray | None = bytearray()
         self.header: bytes | None = None
         self.size = 0
         self.out = self._open()
@@ -301,25 +303,33 @@ class _Pieces:
 
     def add(self, data: bytes, shape: _Shape, *, final: bool) -> None:
         """Bytes the shape has just been fed (``final``: the last)."""
-        if self.header is None:
+        if self.header is None and self.head is not None:
             self.head += data
             if shape.header_end is not None:
                 start = len(_BOM) if self.head.startswith(_BOM) else 0
                 self.header = bytes(self.head[start : shape.header_end])
-                self.head = bytearray()
+                self.head = None
+            elif len(self.head) > CSV_PIECE_BYTES:
+                self.head = None
         self.carry += data
         whole = (shape.offset if final else shape.start) - self.carry_at
-        if whole <= 0:
-            return
-        self.out.write(self.carry[:whole])
-        del self.carry[:whole]
-        self.carry_at += whole
-        self.size += whole
-        if self.split and not final and self.size >= CSV_PIECE_BYTES and self.header is not None:
-            self._close()
-            self.out = self._open()
-            self.out.write(self.header)
-            self.size = len(self.header)
+        if whole > 0:
+            self._write(whole)
+            if self.split and not final and self.size >= CSV_PIECE_BYTES and self.header:
+                self._close()
+                self.out = self._open()
+                self.out.write(self.header)
+                self.size = len(self.header)
+        if len(self.carry) > _CHUNK:
+            # a record longer than a read (or a file without line breaks) is written as it
+            # comes; the piece is then cut where that record ends
+            self._write(len(self.carry))
+
+    def _write(self, n: int) -> None:
+        self.out.write(self.carry[:n])
+        del self.carry[:n]
+        self.carry_at += n
+        self.size += n
 
     def _close(self) -> None:
         self.out.close()
