@@ -164,8 +164,9 @@ def member_bucket_count(settlements: int, memory_limit: int) -> int:
 
 
 def duckdb_share(memory_limit: int) -> int:
-    """What DuckDB may use (the ledger commit), and the payout file's sort: half of the limit less
-    the runtime, since the Python side still holds the runtime and what it last freed."""
+    """What DuckDB may use (the ledger's reads and commit), and what the payout file's sort may
+    hold: half of the limit less the runtime, since the Python side still holds the runtime and
+    what it last freed."""
     return max((memory_limit - RUNTIME_BYTES) // 2, 96 * MiB)
 
 
@@ -494,7 +495,7 @@ class BucketParts:
     parts: int = 1  # parts of whole settlements (the decisions are written by part)
     denied: list[pl.DataFrame] = field(default_factory=list)
     removed: list[pl.DataFrame] = field(default_factory=list)
-    _decided: list[pl.DataFrame] = field(default_factory=list)  # in memory: the whole batch's
+    _decided: list[pl.DataFrame] = field(default_factory=list)  # their columns (no rows)
     _decision_writes: int = 0
     _pending: list[pl.DataFrame] = field(default_factory=list)  # facts not yet written
     _facts_writes: int = 0
@@ -589,7 +590,7 @@ class BucketParts:
             self.after.append(result.after)
         self.denied.append(result.denied)
         self.removed.append(result.removed)
-        if not self._decided:  # the columns, for a part that has no decision
+        if not self._decided:
             self._decided = [result.denied.clear(), result.removed.clear()]
         if not self.in_memory and sum(f.height for f in self.denied) >= DECISIONS_PER_WRITE:
             self._write_decisions()
