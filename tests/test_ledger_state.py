@@ -329,10 +329,48 @@ def test_cost_rows_of_a_settlement_the_batch_does_not_record_are_refused(tmp_pat
     record, rows = _log_only_batch("b1", 1, [("M1", 2022, "compliant", None, 500)])
     # a cost row without its settlement would name no member: no night's check could see it
     rows["settlement_costs"] = pl.DataFrame(
-        [("X9", "compliant", 500, 500)], schema=rows["settlement_costs"].schema, orient="row"
+        [("X9", "compliant", 500, 500, "M1", 2022)],
+        schema=rows["settlement_costs"].schema,
+        orient="row",
     )
     refused = pytest.raises(LedgerError, match=r"\(X9\); nothing was applied")
     with open_ledger(ledger) as lg, refused:
         lg.apply(record, rows)
     assert _query(ledger, "SELECT count(*) FROM batches") == [(0,)]
     assert _state(ledger) == []
+
+
+def test_cost_rows_under_another_member_or_plan_year_are_refused(tmp_path: Path) -> None:
+    # a cost row carries its settlement's member and plan year (every later night sums the
+    # registry by them): one that disagrees with the settlement it names is refused
+    from hmb_batch.ledger.store import LedgerError, open_ledger
+
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
+    record, rows = _log_only_batch("b1", 1, [("M1", 2022, "compliant", None, 500)])
+    settlement = {c: None for c in rows["settlements"].columns} | {
+        "setl_id": "S1",
+        "batch_id": "b1",
+        "psn_no": "M1",
+        "plan_year": 2022,
+        "status": "paid",
+        "is_reversal": False,
+    }
+    rows["settlements"] = pl.DataFrame([settlement], schema=rows["settlements"].schema)
+    for psn_no, year in (("M2", 2022), ("M1", 2023)):
+        rows["settlement_costs"] = pl.DataFrame(
+            [("S1", "compliant", 500, 500, psn_no, year)],
+            schema=rows["settlement_costs"].schema,
+            orient="row",
+        )
+        refused = pytest.raises(LedgerError, match=r"another member or plan year \(S1\)")
+        with open_ledger(ledger) as lg, refused:
+            lg.apply(record, rows)
+    assert _query(ledger, "SELECT count(*) FROM batches") == [(0,)]
+    rows["settlement_costs"] = pl.DataFrame(
+        [("S1", "compliant", 500, 500, "M1", 2022)],
+        schema=rows["settlement_costs"].schema,
+        orient="row",
+    )
+    with open_ledger(ledger) as lg:
+        lg.apply(record, rows)
+    assert _query(ledger, "SELECT psn_no, plan_year FROM settlement_costs") == [("M1", 2022)]

@@ -250,7 +250,7 @@ _TABLE_COLUMNS = {
         "fixmedins_name",
         "header_fen",
     ],
-    "settlement_costs": ["setl_id", "cost", "increment_fen", "cum_fen"],
+    "settlement_costs": ["setl_id", "cost", "increment_fen", "cum_fen", "psn_no", "plan_year"],
     "settlement_responsibilities": [
         "setl_id",
         "responsibility",
@@ -965,24 +965,26 @@ class Ledger:
                 src = sources[table] = sources.get(table) or source(table)
                 cols = ", ".join(_TABLE_COLUMNS[table])
                 if table == "settlement_costs":
-                    # member and plan year from the batch's own registry rows (a join of the
-                    # batch with itself), so the rows a kernel gives need not carry them
-                    orphans = con.execute(
-                        f"SELECT DISTINCT c.setl_id FROM {src} c "
-                        f"ANTI JOIN {registry} s USING (setl_id) ORDER BY 1 LIMIT 5"
+                    # each cost row names its settlement's member and plan year, as the
+                    # batch's own registry rows do (one join of the batch with itself checks
+                    # it): a row that did not would be summed under the wrong member by every
+                    # later night's check, or under none
+                    wrong = con.execute(
+                        f"SELECT DISTINCT c.setl_id FROM {src} c ANTI JOIN {registry} s "
+                        "ON c.setl_id = s.setl_id AND c.psn_no = s.psn_no "
+                        "AND c.plan_year = s.plan_year ORDER BY 1 LIMIT 5"
                     ).fetchall()
-                    if orphans:  # they would carry no member: no night could check them
+                    if wrong:
                         raise LedgerError(
-                            f"batch {batch_id} has cost rows of settlements it does not record "
-                            f"({', '.join(r[0] for r in orphans)}); nothing was applied"
+                            f"batch {batch_id} has cost rows of settlements it does not record, "
+                            "or under another member or plan year "
+                            f"({', '.join(r[0] for r in wrong)}); nothing was applied"
                         )
                     keys = member_keys(registry)
                     con.execute(
-                        f"INSERT INTO {table} ({cols}, psn_no, plan_year, member_key) "
+                        f"INSERT INTO {table} ({cols}, member_key) "
                         f"SELECT {', '.join('c.' + c for c in _TABLE_COLUMNS[table])}, "
-                        f"s.psn_no, s.plan_year, k.member_key FROM {src} c "
-                        f"LEFT JOIN {registry} s USING (setl_id) "
-                        f"LEFT JOIN {keys} k USING (psn_no)"
+                        f"k.member_key FROM {src} c LEFT JOIN {keys} k USING (psn_no)"
                     )
                     continue
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {src}")
@@ -1191,6 +1193,8 @@ def batch_rows(
                 pl.lit(c).alias("cost"),
                 pl.col(inc(c)).alias("increment_fen"),
                 pl.col(cum(c)).alias("cum_fen"),
+                "psn_no",
+                pl.col("plan_year").cast(pl.Int32),
             )
             for c in costs
         ]
