@@ -25,22 +25,6 @@ from hmb_batch.report.summary import BatchSummary
 from hmb_batch.rules.engine import responsibility_ids
 from hmb_batch.rules.reconcile import Reconciliation
 
-# what the batch's summary, its report and its order check read of the engine's payout frame
-# (besides each responsibility's payout): a run keeps only these of its buckets' payouts
-_READ = [
-    "plan_year",
-    "status",
-    "reasons",
-    "setl_time",
-    "insu_admdvs",
-    "fixmedins_code",
-    "fixmedins_name",
-    "edition",
-    "payable",
-    "payout",
-    "cum_payable",
-]
-
 
 def report_columns(payouts: pl.DataFrame) -> pl.DataFrame:
     """The columns of the engine's payout frame that the batch's summary
@@ -49,7 +33,10 @@ def report_columns(payouts: pl.DataFrame) -> pl.DataFrame:
     responsibility = [
         c for c in payouts.columns if c.startswith("resp__") and c.endswith("__payout")
     ]
-    return payouts.select(*_READ, *responsibility)
+    # the engine's names of the report's columns (report_frame adds "_fen" to the amounts); the
+    # summary reads plan_year, status, reasons and payout, the order check setl_time
+    engine = [c.removesuffix("_fen") for c in SETTLEMENT_COLUMNS]
+    return payouts.select(*engine, *responsibility)
 
 
 def report_frame(payouts: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
