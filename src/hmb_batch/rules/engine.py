@@ -637,14 +637,25 @@ def settled_audit(
     """
     key = ["setl_id", "batch_seq"]
     names = audit.collect_schema().names()
-    if removed.height:
-        audit = audit.join(removed.select(key).lazy(), on=key, how="anti")
-    if not denied.height:
+    if not removed.height and not denied.height:
         return audit
+    # one left join with the few settlements named marks their lines (True: denied, False:
+    # removed; removed wins), and filters split them off: an anti and a semi join of every
+    # line each cost more than the join and the filters together
+    decided = pl.concat(
+        [
+            removed.lazy().select(*key, pl.lit(False).alias("_denied")),
+            denied.lazy().select(*key, pl.lit(True).alias("_denied")),
+        ],
+        how="vertical_relaxed",
+    ).unique(key, keep="first", maintain_order=True)
+    marked = audit.join(decided, on=key, how="left")
+    rest = marked.filter(pl.col("_denied").is_null()).drop("_denied")
+    if not denied.height:
+        return rest
     codes = disposition_codes(plan)
     exclusions = sorted(set(EXCLUSION_CODES.values()))
-    hit = audit.join(denied.select(key).lazy(), on=key, how="semi")
-    rest = audit.join(denied.select(key).lazy(), on=key, how="anti")
+    hit = marked.filter(pl.col("_denied").fill_null(False)).drop("_denied")
     counted = [c for c in names if c.endswith(COUNTED_SUFFIX)]
     hit = hit.with_columns(
         *[pl.lit(0, pl.Int64).alias(c) for c in counted],
