@@ -98,7 +98,11 @@ class CheckedFrames:
 
 def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
     """Parse an extract once and validate it; validation and the engine then share the frames."""
-    typed_settlements, typed_lines = pl.collect_all([extract.settlements, extract.fee_lines])
+    # one chunk per column: a part is read from many files, and a frame chunked other than
+    # the columns joined to it is copied whole to realign them by every filter and join
+    typed_settlements, typed_lines = (
+        frame.rechunk() for frame in pl.collect_all([extract.settlements, extract.fee_lines])
+    )
     absolute = absolute_total(typed_settlements, SETTLEMENTS) + absolute_total(
         typed_lines, FEE_LINES
     )
