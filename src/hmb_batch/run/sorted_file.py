@@ -27,9 +27,11 @@ ORDER = ["setl_time", "setl_id"]
 ROW_GROUP_ROWS = 65_536
 # rows of a row group of a member bucket's part: small, so that a range reads little beyond it
 PART_ROW_GROUP_ROWS = 8_192
-# peak bytes per payout row while a range is sorted and written: the range, its sorted copy,
-# its Arrow copy and the writer's buffers (a payout row is about 330 bytes in Polars)
-BYTES_PER_PAYOUT_ROW = 1_200
+# peak bytes per payout row while a range is sorted and written: the range as read (with the
+# row groups around it), its sorted copy, the carry joined to it, its Arrow copy and the
+# writer's buffers (a payout row is about 330 bytes in Polars); with what the run holds by
+# then, half this let a 50M-line run pass 1 GiB (BENCHMARKS.md)
+BYTES_PER_PAYOUT_ROW = 2_400
 _HOUR = "_hour"
 
 
