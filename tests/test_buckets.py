@@ -170,13 +170,25 @@ def test_a_batch_cut_in_two_levels_gives_what_one_bucket_gives(
     # here on a golden night, the outputs must be those of one bucket
     import hmb_batch.run.buckets as cut
 
+    # the rule itself, at 1 GiB: a 10M-line batch in 30 parts is cut straight, a 200M-line one
+    # in 600 parts in two levels (groups of at most 16 parts)
+    assert cut.cut_groups(30, 10_000_000, 2_000_000, GiB) == 1
+    assert cut.cut_groups(600, 200_000_000, 40_000_000, GiB) == 38
+    seen: list[int] = []
+    second_level = cut._cut_groups
+
+    def spied(folder: Path, groups: int, parts: int) -> None:
+        seen.append(groups)
+        second_level(folder, groups, parts)
+
+    monkeypatch.setattr(cut, "_cut_groups", spied)
     for mode, extra in (("memory", ("--buckets", "1")), ("parts", ("--buckets", "7"))):
         if mode == "parts":
             monkeypatch.setattr(cut, "MAX_CUT_FILES", 0)
             monkeypatch.setattr(cut, "PARTS_PER_GROUP", 2)
         r = run_cli(golden_args("batch_01", tmp_path / mode, "--csv", *extra))
         assert r.exit_code == 0, r.output
-    assert cut.cut_groups(7, 10_000, 2_000, GiB) == 4
+    assert seen == [4]  # the second run went through 4 groups of at most 2 of its 7 parts
     _same_outputs(tmp_path / "memory", tmp_path / "parts")
 
 

@@ -322,17 +322,18 @@ def test_a_revert_drops_a_cost_first_accumulated_by_the_reverted_batch(tmp_path:
     assert _assert_state_is_the_log(ledger) == after_first == [("M1", 2022, "compliant", 500)]
 
 
+def _cost_row(rows: dict[str, pl.DataFrame], *values: Any) -> pl.DataFrame:
+    """One settlement_costs row (setl_id, cost, increment_fen, cum_fen, psn_no, plan_year)."""
+    return pl.DataFrame([values], schema=rows["settlement_costs"].schema, orient="row")
+
+
 def test_cost_rows_of_a_settlement_the_batch_does_not_record_are_refused(tmp_path: Path) -> None:
     from hmb_batch.ledger.store import LedgerError, open_ledger
 
     ledger = new_ledger(tmp_path / "ledger.duckdb")
     record, rows = _log_only_batch("b1", 1, [("M1", 2022, "compliant", None, 500)])
     # a cost row without its settlement would name no member: no night's check could see it
-    rows["settlement_costs"] = pl.DataFrame(
-        [("X9", "compliant", 500, 500, "M1", 2022)],
-        schema=rows["settlement_costs"].schema,
-        orient="row",
-    )
+    rows["settlement_costs"] = _cost_row(rows, "X9", "compliant", 500, 500, "M1", 2022)
     refused = pytest.raises(LedgerError, match=r"\(X9\); nothing was applied")
     with open_ledger(ledger) as lg, refused:
         lg.apply(record, rows)
@@ -357,20 +358,12 @@ def test_cost_rows_under_another_member_or_plan_year_are_refused(tmp_path: Path)
     }
     rows["settlements"] = pl.DataFrame([settlement], schema=rows["settlements"].schema)
     for psn_no, year in (("M2", 2022), ("M1", 2023)):
-        rows["settlement_costs"] = pl.DataFrame(
-            [("S1", "compliant", 500, 500, psn_no, year)],
-            schema=rows["settlement_costs"].schema,
-            orient="row",
-        )
+        rows["settlement_costs"] = _cost_row(rows, "S1", "compliant", 500, 500, psn_no, year)
         refused = pytest.raises(LedgerError, match=r"another member or plan year \(S1\)")
         with open_ledger(ledger) as lg, refused:
             lg.apply(record, rows)
     assert _query(ledger, "SELECT count(*) FROM batches") == [(0,)]
-    rows["settlement_costs"] = pl.DataFrame(
-        [("S1", "compliant", 500, 500, "M1", 2022)],
-        schema=rows["settlement_costs"].schema,
-        orient="row",
-    )
+    rows["settlement_costs"] = _cost_row(rows, "S1", "compliant", 500, 500, "M1", 2022)
     with open_ledger(ledger) as lg:
         lg.apply(record, rows)
     assert _query(ledger, "SELECT psn_no, plan_year FROM settlement_costs") == [("M1", 2022)]

@@ -449,12 +449,6 @@ def _copy_path(path: Path, temp_dir: Path | None) -> Path:
     return folder / f"{len(list(folder.iterdir()))}-{path.name}"
 
 
-def _transcoded(path: Path, encoding: str, temp_dir: Path | None = None) -> Path:
-    """A UTF-8 copy of a CSV in another encoding (Polars reads UTF-8 only), decoded in chunks,
-    in ``temp_dir`` when given (see :func:`_check_csv`): its first piece."""
-    return _check_csv(path, encoding, temp_dir).pieces[0]
-
-
 @lru_cache(maxsize=16)
 def check_timezone(timezone: str) -> str:
     """``timezone`` if it is a known IANA zone (``Asia/Shanghai``); ConfigError otherwise."""
@@ -477,12 +471,8 @@ def scan_raw(path: Path, encoding: str = "utf-8", *, temp_dir: Path | None = Non
     non-UTF-8 CSV is written (default: a private temporary folder).
     """
     scans, problems = _scan_source(path, encoding, temp_dir)
-    numbered, before = [], 0
-    for i, lf in enumerate(scans):
-        numbered.append(_numbered(lf, path, problems, before))
-        if i < len(scans) - 1:  # a piece's rows are numbered after the pieces before it
-            before += _rows(lf)
-    return _concat(numbered)
+    # the pieces in order are the file's rows in order: numbered once, after the concat
+    return _numbered(_concat(scans), path, problems, 0)
 
 
 def raw_chunks(

@@ -30,7 +30,7 @@ import os
 import re
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -329,29 +329,14 @@ def cut_into_buckets(
     """
     folder.mkdir(parents=True, exist_ok=True)
 
-    def write(
-        frames: dict[str, pl.LazyFrame], part: str, bucket: Callable[[pl.LazyFrame], pl.LazyFrame]
-    ) -> None:
+    def write(frames: dict[str, pl.LazyFrame], part: str, bucket: pl.Expr) -> None:
         pl.collect_all(
-            [
-                bucket(frame).sink_parquet(
-                    pl.PartitionBy(folder / table / part, key=BUCKET, include_key=False),
-                    compression="lz4",
-                    lazy=True,
-                )
-                for table, frame in frames.items()
-            ]
+            [_partitioned(frame, bucket, folder / table / part) for table, frame in frames.items()]
         )
 
-    def by_member(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame.with_columns(bucket_of("psn_no", members).alias(BUCKET))
-
-    def by_settlement(frame: pl.LazyFrame) -> pl.LazyFrame:
-        return frame.with_columns(bucket_of("setl_id", parts).alias(BUCKET))
-
-    def by_group(frame: pl.LazyFrame) -> pl.LazyFrame:
-        # part k is in group k % groups: each part's rows all go to one group
-        return frame.with_columns((bucket_of("setl_id", parts) % groups).alias(BUCKET))
+    by_member = bucket_of("psn_no", members)
+    by_settlement = bucket_of("setl_id", parts)
+    by_group = by_settlement % groups  # part k is in group k % groups: whole in one group
 
     empty_roster: pl.LazyFrame | None = None
     for j, raw in enumerate(raw_chunks(roster, rows_per_query, encoding, temp_dir=folder)):
@@ -391,16 +376,22 @@ def cut_into_buckets(
                 tables = {f"{_GROUPS}/{name}": frame for name, frame in tables.items()}
                 write(tables, f"{i:06d}-{j:06d}", by_group)
     if groups > 1:
-        _cut_groups(folder, groups, by_settlement)
+        _cut_groups(folder, groups, parts)
     return CutBatch(folder, parts, members, shape, dict(sorted(enrolled.items())), roster_schema)
 
 
 _GROUPS = "groups"  # the first level of a two-level cut (see cut_groups)
 
 
-def _cut_groups(
-    folder: Path, groups: int, by_settlement: Callable[[pl.LazyFrame], pl.LazyFrame]
-) -> None:
+def _partitioned(frame: pl.LazyFrame, bucket: pl.Expr, target: Path) -> pl.LazyFrame:
+    """The (lazy) streaming write of ``frame`` into ``target``, one folder per bucket
+    (``_bucket=k``, as :func:`_scan_part` reads them)."""
+    return frame.with_columns(bucket.alias(BUCKET)).sink_parquet(
+        pl.PartitionBy(target, key=BUCKET, include_key=False), compression="lz4", lazy=True
+    )
+
+
+def _cut_groups(folder: Path, groups: int, parts: int) -> None:
     """Each group of the first level cut into its parts: one streaming query per group and
     table, reading the group's small files (the chunks'), writing one file per part; then the
     first level goes."""
@@ -411,10 +402,7 @@ def _cut_groups(
             if not files:
                 continue
             rows = pl.concat([pl.scan_parquet(f) for f in files], how="vertical_relaxed")
-            by_settlement(rows.drop(BUCKET, strict=False)).sink_parquet(
-                pl.PartitionBy(folder / table / f"g{g:06d}", key=BUCKET, include_key=False),
-                compression="lz4",
-            )
+            _partitioned(rows, bucket_of("setl_id", parts), folder / table / f"g{g:06d}").collect()
     shutil.rmtree(first)
 
 
@@ -495,7 +483,7 @@ class BucketParts:
     parts: int = 1  # parts of whole settlements (the decisions are written by part)
     denied: list[pl.DataFrame] = field(default_factory=list)
     removed: list[pl.DataFrame] = field(default_factory=list)
-    _decided: list[pl.DataFrame] = field(default_factory=list)  # their columns (no rows)
+    _no_decisions: list[pl.DataFrame] = field(default_factory=list)  # their columns, no rows
     _decision_writes: int = 0
     _pending: list[pl.DataFrame] = field(default_factory=list)  # facts not yet written
     _facts_writes: int = 0
@@ -553,12 +541,8 @@ class BucketParts:
             return
         pending = pl.concat(self._pending, how="diagonal_relaxed")
         self._pending.clear()
-        pending.lazy().with_columns(bucket_of("psn_no", self.members).alias(BUCKET)).sink_parquet(
-            pl.PartitionBy(
-                self.folder / "facts" / f"{self._facts_writes:06d}", key=BUCKET, include_key=False
-            ),
-            compression="lz4",
-        )
+        target = self.folder / "facts" / f"{self._facts_writes:06d}"
+        _partitioned(pending.lazy(), bucket_of("psn_no", self.members), target).collect()
         self._facts_writes += 1
 
     def facts_of(self, m: int) -> pl.DataFrame | None:
@@ -590,8 +574,8 @@ class BucketParts:
             self.after.append(result.after)
         self.denied.append(result.denied)
         self.removed.append(result.removed)
-        if not self._decided:
-            self._decided = [result.denied.clear(), result.removed.clear()]
+        if not self._no_decisions:
+            self._no_decisions = [result.denied.clear(), result.removed.clear()]
         if not self.in_memory and sum(f.height for f in self.denied) >= DECISIONS_PER_WRITE:
             self._write_decisions()
         self.years |= set(result.years)
@@ -604,16 +588,11 @@ class BucketParts:
         part reads a few files)."""
         for name, frames in (("denied", self.denied), ("removed", self.removed)):
             if frames:
-                pl.concat(frames, how="diagonal_relaxed").lazy().with_columns(
-                    bucket_of("setl_id", self.parts).alias(BUCKET)
-                ).sink_parquet(
-                    pl.PartitionBy(
-                        self.folder / name / f"{self._decision_writes:06d}",
-                        key=BUCKET,
-                        include_key=False,
-                    ),
-                    compression="lz4",
-                )
+                _partitioned(
+                    pl.concat(frames, how="diagonal_relaxed").lazy(),
+                    bucket_of("setl_id", self.parts),
+                    self.folder / name / f"{self._decision_writes:06d}",
+                ).collect()
             frames.clear()
         self._decision_writes += 1
 
@@ -622,13 +601,13 @@ class BucketParts:
         bucket: each part's audit is matched with its own few, not with the whole batch's."""
         if self.in_memory:
             return (
-                pl.concat([self._decided[0], *self.denied]),
-                pl.concat([self._decided[1], *self.removed], how="diagonal_relaxed"),
+                pl.concat([self._no_decisions[0], *self.denied]),
+                pl.concat([self._no_decisions[1], *self.removed], how="diagonal_relaxed"),
             )
         if self.denied or self.removed:
             self._write_decisions()
         found = []
-        for name, empty in zip(("denied", "removed"), self._decided, strict=True):
+        for name, empty in zip(("denied", "removed"), self._no_decisions, strict=True):
             files = sorted((self.folder / name).glob(f"*/{BUCKET}={k}/*.parquet"))
             frames = [pl.read_parquet(f) for f in files]
             found.append(pl.concat([empty, *frames], how="diagonal_relaxed"))

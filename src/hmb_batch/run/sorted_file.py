@@ -1,11 +1,12 @@
 """The payout file in processing order (setl_time, then setl_id), sorted within the memory budget.
 
-The member stage leaves one part per member bucket, each sorted by (setl_time, setl_id) and
-written in small row groups. The payout file is then made range by range of setl_time: the
-hours of the batch are counted (a streaming group-by of one column), cut into consecutive
-ranges of at most :func:`rows_per_range` rows, and each range is read from every part (the
-parts' row-group statistics skip the groups outside it), sorted in memory and appended to the
-file. No sort ever holds more than one range, whatever the size of the batch.
+The member stage leaves one part per member bucket, written in small row groups in the order
+the kernel gives a bucket's payout rows (batch, setl_time, setl_id: one batch's rows in time
+order, so a range touches few of a part's row groups). The payout file is then made range by
+range of setl_time: the hours of the batch are counted (a streaming group-by of one column),
+cut into consecutive ranges of at most :func:`rows_per_range` rows, and each range is read from
+every part (the parts' row-group statistics skip the groups outside it), sorted in memory and
+appended to the file. No sort ever holds more than one range, whatever the size of the batch.
 
 Row groups are a fixed number of rows counted from the file's first row (the rows left at the
 end of a range wait for the next), and each write hands the writer one contiguous chunk: so the
@@ -35,14 +36,10 @@ BYTES_PER_PAYOUT_ROW = 2_400
 _HOUR = "_hour"
 
 
-def sorted_part(frame: pl.DataFrame) -> pl.DataFrame:
-    """A member bucket's payout rows in the file's order (see the module docstring)."""
-    return frame.sort(ORDER, nulls_last=True, maintain_order=True)
-
-
 def write_part(frame: pl.DataFrame, path: Path) -> None:
-    """Write a member bucket's payout rows as a part :func:`write_sorted` reads by range."""
-    sorted_part(frame).write_parquet(path, compression="lz4", row_group_size=PART_ROW_GROUP_ROWS)
+    """Write a member bucket's payout rows as a part :func:`write_sorted` reads by range (in
+    any order: each range is sorted when it is read; in time order it reads the least)."""
+    frame.write_parquet(path, compression="lz4", row_group_size=PART_ROW_GROUP_ROWS)
 
 
 def rows_per_range(budget_bytes: int) -> int:
@@ -62,7 +59,8 @@ def _ranges(parts: pl.LazyFrame, rows: int) -> list[tuple[dt.datetime | None, dt
     )
     starts: list[dt.datetime | None] = [None]
     held = 0
-    for hour, n in hours.iter_rows():  # one row per hour of the batch, not per settlement
+    # one row per hour of the batch (8,784 in a leap year), not per settlement
+    for hour, n in hours.iter_rows():
         if held and held + n > rows:
             starts.append(hour)
             held = 0
@@ -123,6 +121,7 @@ def write_sorted(parts: pl.DataFrame | Sequence[Path], target: Path, budget_byte
     try:
         for i, (start, end) in enumerate(ranges):
             chunk = scanned.filter(_in_range(start, end)) if len(ranges) > 1 else scanned
-            out.add(sorted_part(chunk.collect()), last=i == len(ranges) - 1)
+            rows_of_range = chunk.sort(ORDER, nulls_last=True, maintain_order=True).collect()
+            out.add(rows_of_range, last=i == len(ranges) - 1)
     finally:
         out.close()
