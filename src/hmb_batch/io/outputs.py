@@ -5,11 +5,36 @@ The run (run/buckets.py) writes these frames to bytes and writes them (temporary
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hmb_batch.money import MONEY_OUT, to_decimal
 from hmb_batch.rules.engine import COUNTED_SUFFIX, DISPOSITION_SUFFIX, cum, inc
 from hmb_batch.rules.validation import REASONS
+
+# Columns a reader of an output file filters by: only these carry min/max statistics. pyarrow's
+# writer is single-threaded, and the statistics of every text column (names, codes, reasons)
+# cost about a quarter of writing the fee-line audit, for filters nobody runs.
+FILTERED_BY = frozenset({"setl_id", "psn_no", "setl_time", "plan_year", "batch_id"})
+# Ids almost unique per row: a dictionary of them costs its building and makes the file larger.
+NO_DICTIONARY = frozenset({"setl_id", "psn_no", "init_setl_id", "feedetl_sn", "psn_name", "certno"})
+
+
+def output_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A Parquet writer for an output file written in pieces (zstd; statistics on
+    :data:`FILTERED_BY`, no dictionary for :data:`NO_DICTIONARY`)."""
+    names = schema.names
+    return pq.ParquetWriter(
+        path,
+        schema,
+        compression="zstd",
+        write_statistics=[n for n in names if n in FILTERED_BY],
+        use_dictionary=[n for n in names if n not in NO_DICTIONARY],
+    )
+
 
 PAYOUT_COLUMNS = [
     "setl_id",

@@ -52,7 +52,7 @@ from hmb_batch.io.extract import (
     typed_frames_apart,
     with_errors,
 )
-from hmb_batch.io.outputs import to_text
+from hmb_batch.io.outputs import output_writer, to_text
 from hmb_batch.io.reference import (
     enrolled_counts,
     roster_frame,
@@ -429,7 +429,7 @@ class _Streamed:
     def add(self, frame: pl.DataFrame) -> None:
         table = frame.to_arrow()
         if self.writer is None and frame.height:
-            self.writer = pq.ParquetWriter(self.path, table.schema, compression="zstd")
+            self.writer = output_writer(self.path, table.schema)
         if self.writer is not None and table.schema.equals(self.writer.schema):
             self.writer.write_table(table)
         elif frame.height or self.writer is None:  # an empty bucket with another shape adds nothing

@@ -23,6 +23,8 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from hmb_batch.io.outputs import output_writer
+
 ORDER = ["setl_time", "setl_id"]
 # rows of a row group of the payout file (a reader's unit: some 20 MB of payout rows)
 ROW_GROUP_ROWS = 65_536
@@ -98,7 +100,7 @@ class _FixedGroups:
     def _write(self, frame: pl.DataFrame) -> None:
         table = frame.rechunk().to_arrow()
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.target, table.schema, compression="zstd")
+            self.writer = output_writer(self.target, table.schema)
         self.writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
 
     def close(self) -> None:
