@@ -16,6 +16,7 @@ files: it cannot be faster than reading the input plus these writes.
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import sys
@@ -49,7 +50,7 @@ def main(out_dir: Path, ledger: Path) -> dict[str, float]:
         for name in ("lines.parquet", "payouts.parquet"):
             frame = pl.read_parquet(out_dir / name)
             found[name] = _timed(
-                lambda f=frame, n=name: f.write_parquet(scratch / n, compression="zstd")
+                functools.partial(frame.write_parquet, scratch / name, compression="zstd")
             )
             del frame
         with duckdb.connect(str(ledger), read_only=True) as src:
@@ -72,8 +73,9 @@ def main(out_dir: Path, ledger: Path) -> dict[str, float]:
         con.execute("BEGIN TRANSACTION")
         for table in TABLES:
             found[f"insert {table}"] = _timed(
-                lambda t=table: con.execute(
-                    f"INSERT INTO {t} SELECT * FROM read_parquet('{scratch / t}.parquet')"
+                functools.partial(
+                    con.execute,
+                    f"INSERT INTO {table} SELECT * FROM read_parquet('{scratch / table}.parquet')",
                 )
             )
         found["commit"] = _timed(lambda: con.execute("COMMIT"))
