@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hmb_batch.money import MONEY_OUT, to_decimal
-from hmb_batch.rules.engine import COUNTED_SUFFIX, DISPOSITION_SUFFIX, cum, inc
+from hmb_batch.rules.engine import COUNTED_SUFFIX, DISPOSITION_SUFFIX, ENGINE, cum, inc
 from hmb_batch.rules.validation import REASONS
 
 # Columns a reader of an output file filters by: only these carry min/max statistics. pyarrow's
@@ -150,7 +150,7 @@ def payouts_frame(
             name.alias("psn_name"),
             cert.alias("certno"),
         )
-        .collect()
+        .collect(engine=ENGINE)
     )
 
 
@@ -188,7 +188,7 @@ def to_text_frame(df: pl.DataFrame) -> pl.DataFrame:
             .drop_nulls()
             .to_list()
         )
-    return to_text(df.lazy(), ids).collect()
+    return to_text(df.lazy(), ids).collect(engine=ENGINE)
 
 
 def to_text(frame: pl.LazyFrame, responsibilities: list[str]) -> pl.LazyFrame:

@@ -18,7 +18,7 @@ loops are over plan years, costs and list names, never over members or settlemen
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 
@@ -54,6 +54,14 @@ CARRIED = [
 # can be checked against its original (REVERSAL_MISMATCH).
 HEADER_AMOUNTS = SETTLEMENTS.of_kind(Kind.MONEY)
 HEADER_FEN = "header_fen"
+# Every query of the rules runs on the in-memory engine, named at each collect: a bucket is in
+# memory already (its frames come in collected, sized by the run's memory budget), so the
+# streaming engine's bounded memory buys nothing here, and its start-up per query (dozens per
+# bucket) and its morsel pipelines cost more than the in-memory engine's plans (BENCHMARKS.md:
+# the kernel on one bucket, engine against engine). Named at each call, not set with
+# pl.Config: that is process-wide state, which the orchestration's own streaming queries, run
+# at the same time in another thread, would see.
+ENGINE: Final = "in-memory"
 # the roster's member flags the benefit reads
 FLAGS = ("pre_existing", "consecutive_years")
 
@@ -387,7 +395,9 @@ def _flag_lists(
     """
     index = "_line_index"
     lines = lines.with_row_index(index)
-    (lines,) = materialize([lines]) if materialize is not None else [lines.collect().lazy()]
+    (lines,) = (
+        materialize([lines]) if materialize is not None else [lines.collect(engine=ENGINE).lazy()]
+    )
     entries = lists.filter(pl.col("list").is_in(sorted(names))).select(
         pl.col("list").alias("_list"),
         pl.col("code").alias("med_list_codg"),
@@ -403,7 +413,7 @@ def _flag_lists(
             & ((pl.col("_fee_date") <= pl.col("valid_to")) | pl.col("valid_to").is_null())
         )
         .select(index, "_list")
-        .collect()
+        .collect(engine=ENGINE)
     )
     return lines.with_columns(
         [
@@ -851,7 +861,7 @@ def adjudicate(
     result = adjudicate_settlements(
         facts, roster, plan, prior, years=years, materialize=materialize
     )
-    payouts, quarantine = pl.collect_all([result.payouts, result.quarantine])
+    payouts, quarantine = pl.collect_all([result.payouts, result.quarantine], engine=ENGINE)
     key = ["setl_id", "batch_seq"]
     denied = payouts.filter(pl.col("status") == "denied").select(key)
     removed = quarantine.select(key)
@@ -980,9 +990,16 @@ def adjudicate_settlements(
 def plan_years(settlements: pl.DataFrame | pl.LazyFrame, prior: PriorState | None) -> list[int]:
     """Plan years present in a batch (and in the prior registry, for late reversals)."""
     lf = settlements.lazy()
-    years = set(lf.select(pl.col("setl_time").dt.year().unique()).collect().to_series().to_list())
+    years = set(
+        lf.select(pl.col("setl_time").dt.year().unique())
+        .collect(engine=ENGINE)
+        .to_series()
+        .to_list()
+    )
     if prior is not None:
-        years |= set(prior.registry.select(pl.col("plan_year").unique()).collect().to_series())
+        years |= set(
+            prior.registry.select(pl.col("plan_year").unique()).collect(engine=ENGINE).to_series()
+        )
     return sorted(int(y) for y in years if y is not None)
 
 
@@ -1002,7 +1019,7 @@ def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) ->
         HEADER_FEN,
         *[inc(c) for c in costs],
     )
-    registry = pl.concat([prior.registry.collect(), new], how="vertical_relaxed")
+    registry = pl.concat([prior.registry.collect(engine=ENGINE), new], how="vertical_relaxed")
     reversed_ids = registry.filter(pl.col(IS_REVERSAL))["init_setl_id"]
     registry = registry.with_columns(
         (pl.col("reversed") | pl.col("setl_id").is_in(reversed_ids.implode())).alias("reversed")
@@ -1013,7 +1030,10 @@ def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) ->
         .agg([pl.col(cum(c)).last() for c in costs])
     )
     accumulators = pl.concat(
-        [prior.accumulators.collect().join(latest, on=MEMBER_YEAR, how="anti"), latest],
+        [
+            prior.accumulators.collect(engine=ENGINE).join(latest, on=MEMBER_YEAR, how="anti"),
+            latest,
+        ],
         how="vertical_relaxed",
     )
     return PriorState(registry.lazy(), accumulators.lazy())

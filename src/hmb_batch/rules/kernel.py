@@ -28,7 +28,6 @@ import datetime as dt
 import functools
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final
 
 import polars as pl
 
@@ -38,6 +37,7 @@ from hmb_batch.io.outputs import lines_frame, masked_personal, payouts_frame
 from hmb_batch.ledger.store import batch_rows
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.rules.engine import (
+    ENGINE,
     PriorState,
     adjudicate_settlements,
     cost_ids,
@@ -70,15 +70,9 @@ from hmb_batch.rules.validation import (
     validate,
 )
 
-# A bucket is in memory already (its frames come in collected, sized by the run's memory
-# budget), so the streaming engine's bounded memory buys nothing here, and its start-up per
-# query (dozens per bucket) and its morsel pipelines cost more than the in-memory engine's
-# plans (BENCHMARKS.md: the kernel on one bucket, engine against engine).
-ENGINE: Final = "in-memory"
-
 
 def collected(frames: list[pl.LazyFrame]) -> list[pl.LazyFrame]:
-    return [f.lazy() for f in pl.collect_all(frames)]
+    return [f.lazy() for f in pl.collect_all(frames, engine=ENGINE)]
 
 
 @dataclass(frozen=True)
@@ -101,7 +95,8 @@ def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
     # one chunk per column: a part is read from many files, and a frame chunked other than
     # the columns joined to it is copied whole to realign them by every filter and join
     typed_settlements, typed_lines = (
-        frame.rechunk() for frame in pl.collect_all([extract.settlements, extract.fee_lines])
+        frame.rechunk()
+        for frame in pl.collect_all([extract.settlements, extract.fee_lines], engine=ENGINE)
     )
     absolute = absolute_total(typed_settlements, SETTLEMENTS) + absolute_total(
         typed_lines, FEE_LINES
@@ -125,7 +120,8 @@ def check_extract(extract: Extract, batch_id: str) -> CheckedFrames:
                     component_sums(checked.repeated_lines, IDENTICAL_REPEAT),
                 ]
             ),
-        ]
+        ],
+        engine=ENGINE,
     )
     repeated = line_sums.filter(pl.col("disposition") == IDENTICAL_REPEAT)["lines"]
     return CheckedFrames(
@@ -163,7 +159,7 @@ def _no_records() -> pl.DataFrame:
             pl.lit(None, pl.List(pl.String)).alias(REASONS), pl.lit(None, pl.String).alias(DETAIL)
         )
 
-    return quarantine_frame(typed(SETTLEMENTS), typed(FEE_LINES)).collect()
+    return quarantine_frame(typed(SETTLEMENTS), typed(FEE_LINES)).collect(engine=ENGINE)
 
 
 def _sorted_quarantine(frames: list[pl.DataFrame], batch_id: str) -> pl.DataFrame:
@@ -219,32 +215,31 @@ def adjudicate_lines(
     messages). Raises :class:`hmb_batch.errors.InputError` when the part's amounts are beyond
     what the engine can add up (see :func:`hmb_batch.rules.validation.batch_within_bounds`).
     """
-    with pl.Config(set_engine_affinity=ENGINE):
-        checked = check_extract(
-            Extract(part.settlements.lazy(), part.fee_lines.lazy(), shape, files), batch_id
-        )
-        years = plan_years(checked.settlements, None)
-        facts, audit = line_facts(
-            checked.settlements.lazy(),
-            checked.fee_lines.lazy(),
-            lists.lazy(),
-            plan,
-            years=years,
-            materialize=collected,
-        )
-        facts_df, audit_df = pl.collect_all([facts, audit])
-        quarantine = _sorted_quarantine([checked.quarantine], batch_id)
-        return LineResult(
-            facts=facts_df,
-            audit=audit_df,
-            quarantine=masked_personal(quarantine, unmasked=unmasked),
-            totals=line_totals(quarantine=quarantine.lazy(), line_sums=checked.line_sums),
-            settlements_in=checked.settlements_in,
-            fee_lines_in=checked.fee_lines_in,
-            identical_repeats=checked.identical_repeats,
-            repeated_fee_lines=checked.repeated_fee_lines,
-            absolute_fen=checked.absolute_fen,
-        )
+    checked = check_extract(
+        Extract(part.settlements.lazy(), part.fee_lines.lazy(), shape, files), batch_id
+    )
+    years = plan_years(checked.settlements, None)
+    facts, audit = line_facts(
+        checked.settlements.lazy(),
+        checked.fee_lines.lazy(),
+        lists.lazy(),
+        plan,
+        years=years,
+        materialize=collected,
+    )
+    facts_df, audit_df = pl.collect_all([facts, audit], engine=ENGINE)
+    quarantine = _sorted_quarantine([checked.quarantine], batch_id)
+    return LineResult(
+        facts=facts_df,
+        audit=audit_df,
+        quarantine=masked_personal(quarantine, unmasked=unmasked),
+        totals=line_totals(quarantine=quarantine.lazy(), line_sums=checked.line_sums),
+        settlements_in=checked.settlements_in,
+        fee_lines_in=checked.fee_lines_in,
+        identical_repeats=checked.identical_repeats,
+        repeated_fee_lines=checked.repeated_fee_lines,
+        absolute_fen=checked.absolute_fen,
+    )
 
 
 # --- 2. the members: eligibility, costs, year to date, benefits, per bucket of members ------
@@ -299,56 +294,57 @@ def adjudicate_members(
 ) -> MemberResult:
     """Adjudicate a bucket of members' settlements from their facts (see the module
     docstring): sequence, eligibility, costs, year to date, benefits."""
-    with pl.Config(set_engine_affinity=ENGINE):
-        # one chunk per column: a bucket's facts come from many files, and the columns the
-        # engine adds are single chunks; a frame whose columns are chunked differently is
-        # copied whole to realign them by every filter and join that reads it
-        valid = bucket.facts.rechunk()
-        roster = bucket.roster.rechunk()
-        prior = None
-        if bucket.prior is not None:
-            # computed once: the engine, the ledger rows and the totals each read it
-            touched = _touched(bucket.prior, valid)
-            prior = PriorState(*collected([touched.registry, touched.accumulators]))
-        costs = cost_ids(plan)
-        responsibilities = responsibility_ids(plan)
-        years = plan_years(valid, prior)
-        result = adjudicate_settlements(
-            valid.lazy(), roster.lazy(), plan, prior, years=years, materialize=collected
-        )
-        payouts, engine_q = pl.collect_all([result.payouts, result.quarantine])
-        quarantine = _sorted_quarantine([settlement_records(engine_q.lazy()).collect()], batch_id)
-        rows = None
-        if prior is not None:
-            rows = batch_rows(batch_id, payouts, prior.accumulators.collect(), costs)
-        totals = member_totals(
-            plan=plan,
-            facts=valid.lazy(),
-            roster=roster.lazy(),
-            payouts=payouts.lazy(),
-            prior=prior,
-            accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
-            costs=costs,
-        )
-        # lazy: only the columns read are filtered, not the whole facts
-        claims = valid.lazy().filter(~pl.col(IS_REVERSAL))
-        latest = valid["setl_time"].max() if valid.height else None
-        return MemberResult(
-            payouts=payouts,
-            payout_file=payouts_frame(payouts, costs, responsibilities, unmasked=unmasked),
-            quarantine=masked_personal(quarantine, unmasked=unmasked),
-            ledger_rows=rows,
-            totals=totals,
-            after=AfterExpectation.of(payouts, prior, costs) if prior is not None else None,
-            denied=payouts.lazy()
-            .filter(pl.col("status") == "denied")
-            .select(SETTLEMENT_KEY)
-            .collect(),
-            removed=engine_q.select(*SETTLEMENT_KEY, REASONS, DETAIL),
-            years=years,
-            claim_years=plan_years(claims, None),
-            latest=latest,  # type: ignore[arg-type]
-        )
+    # one chunk per column: a bucket's facts come from many files, and the columns the
+    # engine adds are single chunks; a frame whose columns are chunked differently is
+    # copied whole to realign them by every filter and join that reads it
+    valid = bucket.facts.rechunk()
+    roster = bucket.roster.rechunk()
+    prior = None
+    if bucket.prior is not None:
+        # computed once: the engine, the ledger rows and the totals each read it
+        touched = _touched(bucket.prior, valid)
+        prior = PriorState(*collected([touched.registry, touched.accumulators]))
+    costs = cost_ids(plan)
+    responsibilities = responsibility_ids(plan)
+    years = plan_years(valid, prior)
+    result = adjudicate_settlements(
+        valid.lazy(), roster.lazy(), plan, prior, years=years, materialize=collected
+    )
+    payouts, engine_q = pl.collect_all([result.payouts, result.quarantine], engine=ENGINE)
+    quarantine = _sorted_quarantine(
+        [settlement_records(engine_q.lazy()).collect(engine=ENGINE)], batch_id
+    )
+    rows = None
+    if prior is not None:
+        rows = batch_rows(batch_id, payouts, prior.accumulators.collect(engine=ENGINE), costs)
+    totals = member_totals(
+        plan=plan,
+        facts=valid.lazy(),
+        roster=roster.lazy(),
+        payouts=payouts.lazy(),
+        prior=prior,
+        accumulator_log=rows["accumulator_log"].lazy() if rows is not None else None,
+        costs=costs,
+    )
+    # lazy: only the columns read are filtered, not the whole facts
+    claims = valid.lazy().filter(~pl.col(IS_REVERSAL))
+    latest = valid["setl_time"].max() if valid.height else None
+    return MemberResult(
+        payouts=payouts,
+        payout_file=payouts_frame(payouts, costs, responsibilities, unmasked=unmasked),
+        quarantine=masked_personal(quarantine, unmasked=unmasked),
+        ledger_rows=rows,
+        totals=totals,
+        after=AfterExpectation.of(payouts, prior, costs) if prior is not None else None,
+        denied=payouts.lazy()
+        .filter(pl.col("status") == "denied")
+        .select(SETTLEMENT_KEY)
+        .collect(engine=ENGINE),
+        removed=engine_q.select(*SETTLEMENT_KEY, REASONS, DETAIL),
+        years=years,
+        claim_years=plan_years(claims, None),
+        latest=latest,  # type: ignore[arg-type]
+    )
 
 
 # --- 3. the audit settled: denials and the engine's quarantine, per part of whole settlements
@@ -381,23 +377,22 @@ def settle_audit(
     ``removed``: from :class:`MemberResult` (any settlements; those of other parts match none
     of this part's lines).
     """
-    with pl.Config(set_engine_affinity=ENGINE):
-        settled = settled_audit(audit.lazy(), denied, removed, plan).collect()
-        quarantine = _sorted_quarantine([], batch_id)
-        # a removed settlement was accepted by validation: its lines are the part's lines of
-        # its setl_id, one copy of each identical repeat
-        lines = fee_lines.join(removed.select("setl_id"), on="setl_id", how="semi")
-        if lines.height:
-            lines = lines.unique(["setl_id", "feedetl_sn"], keep="first", maintain_order=True)
-            why = removed.lazy().select("setl_id", REASONS, DETAIL).unique("setl_id")
-            quarantine = _sorted_quarantine(
-                [line_records(lines.lazy().join(why, on="setl_id")).collect()],
-                batch_id,
-            )
-        totals = line_totals(quarantine=quarantine.lazy(), audit=settled.lazy())
-        return SettledLines(
-            lines_frame(settled), masked_personal(quarantine, unmasked=unmasked), totals
+    settled = settled_audit(audit.lazy(), denied, removed, plan).collect(engine=ENGINE)
+    quarantine = _sorted_quarantine([], batch_id)
+    # a removed settlement was accepted by validation: its lines are the part's lines of
+    # its setl_id, one copy of each identical repeat
+    lines = fee_lines.join(removed.select("setl_id"), on="setl_id", how="semi")
+    if lines.height:
+        lines = lines.unique(["setl_id", "feedetl_sn"], keep="first", maintain_order=True)
+        why = removed.lazy().select("setl_id", REASONS, DETAIL).unique("setl_id")
+        quarantine = _sorted_quarantine(
+            [line_records(lines.lazy().join(why, on="setl_id")).collect(engine=ENGINE)],
+            batch_id,
         )
+    totals = line_totals(quarantine=quarantine.lazy(), audit=settled.lazy())
+    return SettledLines(
+        lines_frame(settled), masked_personal(quarantine, unmasked=unmasked), totals
+    )
 
 
 # --- one bucket of members, whole: the three stages in turn -------------------------------

@@ -32,6 +32,7 @@ from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.compiled import CompiledEdition
 from hmb_batch.rules.engine import (
+    ENGINE,
     MEMBER_YEAR,
     PriorState,
     code_sum,
@@ -214,7 +215,7 @@ def line_totals(
         pl.concat(parts)
         .group_by("component", "disposition")
         .agg(pl.col("amount_fen").sum(), pl.col("lines").sum())
-        .collect()
+        .collect(engine=ENGINE)
     )
     return Totals.of_lines(components)
 
@@ -269,7 +270,8 @@ def member_totals(
             payouts.filter(~pl.col(IS_REVERSAL))
             .select(*key, *checked)
             .join(facts.select(*key, *header, *sums), on=key, how="left"),
-        ]
+        ],
+        engine=ENGINE,
     )
     parts: list[pl.LazyFrame] = []
     mismatches: list[pl.LazyFrame] = []
@@ -289,7 +291,8 @@ def member_totals(
             years,
             payout_years,
             pl.concat(mismatches) if mismatches else pl.DataFrame(schema=_MISMATCH_SCHEMA).lazy(),
-        ]
+        ],
+        engine=ENGINE,
     )
     return Totals(*frames)
 
@@ -799,7 +802,7 @@ def long_accumulators(prior: PriorState, members: pl.DataFrame, costs: list[str]
     """The prior year to date of ``members``: psn_no, plan_year, cost, value (fen)."""
     return (
         prior.accumulators.join(members.lazy(), on="psn_no", how="semi")
-        .collect()
+        .collect(engine=ENGINE)
         .unpivot(index=["psn_no", "plan_year"], on=[cum(c) for c in costs], variable_name="cost")
         .with_columns(pl.col("cost").str.strip_prefix(cum("")), pl.col("value").fill_null(0))
     )

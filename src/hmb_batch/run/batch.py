@@ -10,7 +10,8 @@ into P parts by a hash of setl_id and its settlements' facts into M buckets by a
 member (:mod:`hmb_batch.run.buckets`; P = M = 1 when it fits the memory budget, and then
 nothing is cut), the results go to part files in the run's spill area (kept in memory when
 nothing is cut), and the output files, the reconciliation and the ledger rows are made from the
-parts.
+parts. Within a stage, the kernel runs in one worker thread one part or bucket ahead of the
+writes of the previous one's results (:func:`one_ahead`), in order.
 
 With a ledger, the order is: take the writer lock; if the same inputs (content hashes) under the
 same plan editions were applied before, rewrite that batch's files from the ledger and stop;
@@ -26,10 +27,11 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import polars as pl
 
@@ -47,7 +49,10 @@ from hmb_batch.report.summary import BatchSummary, summarise
 from hmb_batch.rules.engine import cost_ids, responsibility_ids
 from hmb_batch.rules.kernel import (
     LinePart,
+    LineResult,
     MemberBucket,
+    MemberResult,
+    SettledLines,
     adjudicate_lines,
     adjudicate_members,
     settle_audit,
@@ -67,6 +72,9 @@ from hmb_batch.run.laps import Laps
 from hmb_batch.run.spill import spill_area
 
 __all__ = ["BatchInputs", "BatchResult", "run_batch"]
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 PERSONAL_DATA = "personal_data"  # the batch record's summary: "masked" or "unmasked" files
 
@@ -225,27 +233,61 @@ def run_batch(
         )
 
 
+def one_ahead(items: Iterable[_T], compute: Callable[[_T], _R]) -> Iterator[_R]:
+    """``compute(item)`` for each of ``items``, in order, in one worker thread running one item
+    ahead of the caller: while the caller writes item k's result, the worker computes item
+    k + 1.
+
+    Why: the kernel's queries and the writes of their results each leave one of the machine's
+    cores idle much of the time (a bucket's queries are small, pyarrow's Parquet writer is
+    single-threaded); Polars, pyarrow and DuckDB release the GIL, so the two overlap. The
+    results come back in the items' order, so every file is written as without the worker.
+    Two items' work is in memory at once, and the next item's input as it is read (the
+    buckets' sizes allow for it: :data:`hmb_batch.run.buckets.IN_FLIGHT`). An exception in
+    ``compute`` is raised here; the worker's items after it are not started.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmb-kernel") as pool:
+        pending: Future[_R] | None = None
+        try:
+            for item in items:
+                submitted = pool.submit(compute, item)
+                del item  # the worker holds it; the next item is read meanwhile
+                if pending is not None:
+                    yield pending.result()
+                pending = submitted
+            if pending is not None:
+                yield pending.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _line_stage(
     parts: buckets.BucketParts, source: _Source, header: BatchHeader, unmasked: bool
 ) -> None:
     """Every part of whole settlements through the line stage (an empty batch: one empty part,
     so that its files have their columns)."""
-    found = False
-    for k, part in source.line_parts():
-        found = True
-        crash_point("read")
-        parts.add_lines(
-            k,
-            adjudicate_lines(
-                part,
-                plan=header.plan,
-                lists=header.lists,
-                batch_id=header.batch_id,
-                shape=source.shape,
-                files=(*header.extract_files, *header.fee_files),
-                unmasked=unmasked,
-            ),
+
+    def lines(item: tuple[int, LinePart]) -> tuple[int, LineResult]:
+        k, part = item
+        return k, adjudicate_lines(
+            part,
+            plan=header.plan,
+            lists=header.lists,
+            batch_id=header.batch_id,
+            shape=source.shape,
+            files=(*header.extract_files, *header.fee_files),
+            unmasked=unmasked,
         )
+
+    def read() -> Iterator[tuple[int, LinePart]]:
+        for k, part in source.line_parts():
+            crash_point("read")
+            yield k, part
+
+    found = False
+    for k, result in one_ahead(read(), lines):
+        found = True
+        parts.add_lines(k, result)
         batch_within_bounds(parts.absolute_fen)  # each part is within; the batch must be
     if not found:
         empty = adjudicate_lines(
@@ -268,23 +310,34 @@ def _member_stage(
     unmasked: bool,
 ) -> list[Identity]:
     """Every member bucket through the member stage; with a ledger, each bucket's
-    ledger.before identity."""
+    ledger.before identity. The worker (:func:`one_ahead`) is the only one to use the ledger
+    while the stage runs."""
+
+    def read() -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, bool]]:
+        found = False
+        for bucket in range(m):
+            facts = parts.facts_of(bucket)
+            if facts is not None:
+                found = True
+                crash_point("read")
+                yield bucket, facts, source.roster(bucket), False
+        if not found:  # no settlement at all: the empty files need the engine's columns
+            assert parts.no_facts is not None
+            crash_point("read")
+            yield 0, parts.no_facts, source.roster(0).clear(), True
+
+    def members(
+        item: tuple[int, pl.DataFrame, pl.DataFrame, bool],
+    ) -> tuple[int, MemberResult, Identity | None]:
+        bucket, facts, roster, empty = item
+        result, identity = _adjudicate_members(facts, roster, ledger, header, unmasked)
+        return bucket, result, None if empty else identity
+
     before_ids: list[Identity] = []
-    adjudicated = False
-    for bucket in range(m):
-        facts = parts.facts_of(bucket)
-        if facts is None:
-            continue
-        adjudicated = True
-        found = _adjudicate_members(
-            parts, bucket, facts, source.roster(bucket), ledger, header, unmasked
-        )
-        if found is not None:
-            before_ids.append(found)
-    if not adjudicated:  # no settlement at all: the empty files need the engine's columns
-        assert parts.no_facts is not None
-        roster = source.roster(0).clear()
-        _adjudicate_members(parts, 0, parts.no_facts, roster, ledger, header, unmasked)
+    for bucket, result, identity in one_ahead(read(), members):
+        parts.add_members(bucket, result)
+        if identity is not None:
+            before_ids.append(identity)
     return before_ids
 
 
@@ -292,17 +345,27 @@ def _settle_stage(
     parts: buckets.BucketParts, source: _Source, header: BatchHeader, unmasked: bool
 ) -> None:
     """Every part's audit settled with the member stage's decisions."""
-    for k in list(parts.audited):
-        denied, removed = parts.decided(k)
-        settled = settle_audit(
-            parts.audit_of(k),
-            source.fee_lines(k, removed),
+
+    def read() -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame]]:
+        for k in list(parts.audited):
+            denied, removed = parts.decided(k)
+            yield k, parts.audit_of(k), source.fee_lines(k, removed), denied, removed
+
+    def settle(
+        item: tuple[int, pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame],
+    ) -> tuple[int, SettledLines]:
+        k, audit, fee_lines, denied, removed = item
+        return k, settle_audit(
+            audit,
+            fee_lines,
             denied,
             removed,
             plan=header.plan,
             batch_id=header.batch_id,
             unmasked=unmasked,
         )
+
+    for k, settled in one_ahead(read(), settle):
         parts.add_settled(k, settled)
     parts.forget_decisions()
 
@@ -321,17 +384,14 @@ def _stage_counts(header: BatchHeader, limit: int, wanted: int | None) -> tuple[
 
 
 def _adjudicate_members(
-    parts: buckets.BucketParts,
-    m: int,
     facts: pl.DataFrame,
     roster: pl.DataFrame,
     ledger: Ledger | None,
     header: BatchHeader,
     unmasked: bool,
-) -> Identity | None:
-    """Member bucket ``m`` through the member stage, its results kept in ``parts``; with a
-    ledger, the bucket's ledger.before identity."""
-    crash_point("read")
+) -> tuple[MemberResult, Identity | None]:
+    """A member bucket through the member stage; with a ledger, the bucket's prior state is
+    read first and its ledger.before identity checked after."""
     costs = cost_ids(header.plan)
     prior = ledger.prior_for(facts, costs) if ledger is not None else None
     result = adjudicate_members(
@@ -340,10 +400,9 @@ def _adjudicate_members(
         batch_id=header.batch_id,
         unmasked=unmasked,
     )
-    parts.add_members(m, result)
     if ledger is None or prior is None:
-        return None
-    return ledger_before_identity(ledger, result.payouts, prior, costs)
+        return result, None
+    return result, ledger_before_identity(ledger, result.payouts, prior, costs)
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,12 @@ BYTES_PER_FEE_LINE = 1_600
 # engine's columns; the ledger's prior state of its member)
 BYTES_PER_SETTLEMENT = 3_600
 RUNTIME_BYTES = 512 * MiB
+# Member buckets whose work is in memory at once: the stages run one item ahead (run/batch.py,
+# one_ahead), so a member bucket's budget is the usable memory over this. Parts are sized as if
+# alone: at 10M and 50M fee lines the line stage's peak with two parts in flight stayed some
+# 200 MiB under a 1 GiB limit, while two member buckets in flight passed it at 50M
+# (BENCHMARKS.md, session 11), and every part costs the cut files
+IN_FLIGHT = 2
 MIN_BUCKET_BYTES = 64 * MiB
 # settlement facts kept from the line stage's parts before they are written by member bucket
 # (at about 300 bytes a settlement's facts, some 90 MB)
@@ -160,7 +166,7 @@ def member_bucket_count(settlements: int, memory_limit: int) -> int:
     """How many member buckets keep the member stage of ``settlements`` settlement facts under
     ``memory_limit`` bytes (see :func:`bucket_count`)."""
     usable = max(memory_limit - RUNTIME_BYTES, MIN_BUCKET_BYTES)
-    return max(1, math.ceil(settlements * BYTES_PER_SETTLEMENT / usable))
+    return max(1, math.ceil(settlements * BYTES_PER_SETTLEMENT * IN_FLIGHT / usable))
 
 
 def duckdb_share(memory_limit: int) -> int:
