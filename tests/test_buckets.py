@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from hmb_batch.crash import CRASH_ENV
 from hmb_batch.errors import ConfigError
 from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.ledger.store import FileArchive
+from hmb_batch.run.batch import one_ahead
 from hmb_batch.run.buckets import GiB, MiB, bucket_count, parse_size
 
 NIGHTS = ("batch_00", "batch_01", "batch_02")
@@ -447,3 +450,36 @@ def test_the_payout_file_sorted_in_ranges_is_the_file_sorted_whole(
         # ranges of at most 64 rows: dozens of them
         sorted_file.write_sorted(parts, ranged, 64 * sorted_file.BYTES_PER_PAYOUT_ROW)
         assert ranged.read_bytes() == whole.read_bytes(), cut
+
+
+def test_the_stages_worker_gives_results_in_order_and_stops_at_a_failure() -> None:
+    """The kernel runs in a worker one item ahead of the writes (run/batch.py): the caller gets
+    the results in the items' order whatever each item's time, and a failing item's error
+    reaches the caller, with no item after the next one started."""
+    seen: list[int] = []
+    threads: set[str] = set()
+
+    def slow_first(i: int) -> int:
+        threads.add(threading.current_thread().name)
+        time.sleep(0.05 if i % 2 == 0 else 0)
+        seen.append(i)
+        return i * i
+
+    assert list(one_ahead(range(6), slow_first)) == [0, 1, 4, 9, 16, 25]
+    assert seen == list(range(6))
+    assert threads and threading.current_thread().name not in threads
+
+    started: list[int] = []
+
+    def fails_at_two(i: int) -> int:
+        started.append(i)
+        if i == 2:
+            raise ValueError("item 2 is bad")
+        return i
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="item 2 is bad"):
+        for value in one_ahead(range(10), fails_at_two):
+            got.append(value)
+    assert got == [0, 1]
+    assert max(started) <= 3  # read one ahead at most: nothing after it was started
