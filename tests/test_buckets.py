@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
@@ -483,3 +484,52 @@ def test_the_stages_worker_gives_results_in_order_and_stops_at_a_failure() -> No
             got.append(value)
     assert got == [0, 1]
     assert max(started) <= 3  # read one ahead at most: nothing after it was started
+
+
+def test_a_batch_applied_to_the_ledger_in_groups_records_what_one_group_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A big batch's ledger rows are applied in groups of member buckets (each check and join
+    of the commit holds one group, within DuckDB's memory limit). Forced here to one bucket a
+    group: the ledger holds the same rows as the batch applied whole, and every member has one
+    key of its own (the keys' numbers follow the groups, and mean nothing else)."""
+    import hmb_batch.ledger.store as store
+
+    monkeypatch.setattr(store, "MIN_ROWS_PER_GROUP", 1)
+    monkeypatch.setattr(store, "BYTES_PER_GROUPED_ROW", 1 << 40)
+    groups: list[int] = []
+    original = store.Ledger._apply_group
+
+    def counted(self: Any, batch_id: str, rows: Any) -> None:
+        groups.append(len(rows["settlements"]) if isinstance(rows["settlements"], list) else 0)
+        original(self, batch_id, rows)
+
+    monkeypatch.setattr(store.Ledger, "_apply_group", counted)
+    _golden_year_twice(tmp_path)
+    assert groups.count(1) >= 5 * len(NIGHTS) - 2  # the 5-bucket nights: a group per bucket
+    memory, parts = (ledger_snapshot(tmp_path / f"{m}.duckdb") for m in ("memory", "parts"))
+    for table in ("batches", "settlements", "accumulators", "accumulator_log", "payout_history"):
+        if table == "batches":
+            continue  # ids and timestamps of two runs
+        assert memory[table] == parts[table], table
+
+    def costs(ledger: Path) -> tuple[list[tuple[Any, ...]], int, int]:
+        with duckdb.connect(str(ledger), read_only=True) as con:
+            rows = con.execute(
+                "SELECT * EXCLUDE (member_key) FROM settlement_costs ORDER BY ALL"
+            ).fetchall()
+            per_member = con.execute(
+                "SELECT max(n) FROM (SELECT count(DISTINCT member_key) n FROM settlement_costs "
+                "GROUP BY psn_no)"
+            ).fetchall()[0][0]
+            shared = con.execute(
+                "SELECT max(n) FROM (SELECT count(DISTINCT psn_no) n FROM member_keys "
+                "GROUP BY member_key)"
+            ).fetchall()[0][0]
+        return rows, per_member, shared
+
+    (mem_rows, *_), (part_rows, per_member, shared) = (
+        costs(tmp_path / f"{m}.duckdb") for m in ("memory", "parts")
+    )
+    assert mem_rows == part_rows
+    assert per_member == 1 and shared == 1

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import polars as pl
 import pytest
 
 from conftest import GOLDEN, golden_args, golden_batch, ledger_snapshot, new_ledger, run_cli
@@ -353,3 +354,21 @@ def test_item18_ledger_member_without_settlements_is_an_empty_answer(base: Path)
     assert "no settlements for member NOBODY" in r.stdout
     r = run_cli(["ledger", "member", "NOBODY", "--year", "2022", "--ledger", str(base)])
     assert r.exit_code == 0 and "no settlements for member NOBODY in 2022" in r.stdout
+
+
+def test_the_ledger_running_out_of_its_memory_share_is_a_clear_error(tmp_path: Path) -> None:
+    """DuckDB out of memory within its share of --memory-limit is exit 5 naming the remedy,
+    not an internal error (a 200M-line batch's commit found it)."""
+    from hmb_batch.ledger.store import LedgerOutOfMemory, create_ledger, open_ledger
+
+    path = tmp_path / "ledger.duckdb"
+    create_ledger(path)
+    with open_ledger(path) as ledger:
+        ids = pl.DataFrame({"setl_id": [f"S{i:09d}" for i in range(200_000)]})
+        ledger.con.register("batch_ids", ids.to_arrow())
+        ledger._looked_up = [(ids, ids)]  # the commit's guard joins the batch with these
+        ledger.con.execute("SET memory_limit = '1MB'")
+        with pytest.raises(LedgerOutOfMemory) as caught:
+            ledger._already_recorded("batch_ids")
+    assert int(caught.value.exit_code) == 5
+    assert "--memory-limit" in str(caught.value) and "nothing was applied" in str(caught.value)

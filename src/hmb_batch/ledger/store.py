@@ -52,6 +52,7 @@ import datetime as dt
 import errno
 import fcntl
 import functools
+import glob
 import hashlib
 import json
 import os
@@ -63,8 +64,9 @@ from typing import Any, TypeVar
 
 import duckdb
 import polars as pl
+import pyarrow.parquet as pq
 
-from hmb_batch.errors import ExitCode, HmbError
+from hmb_batch.errors import ConfigError, ExitCode, HmbError
 from hmb_batch.rules.engine import (
     HEADER_FEN,
     MEMBER_YEAR,
@@ -218,6 +220,14 @@ _REVERT_UNSEEN = """
 # The most setl_ids a run keeps from prior_for's lookups for the commit's guard (see
 # Ledger._already_recorded); beyond it the guard reads the registry.
 _LOOKUPS_KEPT = 1_000_000
+
+# A batch given as files is applied in groups of member buckets of at most this many
+# settlements per byte of DuckDB's memory limit: the commit's checks and joins hold a group's
+# rows at once. Measured: the cost rows' check against the registry (an anti join) ran out of a
+# 256 MiB limit at 40M settlements, and passed at 10M (BENCHMARKS.md, session 11).
+BYTES_PER_GROUPED_ROW = 128
+MIN_ROWS_PER_GROUP = 100_000
+DEFAULT_ROWS_PER_GROUP = 2_000_000  # DuckDB's default limit is most of the machine's memory
 
 # What one batch inserts, in this order (see :func:`batch_rows`).
 BATCH_TABLES = (
@@ -384,6 +394,18 @@ class LedgerDamaged(LedgerError):
         super().__init__(f"the ledger at {path} is damaged: {cause}, restore it from backup")
 
 
+class LedgerOutOfMemory(ConfigError):
+    """DuckDB needed more memory than its share of ``--memory-limit`` (exit 5, like a limit
+    too small to run at all): the file is fine, the transaction rolled back."""
+
+    def __init__(self, path: Path, cause: str) -> None:
+        super().__init__(
+            f"the ledger {path} needed more memory than its share of --memory-limit ({cause}); "
+            "nothing was applied and the ledger is as before. Give a larger --memory-limit, "
+            "or split the batch"
+        )
+
+
 class LedgerUnwritable(HmbError):
     """The ledger cannot be written (disk full, read-only, no permission): exit 3."""
 
@@ -444,8 +466,10 @@ def _guard_duckdb(cls: type[_T]) -> type[_T]:
         def run(self: Ledger, *args: Any, **kwargs: Any) -> Any:
             try:
                 return method(self, *args, **kwargs)
-            except (duckdb.InterruptException, duckdb.OutOfMemoryException):
-                raise  # not the file's fault; the caller reports these
+            except duckdb.InterruptException:
+                raise  # not the file's fault: the person stopped the run
+            except duckdb.OutOfMemoryException as exc:
+                raise LedgerOutOfMemory(self.path, _cause(exc)) from exc
             except duckdb.Error as exc:
                 raise ledger_failure(self.path, exc) from exc
 
@@ -527,6 +551,8 @@ class Ledger:
         self._increments: tuple[pl.DataFrame, pl.DataFrame] | None = None
         # the setl_ids each prior_for since the last write looked up, and those it found
         self._looked_up: list[tuple[pl.DataFrame, pl.DataFrame]] | None = None
+        # settlements per group of a batch's row files (see limit_memory, apply)
+        self._rows_per_group = DEFAULT_ROWS_PER_GROUP
 
     # --- schema ------------------------------------------------------------------------
     def _migrate(self, *, create: bool = False) -> None:
@@ -887,8 +913,10 @@ class Ledger:
             self.con.unregister("members")
 
     def limit_memory(self, limit: int) -> None:
-        """Keep DuckDB within ``limit`` bytes (it spills to ``<ledger>.tmp`` beyond that)."""
+        """Keep DuckDB within ``limit`` bytes (it spills to ``<ledger>.tmp`` beyond that); a
+        batch's rows are then applied in groups that fit it (:meth:`apply`)."""
         self.con.execute(f"SET memory_limit = '{max(limit >> 20, 64)}MiB'")
+        self._rows_per_group = max(limit // BYTES_PER_GROUPED_ROW, MIN_ROWS_PER_GROUP)
 
     # --- writing ------------------------------------------------------------------------
     def apply(
@@ -901,27 +929,62 @@ class Ledger:
         """Apply one adjudicated batch in a single transaction.
 
         ``rows``: for each of :data:`BATCH_TABLES`, the rows to insert — a frame (see
-        :func:`batch_rows`) or the path or glob of Parquet files holding them (runs build them
-        bucket by bucket; DuckDB then reads them within its memory limit). ``verify`` is called
-        after the inserts, before the commit (see run/batch.py: the ledger after must equal the
-        ledger before plus the batch); if it raises, nothing is applied.
+        :func:`batch_rows`) or the glob of Parquet files holding them, one file per member
+        bucket named alike in every table's folder (runs build them bucket by bucket). Files
+        are applied in groups of member buckets (:func:`_groups`): each check and join of the
+        commit then holds one group's rows, not the batch's, within DuckDB's memory limit.
+        ``verify`` is called after the inserts, before the commit (see run/batch.py: the ledger
+        after must equal the ledger before plus the batch); if it raises, nothing is applied.
         """
         batch_id = record["batch_id"]
         con = self.con
-        registered: list[str] = []
         self._increments = None
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                """INSERT INTO batches VALUES ($batch_id, $seq, $batch_key, $inputs, $editions,
+                   $hmb_version, $started_at, $finished_at, 'applied', $settlements_in,
+                   $adjudicated, $quarantined, $total_payout_fen, $max_setl_time, $summary)""",
+                record,
+            )
+            for group in _groups(rows, self._rows_per_group):
+                self._apply_group(batch_id, group)
+            if verify is not None:  # inside the transaction: raising rolls everything back
+                verify(self)
+            if crash_hook is not None:
+                crash_hook("commit")
+            try:
+                con.execute("COMMIT")
+            except duckdb.Error as exc:  # e.g. no space for the write-ahead log
+                raise ledger_failure(
+                    self.path,
+                    exc,
+                    f"Batch {batch_id} was not applied: the ledger is as before it; free space "
+                    "or fix permissions, then run the batch again",
+                ) from exc
+        except BaseException:
+            _rollback(con)
+            raise
+        finally:
+            self._looked_up = None
+
+    def _apply_group(self, batch_id: str, rows: Mapping[str, pl.DataFrame | list[str]]) -> None:
+        """Insert one group of the batch's rows (members of a group have no rows in another),
+        inside :meth:`apply`'s transaction."""
+        con = self.con
+        registered: list[str] = []
 
         def source(table: str) -> str:
             value = rows[table]
-            if isinstance(value, str):
-                return "read_parquet(" + _quote(value) + ")"
+            if isinstance(value, list):
+                return "read_parquet([" + ", ".join(_quote(f) for f in value) + "])"
             view = f"_{table}"
             con.register(view, value.to_arrow())
             registered.append(view)
             return view
 
         def member_keys(registry: str) -> str:
-            """The keys of the batch's members (a view): new members get the next ones."""
+            """The keys of the group's members (a view): new members get the next ones."""
             known = _frame(
                 con.sql(
                     "SELECT psn_no, member_key FROM member_keys "
@@ -945,14 +1008,7 @@ class Ledger:
             registered.append("_member_keys")
             return "_member_keys"
 
-        con.execute("BEGIN TRANSACTION")
         try:
-            con.execute(
-                """INSERT INTO batches VALUES ($batch_id, $seq, $batch_key, $inputs, $editions,
-                   $hmb_version, $started_at, $finished_at, 'applied', $settlements_in,
-                   $adjudicated, $quarantined, $total_payout_fen, $max_setl_time, $summary)""",
-                record,
-            )
             registry = source("settlements")
             seen = self._already_recorded(registry)
             if seen:  # the engine quarantines these; this guards the ledger itself
@@ -962,11 +1018,13 @@ class Ledger:
                 )
             sources = {"settlements": registry}
             for table in BATCH_TABLES:
+                if table not in rows:
+                    continue
                 src = sources[table] = sources.get(table) or source(table)
                 cols = ", ".join(_TABLE_COLUMNS[table])
                 if table == "settlement_costs":
                     # each cost row names its settlement's member and plan year, as the
-                    # batch's own registry rows do (one join of the batch with itself checks
+                    # batch's own registry rows do (one join of the group with itself checks
                     # it): a row that did not would be summed under the wrong member by every
                     # later night's check, or under none
                     wrong = con.execute(
@@ -988,27 +1046,11 @@ class Ledger:
                     )
                     continue
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM {src}")
-            # from the batch's own rows, not the log table: reading these back out of the
+            # from the group's own rows, not the log table: reading these back out of the
             # log would scan the year's log
-            con.execute(_APPLY_STATE.format(log=sources["accumulator_log"]))
-            if verify is not None:  # inside the transaction: raising rolls everything back
-                verify(self)
-            if crash_hook is not None:
-                crash_hook("commit")
-            try:
-                con.execute("COMMIT")
-            except duckdb.Error as exc:  # e.g. no space for the write-ahead log
-                raise ledger_failure(
-                    self.path,
-                    exc,
-                    f"Batch {batch_id} was not applied: the ledger is as before it; free space "
-                    "or fix permissions, then run the batch again",
-                ) from exc
-        except BaseException:
-            _rollback(con)
-            raise
+            if "accumulator_log" in rows:
+                con.execute(_APPLY_STATE.format(log=sources["accumulator_log"]))
         finally:
-            self._looked_up = None
             for view in registered:
                 with contextlib.suppress(Exception):
                     con.unregister(view)
@@ -1255,6 +1297,37 @@ def batch_rows(
         "accumulator_log": log,
         "payout_history": history,
     }
+
+
+def _groups(
+    rows: Mapping[str, pl.DataFrame | str], rows_per_group: int
+) -> Iterator[dict[str, pl.DataFrame | list[str]]]:
+    """A batch's rows for :meth:`Ledger.apply`, in groups: frames are one group; the globs of
+    a run's row files (one file per member bucket, the same names in every table's folder)
+    are cut into runs of consecutive buckets of at most ``rows_per_group`` settlements, in
+    bucket order (so the members' keys are given in the same order for the same groups).
+    Frames given with globs (``batch_files``) go with the first group."""
+    globs = {t: v for t, v in rows.items() if isinstance(v, str)}
+    frames = {t: v for t, v in rows.items() if not isinstance(v, str)}
+    if not globs:
+        yield dict(frames)
+        return
+    files = {t: sorted(glob.glob(g)) for t, g in globs.items()}
+    names = {t: [Path(f).name for f in fs] for t, fs in files.items()}
+    first = next(iter(names.values()))
+    if not first or "settlements" not in files or any(n != first for n in names.values()):
+        # not one file per bucket in every table: one group, as the globs say
+        yield {**{t: [g] for t, g in globs.items()}, **frames}
+        return
+    sizes = [pq.ParquetFile(f).metadata.num_rows for f in files["settlements"]]
+    start, held = 0, 0
+    extra: dict[str, pl.DataFrame] = dict(frames)
+    for i, size in enumerate(sizes):
+        if held and held + size > rows_per_group:
+            yield {**{t: fs[start:i] for t, fs in files.items()}, **extra}
+            extra, start, held = {}, i, 0
+        held += size
+    yield {**{t: fs[start:] for t, fs in files.items()}, **extra}
 
 
 def file_rows(batch_id: str, digests: Mapping[str, str]) -> pl.DataFrame:
