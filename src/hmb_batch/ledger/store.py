@@ -221,10 +221,10 @@ _REVERT_UNSEEN = """
 # Ledger._already_recorded); beyond it the guard reads the registry.
 _LOOKUPS_KEPT = 1_000_000
 
-# A batch given as files is applied in groups of member buckets of at most this many
-# settlements per byte of DuckDB's memory limit: the commit's checks and joins hold a group's
-# rows at once. Measured: the cost rows' check against the registry (an anti join) ran out of a
-# 256 MiB limit at 40M settlements, and passed at 10M (BENCHMARKS.md, session 11).
+# A batch given as files is applied in groups of member buckets of at most (DuckDB's memory
+# limit ÷ this) settlements: the commit's checks and joins hold a group's rows at once.
+# Measured: the cost rows' check against the registry (an anti join) ran out of a 256 MiB limit
+# at 40M settlements, and passed at 10M (BENCHMARKS.md, session 11); 128 bytes gives 2M.
 BYTES_PER_GROUPED_ROW = 128
 MIN_ROWS_PER_GROUP = 100_000
 DEFAULT_ROWS_PER_GROUP = 2_000_000  # DuckDB's default limit is most of the machine's memory

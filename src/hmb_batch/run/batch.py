@@ -244,7 +244,8 @@ def one_ahead(items: Iterable[_T], compute: Callable[[_T], _R]) -> Iterator[_R]:
     results come back in the items' order, so every file is written as without the worker.
     Two items' work is in memory at once, and the next item's input as it is read (the
     buckets' sizes allow for it: :data:`hmb_batch.run.buckets.IN_FLIGHT`). An exception in
-    ``compute`` is raised here; the worker's items after it are not started.
+    ``compute`` is raised here, once the item after it (which may have started) is done; no
+    later item is started.
     """
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmb-kernel") as pool:
         pending: Future[_R] | None = None
