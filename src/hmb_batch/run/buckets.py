@@ -79,9 +79,9 @@ BYTES_PER_SETTLEMENT = 3_600
 RUNTIME_BYTES = 512 * MiB
 # Member buckets whose work is in memory at once: the stages run one item ahead (run/batch.py,
 # one_ahead), so a member bucket's budget is the usable memory over this. Parts are sized as if
-# alone: at 10M and 50M fee lines the line stage's peak with two parts in flight stayed some
-# 200 MiB under a 1 GiB limit, while two member buckets in flight passed it at 50M
-# (BENCHMARKS.md, session 11), and every part costs the cut files
+# alone: at 10M and 50M fee lines the line stage's peak with two parts in flight stayed well
+# under a 1 GiB limit, while two member buckets sized for one passed it at 50M (BENCHMARKS.md,
+# session 11); and every part costs files in the cut.
 IN_FLIGHT = 2
 MIN_BUCKET_BYTES = 64 * MiB
 # settlement facts kept from the line stage's parts before they are written by member bucket
