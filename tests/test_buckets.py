@@ -31,8 +31,8 @@ from hmb_batch.crash import CRASH_ENV
 from hmb_batch.errors import ConfigError
 from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS
 from hmb_batch.ledger.store import FileArchive
-from hmb_batch.run.batch import one_ahead
 from hmb_batch.run.buckets import GiB, MiB, bucket_count, parse_size
+from hmb_batch.run.worker import one_ahead
 
 NIGHTS = ("batch_00", "batch_01", "batch_02")
 
@@ -414,24 +414,24 @@ def test_an_output_written_bucket_by_bucket_keeps_every_row_when_buckets_differ_
     assert got["special_counted"].to_list() == [None, None, None, 3]
 
 
-def test_the_payout_file_sorted_in_ranges_is_the_file_sorted_whole(
+def test_the_payout_file_sorted_out_of_core_is_the_file_sorted_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a batch too big to sort at once is sorted range by range of setl_time; the file must
-    # hold the same bytes as one sort of every row, however the rows were cut into parts
+    # a batch too big to sort in memory is cut into ranges of setl_time, each sorted on its
+    # own; the file must hold the same bytes as one in-memory sort of every row, however the
+    # rows were cut into parts, chunks and ranges
     import datetime as dt
 
     from hmb_batch.run import sorted_file
 
     monkeypatch.setattr(sorted_file, "ROW_GROUP_ROWS", 64)
-    monkeypatch.setattr(sorted_file, "PART_ROW_GROUP_ROWS", 8)
     n = 3_000
     start = dt.datetime(2022, 1, 1)
     rows = pl.DataFrame(
         {
             "setl_id": [f"S{(i * 7919) % n:05d}" for i in range(n)],
             # several settlements an hour, some at the same second (setl_id decides)
-            "setl_time": [start + dt.timedelta(minutes=(i * 37) % 20_000) for i in range(n)],
+            "setl_time": [start + dt.timedelta(minutes=(i * 37) % 2_500) for i in range(n)],
             "payout_amt": [i % 97 for i in range(n)],
         }
     ).with_columns(
@@ -441,16 +441,17 @@ def test_the_payout_file_sorted_in_ranges_is_the_file_sorted_whole(
     sorted_file.write_sorted(rows, whole, 10**9)
     expected = rows.sort("setl_time", "setl_id", nulls_last=True)
     assert_frame_equal(pl.read_parquet(whole), expected)
-    for cut in (1, 3, 7):
+    for cut in (1, 3, 7, 40):  # 40 parts: chunks of several parts
         parts = []
         for k in range(cut):
             part = tmp_path / f"cut{cut}-{k}.parquet"
             sorted_file.write_part(rows.filter(pl.col("payout_amt") % cut == k), part)
             parts.append(part)
         ranged = tmp_path / f"cut{cut}.parquet"
-        # ranges of at most 64 rows: dozens of them
+        # ranges of at most 64 rows, chunks of at most 128
         sorted_file.write_sorted(parts, ranged, 64 * sorted_file.BYTES_PER_PAYOUT_ROW)
         assert ranged.read_bytes() == whole.read_bytes(), cut
+        assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == []  # no scratch left
 
 
 def test_the_stages_worker_gives_results_in_order_and_stops_at_a_failure() -> None:

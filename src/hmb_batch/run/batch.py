@@ -27,11 +27,10 @@ import datetime as dt
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import polars as pl
 
@@ -70,11 +69,10 @@ from hmb_batch.run.balancing import (
 from hmb_batch.run.identity import BatchHeader, BatchInputs, describe_batch, file_hash
 from hmb_batch.run.laps import Laps
 from hmb_batch.run.spill import spill_area
+from hmb_batch.run.worker import one_ahead
 
 __all__ = ["BatchInputs", "BatchResult", "run_batch"]
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 PERSONAL_DATA = "personal_data"  # the batch record's summary: "masked" or "unmasked" files
 
@@ -231,35 +229,6 @@ def run_batch(
             False,
             manifest,
         )
-
-
-def one_ahead(items: Iterable[_T], compute: Callable[[_T], _R]) -> Iterator[_R]:
-    """``compute(item)`` for each of ``items``, in order, in one worker thread running one item
-    ahead of the caller: while the caller writes item k's result, the worker computes item
-    k + 1.
-
-    Why: the kernel's queries and the writes of their results each leave one of the machine's
-    cores idle much of the time (a bucket's queries are small, pyarrow's Parquet writer is
-    single-threaded); Polars, pyarrow and DuckDB release the GIL, so the two overlap. The
-    results come back in the items' order, so every file is written as without the worker.
-    Two items' work is in memory at once, and the next item's input as it is read (the
-    buckets' sizes allow for it: :data:`hmb_batch.run.buckets.IN_FLIGHT`). An exception in
-    ``compute`` is raised here, once the item after it (which may have started) is done; no
-    later item is started.
-    """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="hmb-kernel") as pool:
-        pending: Future[_R] | None = None
-        try:
-            for item in items:
-                submitted = pool.submit(compute, item)
-                del item  # the worker holds it; the next item is read meanwhile
-                if pending is not None:
-                    yield pending.result()
-                pending = submitted
-            if pending is not None:
-                yield pending.result()
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _line_stage(
