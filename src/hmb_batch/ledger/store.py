@@ -939,6 +939,12 @@ class Ledger:
         batch_id = record["batch_id"]
         con = self.con
         self._increments = None
+        if self._looked_up is not None:
+            # once, before the transaction: DuckDB holds what is registered in a transaction
+            # until it ends, so registering these for each group held one copy a group
+            ids, hits = (pl.concat(frames) for frames in zip(*self._looked_up, strict=True))
+            con.register("_looked_up", ids.to_arrow())
+            con.register("_hits", hits.to_arrow())
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(
@@ -966,6 +972,10 @@ class Ledger:
             _rollback(con)
             raise
         finally:
+            if self._looked_up is not None:
+                for view in ("_looked_up", "_hits"):
+                    with contextlib.suppress(Exception):
+                        con.unregister(view)
             self._looked_up = None
 
     def _apply_group(self, batch_id: str, rows: Mapping[str, pl.DataFrame | list[str]]) -> None:
@@ -1057,24 +1067,17 @@ class Ledger:
         registry. Only if some id was not looked up is the registry read.
         """
         con = self.con
-        if self._looked_up is not None:
-            ids, hits = (pl.concat(frames) for frames in zip(*self._looked_up, strict=True))
-            con.register("_looked_up", ids.to_arrow())
-            con.register("_hits", hits.to_arrow())
-            try:
-                rows = con.execute(
-                    f"""
-                    SELECT r.setl_id, h.setl_id IS NOT NULL AS hit
-                    FROM {registry} r LEFT JOIN _looked_up l USING (setl_id)
-                         LEFT JOIN _hits h USING (setl_id)
-                    WHERE h.setl_id IS NOT NULL OR l.setl_id IS NULL
-                    ORDER BY hit DESC, r.setl_id
-                    LIMIT 5
-                    """
-                ).fetchall()
-            finally:
-                con.unregister("_looked_up")
-                con.unregister("_hits")
+        if self._looked_up is not None:  # registered by apply, once for all groups
+            rows = con.execute(
+                f"""
+                SELECT r.setl_id, h.setl_id IS NOT NULL AS hit
+                FROM {registry} r LEFT JOIN _looked_up l USING (setl_id)
+                     LEFT JOIN _hits h USING (setl_id)
+                WHERE h.setl_id IS NOT NULL OR l.setl_id IS NULL
+                ORDER BY hit DESC, r.setl_id
+                LIMIT 5
+                """
+            ).fetchall()
             if all(hit for _, hit in rows):
                 return [r[0] for r in rows]
         seen = con.execute(
