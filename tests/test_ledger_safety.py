@@ -367,8 +367,7 @@ def test_the_ledger_running_out_of_its_memory_share_is_a_clear_error(tmp_path: P
         ids = pl.DataFrame({"setl_id": [f"S{i:09d}" for i in range(200_000)]})
         ledger.con.register("batch_ids", ids.to_arrow())
         ledger._looked_up = [(ids, ids)]  # the commit's guard joins the batch with these
-        ledger.con.register("_looked_up", ids.to_arrow())  # as apply registers them
-        ledger.con.register("_hits", ids.to_arrow())
+        ledger._register_lookups()  # as apply does before its transaction
         ledger.con.execute("SET memory_limit = '1MB'")
         with pytest.raises(LedgerOutOfMemory) as caught:
             ledger._already_recorded("batch_ids")

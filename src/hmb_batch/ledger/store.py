@@ -939,12 +939,9 @@ class Ledger:
         batch_id = record["batch_id"]
         con = self.con
         self._increments = None
-        if self._looked_up is not None:
-            # once, before the transaction: DuckDB holds what is registered in a transaction
-            # until it ends, so registering these for each group held one copy a group
-            ids, hits = (pl.concat(frames) for frames in zip(*self._looked_up, strict=True))
-            con.register("_looked_up", ids.to_arrow())
-            con.register("_hits", hits.to_arrow())
+        # once, before the transaction: DuckDB holds what is registered in a transaction until
+        # it ends, so registering the lookups for each group held one copy a group
+        lookups = self._register_lookups()
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(
@@ -972,11 +969,20 @@ class Ledger:
             _rollback(con)
             raise
         finally:
-            if self._looked_up is not None:
-                for view in ("_looked_up", "_hits"):
-                    with contextlib.suppress(Exception):
-                        con.unregister(view)
+            for view in lookups:
+                with contextlib.suppress(Exception):
+                    con.unregister(view)
             self._looked_up = None
+
+    def _register_lookups(self) -> list[str]:
+        """Register what :meth:`prior_for` looked up (``_looked_up``: the ids, ``_hits``: those
+        the ledger held) for :meth:`_already_recorded`; the views registered."""
+        if self._looked_up is None:
+            return []
+        ids, hits = (pl.concat(frames) for frames in zip(*self._looked_up, strict=True))
+        self.con.register("_looked_up", ids.to_arrow())
+        self.con.register("_hits", hits.to_arrow())
+        return ["_looked_up", "_hits"]
 
     def _apply_group(self, batch_id: str, rows: Mapping[str, pl.DataFrame | list[str]]) -> None:
         """Insert one group of the batch's rows (members of a group have no rows in another),
@@ -1067,7 +1073,7 @@ class Ledger:
         registry. Only if some id was not looked up is the registry read.
         """
         con = self.con
-        if self._looked_up is not None:  # registered by apply, once for all groups
+        if self._looked_up is not None:  # registered by apply (_register_lookups)
             rows = con.execute(
                 f"""
                 SELECT r.setl_id, h.setl_id IS NOT NULL AS hit

@@ -121,14 +121,16 @@ class _FixedGroups:
 
 def _parts_by_range(
     parts: Sequence[Path],
+    sizes: Sequence[int],
     schema: pl.Schema,
     ranges: list[tuple[dt.datetime | None, dt.datetime | None]],
     chunk_rows: int,
     scratch: Path,
 ) -> list[Path]:
-    """Cut the rows of ``parts`` by range of setl_time into one folder per range (the
-    folders, in range order). Consecutive parts are read together, up to ``chunk_rows`` rows
-    at a time, so that each write carries many rows of a range, not a bucket's few."""
+    """Cut the rows of ``parts`` (of ``sizes`` rows) by range of setl_time into one folder per
+    range (the folders, in range order). Consecutive parts are read together, up to
+    ``chunk_rows`` rows at a time, so that each write carries many rows of a range, not a
+    bucket's few."""
     starts = pl.Series([start for start, _ in ranges[1:]], dtype=schema["setl_time"])
     folders = [scratch / f"{r:06d}" for r in range(len(ranges))]
     for folder in folders:
@@ -137,9 +139,9 @@ def _parts_by_range(
     def chunks() -> Iterator[list[Path]]:
         chunk: list[Path] = []
         held = 0
-        for part in parts:
+        for part, size in zip(parts, sizes, strict=True):
             chunk.append(part)
-            held += pq.read_metadata(part).num_rows
+            held += size
             if held >= chunk_rows:
                 yield chunk
                 chunk, held = [], 0
@@ -183,15 +185,16 @@ def write_sorted(parts: pl.DataFrame | Sequence[Path], target: Path, budget_byte
                 out.add(_sort(chunk), last=i == len(ranges) - 1)
             return
         scanned = pl.concat([pl.scan_parquet(p) for p in parts], how="diagonal_relaxed")
-        if sum(pq.read_metadata(p).num_rows for p in parts) <= rows:
+        sizes = [pq.read_metadata(p).num_rows for p in parts]
+        if sum(sizes) <= rows:
             out.add(_sort(scanned.collect()), last=True)
             return
         schema = scanned.collect_schema()
         scratch = target.parent / f".{target.stem}-ranges"
         try:
-            folders = _parts_by_range(
-                parts, schema, _ranges(scanned, rows), budget_bytes // BYTES_PER_CUT_ROW, scratch
-            )
+            ranges = _ranges(scanned, rows)
+            chunk_rows = budget_bytes // BYTES_PER_CUT_ROW
+            folders = _parts_by_range(parts, sizes, schema, ranges, chunk_rows, scratch)
 
             def read(folder: Path) -> pl.DataFrame:
                 pieces = sorted(folder.glob("*.parquet"))
