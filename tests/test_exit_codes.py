@@ -81,7 +81,7 @@ def test_exit_2_usage_unknown_option_and_missing_roster(tmp_path: Path) -> None:
     del args[i : i + 2]
     r = run_cli(args)
     assert r.exit_code == 2, r.output  # was 5, as if hmb.toml were invalid
-    assert "--roster is required" in r.output
+    assert "missing: --roster (required" in r.output
 
 
 def test_exit_3_missing_input_file(tmp_path: Path) -> None:

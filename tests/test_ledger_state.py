@@ -124,9 +124,22 @@ def test_member_state_follows_nights_a_revert_and_a_reapply(tmp_path: Path) -> N
     assert nightly_state == _state(whole_ledger)
 
 
+def _as_schema_7(ledger: Path) -> None:
+    """Turn a ledger back into what schema 7 was: batches without their output folder and
+    the revert's who, when and why."""
+    assert SCHEMA_VERSION == 8
+    con = duckdb.connect(str(ledger))
+    try:
+        for column in ("out_dir", "reverted_at", "reverted_by", "revert_reason"):
+            con.execute(f"ALTER TABLE batches DROP COLUMN {column}")
+        con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    finally:
+        con.close()
+
+
 def _as_schema_6(ledger: Path) -> None:
     """Turn a ledger back into what schema 6 was: cost rows without member and plan year."""
-    assert SCHEMA_VERSION == 7
+    _as_schema_7(ledger)
     con = duckdb.connect(str(ledger))
     try:
         con.execute("ALTER TABLE settlement_costs DROP COLUMN psn_no")
@@ -168,7 +181,7 @@ def test_a_schema_5_ledger_migrates_with_its_year_to_date(tmp_path: Path) -> Non
 
     status = run_cli(["ledger", "status", "--ledger", str(ledger)])  # opening migrates
     assert status.exit_code == 0, status.output
-    assert _query(ledger, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
+    assert _query(ledger, "SELECT value FROM meta WHERE key = 'schema_version'") == [("8",)]
     assert _assert_state_is_the_log(ledger) == expected
     # and the migrated ledger carries on
     _night(ledger, tmp_path, "n2-again", NIGHTS[2])
@@ -199,7 +212,7 @@ def test_a_schema_6_ledger_migrates_its_cost_rows_with_their_members(tmp_path: P
 
     status = run_cli(["ledger", "status", "--ledger", str(ledger)])  # opening migrates
     assert status.exit_code == 0, status.output
-    assert _query(ledger, "SELECT value FROM meta WHERE key = 'schema_version'") == [("7",)]
+    assert _query(ledger, "SELECT value FROM meta WHERE key = 'schema_version'") == [("8",)]
     migrated = _query(ledger, COSTS)
     assert migrated == _query(ledger, COST_MEMBERS)
     assert [r[:4] for r in migrated] == [r[:4] for r in costs]
@@ -367,3 +380,23 @@ def test_cost_rows_under_another_member_or_plan_year_are_refused(tmp_path: Path)
     with open_ledger(ledger) as lg:
         lg.apply(record, rows)
     assert _query(ledger, "SELECT psn_no, plan_year FROM settlement_costs") == [("M1", 2022)]
+
+
+def test_a_schema_7_ledger_migrates_and_then_keeps_the_reason_of_a_revert(tmp_path: Path) -> None:
+    ledger = new_ledger(tmp_path / "ledger.duckdb")
+    for i, claims in enumerate(NIGHTS[:2]):
+        _night(ledger, tmp_path, f"n{i}", claims)
+    registry = "SELECT batch_id, seq, status, summary FROM batches"
+    batches = {r[1]: r for r in _query(ledger, registry)}
+    _as_schema_7(ledger)
+
+    last = _last_batch(ledger)
+    r = run_cli(["ledger", "revert", "--last", "--reason", "late fix", "--ledger", str(ledger)])
+    assert r.exit_code == 0, r.output
+    assert _query(ledger, "SELECT value FROM meta WHERE key = 'schema_version'") == [("8",)]
+    after = {r[1]: r for r in _query(ledger, registry)}
+    assert after[1] == batches[1] and after[2][0] == batches[2][0] == last
+    assert after[2][2] == "reverted"
+    assert _query(
+        ledger, "SELECT batch_id, revert_reason FROM batches WHERE reverted_at IS NOT NULL"
+    ) == [(last, "late fix")]

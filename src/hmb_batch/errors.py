@@ -20,6 +20,8 @@ class ExitCode(IntEnum):
     LEDGER_BUSY = 7  # another hmb-batch holds the ledger
     REFERENCE_INVALID = 8  # the roster or the lists file has bad rows; nothing was written
     LEDGER_REFUSED = 9  # the ledger refuses: out-of-order batch, revert of an older batch, ...
+    FLAGGED = 10  # --fail-on: the batch was done (applied, or written by a dry run) but has
+    # quarantined rows or warnings that --fail-on asked to be told about
 
 
 class HmbError(Exception):
@@ -38,6 +40,12 @@ class InputUnreadable(HmbError):
     """An input file cannot be opened or is not a format hmb-batch reads."""
 
     exit_code = ExitCode.INPUT_UNREADABLE
+
+
+class OutputRefused(HmbError):
+    """The output folder holds another batch's files: refused (exit 2) unless ``--force``."""
+
+    exit_code = ExitCode.USAGE
 
 
 class OutputUnwritable(HmbError):
@@ -117,6 +125,7 @@ class SchemaError(HmbError):
         found: list[str],
         *,
         site_names: Collection[str] = (),
+        hint: str = "",
     ) -> None:
         self.file, self.table, self.missing = file, table, missing
         self.found = [n for n in found if looks_like_header(n, site_names)]
@@ -124,7 +133,7 @@ class SchemaError(HmbError):
         super().__init__(
             f"{file}: the {table} table has no column {cols} (required). "
             f"Found columns: {shown_columns(found, site_names)}. "
-            "If the site calls it something else, map it in hmb.toml under [columns]."
+            + (hint or "If the site calls it something else, map it in hmb.toml under [columns].")
         )
 
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import getpass
 import json
 import os
+import socket
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,17 +18,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+from typer._click.exceptions import ClickException, MissingParameter
+from typer._click.exceptions import UsageError as CommandLineError
 
 from hmb_batch import __version__
 from hmb_batch.cli.config import load_config, read_toml, read_toml_text
 from hmb_batch.errors import ConfigError, ExitCode, HmbError, UsageError
+from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import select_plan, shipped_editions
 from hmb_batch.plan.check import check_data
 from hmb_batch.report import terminal as render
 from hmb_batch.rules.codes import REASON_CODES
 
 if TYPE_CHECKING:
-    from hmb_batch.ledger.store import Ledger
+    from hmb_batch.ledger.store import BatchRecord, Ledger
 
 T = TypeVar("T")
 
@@ -87,14 +93,55 @@ def _ledger_path(ledger: Path | None, config: Path | None) -> Path:
     return path
 
 
-out = Console()
-err = Console(stderr=True)
+# Not at a terminal (cron, a pipe, a log file), rich would cut tables at 80 columns, dropping a
+# column or truncating a reason code: there, render at a width no table reaches instead.
+FULL_WIDTH = 100_000
+
+
+def _console(*, stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=FULL_WIDTH)
+
+
+out = _console()
+err = _console(stderr=True)
+
+
+class _Answer:
+    """How the running command answers: in JSON (its ``--json``) or for a person. With JSON,
+    an error is a JSON document on stdout too, so a script reads one thing either way."""
+
+    json = False
+
+
+_answer = _Answer()
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, ensure_ascii=False, default=str))
+
+
+def _error_json(exit_code: ExitCode, message: str) -> dict[str, Any]:
+    """``{"error": {"exit_code": N, "code": "NAME", "message": "..."}}`` (README: Exit codes)."""
+    return {"error": {"exit_code": int(exit_code), "code": exit_code.name, "message": message}}
 
 
 def _fail(exc: HmbError) -> typer.Exit:
-    # the message is text, never markup: a hint such as "[columns]" must print as written
-    err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
-    return typer.Exit(int(exc.exit_code))
+    code = ExitCode(int(exc.exit_code))
+    if _answer.json:
+        _print_json(_error_json(code, str(exc)))
+    else:
+        # the message is text, never markup: a hint such as "[columns]" must print as written
+        err.print(Text.assemble(("error: ", "bold red"), str(exc)), highlight=False, soft_wrap=True)
+    return typer.Exit(int(code))
+
+
+def _answer_json(as_json: bool) -> bool:
+    _answer.json = as_json
+    return as_json
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")]
 
 
 def _version(value: bool) -> None:
@@ -120,15 +167,17 @@ def main_callback(
 )
 def adjudicate(
     extract: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help=(
                 "Settlements file (CSV or Parquet), or one wide file of fee lines carrying "
                 "their settlement's columns; or a folder or a quoted glob of such files, read "
-                "as one batch."
-            )
+                "as one batch. A folder holding settlements.* and fees.* (the generator's "
+                "nightly/NN/ layout) is read as the two files."
+            ),
+            show_default=False,
         ),
-    ],
+    ] = None,
     fees: Annotated[
         str | None, typer.Option(help="Fee-lines file, folder or glob (two-file extracts).")
     ] = None,
@@ -136,6 +185,23 @@ def adjudicate(
         Path | None,
         typer.Option(help="Ledger (DuckDB file) carrying the year to date between batches."),
     ] = None,
+    no_ledger: Annotated[
+        bool,
+        typer.Option(
+            "--no-ledger",
+            help="Ignore the ledger hmb.toml names: adjudicate the batch on its own.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help=(
+                "Adjudicate against the ledger's year to date and write the files (marked dry "
+                "run in manifest.json and the report), but apply nothing to the ledger."
+            ),
+        ),
+    ] = False,
     wait: Annotated[
         float, typer.Option(help="Seconds to wait for another run holding the ledger.")
     ] = 30.0,
@@ -153,14 +219,38 @@ def adjudicate(
     plan: Annotated[
         str | None, typer.Option(help="Family (zhelibao), edition id, edition file or folder.")
     ] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder.")] = None,
+    out_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--out",
+            help=(
+                "Output folder; may hold {batch_id}, {date} (of the batch's latest "
+                "settlement) and {plan_year}, e.g. out/{date}."
+            ),
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Write into a folder holding another batch's files."),
+    ] = False,
     config: Annotated[
         Path | None, typer.Option(help="Configuration file (default ./hmb.toml).")
     ] = None,
     encoding: Annotated[
         str | None, typer.Option(help="CSV encoding: utf-8 (BOM or not), gbk or gb18030.")
     ] = None,
-    csv: Annotated[bool, typer.Option("--csv", help="Also write payouts.csv.")] = False,
+    csv: Annotated[
+        bool, typer.Option("--csv", help="Also write payouts.csv and quarantine.csv.")
+    ] = False,
+    csv_encoding: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Encoding of the --csv files: utf-8 (default), utf-8-sig (what Excel on "
+                "Chinese Windows needs), gbk or gb18030."
+            )
+        ),
+    ] = None,
     batch_id: Annotated[
         str | None, typer.Option(help="Batch id (default: extract name + content hash).")
     ] = None,
@@ -190,25 +280,58 @@ def adjudicate(
             help="Write psn_name and certno in full in the payout files (masked by default).",
         ),
     ] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    fail_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fail-on",
+            help=(
+                "Exit 10 (after the batch is done) when it has quarantined rows (quarantine) "
+                "or any warning (warning). Repeatable."
+            ),
+        ),
+    ] = None,
+    as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
     """Adjudicate one batch: validate, apply the plan, reconcile, write payouts, quarantine,
     line audit, reconciliation.json and the report (report.html, report.md)."""
     from hmb_batch.run.batch import BatchInputs, run_batch
     from hmb_batch.run.buckets import parse_size
+    from hmb_batch.run.identity import extract_folder
 
+    _answer_json(as_json)
     try:
         cfg = load_config(config)
         d = cfg.adjudicate
         roster_path = roster or cfg.path(d.roster)
         lists_path = lists or cfg.path(d.lists)
-        if roster_path is None or lists_path is None:
-            missing = "--roster" if roster_path is None else "--lists"
-            raise UsageError(f"{missing} is required (or set adjudicate.{missing[2:]} in hmb.toml)")
+        missing = [
+            name
+            for name, value, key in (
+                ("EXTRACT", extract, None),
+                ("--roster", roster_path, "roster"),
+                ("--lists", lists_path, "lists"),
+            )
+            if value is None
+        ]
+        if missing:
+            raise UsageError(
+                f"missing: {', '.join(missing)} (required; --roster and --lists may be set as "
+                "adjudicate.roster and adjudicate.lists in hmb.toml)"
+            )
+        assert extract is not None and roster_path is not None and lists_path is not None
+        wanted = {w.strip() for f in fail_on or [] for w in f.split(",") if w.strip()}
+        if wanted - FAIL_ON:
+            raise UsageError(
+                f"--fail-on {', '.join(sorted(wanted - FAIL_ON))}: give quarantine or warning"
+            )
+        fee_spec: str | Path | None = fees
+        if fee_spec is None:  # a night's folder holds its own fee lines, before hmb.toml's
+            extract, fee_spec = extract_folder(extract)
+        fee_spec = fee_spec or cfg.path(d.fees)
         inputs = BatchInputs(
             extract=extract,
-            fees=fees or cfg.path(d.fees),
+            fees=fee_spec,
             roster=roster_path,
             lists=lists_path,
             plan=plan or d.plan,
@@ -217,7 +340,13 @@ def adjudicate(
             batch_id=batch_id,
             timezone=d.timezone,
         )
-        target = out_dir or cfg.path(d.out) or Path("out")
+        target = out_dir or str(cfg.path(d.out) or Path("out"))
+        ledger_path = None if no_ledger else ledger or cfg.path(d.ledger)
+        if dry_run and ledger_path is None:
+            raise UsageError(
+                "--dry-run adjudicates against a ledger's year to date: give --ledger (or set "
+                "adjudicate.ledger in hmb.toml); without a ledger nothing is applied anyway"
+            )
         # progress on stderr only for a person at a terminal: cron logs and pipes stay clean
         show = not (quiet or as_json) and err.is_terminal
         with err.status("reading and validating …") if show else contextlib.nullcontext() as st:
@@ -225,7 +354,8 @@ def adjudicate(
                 inputs,
                 target,
                 csv=csv,
-                ledger_path=ledger or cfg.path(d.ledger),
+                csv_encoding=csv_encoding or d.csv_encoding,
+                ledger_path=ledger_path,
                 wait=wait,
                 allow_out_of_order=allow_out_of_order,
                 memory_limit=parse_size(limit)
@@ -233,23 +363,34 @@ def adjudicate(
                 else None,
                 buckets_wanted=buckets,
                 unmasked=unmasked,
+                dry_run=dry_run,
+                force=force,
+                warning_limits=cfg.warnings,
                 progress=(lambda stage, secs: st.update(f"{stage} done ({secs:.1f} s) …"))
                 if st is not None
                 else None,
             )
     except HmbError as exc:
         raise _fail(exc) from None
+    status = result.manifest.get("status", "applied")
+    flagged = ("quarantine" in wanted and result.summary.quarantined > 0) or (
+        "warning" in wanted and bool(result.summary.warnings)
+    )
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "summary": result.summary.to_json(),
-                    "replayed": result.replayed,
-                    "reconciled": _reconciled(result.files),
-                    "files": {k: str(v) for k, v in result.files.items()},
-                },
-                ensure_ascii=False,
-            )
+        _print_json(
+            {
+                "summary": result.summary.to_json(),
+                "status": status,
+                "dry_run": status == "dry_run",
+                "replayed": result.replayed,
+                "out": str(result.out_dir),
+                "ledger": result.manifest.get("ledger"),
+                "loss_ratios": result.manifest.get("loss_ratios", []),
+                "warnings": result.summary.warnings,
+                "reconciled": _reconciled(result.files),
+                "files": {k: str(v) for k, v in result.files.items()},
+                "exit_code": int(ExitCode.FLAGGED if flagged else ExitCode.OK),
+            }
         )
     elif not quiet:
         if result.replayed:
@@ -257,12 +398,29 @@ def adjudicate(
                 f"batch {result.summary.batch_id} was applied before with the same inputs and "
                 "plan editions: the ledger is unchanged; its files were written again."
             )
+        if status == "dry_run":
+            out.print("DRY RUN: nothing was applied to the ledger.", style="bold yellow")
         render.batch_summary(
             out,
             result.summary,
             {k: str(v) for k, v in result.files.items()},
             _reconciled(result.files),
+            result.manifest.get("loss_ratios", []),
         )
+    if flagged:
+        if not as_json:
+            err.print(
+                f"exit {int(ExitCode.FLAGGED)}: --fail-on {','.join(sorted(wanted))} "
+                f"({result.summary.quarantined:,} quarantined, "
+                f"{len(result.summary.warnings)} warning(s)); the batch itself is "
+                + ("written, not applied (dry run)" if status == "dry_run" else "done"),
+                highlight=False,
+                markup=False,
+            )
+        raise typer.Exit(int(ExitCode.FLAGGED))
+
+
+FAIL_ON = {"quarantine", "warning"}
 
 
 def _reconciled(files: dict[str, Path]) -> dict[str, Any] | None:
@@ -289,12 +447,14 @@ def report(
         typer.Option(help="Plan (family, edition id or file) for premium and brackets."),
     ] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("."),
+    as_json: JsonOption = False,
 ) -> None:
     """The year-to-date report of a plan year from the ledger alone: report.html, report.md."""
     from hmb_batch.io.atomic import write_files
-    from hmb_batch.report.data import year_report
+    from hmb_batch.report.data import loss_ratio_json, year_report
     from hmb_batch.report.pages import render_html, render_markdown
 
+    _answer_json(as_json)
     try:
         cfg = load_config(config)
         selection = select_plan(plan or cfg.adjudicate.plan)
@@ -305,8 +465,64 @@ def report(
         {"report.html": render_html(data).encode(), "report.md": render_markdown(data).encode()},
         out_dir,
     )
+    if as_json:
+        _print_json(
+            {
+                "plan_year": year,
+                "title": data.title,
+                "scope": data.scope,
+                "headline": dict(data.headline),
+                "loss_ratios": loss_ratio_json(list(data.loss_ratios)),
+                "files": {k: str(v) for k, v in files.items()},
+            }
+        )
+        return
     for path in files.values():
         out.print(f"report: {path}")
+
+
+@app.command(
+    epilog=("Example: hmb-batch show out/payouts.parquet --where \"status = 'paid'\" --limit 20")
+)
+def show(
+    file: Annotated[Path, typer.Argument(help="A Parquet file (payouts, quarantine, lines ...).")],
+    where: Annotated[
+        str | None,
+        typer.Option(
+            help='Keep the rows for which this SQL condition holds, e.g. "payout_amt > 1000".'
+        ),
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="Only these columns, comma-separated.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=0, help="At most this many rows (0: all of them).")
+    ] = 20,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Print an output file as a table (or CSV, or JSON lines), without Python: which rows,
+    which columns, how many. The rows shown are those of the file, in its order."""
+    from hmb_batch.report.show import read_rows
+
+    _answer_json(as_json)
+    try:
+        shown = read_rows(file, where=where, columns=columns, limit=limit)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    if as_csv:
+        sys.stdout.write(shown.csv())
+    elif as_json:
+        for row in shown.json_rows():
+            _print_json(row)
+    else:
+        render.rows(out, file.name, shown.frame)
+        n = shown.frame.height
+        if where:
+            said = f"{n:,} of {shown.matched:,} row(s) where {where}; the file has {shown.total:,}"
+        else:
+            said = f"{n:,} row(s)" + (f" of {shown.total:,}" if n < shown.total else "")
+        out.print(said, highlight=False, markup=False)
 
 
 @app.command(
@@ -349,9 +565,17 @@ def generate(
         out.print(f"split into {len(folders)} nightly extracts under {out_dir / 'nightly'}")
 
 
-@app.command(epilog="Example: hmb-batch codes")
-def codes() -> None:
+@app.command(epilog="Example: hmb-batch codes --json")
+def codes(as_json: JsonOption = False) -> None:
     """List every reason code with its Chinese and English description."""
+    if as_json:
+        _print_json(
+            [
+                {"code": c.code, "stage": c.stage.value, "zh": c.zh, "en": c.en}
+                for c in REASON_CODES.values()
+            ]
+        )
+        return
     t = Table("code", "stage", "中文", "English")
     for c in REASON_CODES.values():
         t.add_row(c.code, c.stage.value, c.zh, c.en)
@@ -359,28 +583,49 @@ def codes() -> None:
 
 
 @plan_app.command("list", epilog="Example: hmb-batch plan list")
-def plan_list() -> None:
+def plan_list(as_json: JsonOption = False) -> None:
     """List the plan editions shipped with hmb-batch."""
-    t = Table("edition", "plan", "year", "official", "source")
+    _answer_json(as_json)
     try:
-        for e in shipped_editions():
-            t.add_row(
-                e.id, e.plan_name, str(e.edition), "yes" if e.official else "example", e.source
-            )
+        editions = shipped_editions()
     except HmbError as exc:
         raise _fail(exc) from None
+    if as_json:
+        _print_json(
+            [
+                {
+                    "edition": e.id,
+                    "plan": e.plan,
+                    "plan_name": e.plan_name,
+                    "year": e.edition,
+                    "official": e.official,
+                    "source": e.source,
+                }
+                for e in editions
+            ]
+        )
+        return
+    t = Table("edition", "plan", "year", "official", "source")
+    for e in editions:
+        t.add_row(e.id, e.plan_name, str(e.edition), "yes" if e.official else "example", e.source)
     out.print(t)
 
 
 @plan_app.command("show", epilog="Example: hmb-batch plan show zhelibao-2023")
 def plan_show(
     edition: Annotated[str, typer.Argument(help="Edition id, family id or edition file.")],
+    as_json: JsonOption = False,
 ) -> None:
-    """Show an edition's rules in the rule text's terms."""
+    """Show an edition's rules in the rule text's terms. With --json, the edition's parameters
+    as data: amounts in fen, rates in parts per million (integers, exact)."""
+    _answer_json(as_json)
     try:
         selection = select_plan(edition)
     except HmbError as exc:
         raise _fail(exc) from None
+    if as_json:
+        _print_json([e.edition.model_dump(mode="json") for e in selection.editions])
+        return
     for e in selection.editions:
         render.edition(out, e.edition)
 
@@ -489,19 +734,77 @@ def ledger_init(
 
 @ledger_app.command("status", epilog="Example: hmb-batch ledger status --ledger ledger.duckdb")
 def ledger_status(
-    ledger: LedgerOption = None, config: ConfigOption = None, wait: WaitOption = 30.0
+    ledger: LedgerOption = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+    as_json: JsonOption = False,
 ) -> None:
     """Batches, plan years, members and totals in the ledger."""
+    _answer_json(as_json)
     batches, state = _on_ledger(ledger, config, wait, lambda lg: (lg.batches(), lg.state()))
-    render.ledger_status(out, batches, state)
+    if not as_json:
+        render.ledger_status(out, batches, state)
+        return
+    applied = [b for b in batches if b.status == "applied"]
+    _print_json(
+        {
+            "applied": len(applied),
+            "reverted": len(batches) - len(applied),
+            "latest": applied[-1].batch_id if applied else None,
+            "plan_years": [
+                {
+                    "plan_year": r["plan_year"],
+                    "members": r["members"],
+                    "settlements": r["settlements"],
+                    "payable": str(fen_to_yuan(r["payable_fen"])),
+                    "payout": str(fen_to_yuan(r["payout_fen"])),
+                }
+                for r in state.iter_rows(named=True)
+            ],
+        }
+    )
 
 
 @ledger_app.command("batches", epilog="Example: hmb-batch ledger batches --ledger ledger.duckdb")
 def ledger_batches(
-    ledger: LedgerOption = None, config: ConfigOption = None, wait: WaitOption = 30.0
+    ledger: LedgerOption = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+    as_json: JsonOption = False,
 ) -> None:
-    """Every batch applied (or reverted), in order."""
-    render.ledger_batches(out, _on_ledger(ledger, config, wait, lambda lg: lg.batches()))
+    """Every batch applied (or reverted), in order; a reverted one with who, when and why."""
+    _answer_json(as_json)
+    batches = _on_ledger(ledger, config, wait, lambda lg: lg.batches())
+    if not as_json:
+        render.ledger_batches(out, batches)
+        return
+    _print_json(
+        [
+            {
+                "seq": b.seq,
+                "batch_id": b.batch_id,
+                "status": b.status,
+                "started_at": b.started_at.isoformat(timespec="seconds"),
+                "finished_at": b.finished_at.isoformat(timespec="seconds")
+                if b.finished_at
+                else None,
+                "settlements_in": b.settlements_in,
+                "adjudicated": b.adjudicated,
+                "quarantined": b.quarantined,
+                "total_payout": str(fen_to_yuan(b.total_payout_fen)),
+                "max_setl_time": b.max_setl_time.isoformat() if b.max_setl_time else None,
+                "out": b.out_dir,
+                "reverted": {
+                    "at": b.reverted_at.isoformat(timespec="seconds") if b.reverted_at else None,
+                    "by": b.reverted_by,
+                    "reason": b.revert_reason,
+                }
+                if b.status == "reverted"
+                else None,
+            }
+            for b in batches
+        ]
+    )
 
 
 @ledger_app.command(
@@ -531,20 +834,89 @@ def ledger_member(
 
 
 @ledger_app.command(
-    "revert", epilog="Example: hmb-batch ledger revert day-0305-1a2b3c --ledger l.duckdb"
+    "revert",
+    epilog=("Example: hmb-batch ledger revert --last --reason 'wrong roster' --ledger l.duckdb"),
 )
 def ledger_revert(
-    batch_id: Annotated[str, typer.Argument(help="The most recent batch's id.")],
+    batch_id: Annotated[
+        str | None,
+        typer.Argument(help="The most recent batch's id (or give --last).", show_default=False),
+    ] = None,
+    last: Annotated[
+        bool, typer.Option("--last", help="Revert the most recent applied batch.")
+    ] = False,
+    reason: Annotated[
+        str, typer.Option(help="Why (kept in the ledger and written into the batch's folder).")
+    ] = "",
     ledger: LedgerOption = None,
     config: ConfigOption = None,
     wait: WaitOption = 30.0,
+    as_json: JsonOption = False,
 ) -> None:
-    """Undo the most recent batch exactly (accumulators, registry; payouts marked reverted)."""
-    record = _on_ledger(ledger, config, wait, lambda lg: lg.revert(batch_id))
+    """Undo the most recent batch exactly (accumulators, registry; payouts marked reverted);
+    its output folder is marked: manifest.json status "reverted" and a REVERTED file saying
+    who, when and why."""
+    from hmb_batch.ledger.store import LedgerError
+    from hmb_batch.run.out_folder import mark_reverted
+
+    _answer_json(as_json)
+    if (batch_id is None) == (not last):
+        raise _fail(UsageError("give the batch id to revert, or --last (not both)"))
+    who = _who()
+
+    def revert(lg: Ledger) -> BatchRecord:
+        target = batch_id
+        if target is None:
+            latest = lg.last_applied()
+            if latest is None:
+                raise LedgerError("the ledger has no applied batch to revert")
+            target = latest.batch_id
+        return lg.revert(target, by=who, reason=reason or None)
+
+    record = _on_ledger(ledger, config, wait, revert)
+    marked = record.out_dir is not None and mark_reverted(
+        Path(record.out_dir),
+        record.batch_id,
+        at=record.reverted_at or dt.datetime.now(),
+        by=who,
+        reason=reason,
+    )
+    if as_json:
+        _print_json(
+            {
+                "reverted": record.batch_id,
+                "seq": record.seq,
+                "settlements_removed": record.adjudicated,
+                "by": who,
+                "reason": reason or None,
+                "out": record.out_dir,
+                "folder_marked": marked,
+            }
+        )
+        return
     out.print(
         f"reverted batch {record.batch_id} (seq {record.seq}): {record.adjudicated:,} "
-        "settlements removed from the ledger, their payouts marked reverted"
+        "settlements removed from the ledger, their payouts marked reverted",
+        highlight=False,
+        markup=False,
     )
+    if marked:
+        out.print(f"marked its folder {record.out_dir} (REVERTED)", highlight=False, markup=False)
+    elif record.out_dir is not None:
+        out.print(
+            f"its folder {record.out_dir} no longer holds its files: nothing marked there",
+            highlight=False,
+            markup=False,
+        )
+
+
+def _who() -> str:
+    """user@host of whoever runs the command (for the revert's record)."""
+    try:
+        user = getpass.getuser()
+    except (OSError, KeyError):  # no user name in a bare container
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 TRACEBACK_ENV = "HMB_TRACEBACK"  # set to 1 to see an internal error's traceback
@@ -553,27 +925,60 @@ TRACEBACK_ENV = "HMB_TRACEBACK"  # set to 1 to see an internal error's traceback
 def main() -> None:
     """Console-script entry point.
 
+    A command-line mistake (an unknown option, missing options) is exit 2, naming every required
+    option missing at once; with ``--json`` it is a JSON error on stdout like any other error.
+
     An unexpected exception is a bug: exit 1 with its type and where it was raised, not its
     message or a traceback (either may quote the data being processed — names, ID numbers);
     ``HMB_TRACEBACK=1`` shows the traceback to whoever debugs it.
     """
+    _answer.json = "--json" in sys.argv[1:]
     try:
-        app()
+        code = app(standalone_mode=False)
+    except ClickException as exc:
+        usage = ExitCode.USAGE if exc.exit_code == ExitCode.USAGE else ExitCode.FAILURE
+        if _answer.json:
+            _print_json(_error_json(usage, _usage_message(exc)))
+        elif isinstance(exc, MissingParameter):
+            CommandLineError(_usage_message(exc), ctx=exc.ctx).show()
+        else:
+            exc.show()
+        sys.exit(int(usage))
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(int(ExitCode.FAILURE))
     except HmbError as exc:  # pragma: no cover - commands catch their own
-        err.print(Text(f"error: {exc}"))
+        _fail(exc)
         sys.exit(int(exc.exit_code))
     except Exception as exc:
         if os.environ.get(TRACEBACK_ENV) == "1":
             raise
         tb = traceback.extract_tb(exc.__traceback__)
         where = f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
-        err.print(
-            Text(
-                f"internal error: {type(exc).__name__}{where} — a bug in hmb-batch "
-                f"{__version__}, please report it (run with {TRACEBACK_ENV}=1 for the "
-                "traceback; it may show personal data). Nothing was applied unless the "
-                "summary said so; the ledger is always as before or after a batch."
-            ),
-            soft_wrap=True,
+        message = (
+            f"internal error: {type(exc).__name__}{where} — a bug in hmb-batch "
+            f"{__version__}, please report it (run with {TRACEBACK_ENV}=1 for the "
+            "traceback; it may show personal data). Nothing was applied unless the "
+            "summary said so; the ledger is always as before or after a batch."
         )
+        if _answer.json:
+            _print_json(_error_json(ExitCode.FAILURE, message))
+        else:
+            err.print(Text(message), soft_wrap=True)
         sys.exit(int(ExitCode.FAILURE))
+    sys.exit(code if isinstance(code, int) else int(ExitCode.OK))
+
+
+def _usage_message(exc: ClickException) -> str:
+    """A usage error's message; a missing option names every required option the command line
+    lacks, not only the first one checked."""
+    if not isinstance(exc, MissingParameter) or exc.ctx is None:
+        return exc.format_message()
+    given = {a.split("=", 1)[0] for a in sys.argv[1:]}
+    missing = [
+        p.opts[0] if p.param_type_name == "option" else (p.name or "").upper()
+        for p in exc.ctx.command.params
+        if p.required
+        and (p is exc.param or (p.param_type_name == "option" and not given & set(p.opts)))
+    ]
+    return f"missing: {', '.join(missing)} (required)"

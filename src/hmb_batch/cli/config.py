@@ -11,9 +11,13 @@ Example::
     encoding = "utf-8"           # CSV encoding: utf-8 (BOM or not), gbk or gb18030
     timezone = "Asia/Shanghai"   # zone of time-zone-aware Parquet timestamps (IANA name)
     memory_limit = "1GiB"        # bound memory: a bigger batch is cut into member buckets
+    csv_encoding = "utf-8-sig"   # of the --csv copies: utf-8, utf-8-sig (Excel), gbk, gb18030
 
     [columns]                    # the site's column name = the contract's name
     JSID = "setl_id"
+
+    [warnings]                   # when a batch gets a warning (see run/alerts.py)
+    quarantined_share = 0.05
 
 Command-line options override the file. The file is looked up as ``--config PATH``, else
 ``hmb.toml`` in the working directory; without one, every option comes from the command line.
@@ -21,6 +25,7 @@ Command-line options override the file. The file is looked up as ``--config PATH
 
 from __future__ import annotations
 
+import difflib
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from hmb_batch.errors import ConfigError
 from hmb_batch.io.contracts import CONTRACTS
 from hmb_batch.io.extract import check_timezone
+from hmb_batch.run.alerts import WarningLimits
 
 DEFAULT_NAME = "hmb.toml"
 _ALL_COLUMNS = {n for c in CONTRACTS.values() for n in c.names}
@@ -48,8 +54,18 @@ class AdjudicateDefaults(BaseModel):
     out: Path = Path("out")
     encoding: str = "utf-8"
     memory_limit: str | None = None
+    csv_encoding: str = "utf-8"
     # a time-zone-aware timestamp is converted to this zone before its zone is dropped
     timezone: str = "Asia/Shanghai"
+
+    @field_validator("csv_encoding")
+    @classmethod
+    def _known_encoding(cls, v: str) -> str:
+        from hmb_batch.io.outputs import CSV_ENCODINGS  # it imports the plan, which imports this
+
+        if v not in CSV_ENCODINGS:
+            raise ValueError(f"{v!r} is not one of {', '.join(CSV_ENCODINGS)}")
+        return v
 
     @field_validator("timezone")
     @classmethod
@@ -67,6 +83,7 @@ class Config(BaseModel):
 
     adjudicate: AdjudicateDefaults = Field(default_factory=AdjudicateDefaults)
     columns: dict[str, str] = Field(default_factory=dict)
+    warnings: WarningLimits = Field(default_factory=WarningLimits)
     base_dir: Path = Path(".")
 
     @field_validator("columns")
@@ -115,9 +132,26 @@ def load_config(path: Path | None) -> Config:
     try:
         cfg = Config.model_validate({**data, "base_dir": path.parent})
     except ValidationError as exc:
-        problems = "\n".join(
-            f"  - {'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors()
-        )
+        problems = "\n".join(f"  - {_problem(e['loc'], e['type'], e['msg'])}" for e in exc.errors())
         raise ConfigError(f"{path}: invalid configuration:\n{problems}") from exc
     return cfg
+
+
+def _problem(loc: tuple[int | str, ...], kind: str, message: str) -> str:
+    """One configuration problem in the file's terms: ``[section] key``, and for a key hmb.toml
+    does not know, the known key it most resembles."""
+    *section, key = [str(part) for part in loc]
+    where = f"[{'.'.join(section)}] {key}" if section else f"[{key}]"
+    if kind != "extra_forbidden":
+        return f"{where}: {message.removeprefix('Value error, ')}"
+    model: type[BaseModel] = Config
+    for part in section:
+        field = model.model_fields.get(part)
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            break
+        model = inner
+    known = [k for k in model.model_fields if k != "base_dir"]
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+    return f"{where}: not a setting hmb.toml knows{hint}"

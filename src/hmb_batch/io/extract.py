@@ -896,7 +896,17 @@ def typed_frames_apart(
     names |= {site[n] for n in names if n in site}
     if "feedetl_sn" not in names:
         raise SchemaError(
-            label, "fee_lines", ["feedetl_sn"], found, site_names=list(column_map or {})
+            label,
+            "fee_lines",
+            ["feedetl_sn"],
+            found,
+            site_names=list(column_map or {}),
+            hint=(
+                "Without --fees the extract is read as one wide file of fee lines that carry "
+                "their settlement's columns; if this is a settlements file, did you forget "
+                "--fees (the fee-lines file)? If the site calls the column something else, map "
+                "it in hmb.toml under [columns]."
+            ),
         )
     return {
         "settlements": type_table_apart(

@@ -11,6 +11,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from hmb_batch.errors import OutputUnwritable, UsageError
 from hmb_batch.money import MONEY_OUT, to_decimal
 from hmb_batch.rules.engine import COUNTED_SUFFIX, DISPOSITION_SUFFIX, ENGINE, cum, inc
 from hmb_batch.rules.validation import REASONS
@@ -215,3 +216,42 @@ def to_text(frame: pl.LazyFrame, responsibilities: list[str]) -> pl.LazyFrame:
                 .alias(f"resp_{rid}_{field}")
             )
     return frame.select(cols)
+
+
+# Encodings of the CSV copies: utf-8-sig is what Excel on Chinese Windows needs to read UTF-8;
+# gbk for older systems; gb18030 holds every character gbk cannot.
+CSV_ENCODINGS = ("utf-8", "utf-8-sig", "gbk", "gb18030")
+_TRANSCODE_CHARS = 1 << 22
+
+
+def write_csv(frame: pl.LazyFrame, target: Path, encoding: str = "utf-8") -> Path:
+    """Stream ``frame`` (see :func:`to_text`) to a CSV file in ``encoding``.
+
+    Polars writes UTF-8; another encoding is a second pass over the file in blocks. A character
+    the encoding cannot hold (a rare name character in gbk) is an error naming the line, never
+    a silently replaced character in a payment file.
+    """
+    if encoding not in CSV_ENCODINGS:
+        raise UsageError(f"--csv-encoding {encoding}: not one of {', '.join(CSV_ENCODINGS)}")
+    if encoding in ("utf-8", "utf-8-sig"):
+        frame.sink_csv(target, include_bom=encoding == "utf-8-sig")
+        return target
+    utf8 = target.with_name(f".{target.name}.utf-8")
+    try:
+        frame.sink_csv(utf8)
+        line = 1
+        with utf8.open(encoding="utf-8", newline="") as src, target.open("wb") as dst:
+            while block := src.read(_TRANSCODE_CHARS):
+                try:
+                    dst.write(block.encode(encoding))
+                except UnicodeEncodeError as exc:
+                    at = line + block.count("\n", 0, exc.start)
+                    raise OutputUnwritable(
+                        f"{target.name}: line {at} holds a character {encoding} cannot "
+                        f"encode (U+{ord(block[exc.start]):04X}); use --csv-encoding gb18030 "
+                        "or utf-8-sig, which hold every character"
+                    ) from None
+                line += block.count("\n")
+    finally:
+        utf8.unlink(missing_ok=True)
+    return target

@@ -77,7 +77,7 @@ from hmb_batch.rules.engine import (
 )
 from hmb_batch.rules.validation import IS_REVERSAL
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 MIGRATIONS: dict[int, list[str]] = {
     1: [
@@ -170,6 +170,13 @@ MIGRATIONS: dict[int, list[str]] = {
             ORDER BY c.rowid""",
         "DROP TABLE settlement_costs",
         "ALTER TABLE settlement_costs_v7 RENAME TO settlement_costs",
+    ],
+    # where a batch's files went (a revert marks that folder), and who reverted it, when, why
+    8: [
+        "ALTER TABLE batches ADD COLUMN out_dir VARCHAR",
+        "ALTER TABLE batches ADD COLUMN reverted_at TIMESTAMP",
+        "ALTER TABLE batches ADD COLUMN reverted_by VARCHAR",
+        "ALTER TABLE batches ADD COLUMN revert_reason VARCHAR",
     ],
 }
 
@@ -537,6 +544,10 @@ class BatchRecord:
     quarantined: int
     total_payout_fen: int
     max_setl_time: dt.datetime | None
+    out_dir: str | None = None  # the folder its files were written to
+    reverted_at: dt.datetime | None = None
+    reverted_by: str | None = None
+    revert_reason: str | None = None
 
 
 @_guard_duckdb
@@ -625,7 +636,8 @@ class Ledger:
         """Every batch, in application order."""
         rows = self.con.execute(
             "SELECT batch_id, seq, batch_key, status, started_at, finished_at, settlements_in, "
-            "adjudicated, quarantined, total_payout_fen, max_setl_time FROM batches ORDER BY seq"
+            "adjudicated, quarantined, total_payout_fen, max_setl_time, out_dir, reverted_at, "
+            "reverted_by, revert_reason FROM batches ORDER BY seq"
         ).fetchall()
         return [BatchRecord(*r) for r in rows]
 
@@ -947,8 +959,9 @@ class Ledger:
             con.execute(
                 """INSERT INTO batches VALUES ($batch_id, $seq, $batch_key, $inputs, $editions,
                    $hmb_version, $started_at, $finished_at, 'applied', $settlements_in,
-                   $adjudicated, $quarantined, $total_payout_fen, $max_setl_time, $summary)""",
-                record,
+                   $adjudicated, $quarantined, $total_payout_fen, $max_setl_time, $summary,
+                   $out_dir, NULL, NULL, NULL)""",
+                {"out_dir": None} | record,
             )
             for group in _groups(rows, self._rows_per_group):
                 self._apply_group(batch_id, group)
@@ -1091,8 +1104,11 @@ class Ledger:
         ).fetchall()
         return [r[0] for r in seen]
 
-    def revert(self, batch_id: str) -> BatchRecord:
-        """Undo the most recent applied batch exactly; refuse any other."""
+    def revert(
+        self, batch_id: str, *, by: str | None = None, reason: str | None = None
+    ) -> BatchRecord:
+        """Undo the most recent applied batch exactly; refuse any other. ``by`` and ``reason``
+        (who asked, why) are kept in the batch's record with the time."""
         applied = [b for b in self.batches() if b.status == "applied"]
         target = next((b for b in applied if b.batch_id == batch_id), None)
         if target is None:
@@ -1130,7 +1146,9 @@ class Ledger:
                 "UPDATE payout_history SET reverted = TRUE WHERE batch_id = $b", {"b": batch_id}
             )
             con.execute(
-                "UPDATE batches SET status = 'reverted' WHERE batch_id = $b", {"b": batch_id}
+                "UPDATE batches SET status = 'reverted', reverted_at = $at, reverted_by = $by, "
+                "revert_reason = $why WHERE batch_id = $b",
+                {"b": batch_id, "at": dt.datetime.now(), "by": by, "why": reason},
             )
             try:
                 con.execute("COMMIT")
@@ -1144,7 +1162,12 @@ class Ledger:
         except BaseException:
             _rollback(con)
             raise
-        return target
+        return next((b for b in self.batches() if b.batch_id == batch_id), target)
+
+    def last_applied(self) -> BatchRecord | None:
+        """The most recent applied batch (the only one a revert may undo), if any."""
+        applied = [b for b in self.batches() if b.status == "applied"]
+        return applied[-1] if applied else None
 
     # --- inspection ---------------------------------------------------------------------
     def state(self) -> pl.DataFrame:

@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import polars as pl
 
 from hmb_batch.ledger.store import Ledger
-from hmb_batch.money import yuan_to_fen
+from hmb_batch.money import fen_to_yuan, yuan_to_fen
 from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.plan.model import RATE_SCALE
 from hmb_batch.report.pages import (
     SETTLEMENT_COLUMNS,
     LossRatio,
@@ -91,6 +93,46 @@ def loss_ratios(
     return out
 
 
+def year_to_date_loss_ratios(
+    plan: PlanSelection,
+    summary: BatchSummary,
+    before: list[dict[str, Any]] | None,
+    *,
+    included: bool = False,
+) -> list[LossRatio]:
+    """A batch's loss ratio per plan year: the year to date when it ran on a ledger (the ledger
+    ``before`` it + the batch; ``included``: ``before`` already holds the batch, as when it is
+    replayed), else the batch alone."""
+    ytd = dict(summary.payout_by_plan_year_fen)
+    for row in before or []:
+        year = int(row["plan_year"])
+        if year in ytd:
+            ytd[year] = (0 if included else ytd[year]) + yuan_to_fen(row["payout"])
+    return loss_ratios(plan, summary.enrolled_by_plan_year, ytd)
+
+
+def loss_ratio_json(ratios: list[LossRatio]) -> list[dict[str, Any]]:
+    """Loss ratios for JSON (the summary, manifest.json, reconciliation.json): money as decimal
+    yuan strings, ratios as decimal strings (4 places: a hundredth of a percent), exact."""
+    return [
+        {
+            "plan_year": lr.plan_year,
+            "enrolled": lr.enrolled,
+            "premium": str(fen_to_yuan(lr.premium_fen)),
+            "premium_pool_net": str(fen_to_yuan(lr.pool_fen)),
+            "payout": str(fen_to_yuan(lr.payout_fen)),
+            "loss_ratio": None if lr.ratio_ppm is None else str(ppm_to_ratio(lr.ratio_ppm)),
+            "target_loss_ratio": str(ppm_to_ratio(lr.target_ppm)),
+        }
+        for lr in ratios
+    ]
+
+
+def ppm_to_ratio(ppm: int) -> Decimal:
+    """Parts per million as an exact decimal ratio rounded half up to 4 places (0.9512)."""
+    return (Decimal(ppm) / RATE_SCALE).quantize(Decimal("0.0001"), rounding=ROUND_HALF_UP)
+
+
 def batch_report(
     plan: PlanSelection,
     batch_id: str,
@@ -98,28 +140,29 @@ def batch_report(
     summary: BatchSummary,
     recon: Reconciliation | None,
     before: list[dict[str, Any]] | None,
+    *,
+    dry_run: bool = False,
 ) -> dict[str, bytes]:
     """``report.html`` and ``report.md`` of a batch; the loss ratio is the year to date when
-    the batch ran on a ledger (the ledger before + this batch), else this batch alone."""
-    ytd = dict(summary.payout_by_plan_year_fen)
-    for row in before or []:
-        year = int(row["plan_year"])
-        if year in ytd:
-            ytd[year] += yuan_to_fen(row["payout"])
+    the batch ran on a ledger (the ledger before + this batch), else this batch alone.
+    ``dry_run``: the title and scope say that nothing was applied."""
     name = plan.editions[0].edition.plan_name
     scope = (
         f"batch {batch_id}; loss ratio: year to date on the ledger"
         if before is not None
         else f"batch {batch_id}; loss ratio: this batch only (no ledger)"
     )
+    if dry_run:
+        scope = f"DRY RUN 试算: nothing was applied to the ledger; {scope}"
     data = report_data(
         report_frame(payouts),
         plan,
         by_responsibility=responsibility_frame(payouts, responsibility_ids(plan)),
-        title=f"{name} 理算报告 · batch {batch_id}",
+        title=("[DRY RUN 试算] " if dry_run else "") + f"{name} 理算报告 · batch {batch_id}",
         scope=scope,
         quarantined_by_reason=summary.quarantined_by_reason,
-        loss_ratios=loss_ratios(plan, summary.enrolled_by_plan_year, ytd),
+        orphan_fee_lines=summary.orphan_fee_lines,
+        loss_ratios=year_to_date_loss_ratios(plan, summary, before),
         reconciliation=recon.to_json()["identities"] if recon is not None else (),
     )
     return {
@@ -154,5 +197,6 @@ def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportDa
             f"{ledger.path}; quarantine counts are those of these batches"
         ),
         quarantined_by_reason=quarantined,
+        orphan_fee_lines=sum(int(s.get("orphan_fee_lines", 0)) for s in summaries),
         loss_ratios=loss_ratios(plan, enrolled, {plan_year: payout}),
     )

@@ -168,6 +168,7 @@ def report_data(
     reconciliation: Sequence[dict[str, object]] = (),
     generated_at: dt.datetime | None = None,
     by_responsibility: pl.DataFrame | pl.LazyFrame | None = None,
+    orphan_fee_lines: int = 0,
 ) -> ReportData:
     """Aggregate a settlement frame (:data:`SETTLEMENT_COLUMNS`) into a report.
 
@@ -245,6 +246,7 @@ def report_data(
         ("denied 拒付", f"{status.get('denied', 0):,}"),
         ("reversals 冲销", f"{status.get('reversal', 0):,}"),
         ("quarantined 隔离", f"{sum(quarantined_by_reason.values()):,}"),
+        ("orphan fee lines 无结算单明细", f"{orphan_fee_lines:,}"),
         ("total payout 赔付合计 (yuan)", f"{fen_to_yuan(total):,}"),
     ]
     responsibility_bars = []

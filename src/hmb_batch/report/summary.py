@@ -36,6 +36,10 @@ class BatchSummary:
     payout_by_plan_year_fen: dict[int, int] = field(default_factory=dict)
     # members with a roster row, per plan year (the premium pool of the loss ratio)
     enrolled_by_plan_year: dict[int, int] = field(default_factory=dict)
+    # fee lines whose setl_id is in no settlement row of the batch (quarantined)
+    orphan_fee_lines: int = 0
+    # what a person on call should look at (run/alerts.py): {"code": ..., "message": ...}
+    warnings: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def balanced(self) -> bool:
@@ -114,13 +118,14 @@ def summarise(
     collected.
     """
     p = payouts.lazy()
-    q = quarantine.lazy().filter(pl.col("record") == "settlement")
+    q_all = quarantine.lazy()
+    q = q_all.filter(pl.col("record") == "settlement")
 
     def by(frame: pl.LazyFrame, key: pl.Expr) -> pl.LazyFrame:
         return frame.group_by(key.alias("key")).agg(pl.len().cast(pl.Int64).alias("n"))
 
     reasons = pl.col("reasons").list.explode(keep_nulls=False, empty_as_null=False)
-    totals, by_status, denied, q_total, q_reasons, by_year = collect_aggregates(
+    totals, by_status, denied, q_total, q_reasons, by_year, orphans = collect_aggregates(
         [
             p.select(pl.len().cast(pl.Int64).alias("n"), pl.col("payout").sum().alias("fen")),
             by(p, pl.col("status")),
@@ -128,6 +133,10 @@ def summarise(
             q.select(pl.len().cast(pl.Int64).alias("n")),
             by(q.select(reasons), pl.col("reasons")),
             p.group_by("plan_year").agg(pl.col("payout").sum()).sort("plan_year"),
+            q_all.filter(
+                (pl.col("record") == "fee_line")
+                & pl.col("reasons").list.contains(pl.lit("ORPHAN_FEE_LINES"))
+            ).select(pl.len().cast(pl.Int64).alias("n")),
         ]
     )
     return BatchSummary(
@@ -145,4 +154,5 @@ def summarise(
         quarantined_by_reason=_counts(q_reasons),
         total_payout_fen=int(totals["fen"][0] or 0),
         payout_by_plan_year_fen={int(y): int(v) for y, v in by_year.iter_rows()},
+        orphan_fee_lines=int(orphans["n"][0]),
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import polars as pl
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from hmb_batch.ledger.store import BatchRecord
 from hmb_batch.money import fen_to_yuan
@@ -28,8 +30,10 @@ def batch_summary(
     s: BatchSummary,
     files: dict[str, str],
     reconciled: dict[str, Any] | None = None,
+    loss_ratios: list[dict[str, Any]] | None = None,
 ) -> None:
-    """The one-screen summary of a batch (``reconciled``: the reconciliation's verdict)."""
+    """The one-screen summary of a batch (``reconciled``: the reconciliation's verdict;
+    ``loss_ratios``: as in manifest.json), its warnings last, where they are seen."""
     t = Table(
         title=f"hmb-batch · batch {s.batch_id} · {', '.join(s.editions) or '-'}",
         show_header=False,
@@ -44,9 +48,17 @@ def batch_summary(
     for status in ("paid", "zero", "denied", "reversal"):
         t.add_row(f"    {status}", f"{s.by_status.get(status, 0):,}")
     t.add_row("fee lines in 费用明细", f"{s.fee_lines_in:,}")
+    t.add_row("  orphan fee lines 无结算单明细", f"{s.orphan_fee_lines:,}")
     t.add_row("total payout 赔付合计 (yuan)", _yuan(s.total_payout_fen))
     for year, fen in s.payout_by_plan_year_fen.items():
         t.add_row(f"  plan year {year}", _yuan(fen))
+    for lr in loss_ratios or []:
+        ratio = lr["loss_ratio"]
+        shown = f"{Decimal(ratio) * 100:.2f}%" if ratio is not None else "- (no premium pool)"
+        t.add_row(
+            f"loss ratio 赔付率 {lr['plan_year']} (year to date)",
+            f"{shown} of {Decimal(lr['premium_pool_net']):,} yuan",
+        )
     if reconciled is None:
         t.add_row("balanced 平衡", "yes" if s.balanced else "[red]NO[/red]")
     elif reconciled["passed"]:
@@ -70,6 +82,10 @@ def batch_summary(
         console.print(r)
     for name, path in files.items():
         console.print(f"[dim]{name}:[/dim] {path}")
+    for w in s.warnings:
+        console.print(
+            Text.assemble(("warning ", "bold yellow"), (w["code"], "bold"), ": ", w["message"])
+        )
 
 
 def _brackets(rows: list[Bracket]) -> str:
@@ -161,9 +177,10 @@ def edition(console: Console, e: Edition) -> None:
 
 
 def ledger_batches(console: Console, batches: list[BatchRecord]) -> None:
-    """The batch registry (columns fold rather than truncate on narrow terminals)."""
+    """The batch registry (columns fold rather than truncate on narrow terminals); a reverted
+    batch with when, by whom and why."""
     t = Table(title="batches 批次")
-    for name in (
+    names = [
         "seq",
         "batch",
         "status",
@@ -171,10 +188,12 @@ def ledger_batches(console: Console, batches: list[BatchRecord]) -> None:
         "in / adjudicated / quarantined",
         "payout (yuan)",
         "latest setl_time",
-    ):
+    ]
+    reverted = any(b.reverted_at is not None for b in batches)
+    for name in names + (["reverted (when, by, why)"] if reverted else []):
         t.add_column(name, overflow="fold")
     for b in batches:
-        t.add_row(
+        cells = [
             str(b.seq),
             b.batch_id,
             b.status,
@@ -182,7 +201,14 @@ def ledger_batches(console: Console, batches: list[BatchRecord]) -> None:
             f"{b.settlements_in:,} / {b.adjudicated:,} / {b.quarantined:,}",
             _yuan(b.total_payout_fen),
             str(b.max_setl_time or ""),
-        )
+        ]
+        if reverted:
+            cells.append(
+                f"{b.reverted_at:%Y-%m-%d %H:%M}, {b.reverted_by or '?'}, {b.revert_reason or '-'}"
+                if b.reverted_at is not None
+                else ""
+            )
+        t.add_row(*cells)
     console.print(t)
 
 
@@ -234,3 +260,18 @@ def member_statement(console: Console, psn_no: str, statement: pl.DataFrame) -> 
                 f"{_yuan(r['cum_payable_fen'])}\n{_yuan(r['cum_payout_fen'])}",
             )
         console.print(t)
+
+
+def rows(console: Console, title: str, frame: pl.DataFrame) -> None:
+    """Rows of an output file as a table (``hmb-batch show``): every value in full, money as
+    plain decimals, lists joined by '|'."""
+    from hmb_batch.io.outputs import to_text_frame
+
+    text = to_text_frame(frame).select(pl.all().cast(pl.String))
+    t = Table(title=title, title_justify="left")
+    for name, dtype in frame.schema.items():
+        numeric = dtype.is_numeric() or isinstance(dtype, pl.Decimal)
+        t.add_column(name, justify="right" if numeric else "left", overflow="fold")
+    for row in text.iter_rows():
+        t.add_row(*("" if v is None else v for v in row))
+    console.print(t)

@@ -123,6 +123,12 @@ def refusal(batch_id: str, failed: list[Identity]) -> str:
     return f"batch {batch_id} does not reconcile; nothing was applied:\n{shown}"
 
 
-def reconciliation_json(recon: Reconciliation) -> bytes:
-    """``reconciliation.json``'s bytes."""
-    return json.dumps(recon.to_json(), ensure_ascii=False, indent=2).encode()
+def reconciliation_json(
+    recon: Reconciliation, loss_ratios: list[dict[str, Any]] | None = None
+) -> bytes:
+    """``reconciliation.json``'s bytes; with ``loss_ratios`` (see
+    :func:`hmb_batch.report.data.loss_ratio_json`) beside the identities."""
+    doc = recon.to_json()
+    if loss_ratios is not None:
+        doc["loss_ratios"] = loss_ratios
+    return json.dumps(doc, ensure_ascii=False, indent=2).encode()

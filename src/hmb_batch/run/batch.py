@@ -40,10 +40,10 @@ from hmb_batch.errors import ConfigError, ReconciliationError, ReferenceDataErro
 from hmb_batch.io.atomic import copy_files, file_key, install_files, write_files
 from hmb_batch.io.extract import Extract, read_extract
 from hmb_batch.io.reference import enrolled_by_year, load_roster
-from hmb_batch.ledger.store import Ledger, LedgerError, file_rows, open_ledger
+from hmb_batch.ledger.store import BatchRecord, Ledger, LedgerError, file_rows, open_ledger
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
-from hmb_batch.report.data import batch_report
+from hmb_batch.report.data import batch_report, loss_ratio_json, year_to_date_loss_ratios
 from hmb_batch.report.summary import BatchSummary, summarise
 from hmb_batch.rules.engine import cost_ids, responsibility_ids
 from hmb_batch.rules.kernel import (
@@ -58,7 +58,8 @@ from hmb_batch.rules.kernel import (
 )
 from hmb_batch.rules.reconcile import SHOW, AfterExpectation, Identity, Reconciliation, combine
 from hmb_batch.rules.validation import batch_within_bounds
-from hmb_batch.run import buckets
+from hmb_batch.run import buckets, out_folder
+from hmb_batch.run.alerts import WarningLimits, batch_warnings
 from hmb_batch.run.balancing import (
     ledger_before_identity,
     reconciliation_json,
@@ -87,6 +88,7 @@ class BatchResult:
     quarantine: pl.LazyFrame
     replayed: bool = False  # the same batch was applied before: files rewritten, ledger unchanged
     manifest: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path = Path(".")  # where its files went (``--out`` with its placeholders filled)
 
 
 def covered_years(plan: PlanSelection, years: list[int]) -> None:
@@ -120,31 +122,46 @@ def _ledger_state(ledger: Ledger) -> list[dict[str, Any]]:
 
 def run_batch(
     inputs: BatchInputs,
-    out_dir: Path,
+    out_dir: Path | str,
     *,
     csv: bool = False,
+    csv_encoding: str = "utf-8",
     ledger_path: Path | None = None,
     wait: float = 30.0,
     allow_out_of_order: bool = False,
     memory_limit: int | None = None,
     buckets_wanted: int | None = None,
     unmasked: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    warning_limits: WarningLimits | None = None,
     progress: Callable[[str, float], None] | None = None,
 ) -> BatchResult:
     """Adjudicate one batch, apply it to the ledger (if any), write its files into ``out_dir``.
 
+    ``out_dir`` may hold placeholders (:mod:`hmb_batch.run.out_folder`); a folder holding
+    another batch's files is refused unless ``force``. ``dry_run``: adjudicate against the
+    ledger's year to date and write the files (marked dry run), but apply nothing.
     ``memory_limit`` (bytes; default :func:`hmb_batch.run.buckets.default_memory_limit`) sets
     the number of buckets; ``buckets_wanted`` forces it. ``unmasked``: the payout files carry
-    psn_name and certno in full. ``progress`` is told each stage as it ends, with its seconds.
+    psn_name and certno in full. ``csv_encoding``: of the CSV copies (``csv``). ``progress`` is
+    told each stage as it ends, with its seconds.
     """
     started = dt.datetime.now()
+    template = str(out_dir)
+    out_folder.check_template(template)
     limit = memory_limit or buckets.default_memory_limit()
     opened: contextlib.AbstractContextManager[Ledger | None] = (
         open_ledger(ledger_path, wait=wait, holder=f"batch of {inputs.extract}, pid {os.getpid()}")
         if ledger_path is not None
         else contextlib.nullcontext()
     )
-    with spill_area(out_dir) as spill, Laps(progress) as clock, opened as ledger:
+    target = _Target(template, ledger_path, dry_run, force, csv, csv_encoding)
+    with (
+        spill_area(out_folder.fixed_part(template)) as spill,
+        Laps(progress) as clock,
+        opened as ledger,
+    ):
         if ledger is not None:
             ledger.limit_memory(buckets.duckdb_share(limit))
         clock.lap("lock")
@@ -153,9 +170,7 @@ def run_batch(
         if ledger is not None:
             existing = ledger.find_batch(batch_key=header.batch_key)
             if existing is not None:
-                return _replay(
-                    ledger, existing.batch_id, header, out_dir, started, clock, before, unmasked
-                )
+                return _replay(ledger, existing, header, target, started, clock, before, unmasked)
             header = _unique_batch_id(ledger, header, explicit=inputs.batch_id is not None)
         n, m, groups = _stage_counts(header, limit, buckets_wanted)
         plan = header.plan
@@ -182,7 +197,12 @@ def run_batch(
         if ledger is not None:
             _check_order(ledger, header.batch_id, parts.latest, allow_out_of_order)
         files: dict[str, bytes | Path] = dict(
-            parts.assemble(csv=csv, responsibilities=responsibility_ids(plan), memory_limit=limit)
+            parts.assemble(
+                csv=csv,
+                csv_encoding=csv_encoding,
+                responsibilities=responsibility_ids(plan),
+                memory_limit=limit,
+            )
         )
         clock.lap("assemble_outputs")
         payouts = parts.scan("payouts")
@@ -198,7 +218,19 @@ def run_batch(
             quarantine=pl.scan_parquet(files["quarantine.parquet"]),
         )
         summary = replace(summary, enrolled_by_plan_year=source.enrolled)
+        recent = (
+            [b.settlements_in for b in ledger.batches() if b.status == "applied"]
+            if (ledger is not None)
+            else []
+        )
+        found = batch_warnings(summary, recent, warning_limits or WarningLimits())
+        summary = replace(summary, warnings=[{"code": w.code, "message": w.message} for w in found])
         _check_balanced(summary)
+        latest = order_mark(payouts)
+        folder = out_folder.resolve(
+            template, batch_id=header.batch_id, latest=latest, plan_years=sorted(parts.years)
+        )
+        out_folder.refuse_other_batch(folder, header.batch_id, force=force)
         recon = reconciliation_of(
             header.batch_id, combine(parts.totals), summary, ledger is not None
         )
@@ -213,11 +245,12 @@ def run_batch(
             files,
             rows=parts.ledger_rows() if ledger is not None else None,
             expected=AfterExpectation.combine(parts.after) if parts.after else None,
-            latest=order_mark(payouts),
+            latest=latest,
             started=started,
             clock=clock,
             before=before,
-            out_dir=out_dir,
+            out_dir=folder,
+            target=target,
             buckets_used=n,
             unmasked=unmasked,
         )
@@ -228,7 +261,20 @@ def run_batch(
             pl.scan_parquet(written["quarantine"]),
             False,
             manifest,
+            folder,
         )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What the run was asked to leave behind, and where."""
+
+    template: str  # --out, placeholders and all
+    ledger: Path | None
+    dry_run: bool
+    force: bool
+    csv: bool
+    csv_encoding: str
 
 
 def _line_stage(
@@ -501,27 +547,34 @@ def _finish(
     clock: Laps,
     before: list[dict[str, Any]] | None,
     out_dir: Path,
+    target: _Target,
     buckets_used: int,
     unmasked: bool = False,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """A batch's last steps: refuse it unless it reconciles, add
     the reconciliation and the reports to its files, apply it to the ledger (checked inside the
-    commit), then put its files in ``out_dir`` and write the manifest.
+    commit; not on a dry run), then put its files in ``out_dir`` and write the manifest.
 
     ``files``: output name -> bytes, or a file assembled in the spill area (moved into place).
     ``rows``: the ledger rows (see :meth:`Ledger.apply`), None without a ledger.
     """
-    files["reconciliation.json"] = reconciliation_json(recon)
+    ratios = loss_ratio_json(year_to_date_loss_ratios(header.plan, summary, before))
+    files["reconciliation.json"] = reconciliation_json(recon, ratios)
     _check_reconciled(recon, out_dir)
     clock.lap("reconcile")
-    files.update(batch_report(header.plan, header.batch_id, payouts, summary, recon, before))
+    files.update(
+        batch_report(
+            header.plan, header.batch_id, payouts, summary, recon, before, dry_run=target.dry_run
+        )
+    )
     clock.lap("report")
     after = None
-    if ledger is not None:
+    if ledger is not None and not target.dry_run:
         assert rows is not None
         digests = {name: ledger.archive.keep(content) for name, content in files.items()}
+        record = _record(ledger, header, summary, started, latest, unmasked=unmasked)
         ledger.apply(
-            _record(ledger, header, summary, started, latest, unmasked=unmasked),
+            record | {"out_dir": str(out_dir.resolve())},
             {**rows, "batch_files": file_rows(header.batch_id, digests)},
             crash_hook=crash_point,
             verify=verify_after(expected, cost_ids(header.plan), header.batch_id)
@@ -533,17 +586,20 @@ def _finish(
     written = write_files({k: v for k, v in files.items() if isinstance(v, bytes)}, out_dir)
     written |= install_files({k: v for k, v in files.items() if isinstance(v, Path)}, out_dir)
     clock.lap("write_outputs")
-    manifest = _manifest(header, summary, started, clock, before, after, replayed=False)
+    status = "dry_run" if target.dry_run else "applied" if ledger is not None else "no_ledger"
+    manifest = _manifest(header, summary, started, clock, before, after, status, target)
+    manifest["loss_ratios"] = ratios
     manifest["buckets"] = buckets_used
     _write_manifest(manifest, out_dir)
+    (out_dir / out_folder.REVERTED).unlink(missing_ok=True)  # --force over a reverted batch
     return written, manifest
 
 
 def _replay(
     ledger: Ledger,
-    batch_id: str,
+    record: BatchRecord,
     header: BatchHeader,
-    out_dir: Path,
+    target: _Target,
     started: dt.datetime,
     clock: Laps,
     before: list[dict[str, Any]] | None,
@@ -556,6 +612,15 @@ def _replay(
     files hold psn_name and certno is part of what they are: a replay asking otherwise than the
     first run (``--unmasked`` or not) is refused rather than writing what was not asked.
     """
+    batch_id = record.batch_id
+    summary = BatchSummary.from_json(ledger.batch_summary(batch_id))
+    out_dir = out_folder.resolve(
+        target.template,
+        batch_id=batch_id,
+        latest=record.max_setl_time,
+        plan_years=sorted(summary.payout_by_plan_year_fen),
+    )
+    out_folder.refuse_other_batch(out_dir, batch_id, force=target.force)
     recorded = ledger.batch_summary(batch_id).get(PERSONAL_DATA)
     asked = "unmasked" if unmasked else "masked"
     if recorded is not None and recorded != asked:
@@ -575,18 +640,20 @@ def _replay(
             if found is not None:
                 archived[name] = found
                 continue
-            target = out_dir / name
-            if not (target.exists() and file_hash(target) == digest):
+            copy = out_dir / name
+            if not (copy.exists() and file_hash(copy) == digest):
                 raise LedgerError(
                     f"batch {batch_id} with these inputs was applied before, but its file "
                     f"{name} (SHA-256 {digest}) is missing from the ledger's archive "
-                    f"{ledger.archive.root} or damaged, and {target} is missing or different. "
+                    f"{ledger.archive.root} or damaged, and {copy} is missing or different. "
                     "The ledger is unchanged; restore the archive from the ledger's backup"
                 )
     files = write_files(kept, out_dir) | copy_files(archived, out_dir)
     files |= {file_key(k): out_dir / k for k in stored if k not in kept and k not in archived}
-    summary = BatchSummary.from_json(ledger.batch_summary(batch_id))
-    manifest = _manifest(header, summary, started, clock, before, before, replayed=True)
+    manifest = _manifest(header, summary, started, clock, before, before, "replayed", target)
+    manifest["loss_ratios"] = loss_ratio_json(
+        year_to_date_loss_ratios(header.plan, summary, before, included=True)
+    )
     _write_manifest(manifest, out_dir)
     return BatchResult(
         summary,
@@ -595,6 +662,7 @@ def _replay(
         pl.scan_parquet(files["quarantine"]),
         True,
         manifest,
+        out_dir,
     )
 
 
@@ -716,16 +784,26 @@ def _manifest(
     clock: Laps,
     before: list[dict[str, Any]] | None,
     after: list[dict[str, Any]] | None,
-    *,
-    replayed: bool,
+    status: str,
+    target: _Target,
 ) -> dict[str, Any]:
+    """manifest.json: who the batch is, what it read, what it did to the ledger.
+
+    ``status``: applied | replayed | dry_run (adjudicated against the ledger, nothing applied)
+    | no_ledger; ``ledger revert`` later sets it to reverted.
+    """
+    used = set(summary.editions)
     return {
         "batch_id": header.batch_id,
         "batch_key": header.batch_key,
-        "replayed": replayed,
+        "status": status,
+        "dry_run": target.dry_run,
+        "replayed": status == "replayed",
         "hmb_version": __version__,
+        "ledger": str(target.ledger.resolve()) if target.ledger is not None else None,
         "inputs": header.inputs,
-        "editions": header.edition_hashes,
+        # only the editions the batch's plan years used, with the hashes that name them
+        "editions": {k: v for k, v in header.edition_hashes.items() if k in used},
         "ledger_before": before,
         "ledger_after": after,
         "counts": summary.to_json(),

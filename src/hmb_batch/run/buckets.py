@@ -52,7 +52,7 @@ from hmb_batch.io.extract import (
     typed_frames_apart,
     with_errors,
 )
-from hmb_batch.io.outputs import output_writer, to_text
+from hmb_batch.io.outputs import output_writer, to_text, write_csv
 from hmb_batch.io.reference import (
     enrolled_counts,
     roster_frame,
@@ -660,9 +660,15 @@ class BucketParts:
         return {t: str(self.folder / f"ledger-{t}" / "*.parquet") for t in BATCH_TABLES[:-1]}
 
     def assemble(
-        self, *, csv: bool, responsibilities: list[str], memory_limit: int
+        self,
+        *,
+        csv: bool,
+        responsibilities: list[str],
+        memory_limit: int,
+        csv_encoding: str = "utf-8",
     ) -> dict[str, Path]:
-        """The output files, in ``folder/out``: output name -> path."""
+        """The output files, in ``folder/out``: output name -> path. ``csv``: also the payout
+        file and the quarantine as CSV in ``csv_encoding``."""
         out = self.folder / "out"
         out.mkdir(exist_ok=True)
         files = {
@@ -680,8 +686,14 @@ class BucketParts:
         for output in _STREAMED:
             self._streamed(output).finish()
         if csv:
-            files["payouts.csv"] = out / "payouts.csv"
-            to_text(pl.scan_parquet(files["payouts.parquet"]), responsibilities).sink_csv(
-                files["payouts.csv"]
+            files["payouts.csv"] = write_csv(
+                to_text(pl.scan_parquet(files["payouts.parquet"]), responsibilities),
+                out / "payouts.csv",
+                csv_encoding,
+            )
+            files["quarantine.csv"] = write_csv(
+                to_text(pl.scan_parquet(files["quarantine.parquet"]), []),
+                out / "quarantine.csv",
+                csv_encoding,
             )
         return files

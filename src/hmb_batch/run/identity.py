@@ -52,6 +52,28 @@ def expand_inputs(spec: Path | str) -> list[Path]:
     return files
 
 
+EXTRACT_SUFFIXES = (".parquet", ".pq", ".csv")
+
+
+def extract_folder(spec: str) -> tuple[str, str | None]:
+    """A folder laid out as two-file extract (``settlements.*`` and ``fees.*`` beside each
+    other, as ``hmb-batch generate --nights`` writes each night): (settlements, fees). Anything
+    else is returned as given, with no fee-lines file."""
+    folder = Path(spec)
+    if not folder.is_dir():
+        return spec, None
+
+    def named(stem: str) -> list[Path]:
+        return sorted(
+            p for p in folder.iterdir() if p.stem == stem and p.suffix.lower() in EXTRACT_SUFFIXES
+        )
+
+    settlements, fees = named("settlements"), named("fees")
+    if len(settlements) == 1 and len(fees) == 1:
+        return str(settlements[0]), str(fees[0])
+    return spec, None
+
+
 def file_hash(path: Path) -> str:
     """SHA-256 of a file's bytes."""
     h = hashlib.sha256()
