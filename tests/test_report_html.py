@@ -4,8 +4,8 @@
 missing (as root or with passwordless sudo). Where this user cannot install chromium, the tests
 skip with the reason `scripts/ensure-browser --check` gives; where it could be installed but is
 not, they fail saying to run scripts/ensure-browser. Checks: the page renders, every chart is
-present and has bars, no console errors, and no request other than the file itself (the report
-is self-contained).
+present and has bars, no console errors, no request other than the file itself (the report
+is self-contained), and no text is clipped at a narrow (700 px) and a wide (1400 px) window.
 """
 
 from __future__ import annotations
@@ -30,9 +30,87 @@ CHARTS = [
     "reasons",
     "loss_ratio",
 ]
+WIDTHS = (700, 1400)  # a laptop's half screen and a full desktop window, in CSS pixels
 
 
 ENSURE_BROWSER = Path(__file__).parent.parent / "scripts" / "ensure-browser"
+
+# Every drawn text of the page measured against what holds it; returns one entry per problem.
+# - SVG <text>: its getBBox() inside the SVG's viewBox, its screen box inside the drawn <svg>;
+# - HTML text: each text node's box (a Range over it) inside its element (a cell, a heading …)
+#   and inside every ancestor whose overflow is not visible; no element cut by text-overflow
+#   ellipsis; no cell, heading or caption whose content is wider than its box (scrollWidth);
+# - every text inside the page: no horizontal scrolling, nothing left of 0;
+# - a chart's visible label holds the whole label its bar's tooltip gives (nothing cut short).
+MEASURE = """() => {
+  const tol = 0.5;
+  const problems = [];
+  const pageW = document.documentElement.clientWidth;
+  const short = t => t.replace(/\\s+/g, ' ').trim().slice(0, 80);
+  const edges = r => [r.left, r.top, r.right, r.bottom].map(v => Math.round(v * 10) / 10);
+  const outside = (a, b) => a.left < b.left - tol || a.top < b.top - tol
+    || a.right > b.right + tol || a.bottom > b.bottom + tol;
+  const add = (what, text, box, container) => problems.push(
+    {what, text: short(text), box: edges(box), container: edges(container)});
+  const page = {left: 0, top: -Infinity, right: pageW, bottom: Infinity};
+  if (document.documentElement.scrollWidth > pageW)
+    add('page scrolls sideways', document.title,
+        {left: 0, top: 0, right: document.documentElement.scrollWidth, bottom: 0}, page);
+  for (const t of document.querySelectorAll('svg text')) {
+    const svg = t.ownerSVGElement;
+    const vb = svg.viewBox.baseVal;
+    const b = t.getBBox();
+    const inner = {left: b.x, top: b.y, right: b.x + b.width, bottom: b.y + b.height};
+    const view = {left: vb.x, top: vb.y, right: vb.x + vb.width, bottom: vb.y + vb.height};
+    if (outside(inner, view)) add('svg text outside its viewBox', t.textContent, inner, view);
+    const r = t.getBoundingClientRect();
+    const s = svg.getBoundingClientRect();
+    if (outside(r, s)) add('svg text outside its svg', t.textContent, r, s);
+    if (outside(r, page)) add('svg text outside the page', t.textContent, r, page);
+  }
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (!n.textContent.trim()) continue;
+    const el = n.parentElement;
+    if (el.closest('svg')) continue;  // <text> measured above; <title> is a tooltip, not drawn
+    const range = document.createRange();
+    range.selectNodeContents(n);
+    const r = range.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;  // not drawn
+    const c = el.getBoundingClientRect();
+    if (outside(r, c)) add('text outside its element <' + el.localName + '>', n.textContent, r, c);
+    if (outside(r, page)) add('text outside the page', n.textContent, r, page);
+    for (let a = el; a && a !== document.documentElement; a = a.parentElement) {
+      const cs = getComputedStyle(a);
+      if (cs.textOverflow === 'ellipsis' && a.scrollWidth > a.clientWidth)
+        add('text cut by an ellipsis in <' + a.localName + '>', n.textContent, r,
+            a.getBoundingClientRect());
+      if (cs.overflowX !== 'visible' || cs.overflowY !== 'visible') {
+        const box = a.getBoundingClientRect();
+        if (outside(r, box))
+          add('text cut by overflow of <' + a.localName + '>', n.textContent, r, box);
+      }
+    }
+  }
+  for (const el of document.querySelectorAll('td, th, h1, h2, p, figcaption, .note')) {
+    if (el.scrollWidth > el.clientWidth + 1 || el.scrollHeight > el.clientHeight + 1)
+      add('content wider than its <' + el.localName + '>', el.textContent,
+          {left: 0, top: 0, right: el.scrollWidth, bottom: el.scrollHeight},
+          {left: 0, top: 0, right: el.clientWidth, bottom: el.clientHeight});
+  }
+  const flat = s => s.replace(/\\s+/g, '');
+  for (const f of document.querySelectorAll('figure[data-chart]')) {
+    const shown = flat([...f.querySelectorAll('svg text')].map(t => t.textContent).join('|'));
+    for (const rect of f.querySelectorAll('rect.bar')) {
+      const tip = rect.querySelector('title');
+      const label = tip ? tip.textContent.replace(/: [^:]*$/, '') : '';
+      if (!shown.includes(flat(label)))
+        add('label shown shorter than its tooltip', label, rect.getBoundingClientRect(),
+            f.getBoundingClientRect());
+    }
+  }
+  return problems;
+}"""
 
 
 @pytest.fixture(scope="module")
@@ -55,30 +133,39 @@ def chromium() -> str:
 def _browser_check(
     page_path: Path, executable: str, screenshot: Path | None = None
 ) -> dict[str, Any]:
-    """Open a report in headless chromium; what it rendered, logged and requested."""
+    """Open a report in headless chromium at each of :data:`WIDTHS`; what it rendered, logged,
+    requested, and the text it clipped at each width."""
     from playwright.sync_api import sync_playwright
 
     console: list[str] = []
     requests: list[str] = []
+    clipped: dict[int, list[dict[str, Any]]] = {}
+    charts: dict[int, dict[str, int]] = {}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox"])
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 900})
-            page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
-            page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto(page_path.resolve().as_uri(), wait_until="load")
-            charts = page.eval_on_selector_all(
-                "figure[data-chart]",
-                """els => Object.fromEntries(els.map(f => [f.dataset.chart,
-                    [...f.querySelectorAll('rect.bar')].filter(r => r.getBBox().width > 0)
-                    .length]))""",
-            )
-            title = page.title()
-            heading = page.inner_text("h1")
-            height = page.evaluate("document.body.scrollHeight")
-            if screenshot is not None:
-                page.screenshot(path=str(screenshot), full_page=True)
+            for width in WIDTHS:
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+                page.on("request", lambda r: requests.append(r.url))
+                page.goto(page_path.resolve().as_uri(), wait_until="load")
+                charts[width] = page.eval_on_selector_all(
+                    "figure[data-chart]",
+                    """els => Object.fromEntries(els.map(f => [f.dataset.chart,
+                        [...f.querySelectorAll('rect.bar')].filter(r => r.getBBox().width > 0)
+                        .length]))""",
+                )
+                clipped[width] = page.evaluate(MEASURE)
+                title = page.title()
+                heading = page.inner_text("h1")
+                height = page.evaluate("document.body.scrollHeight")
+                if screenshot is not None:
+                    page.screenshot(
+                        path=str(screenshot.with_name(f"{screenshot.stem}-{width}.png")),
+                        full_page=True,
+                    )
+                page.close()
         finally:
             browser.close()
     return {
@@ -88,15 +175,23 @@ def _browser_check(
         "title": title,
         "heading": heading,
         "height": height,
+        "clipped": clipped,
     }
 
 
 def _assert_renders(result: dict[str, Any], page: Path) -> None:
     assert result["console"] == [], result["console"]
-    assert result["requests"] == [page.resolve().as_uri()], result["requests"]
+    assert set(result["requests"]) == {page.resolve().as_uri()}, result["requests"]
     assert result["height"] > 1000
-    for chart in CHARTS:
-        assert result["charts"].get(chart, 0) > 0, f"chart {chart} missing or empty"
+    for width in WIDTHS:
+        for chart in CHARTS:
+            assert result["charts"][width].get(chart, 0) > 0, f"chart {chart} missing or empty"
+    clipped = [
+        f"{width} px: {c['what']}: {c['text']!r} at {c['box']} in {c['container']}"
+        for width in WIDTHS
+        for c in result["clipped"][width]
+    ]
+    assert clipped == [], "\n".join(clipped)
 
 
 def test_the_batch_report_renders_in_a_real_browser(tmp_path: Path, chromium: str) -> None:
