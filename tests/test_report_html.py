@@ -41,7 +41,7 @@ ENSURE_BROWSER = Path(__file__).parent.parent / "scripts" / "ensure-browser"
 #   and inside every ancestor whose overflow is not visible; no element cut by text-overflow
 #   ellipsis; no cell, heading or caption whose content is wider than its box (scrollWidth);
 # - every text inside the page: no horizontal scrolling, nothing left of 0;
-# - a chart's visible label holds the whole label its bar's tooltip gives (nothing cut short).
+# - a chart's visible text holds the whole label its bar's tooltip gives (nothing cut short).
 MEASURE = """() => {
   const tol = 0.5;
   const problems = [];
@@ -61,8 +61,10 @@ MEASURE = """() => {
     const vb = svg.viewBox.baseVal;
     const b = t.getBBox();
     const inner = {left: b.x, top: b.y, right: b.x + b.width, bottom: b.y + b.height};
-    const view = {left: vb.x, top: vb.y, right: vb.x + vb.width, bottom: vb.y + vb.height};
-    if (outside(inner, view)) add('svg text outside its viewBox', t.textContent, inner, view);
+    if (vb && vb.width > 0) {
+      const view = {left: vb.x, top: vb.y, right: vb.x + vb.width, bottom: vb.y + vb.height};
+      if (outside(inner, view)) add('svg text outside its viewBox', t.textContent, inner, view);
+    }
     const r = t.getBoundingClientRect();
     const s = svg.getBoundingClientRect();
     if (outside(r, s)) add('svg text outside its svg', t.textContent, r, s);
@@ -100,7 +102,11 @@ MEASURE = """() => {
   }
   const flat = s => s.replace(/\\s+/g, '');
   for (const f of document.querySelectorAll('figure[data-chart]')) {
-    const shown = flat([...f.querySelectorAll('svg text')].map(t => t.textContent).join('|'));
+    const texts = [];
+    const inside = document.createTreeWalker(f, NodeFilter.SHOW_TEXT);
+    for (let n = inside.nextNode(); n; n = inside.nextNode())
+      if (!n.parentElement.closest('title')) texts.push(n.textContent);
+    const shown = flat(texts.join('|'));
     for (const rect of f.querySelectorAll('rect.bar')) {
       const tip = rect.querySelector('title');
       const label = tip ? tip.textContent.replace(/: [^:]*$/, '') : '';

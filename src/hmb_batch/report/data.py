@@ -13,6 +13,7 @@ import polars as pl
 from hmb_batch.ledger.store import Ledger
 from hmb_batch.money import yuan_to_fen
 from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.report.districts import district_names
 from hmb_batch.report.pages import (
     SETTLEMENT_COLUMNS,
     LossRatio,
@@ -98,9 +99,12 @@ def batch_report(
     summary: BatchSummary,
     recon: Reconciliation | None,
     before: list[dict[str, Any]] | None,
+    *,
+    districts: Mapping[str, str] | None = None,
 ) -> dict[str, bytes]:
     """``report.html`` and ``report.md`` of a batch; the loss ratio is the year to date when
-    the batch ran on a ledger (the ledger before + this batch), else this batch alone."""
+    the batch ran on a ledger (the ledger before + this batch), else this batch alone.
+    ``districts``: hmb.toml's district names, on top of the shipped table."""
     ytd = dict(summary.payout_by_plan_year_fen)
     for row in before or []:
         year = int(row["plan_year"])
@@ -121,6 +125,7 @@ def batch_report(
         quarantined_by_reason=summary.quarantined_by_reason,
         loss_ratios=loss_ratios(plan, summary.enrolled_by_plan_year, ytd),
         reconciliation=recon.to_json()["identities"] if recon is not None else (),
+        districts=district_names(districts),
     )
     return {
         "report.html": render_html(data).encode(),
@@ -128,8 +133,14 @@ def batch_report(
     }
 
 
-def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportData:
-    """The year-to-date report of a plan year from the ledger alone (``hmb-batch report``)."""
+def year_report(
+    ledger: Ledger,
+    plan_year: int,
+    plan: PlanSelection,
+    districts: Mapping[str, str] | None = None,
+) -> ReportData:
+    """The year-to-date report of a plan year from the ledger alone (``hmb-batch report``);
+    ``districts``: hmb.toml's district names, on top of the shipped table."""
     settlements = ledger.year_settlements(plan_year)
     summaries = ledger.year_batches(plan_year)
     quarantined: dict[str, int] = {}
@@ -155,4 +166,5 @@ def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportDa
         ),
         quarantined_by_reason=quarantined,
         loss_ratios=loss_ratios(plan, enrolled, {plan_year: payout}),
+        districts=district_names(districts),
     )

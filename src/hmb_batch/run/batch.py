@@ -220,6 +220,7 @@ def run_batch(
             out_dir=out_dir,
             buckets_used=n,
             unmasked=unmasked,
+            districts=inputs.districts,
         )
         return BatchResult(
             summary,
@@ -503,6 +504,7 @@ def _finish(
     out_dir: Path,
     buckets_used: int,
     unmasked: bool = False,
+    districts: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """A batch's last steps: refuse it unless it reconciles, add
     the reconciliation and the reports to its files, apply it to the ledger (checked inside the
@@ -514,7 +516,11 @@ def _finish(
     files["reconciliation.json"] = reconciliation_json(recon)
     _check_reconciled(recon, out_dir)
     clock.lap("reconcile")
-    files.update(batch_report(header.plan, header.batch_id, payouts, summary, recon, before))
+    files.update(
+        batch_report(
+            header.plan, header.batch_id, payouts, summary, recon, before, districts=districts
+        )
+    )
     clock.lap("report")
     after = None
     if ledger is not None:
