@@ -10,6 +10,7 @@ is self-contained), and no text is clipped at a narrow (700 px) and a wide (1400
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -118,6 +119,18 @@ MEASURE = """() => {
   return problems;
 }"""
 
+# the loss ratio table's ratio cell (row 2, column 5) as drawn: its text and colours
+LOSS_RATIO_CELL = """() => {
+  const h = [...document.querySelectorAll('h2')].find(x => x.textContent.startsWith('赔付率'));
+  const cell = h.nextElementSibling.rows[1].cells[4];
+  const style = getComputedStyle(cell);
+  return {text: cell.textContent, color: style.color, background: style.backgroundColor};
+}"""
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", css)[:3])
+
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
@@ -163,6 +176,7 @@ def _browser_check(
                         .length]))""",
                 )
                 clipped[width] = page.evaluate(MEASURE)
+                ratio = page.evaluate(LOSS_RATIO_CELL)
                 title = page.title()
                 heading = page.inner_text("h1")
                 height = page.evaluate("document.body.scrollHeight")
@@ -182,6 +196,7 @@ def _browser_check(
         "heading": heading,
         "height": height,
         "clipped": clipped,
+        "loss_ratio": ratio,
     }
 
 
@@ -208,6 +223,11 @@ def test_the_batch_report_renders_in_a_real_browser(tmp_path: Path, chromium: st
     result = _browser_check(page, chromium)
     _assert_renders(result, page)
     assert "浙丽保" in result["title"] and "batch_01" in result["heading"]
+    # the golden batches pay out about three times the net premium pool: the ratio is drawn
+    # as an alarm, white on red
+    red, green, blue = _rgb(result["loss_ratio"]["background"])
+    assert red > 150 and green < 90 and blue < 90, result["loss_ratio"]
+    assert _rgb(result["loss_ratio"]["color"]) == (255, 255, 255), result["loss_ratio"]
 
 
 def test_the_year_report_from_the_ledger_renders_in_a_real_browser(
