@@ -20,6 +20,9 @@ import polars as pl
 import pytest
 
 from conftest import GOLDEN, golden_batch, new_ledger, run_cli
+from hmb_batch.money import MAX_AMOUNT_FEN
+from hmb_batch.report.pages import Bar, Chart, LossRatio, ReportData, render_html
+from hmb_batch.rules.codes import REASON_CODES
 
 CHARTS = [
     "responsibilities",
@@ -200,10 +203,10 @@ def _browser_check(
     }
 
 
-def _assert_renders(result: dict[str, Any], page: Path) -> None:
+def _assert_renders(result: dict[str, Any], page: Path, height: int = 1000) -> None:
     assert result["console"] == [], result["console"]
     assert set(result["requests"]) == {page.resolve().as_uri()}, result["requests"]
-    assert result["height"] > 1000
+    assert result["height"] > height
     for width in WIDTHS:
         for chart in CHARTS:
             assert result["charts"][width].get(chart, 0) > 0, f"chart {chart} missing or empty"
@@ -247,3 +250,53 @@ def test_the_year_report_from_the_ledger_renders_in_a_real_browser(
     # the year's total is the golden year's total payout, to the fen
     year_total = pl.read_parquet(GOLDEN / "expected_payouts.parquet")["payout_amt"].sum()
     assert f"| total payout 赔付合计 (yuan) | {year_total:,} |" in markdown
+
+
+def test_long_labels_and_the_largest_amounts_are_not_clipped(tmp_path: Path, chromium: str) -> None:
+    # what real data can hold: a hospital's full name, the longest reason code with its Chinese,
+    # a district unknown to the table, the largest amount a value may hold, a year's count
+    code = max(REASON_CODES, key=lambda c: len(f"{c} {REASON_CODES[c].zh}"))
+    labels = [
+        "H33110200001 某某大学医学院附属第二医院丽水分院（丽水市某某医院）区域医疗中心",
+        f"quarantined · {code} {REASON_CODES[code].zh}",
+        "zhelibao-2022: 500,000–1,000,000 @ 90%",
+        "999999",
+    ]
+    bars = [Bar(label, MAX_AMOUNT_FEN // (i + 1), 1) for i, label in enumerate(labels)]
+    data = ReportData(
+        title="浙丽保 理算报告 · batch 2022-12-31-settlements-0123456789ab",
+        scope="batch 2022-12-31-settlements-0123456789ab; loss ratio: year to date on the ledger",
+        generated_at="2023-01-01T02:00:00",
+        headline=[("total payout 赔付合计 (yuan)", "10,000,000,000.00")],
+        charts=[Chart(chart, "图", "Chart", bars) for chart in CHARTS if chart != "loss_ratio"]
+        + [
+            Chart(
+                "loss_ratio",
+                "赔付率",
+                "Loss ratio",
+                [Bar("2022", 2_084_000, 1, "alarm")],
+                unit="percent",
+                target=950_000,
+            )
+        ],
+        loss_ratios=[LossRatio(2022, 1_234_567, 10_000, 50_000, 950_000, MAX_AMOUNT_FEN)],
+        reconciliation=[
+            {
+                "name": "settlement_level.inscp_scp_amt",
+                "unit": "yuan",
+                "passed": True,
+                "expected": "10000000000.00",
+                "found": "10000000000.00",
+            },
+            {
+                "name": "fee_lines.count",
+                "unit": "count",
+                "passed": True,
+                "expected": 123_456_789,
+                "found": 123_456_789,
+            },
+        ],
+    )
+    page = tmp_path / "report.html"
+    page.write_text(render_html(data), encoding="utf-8")
+    _assert_renders(_browser_check(page, chromium, None), page, height=500)

@@ -105,7 +105,8 @@ class LossRatio:
 
     @property
     def tone(self) -> str:
-        """ "alarm" above 105% of the net pool, "warn" above 100%, else "" (module docstring)."""
+        """The ratio's colour: alarm above 105% of the net pool, warn above 100%, else none
+        (see the module docstring)."""
         ratio = self.ratio_ppm
         if ratio is None or ratio <= LOSS_RATIO_WARN_ABOVE:
             return ""
@@ -342,7 +343,8 @@ def report_data(
                 unit="percent",
                 target=target,
                 note=f"target line: the plan edition's target loss ratio ({_share(target)}); "
-                "amber above 100%, red above 105% of the net premium pool",
+                f"amber above {_share(LOSS_RATIO_WARN_ABOVE)}, red above "
+                f"{_share(LOSS_RATIO_ALARM_ABOVE)} of the net premium pool",
             )
         )
     return ReportData(
@@ -380,8 +382,8 @@ def _ratio(lr: LossRatio) -> str:
 
 
 _MARKS = {
-    "warn": "⚠ over 100% of the pool 超出保费池",
-    "alarm": "‼ ALARM: over 105% of the pool 严重超支",
+    "warn": f"⚠ over {_share(LOSS_RATIO_WARN_ABOVE)} of the pool 超出保费池",
+    "alarm": f"‼ ALARM: over {_share(LOSS_RATIO_ALARM_ABOVE)} of the pool 严重超支",
 }
 
 
@@ -420,8 +422,9 @@ p.warn{color:#9a5b00;font-weight:bold} p.alarm{color:#c62828;font-weight:bold}
 
 
 def _percent_of(value: int, top: int) -> str:
-    """``value`` as a percentage of ``top`` with two decimals, in integers (an SVG width)."""
-    basis = value * 10_000 // top
+    """``value`` (> 0) as a percentage of ``top`` with two decimals, in integers (an SVG width);
+    at least 0.01%, so that a small positive amount still shows a bar."""
+    basis = max(1, value * 10_000 // top)
     return f"{basis // 100}.{basis % 100:02d}%"
 
 
@@ -444,7 +447,7 @@ def _chart(chart: Chart) -> str:
     )
     out = ['<div class="chart">']
     for b in bars:
-        width = "0" if b.value <= 0 else _percent_of(max(b.value, 1), top)
+        width = "0" if b.value <= 0 else _percent_of(b.value, top)
         shown = _value(chart, b.value)
         tone = f" {b.tone}" if b.tone else ""
         out.append(
