@@ -338,6 +338,7 @@ def adjudicate(
             encoding=encoding or d.encoding,
             column_map=cfg.columns,
             batch_id=batch_id,
+            districts=cfg.districts,
             timezone=d.timezone,
         )
         target = out_dir or str(cfg.path(d.out) or Path("out"))
@@ -460,7 +461,9 @@ def report(
         selection = select_plan(plan or cfg.adjudicate.plan)
     except HmbError as exc:
         raise _fail(exc) from None
-    data = _on_ledger(ledger, config, wait, lambda lg: year_report(lg, year, selection))
+    data = _on_ledger(
+        ledger, config, wait, lambda lg: year_report(lg, year, selection, cfg.districts)
+    )
     files = write_files(
         {"report.html": render_html(data).encode(), "report.md": render_markdown(data).encode()},
         out_dir,

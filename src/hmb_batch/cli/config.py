@@ -19,6 +19,9 @@ Example::
     [warnings]                   # when a batch gets a warning (see run/alerts.py)
     quarantined_share = 0.05
 
+    [districts]                  # district code = name in the reports (adds to or renames the
+    331102 = "莲都区"            # shipped Zhejiang table)
+
 Command-line options override the file. The file is looked up as ``--config PATH``, else
 ``hmb.toml`` in the working directory; without one, every option comes from the command line.
 """
@@ -84,6 +87,8 @@ class Config(BaseModel):
     adjudicate: AdjudicateDefaults = Field(default_factory=AdjudicateDefaults)
     columns: dict[str, str] = Field(default_factory=dict)
     warnings: WarningLimits = Field(default_factory=WarningLimits)
+    # district code -> name for the reports, on top of the shipped Zhejiang table
+    districts: dict[str, str] = Field(default_factory=dict)
     base_dir: Path = Path(".")
 
     @field_validator("columns")
@@ -96,6 +101,18 @@ class Config(BaseModel):
                 "the right-hand side must be a contract name such as setl_id"
             )
         return {k: t.lower() for k, t in v.items()}
+
+    @field_validator("districts")
+    @classmethod
+    def _named_codes(cls, v: dict[str, str]) -> dict[str, str]:
+        table = {code.strip(): name.strip() for code, name in v.items()}
+        bad = sorted(code for code, name in table.items() if not code or not name or " " in code)
+        if bad:
+            raise ValueError(
+                f"[districts] needs a code without spaces and a name for each entry: "
+                f'{", ".join(repr(c) for c in bad)} (e.g. 331102 = "莲都区")'
+            )
+        return table
 
     def path(self, p: Path | None) -> Path | None:
         """A configured path resolved against the config file's folder."""

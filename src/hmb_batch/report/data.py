@@ -15,6 +15,7 @@ from hmb_batch.ledger.store import Ledger
 from hmb_batch.money import fen_to_yuan, yuan_to_fen
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.model import RATE_SCALE
+from hmb_batch.report.districts import district_names
 from hmb_batch.report.pages import (
     SETTLEMENT_COLUMNS,
     LossRatio,
@@ -142,10 +143,12 @@ def batch_report(
     before: list[dict[str, Any]] | None,
     *,
     dry_run: bool = False,
+    districts: Mapping[str, str] | None = None,
 ) -> dict[str, bytes]:
     """``report.html`` and ``report.md`` of a batch; the loss ratio is the year to date when
     the batch ran on a ledger (the ledger before + this batch), else this batch alone.
-    ``dry_run``: the title and scope say that nothing was applied."""
+    ``dry_run``: the title and scope say that nothing was applied. ``districts``: hmb.toml's
+    district names, on top of the shipped table."""
     name = plan.editions[0].edition.plan_name
     scope = (
         f"batch {batch_id}; loss ratio: year to date on the ledger"
@@ -164,6 +167,7 @@ def batch_report(
         orphan_fee_lines=summary.orphan_fee_lines,
         loss_ratios=year_to_date_loss_ratios(plan, summary, before),
         reconciliation=recon.to_json()["identities"] if recon is not None else (),
+        districts=district_names(districts),
     )
     return {
         "report.html": render_html(data).encode(),
@@ -171,8 +175,14 @@ def batch_report(
     }
 
 
-def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportData:
-    """The year-to-date report of a plan year from the ledger alone (``hmb-batch report``)."""
+def year_report(
+    ledger: Ledger,
+    plan_year: int,
+    plan: PlanSelection,
+    districts: Mapping[str, str] | None = None,
+) -> ReportData:
+    """The year-to-date report of a plan year from the ledger alone (``hmb-batch report``);
+    ``districts``: hmb.toml's district names, on top of the shipped table."""
     settlements = ledger.year_settlements(plan_year)
     summaries = ledger.year_batches(plan_year)
     quarantined: dict[str, int] = {}
@@ -199,4 +209,5 @@ def year_report(ledger: Ledger, plan_year: int, plan: PlanSelection) -> ReportDa
         quarantined_by_reason=quarantined,
         orphan_fee_lines=sum(int(s.get("orphan_fee_lines", 0)) for s in summaries),
         loss_ratios=loss_ratios(plan, enrolled, {plan_year: payout}),
+        districts=district_names(districts),
     )

@@ -3,10 +3,18 @@
 :func:`report_data` aggregates a settlement frame (from a batch's payouts or from the ledger) into
 small tables; :func:`render_html` and :func:`render_markdown` draw them. No I/O here.
 
-The HTML is one self-contained file: inline CSS and SVG charts, no script, no network request,
-a font stack that shows Chinese where a CJK font is installed (Noto Sans CJK, PingFang,
-Microsoft YaHei, WenQuanYi). Reports hold aggregates only: never a name, certificate number or
-member id.
+The HTML is one self-contained file: inline CSS, charts as CSS grids of labels, SVG bars and
+values, no script, no network request, a font stack that shows Chinese where a CJK font is
+installed (Noto Sans CJK, PingFang, Microsoft YaHei, WenQuanYi). Chart labels are HTML text, so
+the browser sizes and wraps them with the font it really has: a label is never cut short,
+whatever its length or the window's width (tests/test_report_html.py measures this at 700 and
+1400 px). Reports hold aggregates only: never a name, certificate number or member id.
+
+Loss ratio colours (:attr:`LossRatio.tone`): the ratio is payouts ÷ the premium pool net of the
+edition's operating-cost share, so 100% is where payouts have used up what premiums fund. The
+editions' ``target_loss_ratio`` is a floor (浙丽保: 赔付率原则上不低于95%) that a year-to-date
+ratio stays under for most of the year, so it is drawn as a line, not coloured. Above 100% the
+ratio is amber (``warn``), above 105% red (``alarm``); Markdown marks both in the ratio's cell.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import polars as pl
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.model import RATE_SCALE
+from hmb_batch.report.districts import district_label, district_names
 from hmb_batch.report.summary import collect_aggregates
 from hmb_batch.rules.codes import REASON_CODES
 
@@ -42,6 +51,9 @@ SETTLEMENT_COLUMNS = [
 ]
 TOP_HOSPITALS = 10
 DISTRIBUTION_EDGES = [0, 100, 1_000, 5_000, 10_000, 50_000, 100_000]  # yuan
+# loss ratio bands, in parts per million of the net premium pool (see the module docstring)
+LOSS_RATIO_WARN_ABOVE = 1_000_000
+LOSS_RATIO_ALARM_ABOVE = 1_050_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,7 @@ class Bar:
     label: str
     value: int
     settlements: int = 0
+    tone: str = ""  # "" | "warn" | "alarm": the bar's colour
 
 
 @dataclass(frozen=True)
@@ -89,6 +102,15 @@ class LossRatio:
         if self.pool_fen <= 0:
             return None
         return (self.payout_fen * RATE_SCALE + self.pool_fen // 2) // self.pool_fen
+
+    @property
+    def tone(self) -> str:
+        """The ratio's colour: alarm above 105% of the net pool, warn above 100%, else none
+        (see the module docstring)."""
+        ratio = self.ratio_ppm
+        if ratio is None or ratio <= LOSS_RATIO_WARN_ABOVE:
+            return ""
+        return "alarm" if ratio > LOSS_RATIO_ALARM_ABOVE else "warn"
 
 
 @dataclass(frozen=True)
@@ -169,13 +191,16 @@ def report_data(
     generated_at: dt.datetime | None = None,
     by_responsibility: pl.DataFrame | pl.LazyFrame | None = None,
     orphan_fee_lines: int = 0,
+    districts: Mapping[str, str] | None = None,
 ) -> ReportData:
     """Aggregate a settlement frame (:data:`SETTLEMENT_COLUMNS`) into a report.
 
     The frame may be lazy (a bounded-memory run scans its part files): only aggregates are
     collected. ``by_responsibility``: (responsibility, payout_fen) rows, one per settlement and
-    responsibility, for the chart of payouts by responsibility (责任).
+    responsibility, for the chart of payouts by responsibility (责任). ``districts``: district
+    code → name (default: the shipped table, :func:`district_names`).
     """
+    names = district_names() if districts is None else districts
     s = settlements.lazy().select(SETTLEMENT_COLUMNS)
     n = pl.len().alias("settlements")
     pay = pl.col("payout_fen").sum()
@@ -280,7 +305,10 @@ def report_data(
             "districts",
             "按参保地区划",
             "Payouts by district (insu_admdvs)",
-            _bars(district_t, "district"),
+            [
+                Bar(district_label(b.label, names), b.value, b.settlements)
+                for b in _bars(district_t, "district")
+            ],
         ),
         Chart(
             "hospitals",
@@ -310,10 +338,15 @@ def report_data(
                 "loss_ratio",
                 "赔付率",
                 "Loss ratio, year to date (payouts ÷ premium pool net of operating cost)",
-                [Bar(f"{lr.plan_year}", lr.ratio_ppm or 0, lr.enrolled) for lr in loss_ratios],
+                [
+                    Bar(f"{lr.plan_year}", lr.ratio_ppm or 0, lr.enrolled, lr.tone)
+                    for lr in loss_ratios
+                ],
                 unit="percent",
                 target=target,
-                note="target line: the plan edition's target loss ratio",
+                note=f"target line: the plan edition's target loss ratio ({_share(target)}); "
+                f"amber above {_share(LOSS_RATIO_WARN_ABOVE)}, red above "
+                f"{_share(LOSS_RATIO_ALARM_ABOVE)} of the net premium pool",
             )
         )
     return ReportData(
@@ -332,12 +365,36 @@ def _reason(code: str) -> str:
     return f"{code} {c.zh}" if c else code
 
 
+def _share(ppm: int, places: int | None = None) -> str:
+    """Parts per million as a percentage: ``places`` decimals, or as many as it has."""
+    pct = Decimal(ppm) * 100 / RATE_SCALE
+    return f"{pct:.{places}f}%" if places is not None else f"{pct.normalize():f}%"
+
+
 def _value(chart: Chart, v: int) -> str:
     if chart.unit == "yuan":
         return f"{fen_to_yuan(v):,}"
     if chart.unit == "percent":
-        return f"{Decimal(v) / RATE_SCALE * 100:.1f}%"
+        return _share(v, 1)
     return f"{v:,}"
+
+
+def _ratio(lr: LossRatio) -> str:
+    return "-" if lr.ratio_ppm is None else _share(lr.ratio_ppm, 1)
+
+
+_MARKS = {
+    "warn": f"⚠ over {_share(LOSS_RATIO_WARN_ABOVE)} of the pool 超出保费池",
+    "alarm": f"‼ ALARM: over {_share(LOSS_RATIO_ALARM_ABOVE)} of the pool 严重超支",
+}
+
+
+def _figure(v: object) -> str:
+    """A reconciliation figure with thousands separators: yuan (a decimal string, exact to the
+    fen) or a count."""
+    if isinstance(v, int):
+        return f"{v:,}"
+    return f"{Decimal(str(v)):,}"
 
 
 # --- HTML ------------------------------------------------------------------------------------
@@ -346,45 +403,64 @@ _CSS = """
 body{font-family:"Noto Sans CJK SC","Noto Sans SC","Source Han Sans SC","PingFang SC",
 "Microsoft YaHei","WenQuanYi Micro Hei",sans-serif;margin:24px;color:#1d2733;max-width:1000px}
 h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 6px}
-.scope{color:#5b6875;margin:0 0 16px}
+h1,.scope{overflow-wrap:anywhere}
+.scope{color:#5b6875;margin:0 0 16px} .nowrap{white-space:nowrap}
 table{border-collapse:collapse;margin:8px 0} td,th{padding:3px 10px;border-bottom:1px solid #dde3e8;
-text-align:left} td.n{text-align:right;font-variant-numeric:tabular-nums}
+text-align:left} td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .pass{color:#1a7f37} .fail{color:#c62828;font-weight:bold}
+td.warn{color:#9a5b00;font-weight:bold} td.alarm{color:#fff;background:#c62828;font-weight:bold}
 figure{margin:8px 0 20px} figcaption{font-weight:bold;margin-bottom:4px}
 figcaption span{font-weight:normal;color:#5b6875} .note{color:#5b6875;font-size:12px}
-svg text{font-size:12px;fill:#1d2733} .bar{fill:#2f6db5} .target{stroke:#c62828;stroke-width:2;
-stroke-dasharray:6 4}
+.chart{display:grid;grid-template-columns:fit-content(40%) minmax(80px,1fr) max-content;
+column-gap:8px;font-size:12px;line-height:18px}
+.chart .label{text-align:right;padding:1px 0} .chart .value{white-space:nowrap;
+font-variant-numeric:tabular-nums;padding:1px 0}
+.chart .track{position:relative;min-height:20px}
+.chart svg{position:absolute;left:0;top:0;width:100%;height:100%}
+.bar{fill:#2f6db5} .bar.warn{fill:#e0a100} .bar.alarm{fill:#c62828}
+.target{stroke:#1d2733;stroke-width:2;stroke-dasharray:4 3}
+p.warn{color:#9a5b00;font-weight:bold} p.alarm{color:#c62828;font-weight:bold}
 """
 
 
-def _svg(chart: Chart) -> str:
-    label_w, bar_w, row_h, value_w = 300, 460, 22, 120
+def _percent_of(value: int, top: int) -> str:
+    """``value`` (> 0) as a percentage of ``top`` with two decimals, in integers (an SVG width);
+    at least 0.01%, so that a small positive amount still shows a bar."""
+    basis = max(1, value * 10_000 // top)
+    return f"{basis // 100}.{basis % 100:02d}%"
+
+
+def _chart(chart: Chart) -> str:
+    """A bar chart as a grid: label (HTML text, wraps), bar (SVG), value (HTML text).
+
+    Bars are drawn in percent of the chart's largest value (or target), so the bar column can
+    take whatever width the labels leave; the target is a dashed line at its percentage on every
+    row, the rows touching, so the lines join into one.
+    """
+    e = html.escape
     bars = chart.bars or [Bar("(none)", 0)]
     top = max([abs(b.value) for b in bars] + [chart.target or 0, 1])
-    height = row_h * len(bars) + 10
-    width = label_w + bar_w + value_w
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" role="img" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}">'
-    ]
-    for i, b in enumerate(bars):
-        y = i * row_h + 4
-        w = 0 if b.value <= 0 else max(1, round(bar_w * b.value / top))
-        parts.append(
-            f'<text x="{label_w - 6}" y="{y + 14}" text-anchor="end">'
-            f"{html.escape(b.label[:48])}</text>"
-            f'<rect class="bar" x="{label_w}" y="{y}" width="{w}" height="{row_h - 6}">'
-            f"<title>{html.escape(b.label)}: {_value(chart, b.value)}</title></rect>"
-            f'<text x="{label_w + w + 6}" y="{y + 14}">{_value(chart, b.value)}</text>'
+    target = (
+        f'<line class="target" x1="{_percent_of(chart.target, top)}" y1="0" '
+        f'x2="{_percent_of(chart.target, top)}" y2="100%">'
+        f"<title>target {_value(chart, chart.target)}</title></line>"
+        if chart.target is not None
+        else ""
+    )
+    out = ['<div class="chart">']
+    for b in bars:
+        width = "0" if b.value <= 0 else _percent_of(b.value, top)
+        shown = _value(chart, b.value)
+        tone = f" {b.tone}" if b.tone else ""
+        out.append(
+            f'<div class="label">{e(b.label)}</div>'
+            f'<div class="track"><svg xmlns="http://www.w3.org/2000/svg" aria-hidden="true">'
+            f'<rect class="bar{tone}" x="0" y="3" width="{width}" height="14">'
+            f"<title>{e(b.label)}: {shown}</title></rect>{target}</svg></div>"
+            f'<div class="value">{shown}</div>'
         )
-    if chart.target is not None:
-        x = label_w + round(bar_w * chart.target / top)
-        parts.append(
-            f'<line class="target" x1="{x}" y1="0" x2="{x}" y2="{height}">'
-            f"<title>target {_value(chart, chart.target)}</title></line>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+    out.append("</div>")
+    return "".join(out)
 
 
 def render_html(data: ReportData) -> str:
@@ -397,7 +473,8 @@ def render_html(data: ReportData) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{e(data.title)}</h1>",
-        f'<p class="scope">{e(data.scope)} · generated {e(data.generated_at)}</p>',
+        f'<p class="scope">{e(data.scope)} · '
+        f'<span class="nowrap">generated {e(data.generated_at)}</span></p>',
         "<table>",
     ]
     out += [f'<tr><th>{e(k)}</th><td class="n">{e(v)}</td></tr>' for k, v in data.headline]
@@ -407,14 +484,15 @@ def render_html(data: ReportData) -> str:
         verdict = "balanced 平衡" if passed else "NOT BALANCED 不平衡"
         out.append(
             f'<h2>对账 Reconciliation: <span class="{"pass" if passed else "fail"}">'
-            f"{verdict}</span></h2><table><tr><th>identity</th><th>expected</th>"
+            f"{verdict}</span></h2><table><tr><th>identity</th><th>unit</th><th>expected</th>"
             "<th>found</th><th></th></tr>"
         )
         for i in data.reconciliation:
             ok = bool(i.get("passed"))
             out.append(
-                f'<tr><td>{e(str(i["name"]))}</td><td class="n">{e(str(i["expected"]))}</td>'
-                f'<td class="n">{e(str(i["found"]))}</td>'
+                f"<tr><td>{e(str(i['name']))}</td><td>{e(str(i.get('unit', '')))}</td>"
+                f'<td class="n">{e(_figure(i["expected"]))}</td>'
+                f'<td class="n">{e(_figure(i["found"]))}</td>'
                 f'<td class="{"pass" if ok else "fail"}">{"✓" if ok else "✗"}</td></tr>'
             )
         out.append("</table>")
@@ -425,18 +503,25 @@ def render_html(data: ReportData) -> str:
             "<th>target</th></tr>"
         )
         for lr in data.loss_ratios:
-            ratio = "-" if lr.ratio_ppm is None else f"{lr.ratio_ppm * 100 / RATE_SCALE:.1f}%"
+            tone = f" {lr.tone}" if lr.tone else ""
+            mark = f' title="{e(_MARKS[lr.tone])}"' if lr.tone else ""
             out.append(
                 f'<tr><td>{lr.plan_year}</td><td class="n">{lr.enrolled:,}</td>'
                 f'<td class="n">{fen_to_yuan(lr.pool_fen):,}</td>'
-                f'<td class="n">{fen_to_yuan(lr.payout_fen):,}</td><td class="n">{ratio}</td>'
-                f'<td class="n">{lr.target_ppm * 100 / RATE_SCALE:g}%</td></tr>'
+                f'<td class="n">{fen_to_yuan(lr.payout_fen):,}</td>'
+                f'<td class="n{tone}"{mark}>{_ratio(lr)}</td>'
+                f'<td class="n">{_share(lr.target_ppm)}</td></tr>'
             )
         out.append("</table>")
+        out += [
+            f'<p class="{lr.tone}">{lr.plan_year}: {e(_MARKS[lr.tone])}</p>'
+            for lr in data.loss_ratios
+            if lr.tone
+        ]
     for c in data.charts:
         out.append(
             f'<figure data-chart="{e(c.id)}"><figcaption>{e(c.title_zh)} '
-            f"<span>{e(c.title_en)}</span></figcaption>{_svg(c)}"
+            f"<span>{e(c.title_en)}</span></figcaption>{_chart(c)}"
         )
         if c.note:
             out.append(f'<div class="note">{e(c.note)}</div>')
@@ -454,12 +539,12 @@ def render_markdown(data: ReportData) -> str:
         out += [
             f"## 对账 Reconciliation: {'balanced' if passed else 'NOT BALANCED'}",
             "",
-            "| identity | expected | found | |",
-            "|---|---:|---:|---|",
+            "| identity | unit | expected | found | |",
+            "|---|---|---:|---:|---|",
         ]
         out += [
-            f"| {i['name']} | {i['expected']} | {i['found']} | "
-            f"{'ok' if i.get('passed') else 'FAILED'} |"
+            f"| {i['name']} | {i.get('unit', '')} | {_figure(i['expected'])} | "
+            f"{_figure(i['found'])} | {'ok' if i.get('passed') else 'FAILED'} |"
             for i in data.reconciliation
         ] + [""]
     if data.loss_ratios:
@@ -471,17 +556,19 @@ def render_markdown(data: ReportData) -> str:
             "|---|---:|---:|---:|---:|---:|",
         ]
         for lr in data.loss_ratios:
-            ratio = "-" if lr.ratio_ppm is None else f"{lr.ratio_ppm * 100 / RATE_SCALE:.1f}%"
+            ratio = f"**{_ratio(lr)}** {_MARKS[lr.tone]}" if lr.tone else _ratio(lr)
             out.append(
                 f"| {lr.plan_year} | {lr.enrolled:,} | {fen_to_yuan(lr.pool_fen):,} | "
-                f"{fen_to_yuan(lr.payout_fen):,} | {ratio} | "
-                f"{lr.target_ppm * 100 / RATE_SCALE:g}% |"
+                f"{fen_to_yuan(lr.payout_fen):,} | {ratio} | {_share(lr.target_ppm)} |"
             )
         out.append("")
     for c in data.charts:
         head = "settlements" if c.unit == "count" else ("share" if c.unit == "percent" else "yuan")
         out += [f"## {c.title_zh} {c.title_en}", "", f"| | {head} |", "|---|---:|"]
-        out += [f"| {b.label} | {_value(c, b.value)} |" for b in c.bars] or ["| (none) | |"]
+        out += [
+            f"| {b.label} | {_value(c, b.value)}{' ' + _MARKS[b.tone] if b.tone else ''} |"
+            for b in c.bars
+        ] or ["| (none) | |"]
         if c.note:
             out += ["", f"_{c.note}_"]
         out.append("")

@@ -253,6 +253,7 @@ def run_batch(
             target=target,
             buckets_used=n,
             unmasked=unmasked,
+            districts=inputs.districts,
         )
         return BatchResult(
             summary,
@@ -550,6 +551,7 @@ def _finish(
     target: _Target,
     buckets_used: int,
     unmasked: bool = False,
+    districts: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, Path], dict[str, Any]]:
     """A batch's last steps: refuse it unless it reconciles, add
     the reconciliation and the reports to its files, apply it to the ledger (checked inside the
@@ -564,7 +566,14 @@ def _finish(
     clock.lap("reconcile")
     files.update(
         batch_report(
-            header.plan, header.batch_id, payouts, summary, recon, before, dry_run=target.dry_run
+            header.plan,
+            header.batch_id,
+            payouts,
+            summary,
+            recon,
+            before,
+            dry_run=target.dry_run,
+            districts=districts,
         )
     )
     clock.lap("report")

@@ -33,6 +33,9 @@ class BatchInputs:
     column_map: Mapping[str, str] | None = None
     batch_id: str | None = None
     timezone: str = "Asia/Shanghai"  # of time-zone-aware Parquet timestamps (hmb.toml)
+    # district code -> name for the report (hmb.toml's [districts]); not part of the batch key:
+    # names change how a report reads, not what the batch pays
+    districts: Mapping[str, str] | None = None
 
 
 def expand_inputs(spec: Path | str) -> list[Path]:
