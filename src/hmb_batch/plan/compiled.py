@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import polars as pl
 
@@ -248,20 +247,19 @@ class CompiledEdition:
     def benefit_start_rule(self, plan_year: int) -> pl.Expr:
         """Which of DOMAIN.md rules 1–4 gives roster rows of ``plan_year`` their benefit start
         before the restored-basic rule (:meth:`restored_start`) may move it later."""
-        rules = self._start_rules(plan_year)
-        expr: Any = pl.when(rules[0][1]).then(pl.lit(rules[0][0], pl.Int8))
-        for rule, applies, _ in rules[1:]:
-            expr = expr.when(applies).then(pl.lit(rule, pl.Int8))
-        return expr.otherwise(pl.lit(None, pl.Int8))
+        expr = pl.lit(None, pl.Int8)
+        for rule, applies, _ in reversed(self._start_rules(plan_year)):
+            expr = pl.when(applies).then(pl.lit(rule, pl.Int8)).otherwise(expr)
+        return expr
 
     def rule_start(self, plan_year: int) -> pl.Expr:
         """The benefit start rules 1–4 give roster rows of ``plan_year`` (before the
         restored-basic rule)."""
         rules = self._start_rules(plan_year)
-        start: Any = pl.when(rules[0][1]).then(rules[0][2])
-        for _, applies, value in rules[1:-1]:
-            start = start.when(applies).then(value)
-        return start.otherwise(rules[-1][2])
+        start = rules[-1][2]  # rule 4 applies to whoever the others do not
+        for _, applies, value in reversed(rules[:-1]):
+            start = pl.when(applies).then(value).otherwise(start)
+        return start
 
     def benefit_start(self, plan_year: int) -> pl.Expr:
         """Benefit start for roster rows of ``plan_year`` (DOMAIN.md rules 1–4, restored rule)."""
