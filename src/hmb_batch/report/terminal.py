@@ -326,6 +326,30 @@ def _term_line(t: dict[str, Any]) -> str:
     )
 
 
+def _denial(m: MemberExplanation, year: int, reason: str) -> str:
+    """A denial reason with the roster fact behind it."""
+    facts = m.facts.filter(pl.col("plan_year") == year) if m.roster.available else None
+    if reason == "NOT_ENROLLED":
+        return f"no roster row for plan year {year}"
+    if facts is None:
+        return "the roster facts are unavailable; nothing counts"
+    if facts.height == 0:
+        return f"this roster has no row for plan year {year}; nothing counts"
+    f = facts.row(0, named=True)
+    if reason == "WAITING_PERIOD":
+        return (
+            f"the service date (admission, else the settlement's day) is before the benefit "
+            f"start {f['benefit_start']} (rule {f['rule']}); nothing counts"
+        )
+    if reason == "BASIC_SUSPENDED":
+        until = f["basic_suspended_to"] or "(still suspended)"
+        return (
+            f"the service date falls in the basic-insurance suspension "
+            f"{f['basic_suspended_from']} – {until}; nothing counts"
+        )
+    return "nothing counts"
+
+
 def _why(console: Console, m: MemberExplanation, s: dict[str, Any]) -> None:
     started = s["batch_started_at"]
     when = f"{started:%Y-%m-%d %H:%M}" if started else "-"
@@ -336,16 +360,11 @@ def _why(console: Console, m: MemberExplanation, s: dict[str, Any]) -> None:
         f"{s['setl_id']} · {s['setl_time']:%Y-%m-%d %H:%M} · {s['status']}{reversal}{reasons} · "
         f"edition {s['edition']} · batch {s['batch_id']} (seq {s['batch_seq']}, {when})",
     )
-    if "WAITING_PERIOD" in (s["reasons"] or []) or "BASIC_SUSPENDED" in (s["reasons"] or []):
-        fact = m.facts.filter(pl.col("plan_year") == s["plan_year"]) if m.facts.height else None
-        if fact is not None and fact.height:
-            f = fact.row(0, named=True)
-            _line(
-                console,
-                f"    benefit start {f['benefit_start']} (rule {f['rule']}); the service date "
-                "(admission, else the settlement's day) fell before it or in a suspension: "
-                "nothing counts",
-            )
+    if s["status"] == "denied":
+        # a denied settlement counts nothing: why it was denied is the whole answer
+        for reason in s["reasons"] or []:
+            _line(console, f"    {reason}: {_denial(m, s['plan_year'], reason)}")
+        return
     rows = m.rows_of(s["setl_id"])
     if not rows:
         _line(console, f"    not explained: {m.unexplained.get(s['setl_id'], 'no edition')}")
