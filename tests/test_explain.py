@@ -294,3 +294,41 @@ def test_roster_facts_without_an_edition_for_the_year() -> None:
     facts = roster_facts(r, {})
     assert facts["benefit_start"].to_list() == [None] and facts["rule"].to_list() == [None]
     assert "psn_name" not in facts.columns and "certno" not in facts.columns
+
+
+def test_an_edition_is_used_only_if_its_hash_is_the_batch_s() -> None:
+    from hmb_batch.report.member import edition_hash, explain_member
+
+    row = settlement(
+        "S1",
+        "zhelibao-2022",
+        {"compliant": ("0", "0"), "reasonable": ("20000", "20000")},
+        {"main": ("2000", "1500", "2000", "1500")},
+    ) | {
+        "batch_id": "B1",
+        "batch_seq": 1,
+        "batch_started_at": dt.datetime(2022, 3, 2, 1, 0),
+        "init_setl_id": None,
+        "setl_time": dt.datetime(2022, 3, 1, 10, 0),
+        "status": "paid",
+        "reasons": [],
+        "payable_fen": y("2000"),
+        "payout_fen": y("1500"),
+        "cum_payable_fen": y("2000"),
+        "cum_payout_fen": y("1500"),
+    }
+    s = statement(row)
+    recorded = edition_hash(edition("zhelibao-2022"))
+    for hashed, explained in ((recorded, True), ("0" * 64, False)):
+        prov = {"B1": {"editions": {"zhelibao-2022": hashed}, "inputs": {}}}
+        m = explain_member("M1", None, s, prov, plan=None, roster=None)
+        assert bool(m.rows_of("S1")) is explained
+        doc = m.to_json()
+        assert doc["roster"]["available"] is False
+        assert doc["totals"][0]["payout"] == "1500.00"
+        if explained:
+            bands = doc["settlements"][0]["explanation"]["responsibilities"][0]["bands"]
+            assert bands[0]["payable"] == "2000.00" and bands[0]["at_rate"] == "1500.00"
+        else:
+            assert "SHA-256" in m.unexplained["S1"]
+            assert doc["settlements"][0]["explanation"] is None

@@ -199,8 +199,9 @@ def _resolve(
             found[h] = by_hash[h]
         elif any(e.id == eid for e in by_hash.values()):
             missing[eid] = (
-                f"edition {eid} was changed after the batch applied it (its hash differs); "
-                "give --plan the edition file the batch used"
+                f"edition {eid} found differs from the one the batch recorded (another "
+                "SHA-256: changed since, or the batch's own file); give --plan the edition "
+                "file the batch used"
             )
         else:
             missing[eid] = f"edition {eid} is not shipped; give --plan the edition file"
