@@ -206,6 +206,12 @@ def test_under_the_floor_and_deductible(nights: tuple[Path, pl.DataFrame]) -> No
             assert left > 0  # what is still to go before anything counts
         compliant = next(t for t in main["terms"] if t["cost"] == "compliant")
         assert Decimal(compliant["cost_after"]) == row["cum_compliant_amt"]
+    # in text, what is still to go before the floor counts anything
+    last = payouts.filter(pl.col("psn_no") == psn_no).sort("setl_time").row(-1, named=True)
+    text = hmb(["ledger", "member", psn_no, "--ledger", str(ledger)])
+    to_go = FLOOR - last["cum_compliant_amt"]
+    assert f"compliant {last['cum_compliant_amt'] - last['compliant_amt']:,} → " in text.stdout
+    assert f"below ({to_go:,} to go)" in text.stdout
 
 
 def test_denied_for_the_waiting_period(nights: tuple[Path, pl.DataFrame], tmp_path: Path) -> None:

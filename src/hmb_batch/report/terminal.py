@@ -319,9 +319,12 @@ def _term_line(t: dict[str, Any]) -> str:
     kind = {"floor": "floor 起付", "deductible": "deductible 起付线"}.get(
         t["kind"], f"shared deductible {t['pool']} (left)"
     )
+    state = term_reached(t)
+    if state == "below":
+        state += f" ({_yuan(max(0, t['threshold_fen'] - t['cost_after_fen']))} to go)"
     return (
         f"      {t['cost']} {_yuan(t['cost_before_fen'])} → {_yuan(t['cost_after_fen'])} against "
-        f"{kind} {_yuan(t['threshold_fen'])}: {term_reached(t)}; counts "
+        f"{kind} {_yuan(t['threshold_fen'])}: {state}; counts "
         f"{_yuan(t['counted_before_fen'])} → {_yuan(t['counted_after_fen'])}"
     )
 
