@@ -811,7 +811,11 @@ def ledger_batches(
 
 
 @ledger_app.command(
-    "member", epilog="Example: hmb-batch ledger member P20220000016 --year 2022 --ledger l.duckdb"
+    "member",
+    epilog=(
+        "Example: hmb-batch ledger member P20220000016 --year 2022 --ledger l.duckdb "
+        "--roster roster.parquet --json"
+    ),
 )
 def ledger_member(
     psn_no: Annotated[str, typer.Argument(help="Member id (psn_no).")],
@@ -819,10 +823,40 @@ def ledger_member(
     ledger: LedgerOption = None,
     config: ConfigOption = None,
     wait: WaitOption = 30.0,
+    roster: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "Roster for the member's benefit start, waiting period and suspensions "
+                "(default: adjudicate.roster in hmb.toml; without one they are unavailable)."
+            )
+        ),
+    ] = None,
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Where to find editions not shipped with hmb-batch: family, edition id, file "
+                "or folder (default: adjudicate.plan in hmb.toml)."
+            )
+        ),
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """A member's statement: each settlement, its increments, year to date and payout."""
-    statement = _on_ledger(ledger, config, wait, lambda lg: lg.member_statement(psn_no, year))
-    if statement.height == 0:
+    """A member's statement, explained: each settlement's edition, batch, floors and
+    deductibles reached, bracket bands and rates, responsibility split and payout; and the
+    member's roster facts (pay date, benefit start and the rule 1–4 that set it, waiting
+    period, suspensions, restoration). Names and ID numbers are never shown."""
+    from hmb_batch.report.member import explain_member
+
+    _answer_json(as_json)
+
+    def read(lg: Ledger) -> tuple[Any, dict[str, dict[str, Any]]]:
+        statement = lg.member_statement(psn_no, year)
+        return statement, lg.batch_provenance(statement["batch_id"].unique().to_list())
+
+    statement, provenance = _on_ledger(ledger, config, wait, read)
+    if statement.height == 0 and not as_json:
         # an empty statement is an answer, not an error (the ledger cannot tell a member with no
         # settlements from an unknown id): exit 0, on stdout
         out.print(
@@ -833,7 +867,25 @@ def ledger_member(
             markup=False,
         )
         return
-    render.member_statement(out, psn_no, statement)
+    try:
+        cfg = load_config(config)
+        explained = explain_member(
+            psn_no,
+            year,
+            statement,
+            provenance,
+            plan=plan or cfg.adjudicate.plan,
+            roster=roster or cfg.path(cfg.adjudicate.roster),
+            column_map=cfg.columns,
+            encoding=cfg.adjudicate.encoding,
+            timezone=cfg.adjudicate.timezone,
+        )
+    except HmbError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json(explained.to_json())
+    else:
+        render.member_explanation(out, explained)
 
 
 @ledger_app.command(

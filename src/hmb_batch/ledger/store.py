@@ -1199,28 +1199,63 @@ class Ledger:
         )
 
     def member_statement(self, psn_no: str, year: int | None = None) -> pl.DataFrame:
-        """A member's settlements with increments, year to date and payouts, in order."""
-        where = "s.psn_no = $p" + (" AND s.plan_year = $y" if year is not None else "")
+        """A member's settlements with increments, year to date and payouts, in order.
+
+        Per settlement also its batch's ``batch_seq`` and ``batch_started_at``, ``costs``
+        (cost, increment_fen, cum_fen) and ``responsibilities`` (responsibility, payable_fen,
+        payout_fen, cum_payable_fen, cum_payout_fen; empty for settlements applied before
+        schema 4).
+        """
+        where = "psn_no = $p" + (" AND plan_year = $y" if year is not None else "")
         params: dict[str, Any] = {"p": psn_no}
         if year is not None:
             params["y"] = year
+        # costs and responsibilities aggregated apart: one join of both would pair every cost
+        # row with every responsibility row of a settlement before the lists are built
         return _frame(
             self.con.sql(
                 f"""
+            WITH s AS (SELECT * FROM settlements WHERE {where}),
+            c AS (
+                SELECT setl_id,
+                       list(struct_pack(cost := cost, increment_fen := increment_fen,
+                                        cum_fen := cum_fen) ORDER BY cost) AS costs
+                FROM settlement_costs WHERE setl_id IN (SELECT setl_id FROM s) GROUP BY setl_id
+            ),
+            r AS (
+                SELECT setl_id,
+                       list(struct_pack(responsibility := responsibility,
+                                        payable_fen := payable_fen, payout_fen := payout_fen,
+                                        cum_payable_fen := cum_payable_fen,
+                                        cum_payout_fen := cum_payout_fen)
+                            ORDER BY responsibility) AS responsibilities
+                FROM settlement_responsibilities
+                WHERE setl_id IN (SELECT setl_id FROM s) GROUP BY setl_id
+            )
             SELECT s.plan_year::BIGINT AS plan_year, b.seq AS batch_seq, s.batch_id, s.setl_id,
-                   s.setl_time, s.status, s.reasons, s.init_setl_id, s.edition,
-                   list(struct_pack(cost := c.cost, increment_fen := c.increment_fen,
-                                    cum_fen := c.cum_fen) ORDER BY c.cost) AS costs,
-                   s.payable_fen, s.payout_fen, s.cum_payable_fen, s.cum_payout_fen
-            FROM settlements s JOIN batches b USING (batch_id)
-            LEFT JOIN settlement_costs c USING (setl_id)
-            WHERE {where}
-            GROUP BY ALL
+                   s.setl_time, s.status, s.reasons, s.init_setl_id, s.edition, c.costs,
+                   s.payable_fen, s.payout_fen, s.cum_payable_fen, s.cum_payout_fen,
+                   b.started_at AS batch_started_at, r.responsibilities
+            FROM s JOIN batches b USING (batch_id)
+            LEFT JOIN c USING (setl_id) LEFT JOIN r USING (setl_id)
             ORDER BY plan_year, batch_seq, setl_time, setl_id
             """,  # only the fixed WHERE shape varies; values are bound
                 params=params,
             )
         )
+
+    def batch_provenance(self, batch_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Per batch id: the ``inputs`` (kind → files with path and sha256) and ``editions``
+        (edition id → hash) its record names."""
+        rows = self.con.execute(
+            "SELECT batch_id, inputs::VARCHAR, editions::VARCHAR FROM batches "
+            "WHERE list_contains($ids, batch_id)",
+            {"ids": batch_ids},
+        ).fetchall()
+        return {
+            b: {"inputs": json.loads(i or "{}"), "editions": json.loads(e or "{}")}
+            for b, i, e in rows
+        }
 
 
 def batch_rows(

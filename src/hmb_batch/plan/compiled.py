@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from hmb_batch.plan.model import RATE_SCALE, Bracket, Cost, Edition, Responsibility
+from hmb_batch.plan.model import RATE_SCALE, Bracket, Cost, Edition, Responsibility, Term
 
 LIST_FLAG = "on_list__{}"  # boolean column on a fee line: on list {} at its fee date
 
@@ -89,6 +89,16 @@ class CompiledCost:
     start: str | None = None
     less_funds: tuple[str, ...] = ()
     less_after: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TermValue:
+    """One term of a responsibility at some year to date: ``counted = max(0, cost − threshold)``
+    (see :meth:`CompiledEdition.term_values`)."""
+
+    term: Term
+    threshold: pl.Expr  # the floor, the deductible, or what earlier terms left of a shared pool
+    counted: pl.Expr
 
 
 @dataclass(frozen=True)
@@ -197,8 +207,8 @@ class CompiledEdition:
         return frozenset(out)
 
     # --- eligibility -----------------------------------------------------------------------
-    def benefit_start(self, plan_year: int) -> pl.Expr:
-        """Benefit start for roster rows of ``plan_year`` (DOMAIN.md rules 1–4, restored rule)."""
+    def _start_rules(self, plan_year: int) -> list[tuple[int, pl.Expr, pl.Expr]]:
+        """DOMAIN.md rules 1–4 as (rule, applies, start), in the order they are tried."""
         el = self.edition.eligibility
         jan1 = dt.date(plan_year, 1, 1)
         m, d = el.enrolment_deadline
@@ -222,16 +232,39 @@ class CompiledEdition:
             grace = (pay >= jan1) & (pay <= dt.date(plan_year, gm, gd))
 
         late = pay.dt.offset_by(f"{el.waiting_months}mo")
-        start = (
-            pl.when(on_time)
-            .then(pl.lit(jan1))
-            .when(event_ok)
-            .then(event_start)
-            .when(grace)
-            .then(pay + pl.duration(days=1))
-            .otherwise(late)
-        )
-        restored = pl.col("basic_restored_date").dt.offset_by(f"{el.restored_waiting_months}mo")
+        return [
+            (1, on_time, pl.lit(jan1)),
+            (2, event_ok, event_start),
+            (3, grace, pay + pl.duration(days=1)),
+            (4, pl.lit(True), late),
+        ]
+
+    def restored_start(self) -> pl.Expr:
+        """The earliest benefit start after basic insurance is restored (null: not restored)."""
+        months = self.edition.eligibility.restored_waiting_months
+        return pl.col("basic_restored_date").dt.offset_by(f"{months}mo")
+
+    def benefit_start_rule(self, plan_year: int) -> pl.Expr:
+        """Which of DOMAIN.md rules 1–4 gives roster rows of ``plan_year`` their benefit start
+        before the restored-basic rule (:meth:`restored_start`) may move it later."""
+        expr = pl.lit(None, pl.Int8)
+        for rule, applies, _ in reversed(self._start_rules(plan_year)):
+            expr = pl.when(applies).then(pl.lit(rule, pl.Int8)).otherwise(expr)
+        return expr
+
+    def rule_start(self, plan_year: int) -> pl.Expr:
+        """The benefit start rules 1–4 give roster rows of ``plan_year`` (before the
+        restored-basic rule)."""
+        rules = self._start_rules(plan_year)
+        start = rules[-1][2]  # rule 4 applies to whoever the others do not
+        for _, applies, value in reversed(rules[:-1]):
+            start = pl.when(applies).then(value).otherwise(start)
+        return start
+
+    def benefit_start(self, plan_year: int) -> pl.Expr:
+        """Benefit start for roster rows of ``plan_year`` (DOMAIN.md rules 1–4, restored rule)."""
+        start = self.rule_start(plan_year)
+        restored = self.restored_start()
         return (
             pl.when(restored.is_not_null())
             .then(pl.max_horizontal(start, restored))
@@ -239,6 +272,32 @@ class CompiledEdition:
         )
 
     # --- benefit ---------------------------------------------------------------------------
+    def term_values(self, cum: Mapping[str, pl.Expr]) -> dict[str, list[TermValue]]:
+        """Each responsibility's terms at year-to-date costs ``cum`` (cost id → Int64 fen expr):
+        the threshold each term's cost is measured against and what it counts above it.
+
+        A shared deductible is consumed in the order of the terms across responsibilities: a
+        term's threshold is what earlier terms left of the pool.
+        """
+        e = self.edition
+        pool_used: dict[str, pl.Expr] = {k: pl.lit(0, pl.Int64) for k in e.deductibles}
+        out: dict[str, list[TermValue]] = {}
+        for r in e.responsibilities:
+            values = []
+            for t in r.terms:
+                ytd = cum[t.cost]
+                if t.shared_deductible is not None:
+                    pool = t.shared_deductible
+                    remaining = (pl.lit(e.deductibles[pool]) - pool_used[pool]).clip(lower_bound=0)
+                    threshold = remaining
+                    pool_used[pool] = pool_used[pool] + ytd.clip(lower_bound=0)
+                else:
+                    fixed = t.floor if t.floor is not None else (t.deductible or 0)
+                    threshold = pl.lit(fixed, pl.Int64)
+                values.append(TermValue(t, threshold, (ytd - threshold).clip(lower_bound=0)))
+            out[r.id] = values
+        return out
+
     def benefit(
         self,
         cum: Mapping[str, pl.Expr],
@@ -251,22 +310,11 @@ class CompiledEdition:
         telescopes: a member's payouts sum to ``T(year)`` however the year is split.
         """
         e = self.edition
-        pool_used: dict[str, pl.Expr] = {k: pl.lit(0, pl.Int64) for k in e.deductibles}
+        terms = self.term_values(cum)
         payable: dict[str, pl.Expr] = {}
         benefit: dict[str, pl.Expr] = {}
         for r in e.responsibilities:
-            terms = []
-            for t in r.terms:
-                ytd = cum[t.cost]
-                if t.shared_deductible is not None:
-                    pool = t.shared_deductible
-                    remaining = (pl.lit(e.deductibles[pool]) - pool_used[pool]).clip(lower_bound=0)
-                    terms.append((ytd - remaining).clip(lower_bound=0))
-                    pool_used[pool] = pool_used[pool] + ytd.clip(lower_bound=0)
-                else:
-                    threshold = t.floor if t.floor is not None else (t.deductible or 0)
-                    terms.append((ytd - threshold).clip(lower_bound=0))
-            p = pl.sum_horizontal(terms)
+            p = pl.sum_horizontal([t.counted for t in terms[r.id]])
             payable[r.id] = p
             benefit[r.id] = self._capped(r, p, pre_existing, consecutive_years)
         if e.plan_cap is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 from rich.console import Console
@@ -13,8 +13,12 @@ from rich.text import Text
 from hmb_batch.ledger.store import BatchRecord
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.model import RATE_SCALE, Bracket, Edition
+from hmb_batch.report.explain import band_amount, rule_text, term_reached
 from hmb_batch.report.summary import BatchSummary
 from hmb_batch.rules.codes import REASON_CODES
+
+if TYPE_CHECKING:
+    from hmb_batch.report.member import MemberExplanation
 
 
 def _yuan(fen: int) -> str:
@@ -245,11 +249,12 @@ def member_statement(console: Console, psn_no: str, statement: pl.DataFrame) -> 
     """
     for (year,), rows in statement.group_by("plan_year", maintain_order=True):
         t = Table(title=f"member 参保人 {psn_no} · plan year {year}", title_justify="left")
-        t.add_column("settlement\ntime (batch)", no_wrap=True)
+        # folded, never cut with an ellipsis: a setl_id is what the member quotes
+        t.add_column("settlement\ntime (batch)", overflow="fold")
         t.add_column("status\nreasons", min_width=8, overflow="fold")
         t.add_column("increments", min_width=12, overflow="fold")
-        t.add_column("payable\npayout", justify="right", min_width=10)
-        t.add_column("YTD payable\nYTD paid", justify="right", min_width=11)
+        t.add_column("payable\npayout", justify="right", min_width=10, overflow="fold")
+        t.add_column("YTD payable\nYTD paid", justify="right", min_width=11, overflow="fold")
         for r in rows.iter_rows(named=True):
             setl = r["setl_id"] + (f" ↩ {r['init_setl_id']}" if r["init_setl_id"] else "")
             t.add_row(
@@ -275,3 +280,183 @@ def rows(console: Console, title: str, frame: pl.DataFrame) -> None:
     for row in text.iter_rows():
         t.add_row(*("" if v is None else v for v in row))
     console.print(t)
+
+
+def _line(console: Console, text: str) -> None:
+    # plain text, never wrapped or cut: ids and amounts must survive a pipe or a cron log
+    console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
+def _span(low: int, up: int | None) -> str:
+    return f"{_yuan(low)}–{_yuan(up)}" if up is not None else f"above {_yuan(low)}"
+
+
+def _roster_lines(console: Console, m: MemberExplanation) -> None:
+    r = m.roster
+    if not r.available:
+        _line(console, f"roster facts 参保信息: unavailable — {r.reason}")
+        return
+    same = f"; the file batches {', '.join(r.same_as_batches)} read" if r.same_as_batches else ""
+    other = (
+        f"; batches {', '.join(r.other_batches)} read another roster file"
+        if r.other_batches
+        else ""
+    )
+    _line(console, f"roster 参保名单: {r.path} (sha256 {r.sha256}{same}{other})")
+    if m.facts.height == 0:
+        _line(console, "  no roster row for this member" + (f" in {m.year}" if m.year else ""))
+    for f in m.facts.iter_rows(named=True):
+        year = f["plan_year"]
+        e = m.editions.get(year)
+        head = f"  plan year {year}: premium paid {f['pay_date']}"
+        if f["special_event"]:
+            head += f"; special event {f['special_event']} on {f['event_date']}"
+        if f["basic_start_date"]:
+            head += f"; basic insurance from {f['basic_start_date']}"
+        _line(console, head)
+        if e is None or f["rule"] is None:
+            _line(console, "    benefit start: no edition for this plan year")
+        else:
+            _line(
+                console,
+                f"    benefit start 待遇起始 {f['benefit_start']} ({e.id}, "
+                f"{rule_text(e.edition, year, f['rule'])}: {f['rule_start']})",
+            )
+        if f["basic_restored_date"] is not None:
+            moved = (
+                "it set the benefit start"
+                if f["set_by_restoration"]
+                else "the rule's start is later"
+            )
+            _line(
+                console,
+                f"    basic insurance restored {f['basic_restored_date']}: benefits no earlier "
+                f"than {f['restored_start']} ({moved})",
+            )
+        waiting = f["waiting_period_last_day"]
+        _line(
+            console,
+            f"    waiting period 等待期: services up to {waiting} are denied WAITING_PERIOD"
+            if waiting is not None
+            else "    waiting period 等待期: none in the plan year",
+        )
+        if f["basic_suspended_from"] is not None:
+            until = f["basic_suspended_to"] or "(still suspended)"
+            _line(
+                console,
+                f"    basic insurance suspended 暂停 {f['basic_suspended_from']} – {until}: "
+                "services then are denied BASIC_SUSPENDED",
+            )
+        else:
+            _line(console, "    basic insurance suspended 暂停: never")
+        _line(
+            console,
+            f"    pre-existing condition 既往症: {'yes' if f['pre_existing'] else 'no'}; "
+            f"consecutive years 连续参保: {f['consecutive_years'] or 0}",
+        )
+
+
+def _term_line(t: dict[str, Any]) -> str:
+    kind = {"floor": "floor 起付", "deductible": "deductible 起付线"}.get(
+        t["kind"], f"shared deductible {t['pool']} (left)"
+    )
+    state = term_reached(t)
+    if state == "below":
+        state += f" ({_yuan(max(0, t['threshold_fen'] - t['cost_after_fen']))} to go)"
+    return (
+        f"      {t['cost']} {_yuan(t['cost_before_fen'])} → {_yuan(t['cost_after_fen'])} against "
+        f"{kind} {_yuan(t['threshold_fen'])}: {state}; counts "
+        f"{_yuan(t['counted_before_fen'])} → {_yuan(t['counted_after_fen'])}"
+    )
+
+
+def _denial(m: MemberExplanation, year: int, reason: str) -> str:
+    """A denial reason with the roster fact behind it."""
+    facts = m.facts.filter(pl.col("plan_year") == year) if m.roster.available else None
+    if reason == "NOT_ENROLLED":
+        return f"no roster row for plan year {year}"
+    if facts is None:
+        return "the roster facts are unavailable; nothing counts"
+    if facts.height == 0:
+        return f"this roster has no row for plan year {year}; nothing counts"
+    f = facts.row(0, named=True)
+    if reason == "WAITING_PERIOD":
+        return (
+            f"the service date (admission, else the settlement's day) is before the benefit "
+            f"start {f['benefit_start']} (rule {f['rule']}); nothing counts"
+        )
+    if reason == "BASIC_SUSPENDED":
+        until = f["basic_suspended_to"] or "(still suspended)"
+        return (
+            f"the service date falls in the basic-insurance suspension "
+            f"{f['basic_suspended_from']} – {until}; nothing counts"
+        )
+    return "nothing counts"
+
+
+def _why(console: Console, m: MemberExplanation, s: dict[str, Any]) -> None:
+    started = s["batch_started_at"]
+    when = f"{started:%Y-%m-%d %H:%M}" if started else "-"
+    reasons = f" {', '.join(s['reasons'])}" if s["reasons"] else ""
+    reversal = f" of {s['init_setl_id']}" if s["init_setl_id"] else ""
+    _line(
+        console,
+        f"{s['setl_id']} · {s['setl_time']:%Y-%m-%d %H:%M} · {s['status']}{reversal}{reasons} · "
+        f"edition {s['edition']} · batch {s['batch_id']} (seq {s['batch_seq']}, {when})",
+    )
+    if s["status"] == "denied":
+        # a denied settlement counts nothing: why it was denied is the whole answer
+        for reason in s["reasons"] or []:
+            _line(console, f"    {reason}: {_denial(m, s['plan_year'], reason)}")
+        return
+    rows = m.rows_of(s["setl_id"])
+    if not rows:
+        _line(console, f"    not explained: {m.unexplained.get(s['setl_id'], 'no edition')}")
+        return
+    for r in rows:
+        _line(console, f"    {r['responsibility']} {r['name']}")
+        for t in r["terms"]:
+            _line(console, _term_line(t))
+        _line(
+            console,
+            f"      payable 应付 year to date {_yuan(r['payable_before_fen'])} → "
+            f"{_yuan(r['payable_after_fen'])}: {_yuan(r['payable_fen'])} this settlement"
+            + (" (pre-existing brackets)" if r["brackets"] == "pre_existing" else ""),
+        )
+        for b in r["bands"]:
+            _line(
+                console,
+                f"        {_yuan(b['payable_fen'])} in band {_span(b['from_fen'], b['to_fen'])} "
+                f"× {_pct(b['rate_ppm'])} = {band_amount(b['payable_fen'], b['rate_ppm']):,}",
+            )
+        if r["cap_reached"]:
+            _line(console, f"      cap 封顶线 {_yuan(r['cap_fen'])} reached")
+        if r["plan_cap_reached"]:
+            _line(console, "      plan-wide cap 总封顶 reached")
+        check = (
+            "as the edition computes it"
+            if r["reproduced"]
+            else f"the edition computes {_yuan(r['recomputed_payout_fen'])}: see the roster facts"
+        )
+        _line(
+            console,
+            f"      benefit 赔付 year to date (rounded half up) {_yuan(r['benefit_before_fen'])} → "
+            f"{_yuan(r['benefit_after_fen'])}: payout {_yuan(r['payout_fen'])} ({check})",
+        )
+
+
+def member_explanation(console: Console, m: MemberExplanation) -> None:
+    """A member's statement with its explanation: the roster facts, the statement, and for
+    each settlement its edition, batch, floors and deductibles, bands and rates, and split."""
+    _line(console, f"member 参保人 {m.psn_no}" + (f" · plan year {m.year}" if m.year else ""))
+    _roster_lines(console, m)
+    member_statement(console, m.psn_no, m.statement)
+    _line(console, "why 赔付说明")
+    for s in m.statement.iter_rows(named=True):
+        _why(console, m, s)
+    for t in m.totals().iter_rows(named=True):
+        _line(
+            console,
+            f"plan year {t['plan_year']}: {t['settlements']:,} settlements, payable "
+            f"{_yuan(t['payable_fen'])}, payout {_yuan(t['payout_fen'])}",
+        )
