@@ -346,7 +346,9 @@ def test_show_prints_an_output_file(tmp_path: Path) -> None:
     table = hmb("show", payouts, "--columns", "setl_id,status,payout_amt", "--limit", 3)
     assert f"3 row(s) of {frame.height:,}" in table.stdout
     assert frame["setl_id"][2] in table.stdout
-    rows = [json.loads(x) for x in hmb("show", payouts, "--limit", 2, "--json").stdout.splitlines()]
+    doc = answer(hmb("show", payouts, "--limit", 2, "--json"))
+    assert doc["rows_in_file"] == doc["rows_matching"] == frame.height
+    rows = doc["rows"]
     assert [r["setl_id"] for r in rows] == frame["setl_id"].head(2).to_list()
     assert rows[0]["payout_amt"] == str(frame["payout_amt"][0])
     bad = hmb("show", payouts, "--where", "no_such_column > 1")
@@ -387,3 +389,80 @@ def test_a_character_gbk_cannot_hold_is_an_error_naming_the_line(tmp_path: Path)
     ok = hmb(*night(folder, None, tmp_path / "p", "--quiet", "--csv", "--csv-encoding", "gb18030"))
     assert ok.returncode == 0, ok.stderr
     assert "𠀀医院" in (tmp_path / "p" / "payouts.csv").read_bytes().decode("gb18030")
+
+
+# --- what the second reading found -------------------------------------------------------------
+
+
+def test_a_what_if_may_not_overwrite_the_applied_files_of_the_same_night(
+    tmp_path: Path, after_night1: Path
+) -> None:
+    applied = tmp_path / "n1"  # night 1's folder (after_night1)
+    payouts = sha(applied / "payouts.parquet")
+    alone = hmb(*night(NIGHT1, None, applied, "--quiet"))  # the same batch id, no ledger
+    assert alone.returncode == 2 and "no ledger" in alone.stderr and "--force" in alone.stderr
+    assert sha(applied / "payouts.parquet") == payouts
+
+
+def test_a_forced_run_leaves_nothing_of_the_batch_it_replaces(tmp_path: Path, ledger: Path) -> None:
+    folder = tmp_path / "f"
+    assert hmb(*night(NIGHT1, ledger, folder, "--quiet", "--csv")).returncode == 0
+    assert hmb("ledger", "revert", "--last", "--ledger", ledger).returncode == 0
+    assert (folder / "REVERTED").exists() and (folder / "payouts.csv").exists()
+    forced = hmb(*night(NIGHT2, ledger, folder, "--quiet", "--force"))
+    assert forced.returncode == 0, forced.stderr
+    assert not (folder / "REVERTED").exists() and not (folder / "payouts.csv").exists()
+    assert not (folder / "quarantine.csv").exists()
+    batch = json.loads((folder / "manifest.json").read_text())["batch_id"]
+    assert set(pl.read_parquet(folder / "payouts.parquet")["batch_id"]) == {batch}
+
+
+def test_a_revert_whose_folder_cannot_be_marked_still_succeeds_once(
+    tmp_path: Path, after_night1: Path
+) -> None:
+    assert hmb(*night(NIGHT2, after_night1, tmp_path / "n2", "--quiet")).returncode == 0
+    (tmp_path / "n2" / "REVERTED").mkdir()  # the mark cannot be written
+    proc = hmb("ledger", "revert", "--last", "--ledger", after_night1, "--json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = answer(proc)
+    assert doc["folder_marked"] is False and "by hand" in doc["folder_note"]
+    batches = answer(hmb("ledger", "batches", "--ledger", after_night1, "--json"))
+    # night 2 only: a retry of `revert --last` would have reverted night 1 as well
+    assert [b["status"] for b in batches] == ["applied", "reverted"]
+
+
+def test_a_replay_writes_where_the_first_run_wrote(tmp_path: Path, ledger: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    # one settlement of a year no edition covers: quarantined, so not one of the batch's years
+    pl.read_parquet(NIGHT2 / "settlements.parquet").with_columns(
+        pl.when(pl.int_range(pl.len()) == 0)
+        .then(pl.col("setl_time").dt.offset_by("9y"))
+        .otherwise(pl.col("setl_time"))
+        .alias("setl_time")
+    ).write_parquet(folder / "settlements.parquet")
+    (folder / "fees.parquet").write_bytes((NIGHT2 / "fees.parquet").read_bytes())
+    template = str(tmp_path / "out" / "{plan_year}" / "{date}")
+    first = answer(hmb(*night(folder, ledger, template, "--json")))
+    again = answer(hmb(*night(folder, ledger, template, "--json")))
+    assert again["replayed"] is True and again["out"] == first["out"]
+    assert Path(first["out"]).parent.name == "2022"
+
+
+def test_a_formatted_placeholder_is_a_usage_error_before_anything_runs(tmp_path: Path) -> None:
+    proc = hmb(*night(NIGHT1, None, tmp_path / "{date:%Y%m%d}"))
+    assert proc.returncode == 2 and "no format" in proc.stderr
+
+
+def test_a_dry_run_does_not_upgrade_an_older_ledger(tmp_path: Path, after_night1: Path) -> None:
+    import duckdb
+
+    con = duckdb.connect(str(after_night1))
+    con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    for column in ("out_dir", "reverted_at", "reverted_by", "revert_reason"):
+        con.execute(f"ALTER TABLE batches DROP COLUMN {column}")
+    con.close()
+    before = sha(after_night1)
+    proc = hmb(*night(NIGHT2, after_night1, tmp_path / "dry", "--dry-run"))
+    assert proc.returncode == 9 and "does not upgrade" in proc.stderr
+    assert sha(after_night1) == before

@@ -295,6 +295,7 @@ def adjudicate(
 ) -> None:
     """Adjudicate one batch: validate, apply the plan, reconcile, write payouts, quarantine,
     line audit, reconciliation.json and the report (report.html, report.md)."""
+    from hmb_batch.io.outputs import CSV_ENCODINGS
     from hmb_batch.run.batch import BatchInputs, run_batch
     from hmb_batch.run.buckets import parse_size
     from hmb_batch.run.identity import extract_folder
@@ -320,6 +321,10 @@ def adjudicate(
                 "adjudicate.roster and adjudicate.lists in hmb.toml)"
             )
         assert extract is not None and roster_path is not None and lists_path is not None
+        if csv_encoding is not None and csv_encoding not in CSV_ENCODINGS:
+            raise UsageError(
+                f"--csv-encoding {csv_encoding}: give one of {', '.join(CSV_ENCODINGS)}"
+            )
         wanted = {w.strip() for f in fail_on or [] for w in f.split(",") if w.strip()}
         if wanted - FAIL_ON:
             raise UsageError(
@@ -504,20 +509,28 @@ def show(
     as_csv: Annotated[bool, typer.Option("--csv", help="Print CSV instead of a table.")] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Print an output file as a table (or CSV, or JSON lines), without Python: which rows,
+    """Print an output file as a table (or CSV, or JSON), without Python: which rows,
     which columns, how many. The rows shown are those of the file, in its order."""
     from hmb_batch.report.show import read_rows
 
     _answer_json(as_json)
     try:
+        if as_csv and as_json:
+            raise UsageError("give --csv or --json, not both")
         shown = read_rows(file, where=where, columns=columns, limit=limit)
     except HmbError as exc:
         raise _fail(exc) from None
     if as_csv:
         sys.stdout.write(shown.csv())
     elif as_json:
-        for row in shown.json_rows():
-            _print_json(row)
+        _print_json(
+            {
+                "file": str(file),
+                "rows_in_file": shown.total,
+                "rows_matching": shown.matched,
+                "rows": shown.json_rows(),
+            }
+        )
     else:
         render.rows(out, file.name, shown.frame)
         n = shown.frame.height
@@ -912,7 +925,6 @@ def ledger_revert(
     its output folder is marked: manifest.json status "reverted" and a REVERTED file saying
     who, when and why."""
     from hmb_batch.ledger.store import LedgerError
-    from hmb_batch.run.out_folder import mark_reverted
 
     _answer_json(as_json)
     if (batch_id is None) == (not last):
@@ -929,13 +941,9 @@ def ledger_revert(
         return lg.revert(target, by=who, reason=reason or None)
 
     record = _on_ledger(ledger, config, wait, revert)
-    marked = record.out_dir is not None and mark_reverted(
-        Path(record.out_dir),
-        record.batch_id,
-        at=record.reverted_at or dt.datetime.now(),
-        by=who,
-        reason=reason,
-    )
+    # the revert is committed: from here on nothing may fail the command, or a retry of
+    # `revert --last` would revert the night before too
+    folder_note = _mark_folder(record, who, reason)
     if as_json:
         _print_json(
             {
@@ -945,7 +953,8 @@ def ledger_revert(
                 "by": who,
                 "reason": reason or None,
                 "out": record.out_dir,
-                "folder_marked": marked,
+                "folder_marked": folder_note is None,
+                "folder_note": folder_note,
             }
         )
         return
@@ -955,14 +964,38 @@ def ledger_revert(
         highlight=False,
         markup=False,
     )
-    if marked:
-        out.print(f"marked its folder {record.out_dir} (REVERTED)", highlight=False, markup=False)
-    elif record.out_dir is not None:
-        out.print(
-            f"its folder {record.out_dir} no longer holds its files: nothing marked there",
-            highlight=False,
-            markup=False,
+    out.print(
+        f"marked its folder {record.out_dir} (REVERTED)" if folder_note is None else folder_note,
+        highlight=False,
+        markup=False,
+    )
+
+
+def _mark_folder(record: BatchRecord, who: str, reason: str) -> str | None:
+    """Mark a reverted batch's output folder; None when marked, else why not (never raises)."""
+    from hmb_batch.run.out_folder import mark_reverted
+
+    if record.out_dir is None:
+        return (
+            "its output folder is unknown (it was applied before hmb-batch recorded folders): "
+            "mark its files as reverted by hand"
         )
+    try:
+        marked = mark_reverted(
+            Path(record.out_dir),
+            record.batch_id,
+            at=record.reverted_at or dt.datetime.now(),
+            by=who,
+            reason=reason,
+        )
+    except OSError as exc:
+        return (
+            f"its folder {record.out_dir} could not be marked ({exc.strerror or exc}): mark "
+            "its files as reverted by hand; the revert itself is done"
+        )
+    if not marked:
+        return f"its folder {record.out_dir} no longer holds its files: nothing marked there"
+    return None
 
 
 def _who() -> str:

@@ -566,11 +566,12 @@ class Ledger:
         self._rows_per_group = DEFAULT_ROWS_PER_GROUP
 
     # --- schema ------------------------------------------------------------------------
-    def _migrate(self, *, create: bool = False) -> None:
+    def _migrate(self, *, create: bool = False, upgrade: bool = True) -> None:
         """Bring the schema to :data:`SCHEMA_VERSION`, then check it is all there.
 
         Only ``create`` (``ledger init``) starts from an empty file: an existing file without a
-        schema version lost its ``meta`` table or is not a ledger at all.
+        schema version lost its ``meta`` table or is not a ledger at all. Without ``upgrade``
+        (a dry run, which must not change a byte) an older schema is refused instead.
         """
         tables = {
             r[0] for r in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
@@ -594,6 +595,13 @@ class Ledger:
             raise LedgerError(
                 f"ledger {self.path} has schema version {version}, newer than this hmb-batch "
                 f"understands ({SCHEMA_VERSION}); upgrade hmb-batch"
+            )
+        if version < SCHEMA_VERSION and not upgrade:
+            raise LedgerError(
+                f"ledger {self.path} has schema version {version}, older than this hmb-batch's "
+                f"({SCHEMA_VERSION}), and a dry run changes nothing, so it does not upgrade it. "
+                f"Run `hmb-batch ledger status --ledger {self.path}` once to upgrade it (back it "
+                "up first if an older hmb-batch must still read it), then the dry run"
             )
         for v in range(version + 1, SCHEMA_VERSION + 1):
             self.con.execute("BEGIN TRANSACTION")
@@ -1469,7 +1477,7 @@ def _expected_columns() -> frozenset[tuple[str, str, str]]:
 
 
 @contextlib.contextmanager
-def _connected(path: Path, *, create: bool = False) -> Iterator[Ledger]:
+def _connected(path: Path, *, create: bool = False, upgrade: bool = True) -> Iterator[Ledger]:
     try:
         con = duckdb.connect(str(path))
     except duckdb.Error as exc:  # truncated, overwritten header, locked by another program ...
@@ -1479,7 +1487,7 @@ def _connected(path: Path, *, create: bool = False) -> Iterator[Ledger]:
         # which would garble --json output
         con.execute("SET enable_progress_bar = false")
         ledger = Ledger(path, con)
-        ledger._migrate(create=create)
+        ledger._migrate(create=create, upgrade=upgrade)
         yield ledger
     finally:
         try:
@@ -1489,8 +1497,10 @@ def _connected(path: Path, *, create: bool = False) -> Iterator[Ledger]:
 
 
 @contextlib.contextmanager
-def open_ledger(path: Path, *, wait: float = 30.0, holder: str = "") -> Iterator[Ledger]:
-    """Open (and migrate) an existing ledger under its writer lock.
+def open_ledger(
+    path: Path, *, wait: float = 30.0, holder: str = "", upgrade: bool = True
+) -> Iterator[Ledger]:
+    """Open (and migrate, unless not ``upgrade``) an existing ledger under its writer lock.
 
     A ledger is never created here: a path that is not there is :class:`LedgerMissing`
     (``hmb-batch ledger init`` creates one), so a mistyped ``--ledger`` cannot start every
@@ -1500,7 +1510,7 @@ def open_ledger(path: Path, *, wait: float = 30.0, holder: str = "") -> Iterator
     if not path.is_file():
         raise LedgerMissing(path)
     who = holder or f"pid {os.getpid()} since {dt.datetime.now().isoformat(timespec='seconds')}"
-    with _lock(path, wait, who), _connected(path) as ledger:
+    with _lock(path, wait, who), _connected(path, upgrade=upgrade) as ledger:
         yield ledger
 
 

@@ -152,7 +152,12 @@ def run_batch(
     out_folder.check_template(template)
     limit = memory_limit or buckets.default_memory_limit()
     opened: contextlib.AbstractContextManager[Ledger | None] = (
-        open_ledger(ledger_path, wait=wait, holder=f"batch of {inputs.extract}, pid {os.getpid()}")
+        open_ledger(
+            ledger_path,
+            wait=wait,
+            holder=f"{'dry run' if dry_run else 'batch'} of {inputs.extract}, pid {os.getpid()}",
+            upgrade=not dry_run,
+        )
         if ledger_path is not None
         else contextlib.nullcontext()
     )
@@ -228,9 +233,12 @@ def run_batch(
         _check_balanced(summary)
         latest = order_mark(payouts)
         folder = out_folder.resolve(
-            template, batch_id=header.batch_id, latest=latest, plan_years=sorted(parts.years)
+            template,
+            batch_id=header.batch_id,
+            day=(latest or started).date(),
+            plan_years=sorted(summary.payout_by_plan_year_fen),
         )
-        out_folder.refuse_other_batch(folder, header.batch_id, force=force)
+        out_folder.refuse_other_batch(folder, header.batch_id, target.status, force=force)
         recon = reconciliation_of(
             header.batch_id, combine(parts.totals), summary, ledger is not None
         )
@@ -276,6 +284,11 @@ class _Target:
     force: bool
     csv: bool
     csv_encoding: str
+
+    @property
+    def status(self) -> str:
+        """What the run leaves in the ledger: applied, dry_run or no_ledger (manifest.json)."""
+        return "dry_run" if self.dry_run else "applied" if self.ledger is not None else "no_ledger"
 
 
 def _line_stage(
@@ -592,15 +605,14 @@ def _finish(
         )
         clock.lap("ledger_commit")
         after = _ledger_state(ledger)
+    out_folder.remove_other_outputs(out_dir, keep={*files, out_folder.MANIFEST})
     written = write_files({k: v for k, v in files.items() if isinstance(v, bytes)}, out_dir)
     written |= install_files({k: v for k, v in files.items() if isinstance(v, Path)}, out_dir)
     clock.lap("write_outputs")
-    status = "dry_run" if target.dry_run else "applied" if ledger is not None else "no_ledger"
-    manifest = _manifest(header, summary, started, clock, before, after, status, target)
+    manifest = _manifest(header, summary, started, clock, before, after, target.status, target)
     manifest["loss_ratios"] = ratios
     manifest["buckets"] = buckets_used
     _write_manifest(manifest, out_dir)
-    (out_dir / out_folder.REVERTED).unlink(missing_ok=True)  # --force over a reverted batch
     return written, manifest
 
 
@@ -623,13 +635,14 @@ def _replay(
     """
     batch_id = record.batch_id
     summary = BatchSummary.from_json(ledger.batch_summary(batch_id))
+    # named as the first run named it: the same batch, day and plan years
     out_dir = out_folder.resolve(
         target.template,
         batch_id=batch_id,
-        latest=record.max_setl_time,
+        day=(record.max_setl_time or record.started_at).date(),
         plan_years=sorted(summary.payout_by_plan_year_fen),
     )
-    out_folder.refuse_other_batch(out_dir, batch_id, force=target.force)
+    out_folder.refuse_other_batch(out_dir, batch_id, "replayed", force=target.force)
     recorded = ledger.batch_summary(batch_id).get(PERSONAL_DATA)
     asked = "unmasked" if unmasked else "masked"
     if recorded is not None and recorded != asked:
@@ -657,10 +670,11 @@ def _replay(
                     f"{ledger.archive.root} or damaged, and {copy} is missing or different. "
                     "The ledger is unchanged; restore the archive from the ledger's backup"
                 )
+    out_folder.remove_other_outputs(out_dir, keep={*stored, out_folder.MANIFEST})
     files = write_files(kept, out_dir) | copy_files(archived, out_dir)
     files |= {file_key(k): out_dir / k for k in stored if k not in kept and k not in archived}
     manifest = _manifest(header, summary, started, clock, before, before, "replayed", target)
-    manifest["loss_ratios"] = loss_ratio_json(
+    manifest["loss_ratios"] = _first_loss_ratios(out_dir) or loss_ratio_json(
         year_to_date_loss_ratios(header.plan, summary, before, included=True)
     )
     _write_manifest(manifest, out_dir)
@@ -673,6 +687,17 @@ def _replay(
         manifest,
         out_dir,
     )
+
+
+def _first_loss_ratios(out_dir: Path) -> list[dict[str, Any]] | None:
+    """The loss ratios a replayed batch's reconciliation.json recorded when it was applied (the
+    year to date then, not now); None for a batch applied before they were recorded."""
+    try:
+        recorded = json.loads((out_dir / "reconciliation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    ratios = recorded.get("loss_ratios") if isinstance(recorded, dict) else None
+    return ratios if isinstance(ratios, list) else None
 
 
 def require_roster_years(

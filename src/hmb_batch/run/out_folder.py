@@ -3,13 +3,16 @@ one folder, and the mark a revert leaves in the reverted batch's folder.
 
 ``--out`` (or ``adjudicate.out`` in hmb.toml) may hold ``{batch_id}``, ``{date}`` (the date of
 the batch's latest adjudicated settlement, so that a re-run of a night writes where the night
-wrote; the run's date for a batch with none) and ``{plan_year}`` (the batch's plan years, joined
-by ``-``). A folder whose ``manifest.json`` names another batch is refused (exit 2) unless
-``--force``: night 2 must not silently overwrite night 1's payout file.
+wrote; the date the batch first ran for a batch with none) and ``{plan_year}`` (the plan years
+of its adjudicated settlements, joined by ``-``). A folder whose ``manifest.json`` names another
+batch is refused (exit 2) unless ``--force``: night 2 must not silently overwrite night 1's
+payout file; nor may a what-if (a dry run, a run without the ledger) overwrite an applied
+batch's files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import string
@@ -22,16 +25,39 @@ from hmb_batch.io.atomic import write_files
 PLACEHOLDERS = ("batch_id", "date", "plan_year")
 MANIFEST = "manifest.json"
 REVERTED = "REVERTED"
+# every file a batch may leave in its folder: what a run does not write again is removed, so
+# that a folder never mixes two batches' files
+OUTPUT_NAMES = (
+    "payouts.parquet",
+    "payouts.csv",
+    "quarantine.parquet",
+    "quarantine.csv",
+    "lines.parquet",
+    "reconciliation.json",
+    "report.html",
+    "report.md",
+    MANIFEST,
+    REVERTED,
+)
+# what a run's status says about its files: a what-if must not replace the ledger's record
+APPLIED = ("applied", "replayed")
+WHAT_IF = ("dry_run", "no_ledger")
 
 
 def check_template(template: str) -> None:
     """Refuse an output folder naming an unknown placeholder or with an unmatched brace."""
     try:
-        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        fields = [(n, spec, conv) for _, n, spec, conv in string.Formatter().parse(template)]
     except ValueError as exc:
         raise UsageError(
             f"--out {template}: {exc} (a literal brace is written {{{{ or }}}})"
         ) from None
+    names = [n for n, _, _ in fields if n is not None]
+    if any(n is not None and (spec or conv) for n, spec, conv in fields):
+        raise UsageError(
+            f"--out {template}: a placeholder takes no format ({{date}} is YYYY-MM-DD); write "
+            "it as {batch_id}, {date} or {plan_year}"
+        )
     unknown = sorted({n for n in names if n not in PLACEHOLDERS})
     if unknown:
         raise UsageError(
@@ -54,22 +80,21 @@ def fixed_part(template: str) -> Path:
     return Path(head) if head.endswith(("/", "\\")) or not head else Path(head).parent
 
 
-def resolve(
-    template: str, *, batch_id: str, latest: dt.datetime | None, plan_years: list[int]
-) -> Path:
+def resolve(template: str, *, batch_id: str, day: dt.date, plan_years: list[int]) -> Path:
     """The output folder of a batch (see the module's docstring for the placeholders)."""
     if not has_placeholders(template):
         return Path(template)
-    day = (latest or dt.datetime.now()).date()
     years = "-".join(str(y) for y in sorted(plan_years)) or "none"
     return Path(template.format(batch_id=batch_id, date=day.isoformat(), plan_year=years))
 
 
-def refuse_other_batch(folder: Path, batch_id: str, *, force: bool) -> None:
+def refuse_other_batch(folder: Path, batch_id: str, status: str, *, force: bool) -> None:
     """Refuse (exit 2) to write into a folder holding another batch's outputs, unless ``force``.
 
-    A folder is another batch's when its manifest.json names another batch id; the same batch
-    (a re-run, a replay) and a dry run's files of the same batch are overwritten.
+    A folder is another batch's when its manifest.json names another batch id. The same batch
+    is overwritten (a re-run, a replay, the applied run after its dry run), except by a what-if
+    (``status`` dry_run or no_ledger) over the files the ledger applied: those are the night's
+    payment files.
     """
     if force:
         return
@@ -77,13 +102,29 @@ def refuse_other_batch(folder: Path, batch_id: str, *, force: bool) -> None:
     if manifest is None:
         return
     other = manifest.get("batch_id")
+    was = manifest.get("status", "applied")
     if other is not None and other != batch_id:
-        raise OutputRefused(
-            f"the output folder {folder} holds the files of batch {other} "
-            f"({manifest.get('status', 'applied')}); writing batch {batch_id} there would "
-            "overwrite them. Give another --out (placeholders such as out/{date} or "
-            "out/{batch_id} give each batch its own folder) or --force to overwrite"
-        )
+        why = f"holds the files of batch {other} ({was}); writing batch {batch_id} there"
+    elif status in WHAT_IF and was in APPLIED:
+        why = f"holds the applied files of batch {batch_id}; this {status.replace('_', ' ')} there"
+    else:
+        return
+    raise OutputRefused(
+        f"the output folder {folder} {why} would overwrite them. Give another --out "
+        "(placeholders such as out/{date} or out/{batch_id} give each batch its own folder) "
+        "or --force to overwrite"
+    )
+
+
+def remove_other_outputs(folder: Path, keep: set[str]) -> None:
+    """Remove the output files in ``folder`` that this run does not write again (a forced run
+    over another batch's folder must not leave that batch's CSV copies or REVERTED mark)."""
+    for name in OUTPUT_NAMES:
+        if name not in keep:
+            # best effort: it runs after the ledger commit, which a stray folder named like an
+            # output file must not turn into an error
+            with contextlib.suppress(OSError):
+                (folder / name).unlink(missing_ok=True)
 
 
 def mark_reverted(folder: Path, batch_id: str, *, at: dt.datetime, by: str, reason: str) -> bool:
