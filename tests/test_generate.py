@@ -134,7 +134,8 @@ def _loss_ratios(data: Path, out: Path, plan: str) -> dict[int, Decimal]:
         "--quiet",
     )
     report = (out / "report.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| (\d{4}) \| [\d,]+ \| [\d,.]+ \| [\d,.]+ \| ([\d.]+)% \|", report, re.M)
+    # the ratio's cell may carry emphasis and a mark after it (above 100%)
+    rows = re.findall(r"^\| (\d{4}) \| [\d,]+ \| [\d,.]+ \| [\d,.]+ \| \**([\d.]+)%", report, re.M)
     return {int(year): Decimal(ratio) for year, ratio in rows}
 
 
