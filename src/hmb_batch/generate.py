@@ -1,11 +1,23 @@
-"""A synthetic plan year in the input contracts: settlements, fee lines, roster, lists.
+"""Synthetic plan years in the input contracts: settlements, fee lines, roster, lists.
 
 Realistic in shape, not in detail: most members never claim; outpatient visits are many and
-small, inpatient stays few and large with a heavy tail (some six- and seven-figure years); fee
-lines are drugs, services and materials of Class A, B and out of list; enrolment is on time, late,
-through special events or absent; some members have basic insurance suspended and restored; some
-settlements are reversed; lists change during the year. The amount identities hold exactly on every
-settlement and line, and lines add up to their settlement.
+small, inpatient stays few and large with a heavy tail (six-figure years in every few thousand
+members, seven-figure ones in a few per million); fee lines are drugs, services and materials
+of Class A, B and out of list; enrolment is on time, late, through special events or absent;
+some members have basic insurance suspended and restored; some settlements are reversed; lists
+change during the year. The amount identities hold exactly on every settlement and line, and
+lines add up to their settlement.
+
+Calibrated so that a year pays about what a real plan does: under 浙丽保's rules (deductible
+18,000 yuan, 75–95%) payouts come to some 95% of the premium pool net of operating cost. A
+member's inpatient cost for the year is drawn from a log-logistic distribution at a stratified
+quantile: each block's members take the quantiles in equal steps, in random order, so a few
+thousand members already cover the distribution's body and a small year pays near the mean
+instead of swinging with a handful of large cases.
+
+Several consecutive plan years (``years``) keep the same members, most re-enrolling: each year
+some leave for good and new ones join, and the roster holds one row per member and plan year,
+its ``consecutive_years`` counting the member's unbroken years on the roster.
 
 Vectorised (numpy) and written in chunks of members, so tens of millions of fee lines fit in
 memory. Members are generated in fixed blocks of ``BLOCK`` with their own seeds spawned from the
@@ -34,15 +46,42 @@ HOSPITALS = 60
 EVENTS = np.array(["newborn", "veteran", "transfer_in", "released"])
 EVENT_DAYS = np.array([90, 30, 30, 30])
 
+# Who claims in a year, by a member's stratified quantile u: the top P_CLAIM have outpatient
+# visits, the top P_INPATIENT also inpatient stays.
+P_CLAIM = 0.42
+P_INPATIENT = 0.12
+# A hospitalised member's inpatient cost for the year (yuan) at quantile v of the inpatients:
+# log-logistic, IN_SCALE × (v / (1 − v)) ^ (1 / IN_SHAPE), at least IN_MIN; the quantile is
+# cut at IN_TOP so the stratified body stays six-figure at most.
+IN_SCALE, IN_SHAPE, IN_MIN, IN_TOP = 24_400.0, 2.2, 800.0, 0.998
+IN_LINE_SIGMA = 0.4
+# Seven-figure years are rare events on top of the body: this share of member-years, costs
+# from CATASTROPHIC_MIN up (exponential on a log scale), capped.
+CATASTROPHIC_RATE, CATASTROPHIC_MIN, CATASTROPHIC_MAX = 3e-6, 800_000.0, 4_000_000.0
+# Consecutive years: each year this share of members leaves for good, and as many new ones
+# (as a share of the first year's members) join.
+LEAVE_RATE, JOIN_RATE = 0.10, 0.10
+
 
 @dataclass(frozen=True)
 class GeneratorSettings:
-    """What to generate."""
+    """What to generate: ``members`` in the first plan year ``year``, ``years`` consecutive."""
 
     members: int
     year: int
     seed: int
     chunk_members: int = 200_000
+    years: int = 1
+
+    @property
+    def joiners(self) -> int:
+        """New members joining in each year after the first."""
+        return max(1, round(self.members * JOIN_RATE)) if self.years > 1 else 0
+
+    @property
+    def pool(self) -> int:
+        """Everyone who is a member in any of the years."""
+        return self.members + self.joiners * (self.years - 1)
 
 
 def _day(year: int, offset: np.ndarray) -> np.ndarray:
@@ -70,12 +109,43 @@ def _codes() -> pl.DataFrame:
     return pl.DataFrame({"code": codes, "list_type": list_type, "chrgitm_lv": level, "kind": kinds})
 
 
-def generate_lists(year: int, seed: int) -> pl.DataFrame:
-    """Negative, admission and special-drug lists, some entries starting or ending mid-year."""
+def _stratified(rng: np.random.Generator, group: np.ndarray) -> np.ndarray:
+    """A uniform quantile per row, stratified within each group: a group of n rows takes one
+    value in each of the n equal steps of (0, 1), in random order."""
+    n = len(group)
+    order = np.lexsort((rng.random(n), group))
+    _, first, size = np.unique(group[order], return_index=True, return_counts=True)
+    step = np.repeat(size, size)
+    rank = np.arange(n) - np.repeat(first, size)
+    q = np.empty(n)
+    q[order] = (rank + rng.random(n)) / step
+    return q
+
+
+def _item_at(catalogue: pl.DataFrame, q: np.ndarray) -> np.ndarray:
+    """The catalogue row at quantile ``q`` of the items' mix: drugs, services and materials
+    60/30/10%, each kind's levels 01/02/03 50/30/20%, uniform over a (kind, level)'s codes."""
+    kind = catalogue["kind"].replace_strict({"drug": 0, "service": 1, "material": 2}).to_numpy()
+    level = catalogue["chrgitm_lv"].replace_strict({"01": 0, "02": 1, "03": 2}).to_numpy()
+    group = kind * 3 + level
+    sizes = np.bincount(group, minlength=9)
+    rows = np.argsort(group, kind="stable")
+    share = np.outer([0.6, 0.3, 0.1], [0.5, 0.3, 0.2]).ravel()
+    upper = np.cumsum(share)
+    g = np.minimum(np.searchsorted(upper, q, side="right"), 8)
+    within = np.clip((q - (upper[g] - share[g])) / share[g], 0.0, 1.0 - 1e-12)
+    picked: np.ndarray = rows[(np.cumsum(sizes) - sizes)[g] + (within * sizes[g]).astype(np.int64)]
+    return picked
+
+
+def generate_lists(year: int, seed: int, years: int = 1) -> pl.DataFrame:
+    """Negative, admission and special-drug lists, some entries starting or ending during the
+    ``years`` plan years from ``year``."""
     rng = np.random.default_rng([seed, 99])
     cat = _codes()
     rows: list[dict[str, Any]] = []
     jan1, prev = dt.date(year, 1, 1), dt.date(year - 1, 1, 1)
+    last_change = 330 + 365 * (years - 1)
 
     def entry(list_name: str, code: str, kind: str, frm: dt.date, to: dt.date | None) -> None:
         rows.append(
@@ -91,7 +161,7 @@ def generate_lists(year: int, seed: int) -> pl.DataFrame:
 
     for code, kind in cat.select("code", "kind").iter_rows():
         r = rng.random()
-        mid = jan1 + dt.timedelta(days=int(rng.integers(30, 330)))
+        mid = jan1 + dt.timedelta(days=int(rng.integers(30, last_change)))
         if kind in ("drug", "material") and r < 0.06:
             entry("negative", code, kind, prev, None)
         elif kind in ("drug", "material") and r < 0.08:
@@ -117,12 +187,53 @@ def generate_lists(year: int, seed: int) -> pl.DataFrame:
     )
 
 
-def _roster_block(rng: np.random.Generator, year: int, first: int, m: int) -> pl.DataFrame:
-    """Roster rows of every member of one block, with ``_enrolled`` (False: claims only)."""
-    ids = np.array([f"P{year}{i:08d}" for i in range(first, first + m)])
+@dataclass
+class _Members:
+    """One block's members over all the years: who they are, and what carries from year to
+    year (index i is member ``first + i``)."""
+
+    ids: np.ndarray
+    joined: np.ndarray  # the year index of their first year
+    left: np.ndarray  # the year index of their first year gone
+    admdvs: np.ndarray
+    hardship: np.ndarray
+    pre_existing: np.ndarray
+    employee: np.ndarray
+    streak: np.ndarray  # consecutive years on the roster up to the last year generated
+    basic_start: np.ndarray
+
+
+def _members(rng: np.random.Generator, settings: GeneratorSettings, first: int, m: int) -> _Members:
+    idx = np.arange(first, first + m)
+    joined = np.where(
+        idx < settings.members, 0, 1 + (idx - settings.members) // max(1, settings.joiners)
+    )
+    return _Members(
+        ids=np.array([f"P{settings.year}{i:08d}" for i in idx]),
+        joined=joined,
+        left=joined + rng.geometric(LEAVE_RATE, m),
+        admdvs=DISTRICTS[rng.integers(0, len(DISTRICTS), m)],
+        hardship=np.where(
+            rng.random(m) < 0.03, np.array(["特困", "低保", "低边"])[rng.integers(0, 3, m)], ""
+        ),
+        pre_existing=np.where(rng.random(m) < 0.06, "1", "0"),
+        employee=rng.random(m) < 0.45,
+        # the first year's members have been on the roster up to three years before it
+        streak=np.where(joined == 0, rng.integers(0, 4, m), 0),
+        basic_start=np.full(m, np.datetime64("2017-01-01"), dtype="datetime64[D]"),
+    )
+
+
+def _roster_year(
+    rng: np.random.Generator, year: int, members: _Members, who: np.ndarray, new: np.ndarray
+) -> pl.DataFrame:
+    """Roster rows of the members ``who`` (indices into ``members``) for one plan year, with
+    ``_enrolled`` (False: claims only); ``new`` marks those in their first year, the only ones
+    who may join through a special event. Updates the members' streak and basic start."""
+    m = len(who)
     kind = rng.random(m)
     enrolled = kind >= 0.015  # 1.5% claim without being enrolled
-    event = (kind >= 0.09) & (kind < 0.105)
+    event = new & (kind >= 0.09) & (kind < 0.105)
     on_time = kind >= 0.105
     pay_off = np.where(on_time, rng.integers(-120, 0, m), rng.integers(0, 330, m))
     pay = _day(year, pay_off)
@@ -132,11 +243,12 @@ def _roster_block(rng: np.random.Generator, year: int, first: int, m: int) -> pl
     # mostly within the window, some a few days past it
     delay = np.where(
         rng.random(m) < 0.8,
-        rng.integers(0, 1, m) * 0 + (EVENT_DAYS[ev_idx] * rng.random(m)).astype(int),
+        (EVENT_DAYS[ev_idx] * rng.random(m)).astype(int),
         EVENT_DAYS[ev_idx] + rng.integers(1, 10, m),
     )
     pay = np.where(event, ev_date + delay.astype("timedelta64[D]"), pay)
-    basic_start = np.where(event, ev_date, np.datetime64("2017-01-01"))
+    members.basic_start[who[event]] = ev_date[event]
+    members.streak[who] = np.where(enrolled, members.streak[who] + 1, 0)
     susp = enrolled & (rng.random(m) < 0.02)
     s_from = _day(year, rng.integers(0, 250, m))
     s_len = rng.integers(10, 90, m)
@@ -144,23 +256,21 @@ def _roster_block(rng: np.random.Generator, year: int, first: int, m: int) -> pl
     still = susp & (rng.random(m) < 0.15)
     restored = s_to + np.timedelta64(1, "D")
     nat = np.datetime64("NaT")
-    df = pl.DataFrame(
+    return pl.DataFrame(
         {
-            "psn_no": ids,
+            "psn_no": members.ids[who],
             "plan_year": np.full(m, year, dtype=np.int64),
             "pay_date": pay,
-            "basic_start_date": basic_start,
+            "basic_start_date": members.basic_start[who],
             "special_event": np.where(event, EVENTS[ev_idx], ""),
             "event_date": np.where(event, ev_date, nat),
             "basic_suspended_from": np.where(susp, s_from, nat),
             "basic_suspended_to": np.where(susp & ~still, s_to, nat),
             "basic_restored_date": np.where(susp & ~still, restored, nat),
-            "hardship": np.where(
-                rng.random(m) < 0.03, np.array(["特困", "低保", "低边"])[rng.integers(0, 3, m)], ""
-            ),
-            "admdvs": DISTRICTS[rng.integers(0, len(DISTRICTS), m)],
-            "pre_existing": np.where(rng.random(m) < 0.06, "1", "0"),
-            "consecutive_years": rng.integers(1, 5, m).astype(np.int64),
+            "hardship": members.hardship[who],
+            "admdvs": members.admdvs[who],
+            "pre_existing": members.pre_existing[who],
+            "consecutive_years": members.streak[who].astype(np.int64),
             "_enrolled": enrolled,
         }
     ).with_columns(
@@ -174,22 +284,39 @@ def _roster_block(rng: np.random.Generator, year: int, first: int, m: int) -> pl
             "basic_restored_date",
         )
     )
-    return df
+
+
+def _inpatient_cost(rng: np.random.Generator, v: np.ndarray) -> np.ndarray:
+    """A hospitalised member's inpatient cost for the year (yuan) at quantile ``v``."""
+    v = np.minimum(v, IN_TOP)
+    body = np.maximum(IN_MIN, IN_SCALE * (v / (1.0 - v)) ** (1.0 / IN_SHAPE))
+    rare = rng.random(len(v)) < CATASTROPHIC_RATE / P_INPATIENT
+    huge = np.minimum(CATASTROPHIC_MAX, CATASTROPHIC_MIN * np.exp(rng.exponential(0.6, len(v))))
+    return np.where(rare, huge, body)
 
 
 def _claims_block(
     rng: np.random.Generator,
     year: int,
-    roster_ids: np.ndarray,
-    admdvs: np.ndarray,
-    hardship: np.ndarray,
+    members: _Members,
+    who: np.ndarray,
     setl_offset: int,
     catalogue: pl.DataFrame,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    m = len(roster_ids)
-    claimer = rng.random(m) < 0.42
+    """One plan year's settlements and fee lines of the members ``who``."""
+    m = len(who)
+    roster_ids, admdvs, hardship = members.ids[who], members.admdvs[who], members.hardship[who]
+    # a member's health for the year: a quantile stratified among the employees and among the
+    # others (whose basic insurance leaves them more to pay), so the sickest are shared between
+    # the two as the members are, not as a few draws fall
+    u = _stratified(rng, members.employee[who])
+    claimer = u >= 1.0 - P_CLAIM
+    in_member = u >= 1.0 - P_INPATIENT
+    v = np.clip((u - (1.0 - P_INPATIENT)) / P_INPATIENT, 0.0, 1.0)
     n_out = np.where(claimer, rng.geometric(0.22, m), 0)
-    n_in = np.where(claimer & (rng.random(m) < 0.12), rng.integers(1, 4, m), 0)
+    # sicker members have more stays, the year's cost shared between them
+    n_in = np.where(in_member, 1 + rng.binomial(1, 0.5 * v), 0)
+    year_cost = np.where(in_member, _inpatient_cost(rng, v), 0.0)
     n = n_out + n_in
     member = np.repeat(np.arange(m), n)
     total = len(member)
@@ -198,9 +325,11 @@ def _claims_block(
     # which of a member's settlements are inpatient: the last n_in ones
     pos = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
     inpatient = pos >= np.repeat(n_out, n)
+    share = np.where(inpatient, rng.exponential(1.0, total), 0.0)
+    share = share / np.maximum(np.bincount(member, weights=share, minlength=m), 1e-12)[member]
+    stay_cost = year_cost[member] * share
     med_type = np.where(inpatient, "21", np.where(rng.random(total) < 0.45, "14", "11"))
-    employee = rng.random(m) < 0.45
-    insutype = np.where(employee[member], "310", "390")
+    insutype = np.where(members.employee[who][member], "310", "390")
     setl_day = rng.integers(0, 365 if year % 4 else 366, total)
     los = np.where(inpatient, rng.integers(1, 21, total), 0)
     begin = _day(year, np.maximum(setl_day - los, 0))
@@ -216,27 +345,23 @@ def _claims_block(
     k = np.where(inpatient, rng.integers(8, 40, total), rng.integers(1, 8, total))
     settle_of = np.repeat(np.arange(total), k)
     nl = len(settle_of)
-    cat_pick = rng.random(nl)
-    code_idx = np.where(
-        cat_pick < 0.6,
-        rng.integers(0, N_DRUGS, nl),
-        np.where(
-            cat_pick < 0.9,
-            N_DRUGS + rng.integers(0, N_SERVICES, nl),
-            N_DRUGS + N_SERVICES + rng.integers(0, N_MATERIALS, nl),
-        ),
-    )
+    # each line's item at a quantile q of the catalogue (kinds 60/30/10%, levels 50/30/20%): a
+    # stay's lines take q in equal steps, so its mix of kinds, levels and listed items is the
+    # catalogue's, give or take a line
+    q = np.where(inpatient[settle_of], _stratified(rng, settle_of), rng.random(nl))
+    code_idx = _item_at(catalogue, q)
     codes = catalogue["code"].to_numpy()[code_idx]
     list_type = catalogue["list_type"].to_numpy()[code_idx]
     level = catalogue["chrgitm_lv"].to_numpy()[code_idx]
-    scale = np.where(inpatient, rng.lognormal(0.0, 1.0, total), 1.0)
-    scale = np.where(inpatient & (rng.random(total) < 0.004), scale * 60, scale)  # the heavy tail
+    # an inpatient stay's cost spread over its lines by random weights; outpatient lines small
+    weight = rng.lognormal(0.0, IN_LINE_SIGMA, nl)
+    weight_sum = np.bincount(settle_of, weights=weight, minlength=total)[settle_of]
     base = np.where(
         inpatient[settle_of],
-        rng.lognormal(np.log(250), 1.3, nl),
+        stay_cost[settle_of] * weight / weight_sum,
         rng.lognormal(np.log(25), 1.0, nl),
     )
-    amount = np.maximum(1, np.round(base * scale[settle_of] * 100)).astype(np.int64)
+    amount = np.maximum(1, np.round(base * 100)).astype(np.int64)
     pre = np.where(level == "02", np.round(amount * rng.choice([0.05, 0.1, 0.2], nl)), 0).astype(
         np.int64
     )
@@ -409,52 +534,59 @@ class _Sink:
             self.writer.close()
 
 
-def generate_year(
-    settings: GeneratorSettings, out_dir: Path, fmt: str = "parquet"
-) -> dict[str, int]:
-    """Write roster, lists, settlements and fee lines for one plan year into ``out_dir``."""
+@dataclass(frozen=True)
+class Generated:
+    """What :func:`generate_year` wrote: roster rows per plan year, settlements (reversals
+    included), fee lines and list entries."""
+
+    members_by_year: dict[int, int]
+    settlements: int
+    fee_lines: int
+    list_entries: int
+
+
+def generate_year(settings: GeneratorSettings, out_dir: Path, fmt: str = "parquet") -> Generated:
+    """Write roster, lists, settlements and fee lines of ``settings.years`` consecutive plan
+    years from ``settings.year`` into ``out_dir`` (one file each, every year in it)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = "parquet" if fmt == "parquet" else "csv"
-    year = settings.year
+    plan_years = [settings.year + k for k in range(settings.years)]
     catalogue = _codes()
-    lists = generate_lists(year, settings.seed)
-    n_blocks = -(-settings.members // BLOCK)
+    lists = generate_lists(settings.year, settings.seed, settings.years)
+    n_blocks = -(-settings.pool // BLOCK)
     seeds = np.random.SeedSequence(settings.seed).spawn(n_blocks)
     sinks = {
         name: _Sink(out_dir / f"{name}.{ext}", fmt) for name in ("settlements", "fees", "roster")
     }
-    counts = {"members": 0, "settlements": 0, "fee_lines": 0}
+    members_by_year = dict.fromkeys(plan_years, 0)
+    counts = {"settlements": 0, "fee_lines": 0}
     blocks_per_chunk = max(1, settings.chunk_members // BLOCK)
-    setl_offset = 0
+    setl_offset = dict.fromkeys(plan_years, 0)
     try:
         for chunk_start in range(0, n_blocks, blocks_per_chunk):
             parts: dict[str, list[pl.DataFrame]] = {"settlements": [], "fees": [], "roster": []}
             for b in range(chunk_start, min(n_blocks, chunk_start + blocks_per_chunk)):
                 rng = np.random.default_rng(seeds[b])
                 first = b * BLOCK
-                m = min(BLOCK, settings.members - first)
-                block = _roster_block(rng, year, first, m)
-                # claims come from every member of the block, enrolled or not
-                settlements, fees = _claims_block(
-                    rng,
-                    year,
-                    block["psn_no"].to_numpy(),
-                    block["admdvs"].to_numpy(),
-                    block["hardship"].to_numpy(),
-                    setl_offset,
-                    catalogue,
-                )
-                roster = block.filter(pl.col("_enrolled")).drop("_enrolled")
-                setl_offset += (
-                    settlements.filter(pl.col("refd_setl_flag") == "0").height
-                    if settlements.height
-                    else 0
-                )
-                parts["roster"].append(roster)
-                if settlements.height:
-                    parts["settlements"].append(settlements)
-                    parts["fees"].append(fees)
-                counts["members"] += roster.height
+                members = _members(rng, settings, first, min(BLOCK, settings.pool - first))
+                for k, year in enumerate(plan_years):
+                    who = np.flatnonzero((members.joined <= k) & (k < members.left))
+                    if len(who) == 0:
+                        continue
+                    block = _roster_year(rng, year, members, who, members.joined[who] == k)
+                    # claims come from every member of the year, enrolled or not
+                    settlements, fees = _claims_block(
+                        rng, year, members, who, setl_offset[year], catalogue
+                    )
+                    roster = block.filter(pl.col("_enrolled")).drop("_enrolled")
+                    parts["roster"].append(roster)
+                    members_by_year[year] += roster.height
+                    if settlements.height:
+                        setl_offset[year] += settlements.filter(
+                            pl.col("refd_setl_flag") == "0"
+                        ).height
+                        parts["settlements"].append(settlements)
+                        parts["fees"].append(fees)
             for name, frames in parts.items():
                 if not frames:
                     continue
@@ -473,27 +605,78 @@ def generate_year(
         lists.write_parquet(out_dir / "lists.parquet")
     else:
         lists.write_csv(out_dir / "lists.csv")
-    return {**counts, "list_entries": lists.height}
+    return Generated(members_by_year, counts["settlements"], counts["fee_lines"], lists.height)
 
 
-def split_nights(out_dir: Path, nights: int) -> list[Path]:
-    """Split a generated year's settlements and fee lines into ``nights`` nightly extracts.
+# Rows one pass of split_nights holds in memory: nights are written in groups of about this
+# many settlements (and as many fee lines), each group read from the files once.
+SPLIT_ROWS = 2_000_000
 
-    Nights are equal spans of the year's days by settlement time, written to ``nightly/NN/``
-    (Parquet), so the year can be run batch by batch on one ledger. Streams each night from the
-    files.
+
+def night_count(year: int, nights: int) -> int:
+    """Nightly extracts a plan year is split into: ``nights``, or one a calendar day when
+    ``nights`` is 365 or more (366 in a leap year)."""
+    days = (dt.date(year + 1, 1, 1) - dt.date(year, 1, 1)).days
+    return days if nights >= 365 else nights
+
+
+def split_nights(out_dir: Path, nights: int, first_year: int, years: int = 1) -> list[Path]:
+    """Split generated years' settlements and fee lines into nightly extracts.
+
+    Each plan year is cut into ``nights`` equal spans of its days by settlement time — one a
+    calendar day with ``nights`` ≥ 365 — written to ``nightly/NN/`` (Parquet), numbered from 1
+    across the years in date order, zero-padded (at least two digits) so the names sort in
+    order. Every night gets its folder, an empty extract on a day without settlements. The
+    years can then be run batch by batch on one ledger. Streams from the files in groups of
+    nights, each group read once.
     """
     settlements = pl.scan_parquet(out_dir / "settlements.parquet")
     fees = pl.scan_parquet(out_dir / "fees.parquet")
-    day = pl.col("setl_time").dt.ordinal_day() - 1
-    folders = []
-    for n in range(nights):
-        folder = out_dir / "nightly" / f"{n + 1:02d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        night = settlements.filter((day * nights // 366) == n)
-        night.sink_parquet(folder / "settlements.parquet")
-        fees.join(night.select("setl_id"), on="setl_id", how="semi").sink_parquet(
-            folder / "fees.parquet"
-        )
-        folders.append(folder)
+    per_year = {first_year + k: night_count(first_year + k, nights) for k in range(years)}
+    offsets, total = {}, 0
+    for y, count in per_year.items():
+        offsets[y], total = total, total + count
+    width = max(2, len(str(total)))
+    folders = [out_dir / "nightly" / f"{n + 1:0{width}d}" for n in range(total)]
+    year = pl.col("setl_time").dt.year()
+    days = pl.when(year.mod(4) == 0).then(366).otherwise(365)  # 2001–2099
+    within = (
+        (pl.col("setl_time").dt.ordinal_day() - 1)
+        * year.replace_strict(per_year, return_dtype=pl.Int64)
+        // days
+    )
+    night = (year.replace_strict(offsets, return_dtype=pl.Int64) + within).alias("_night")
+    keyed = settlements.with_columns(night)
+    sizes = keyed.group_by("_night").len().collect()
+    rows = dict(zip(sizes["_night"].to_list(), sizes["len"].to_list(), strict=True))
+    lines_per_row = max(1, _height(fees) // max(1, _height(settlements)))
+    group: list[int] = []
+    held = 0
+    for n in range(total):
+        group.append(n)
+        held += rows.get(n, 0) * (1 + lines_per_row)
+        if held >= SPLIT_ROWS or n == total - 1:
+            _write_nights(keyed, fees, group, folders)
+            group, held = [], 0
     return folders
+
+
+def _height(frame: pl.LazyFrame) -> int:
+    return int(frame.select(pl.len()).collect().item())
+
+
+def _write_nights(
+    keyed: pl.LazyFrame, fees: pl.LazyFrame, group: list[int], folders: list[Path]
+) -> None:
+    """Write the nights ``group`` (consecutive) from one read of each file."""
+    part = keyed.filter(pl.col("_night").is_between(group[0], group[-1])).collect()
+    lines = fees.join(
+        part.lazy().select("setl_id", "_night"), on="setl_id", how="inner", maintain_order="left"
+    ).collect()
+    for n in group:
+        folder = folders[n]
+        folder.mkdir(parents=True, exist_ok=True)
+        part.filter(pl.col("_night") == n).drop("_night").write_parquet(
+            folder / "settlements.parquet"
+        )
+        lines.filter(pl.col("_night") == n).drop("_night").write_parquet(folder / "fees.parquet")

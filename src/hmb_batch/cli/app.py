@@ -542,11 +542,22 @@ def show(
 
 
 @app.command(
-    epilog="Example: hmb-batch generate --members 2000 --year 2022 --seed 7 --out sample_data"
+    epilog=(
+        "Example: hmb-batch generate --members 2000 --year 2022 --seed 7 --out sample_data\n\n"
+        "Three years as daily extracts: hmb-batch generate --members 2000 --year 2022 "
+        "--years 3 --nights 365 --out three-years"
+    )
 )
 def generate(
-    members: Annotated[int, typer.Option(min=1, help="Members on the roster.")] = 2000,
-    year: Annotated[int, typer.Option(help="Plan year.")] = 2022,
+    members: Annotated[int, typer.Option(min=1, help="Members in the first plan year.")] = 2000,
+    year: Annotated[int, typer.Option(help="(First) plan year.")] = 2022,
+    years: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Consecutive plan years: most members re-enrol, some leave, some join.",
+        ),
+    ] = 1,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same files).")] = 1,
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("generated"),
     fmt: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
@@ -555,29 +566,40 @@ def generate(
     ] = 200_000,
     nights: Annotated[
         int,
-        typer.Option(min=0, help="Also split the year into N nightly extracts (nightly/NN/)."),
+        typer.Option(
+            min=0,
+            help=(
+                "Also split each year into N nightly extracts (nightly/NN/, numbered in date "
+                "order); 365 or more: one a calendar day."
+            ),
+        ),
     ] = 0,
 ) -> None:
-    """Generate a synthetic plan year: settlements, fee lines, roster and lists."""
+    """Generate synthetic plan years: settlements, fee lines, roster and lists."""
     from hmb_batch.generate import GeneratorSettings, generate_year, split_nights
 
     if fmt not in ("parquet", "csv"):
         err.print("[red]error:[/red] --format must be parquet or csv")
         raise typer.Exit(int(ExitCode.USAGE))
+    if nights and fmt != "parquet":
+        err.print("[red]error:[/red] --nights needs --format parquet")
+        raise typer.Exit(int(ExitCode.USAGE))
     stats = generate_year(
-        GeneratorSettings(members=members, year=year, seed=seed, chunk_members=chunk_members),
+        GeneratorSettings(
+            members=members, year=year, seed=seed, chunk_members=chunk_members, years=years
+        ),
         out_dir,
         fmt=fmt,
     )
+    enrolled = " / ".join(f"{n:,}" for n in stats.members_by_year.values())
+    span = f"plan years {year}–{year + years - 1}" if years > 1 else f"plan year {year}"
     out.print(
-        f"wrote {out_dir}: {stats['members']:,} members, {stats['settlements']:,} settlements, "
-        f"{stats['fee_lines']:,} fee lines, {stats['list_entries']:,} list entries"
+        f"wrote {out_dir}: {span}, {enrolled} members on the roster, "
+        f"{stats.settlements:,} settlements, {stats.fee_lines:,} fee lines, "
+        f"{stats.list_entries:,} list entries"
     )
     if nights:
-        if fmt != "parquet":
-            err.print("[red]error:[/red] --nights needs --format parquet")
-            raise typer.Exit(int(ExitCode.USAGE))
-        folders = split_nights(out_dir, nights)
+        folders = split_nights(out_dir, nights, year, years)
         out.print(f"split into {len(folders)} nightly extracts under {out_dir / 'nightly'}")
 
 
