@@ -51,7 +51,8 @@ def hmb(args: list[str], cwd: Path = SAMPLE) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture(scope="module")
 def nights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame]:
-    """A ledger with sample_data's two nights applied (as `make demo` does) and their payouts."""
+    """A ledger with sample_data's two nights applied (as `make demo` does), then a third night
+    of one large settlement, and their payouts."""
     tmp = tmp_path_factory.mktemp("member")
     ledger = tmp / "ledger.duckdb"
     assert hmb(["ledger", "init", str(ledger)]).returncode == 0
@@ -71,6 +72,41 @@ def nights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pl.DataFrame
         )
         assert r.returncode == 0, r.stderr
     payouts = pl.concat([pl.read_parquet(tmp / n / "payouts.parquet") for n in ("01", "02")])
+    # a third night: the year's largest paid settlement again, every amount (and its fee
+    # lines') times 40, so that a member's year to date crosses bracket bounds whatever the
+    # generated year holds; an integer factor keeps every amount identity exact
+    largest = payouts.filter(pl.col("status") == "paid").sort("payable_amt").row(-1, named=True)
+    night = SAMPLE / "nightly" / ("01" if largest["batch_id"].startswith("01") else "02")
+    copy = tmp / "in03"
+    copy.mkdir()
+    setl = pl.read_parquet(night / "settlements.parquet").filter(
+        pl.col("setl_id") == largest["setl_id"]
+    )
+    fees = pl.read_parquet(night / "fees.parquet").filter(pl.col("setl_id") == largest["setl_id"])
+    scaled = [c for c, t in setl.schema.items() if isinstance(t, pl.Decimal)]
+    setl.with_columns(pl.col(scaled) * 40, pl.lit("S-TIMES-40").alias("setl_id")).write_parquet(
+        copy / "settlements.parquet"
+    )
+    scaled = [c for c, t in fees.schema.items() if isinstance(t, pl.Decimal)]
+    fees.with_columns(
+        pl.col(scaled) * 40,
+        pl.lit("S-TIMES-40").alias("setl_id"),
+        ("X" + pl.col("feedetl_sn")).alias("feedetl_sn"),
+    ).write_parquet(copy / "fees.parquet")
+    r = hmb(
+        [
+            "adjudicate",
+            str(copy),
+            "--ledger",
+            str(ledger),
+            "--out",
+            str(tmp / "03"),
+            "--allow-out-of-order",
+            "--quiet",
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    payouts = pl.concat([payouts, pl.read_parquet(tmp / "03" / "payouts.parquet")])
     return ledger, payouts
 
 
@@ -174,7 +210,8 @@ def test_paid_across_a_bracket_bound(nights: tuple[Path, pl.DataFrame]) -> None:
     assert text.returncode == 0, text.stderr
     assert row["setl_id"] in text.stdout and row["batch_id"] in text.stdout
     for low, rate, part in expected:
-        assert f"{part:,.2f} in band {low:,.2f}" in text.stdout
+        band = f"above {low:,.2f}" if low == BANDS[-1][0] else f"{low:,.2f}–"
+        assert f"{part:,.2f} in band {band}" in text.stdout
         assert f"× {rate * 100:.0f}%" in text.stdout  # 75%, 85%, 90%, 95%
     assert f"payout {row['payout_amt']:,}" in text.stdout
     assert "…" not in text.stdout
