@@ -50,7 +50,9 @@ def _ok(*args: str | Path) -> str:
     return r.stdout
 
 
-def _night(data: Path, folder: Path | str, fees: Path | str, ledger: Path, out: Path) -> list[str]:
+def _night(
+    data: Path, folder: Path | str, fees: Path | str, ledger: Path, out: Path | str
+) -> list[str]:
     return [
         "adjudicate",
         str(folder),
@@ -115,8 +117,13 @@ def test_a_year_of_nightly_runs_killed_and_reverted_equals_one_whole_year_run(
     revert_on = rnd.randint(*REVERT_EVERY)
     seen: Counter[str] = Counter()
     for n, folder in enumerate(nights):
+        # each batch its own folder, as cron runs it (README: Running it nightly)
         args = _night(
-            data, folder / "settlements.parquet", folder / "fees.parquet", ledger, tmp_path / "out"
+            data,
+            folder / "settlements.parquet",
+            folder / "fees.parquet",
+            ledger,
+            tmp_path / "out" / "{batch_id}",
         )
         committed = False
         if n in killed_on:

@@ -543,6 +543,125 @@ def show(
 
 @app.command(
     epilog=(
+        "Example: hmb-batch simulate year-2022/ --plan zhelibao-2023 --out what-if-2023 "
+        "(a year's extract under next year's rules, on a ledger of its own)"
+    )
+)
+def simulate(
+    extracts: Annotated[
+        list[str],
+        typer.Argument(
+            help=(
+                "Extracts, adjudicated in this order as one batch each: folders holding "
+                "settlements.* and fees.* (a night of `generate --nights`), wide files, or one "
+                "settlements file with --fees."
+            ),
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", help="The scenario's folder.")],
+    plan: Annotated[
+        str | None,
+        typer.Option(help="Family, edition id or edition file (default: adjudicate.plan)."),
+    ] = None,
+    fees: Annotated[str | None, typer.Option(help="Fee lines of a single extract.")] = None,
+    roster: Annotated[Path | None, typer.Option(help="Roster (参保名单).")] = None,
+    lists: Annotated[Path | None, typer.Option(help="Negative, admission, drug lists.")] = None,
+    config: ConfigOption = None,
+    encoding: Annotated[str | None, typer.Option(help="CSV encoding of the inputs.")] = None,
+    memory_limit: Annotated[str | None, typer.Option(help="Memory bound, e.g. 1GiB.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a scenario already in the folder.")
+    ] = False,
+    as_json: JsonOption = False,
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
+) -> None:
+    """Adjudicate extracts under a scenario's rules into a ledger of its own (never the
+    production ledger): each extract's usual files, each plan year's report, and the totals
+    per plan year side by side (simulation.json, simulation.md)."""
+    from hmb_batch.analysis.simulate import ScenarioInputs
+    from hmb_batch.analysis.simulate import simulate as run_scenario
+    from hmb_batch.io.reference import load_lists
+    from hmb_batch.run.buckets import parse_size
+
+    _answer_json(as_json)
+    try:
+        cfg = load_config(config)
+        d = cfg.adjudicate
+        roster_path = roster or cfg.path(d.roster)
+        lists_path = lists or cfg.path(d.lists)
+        missing = [n for n, v in (("--roster", roster_path), ("--lists", lists_path)) if v is None]
+        if missing:
+            raise UsageError(f"missing: {', '.join(missing)} (required, or set in hmb.toml)")
+        assert roster_path is not None and lists_path is not None
+        if fees is not None and len(extracts) != 1:
+            raise UsageError("--fees goes with one settlements file; give night folders instead")
+        names = sorted(load_lists(lists_path, cfg.columns, encoding or d.encoding)["list"].unique())
+        selection = select_plan(plan or d.plan, names)
+        inputs = ScenarioInputs(
+            roster=roster_path,
+            lists=lists_path,
+            fees=fees,
+            encoding=encoding or d.encoding,
+            column_map=cfg.columns,
+            timezone=d.timezone,
+            memory_limit=parse_size(limit) if (limit := memory_limit or d.memory_limit) else None,
+        )
+        show = not (quiet or as_json) and err.is_terminal
+        with err.status("simulating …") if show else contextlib.nullcontext() as st:
+            result = run_scenario(
+                extracts,
+                selection,
+                inputs,
+                out_dir,
+                force=force,
+                progress=(lambda what: st.update(what)) if st is not None else None,
+            )
+    except HmbError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json(result.document)
+    elif not quiet:
+        render.scenario(out, result.document)
+
+
+@app.command(
+    epilog="Example: hmb-batch compare ledger.duckdb what-if-2023 --year 2022 --out compare-2023"
+)
+def compare(
+    a: Annotated[Path, typer.Argument(help="A: a ledger, a scenario folder or a batch folder.")],
+    b: Annotated[Path, typer.Argument(help="B: the same kinds.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the comparison goes.")],
+    year: Annotated[
+        int | None, typer.Option(help="Plan year (default: the only one on both sides).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What B pays against A in one plan year: totals and loss ratios, members who gain or
+    lose, by district, hospital, month, responsibility and bracket band, status changes
+    (compare.html, compare.md, compare.json, members.parquet). Ledgers are only read."""
+    from hmb_batch.analysis.compare import compare as compare_sides
+    from hmb_batch.analysis.compare import load_side, write_comparison
+
+    _answer_json(as_json)
+    try:
+        side_a, year_a = load_side(a, year)
+        side_b, _ = load_side(b, year_a)
+        comparison = compare_sides(side_a, side_b, year_a)
+        files = write_comparison(comparison, out_dir)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    doc = comparison.totals()
+    if as_json:
+        _print_json(doc | {"files": {k: str(v) for k, v in files.items()}})
+        return
+    render.comparison(out, doc)
+    for name, path in files.items():
+        out.print(f"{name}: {path}", highlight=False, markup=False)
+
+
+@app.command(
+    epilog=(
         "Example: hmb-batch generate --members 2000 --year 2022 --seed 7 --out sample_data\n\n"
         "Three years as daily extracts: hmb-batch generate --members 2000 --year 2022 "
         "--years 3 --nights 365 --out three-years"

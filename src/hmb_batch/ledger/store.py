@@ -1178,6 +1178,10 @@ class Ledger:
         return applied[-1] if applied else None
 
     # --- inspection ---------------------------------------------------------------------
+    def query(self, sql: str, params: Mapping[str, Any] | None = None) -> pl.DataFrame:
+        """A read query's rows as a frame (analyses built on the ledger's tables)."""
+        return _frame(self.con.sql(sql, params=dict(params or {})))
+
     def state(self) -> pl.DataFrame:
         """Per plan year: members, settlements, year-to-date payable and payout (fen).
 

@@ -460,3 +460,50 @@ def member_explanation(console: Console, m: MemberExplanation) -> None:
             f"plan year {t['plan_year']}: {t['settlements']:,} settlements, payable "
             f"{_yuan(t['payable_fen'])}, payout {_yuan(t['payout_fen'])}",
         )
+
+
+def _ratio_text(lr: dict[str, Any] | None) -> str:
+    if not lr or lr.get("loss_ratio") is None:
+        return "-"
+    return f"{Decimal(lr['loss_ratio']) * 100:.2f}%"
+
+
+def scenario(console: Console, doc: dict[str, Any]) -> None:
+    """A scenario's totals per plan year, side by side (``hmb-batch simulate``)."""
+    years = doc["plan_years"]
+    t = Table(
+        title=f"scenario 情景 · {doc['plan']} · {len(doc['batches'])} batch(es)",
+        title_justify="left",
+    )
+    t.add_column("")
+    for y in years:
+        t.add_column(str(y["plan_year"]), justify="right")
+    t.add_row("settlements 结算单", *(f"{y['settlements']:,}" for y in years))
+    t.add_row("members paid 获赔人数", *(f"{y['members_paid']:,}" for y in years))
+    t.add_row("payout 赔付 (yuan)", *(f"{Decimal(y['payout']):,}" for y in years))
+    t.add_row("loss ratio 赔付率", *(_ratio_text(y["loss_ratio"]) for y in years))
+    console.print(t)
+    for change in doc.get("changes", []):
+        console.print(f"changed: {change}", highlight=False, markup=False)
+    console.print(f"ledger: {doc['ledger']}", highlight=False, markup=False)
+
+
+def comparison(console: Console, doc: dict[str, Any]) -> None:
+    """The headline of a comparison (``hmb-batch compare``)."""
+    m = doc["members"]
+    t = Table(title=f"compare 比较 · plan year {doc['plan_year']}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_row("A", doc["a"]["source"])
+    t.add_row("B", doc["b"]["source"])
+    t.add_row("payout A (yuan)", f"{Decimal(doc['a']['payout']):,}")
+    t.add_row("payout B (yuan)", f"{Decimal(doc['b']['payout']):,}")
+    t.add_row("difference B − A (yuan)", f"{Decimal(doc['difference']):,}")
+    t.add_row(
+        "loss ratio A / B",
+        f"{_ratio_text(doc['a']['loss_ratio'])} / {_ratio_text(doc['b']['loss_ratio'])}",
+    )
+    t.add_row("members changed", f"{m['changed']:,} of {m['compared']:,}")
+    t.add_row("gained / lost", f"{m['gained']:,} / {m['lost']:,}")
+    t.add_row("newly paid / no longer paid", f"{m['newly_paid']:,} / {m['no_longer_paid']:,}")
+    console.print(t)

@@ -497,3 +497,49 @@ def adjudicate_bucket(
         claim_years=members.claim_years,
         latest=members.latest,
     )
+
+
+def payout_between(states: pl.DataFrame, plan: PlanSelection, costs: list[str]) -> pl.DataFrame:
+    """What each member-year is paid for moving from one year to date to another, under
+    ``plan``: ``B(end) − B(start)`` in fen, with its payable ``P(end) − P(start)``.
+
+    ``states``: one row per member-year with ``plan_year``, the roster flags (``pre_existing``,
+    ``consecutive_years``), and ``start__COST`` / ``end__COST`` (fen) for each of ``costs``.
+    This equals the sum of the member-year's settlement payouts between the two states,
+    exactly: each settlement is paid ``B(after) − B(before)`` with the year's edition, so the
+    payouts telescope, rounding and caps included. What the settlements added to the year to
+    date does not depend on floors, deductibles, rates, bounds or caps (only on costs, lists and
+    eligibility), so a sweep over such a parameter reads each member-year's start and end once
+    and evaluates each value here (:mod:`hmb_batch.analysis.simulate`). A member-year whose plan
+    year no edition of ``plan`` governs is left out.
+    """
+    flags = dict(
+        pre_existing=pl.col("pre_existing").fill_null(False),
+        consecutive_years=pl.col("consecutive_years").fill_null(0),
+    )
+    out = []
+    for (year,), rows in states.group_by("plan_year", maintain_order=True):
+        edition = plan.for_year(int(year))
+        if edition is None:
+            continue
+        own = [c for c in costs if c in edition.costs]
+        end = edition.benefit({c: pl.col(f"end__{c}") for c in own}, **flags)
+        start = edition.benefit({c: pl.col(f"start__{c}") for c in own}, **flags)
+        out.append(
+            rows.select(
+                "psn_no",
+                "plan_year",
+                (end.benefit_total - start.benefit_total).cast(pl.Int64).alias("payout"),
+                (end.payable_total - start.payable_total).cast(pl.Int64).alias("payable"),
+            )
+        )
+    if not out:
+        return pl.DataFrame(
+            schema={
+                "psn_no": pl.String,
+                "plan_year": states.schema.get("plan_year", pl.Int32),
+                "payout": pl.Int64,
+                "payable": pl.Int64,
+            }
+        )
+    return pl.concat(out)

@@ -28,7 +28,7 @@ class BatchInputs:
     fees: Path | str | None
     roster: Path
     lists: Path
-    plan: str
+    plan: str | PlanSelection  # --plan, or a selection the caller made (simulate's variants)
     encoding: str = "utf-8"
     column_map: Mapping[str, str] | None = None
     batch_id: str | None = None
@@ -115,7 +115,12 @@ def describe_batch(inputs: BatchInputs, spill: Path | None = None) -> BatchHeade
     lists = load_lists(
         inputs.lists, cmap, inputs.encoding, timezone=inputs.timezone, temp_dir=spill
     )
-    plan = select_plan(inputs.plan, sorted(lists["list"].unique().to_list()))
+    # a selection made by the caller (a scenario's variant) was checked against the lists there
+    plan = (
+        inputs.plan
+        if isinstance(inputs.plan, PlanSelection)
+        else select_plan(inputs.plan, sorted(lists["list"].unique().to_list()))
+    )
     extract_files = expand_inputs(inputs.extract)
     fee_files = expand_inputs(inputs.fees) if inputs.fees is not None else []
     described = {

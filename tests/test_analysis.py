@@ -1,0 +1,157 @@
+"""Analysts' runs through the CLI, as an analyst runs them (no terminal, CI=true): a year
+simulated under another edition, a comparison checked against the rule change worked out by
+hand, and the production ledger left byte for byte as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+EXE = Path(sys.executable).with_name("hmb-batch")
+# 浙丽保 (丽政办发〔2020〕80号 三(五)): the compliant cost counts above the floor (18,000 yuan in
+# 2022, 13,000 in 2023), the reasonable cost above its 18,000 deductible; their sum is paid in
+# brackets of the year to date: 75% to 200,000, 85% to 500,000, 90% to 1,000,000, then 95%
+FLOOR = {"zhelibao-2022": Decimal(18000), "zhelibao-2023": Decimal(13000)}
+DEDUCTIBLE = Decimal(18000)
+BANDS = [
+    (Decimal(0), Decimal("0.75")),
+    (Decimal(200000), Decimal("0.85")),
+    (Decimal(500000), Decimal("0.90")),
+    (Decimal(1000000), Decimal("0.95")),
+]
+
+
+def hmb(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CI": "true"}
+    return subprocess.run(
+        [str(EXE), *map(str, args)], capture_output=True, text=True, env=env, cwd=cwd
+    )
+
+
+def ok(*args: str | Path, cwd: Path | None = None) -> Any:
+    proc = hmb(*args, "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def benefit(payable: Decimal) -> Decimal:
+    """B(P) by hand: the brackets on the year to date, half up to the fen."""
+    total = Decimal(0)
+    for i, (low, rate) in enumerate(BANDS):
+        high = BANDS[i + 1][0] if i + 1 < len(BANDS) else None
+        part = (payable if high is None else min(payable, high)) - low
+        total += rate * max(Decimal(0), part)
+    return total.quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+
+def year_end_costs(ledger: Path) -> dict[str, tuple[Decimal, Decimal]]:
+    """Each member's compliant and reasonable cost for 2022 at the end of the scenario."""
+    con = duckdb.connect(str(ledger), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT psn_no, cost, amount_fen FROM member_state WHERE plan_year = 2022"
+        ).fetchall()
+    finally:
+        con.close()
+    costs: dict[str, dict[str, Decimal]] = {}
+    for psn, cost, fen in rows:
+        costs.setdefault(psn, {})[cost] = Decimal(fen) / 100
+    return {
+        p: (c.get("compliant", Decimal(0)), c.get("reasonable", Decimal(0)))
+        for p, c in costs.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def year(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated 浙丽保 year in two nights, and a production ledger with its first night."""
+    root = tmp_path_factory.mktemp("analysis")
+    gen = root / "gen"
+    assert (
+        hmb("generate", "--members", 3000, "--seed", 5, "--out", gen, "--nights", 2).returncode == 0
+    )
+    (root / "hmb.toml").write_text(
+        f'[adjudicate]\nroster = "{gen / "roster.parquet"}"\nlists = "{gen / "lists.parquet"}"\n'
+        f'ledger = "{root / "production.duckdb"}"\nplan = "zhelibao"\n'
+    )
+    assert hmb("ledger", "init", cwd=root).returncode == 0
+    assert (
+        hmb(
+            "adjudicate", gen / "nightly" / "01", "--out", root / "n01", "--quiet", cwd=root
+        ).returncode
+        == 0
+    )
+    return root
+
+
+def test_2022_under_2023_rules_pays_the_floor_change_and_compare_says_how_much(year: Path) -> None:
+    production = year / "production.duckdb"
+    before = sha(production)
+    nights = [year / "gen" / "nightly" / n for n in ("01", "02")]
+    a = ok("simulate", *nights, "--plan", "zhelibao-2022", "--out", year / "a", cwd=year)
+    b = ok("simulate", *nights, "--plan", "zhelibao-2023", "--out", year / "b", cwd=year)
+    (ya,), (yb,) = a["plan_years"], b["plan_years"]
+    assert (ya["plan_year"], yb["plan_year"]) == (2022, 2022)
+    # the same costs either way: the floor is applied to the year to date, not to the lines
+    costs = year_end_costs(year / "a" / "scenario.duckdb")
+    assert costs == year_end_costs(year / "b" / "scenario.duckdb")
+    by_hand = {}
+    for edition, floor in FLOOR.items():
+        by_hand[edition] = {
+            psn: benefit(max(Decimal(0), c - floor) + max(Decimal(0), r - DEDUCTIBLE))
+            for psn, (c, r) in costs.items()
+        }
+    total = {e: sum(v.values(), Decimal(0)) for e, v in by_hand.items()}
+    assert Decimal(ya["payout"]) == total["zhelibao-2022"]
+    assert Decimal(yb["payout"]) == total["zhelibao-2023"]
+    assert total["zhelibao-2023"] > total["zhelibao-2022"]  # 13,000–18,000 now counted
+
+    doc = ok("compare", year / "a", year / "b", "--out", year / "cmp")
+    assert Decimal(doc["difference"]) == total["zhelibao-2023"] - total["zhelibao-2022"]
+    gainers = {p for p in costs if by_hand["zhelibao-2023"][p] > by_hand["zhelibao-2022"][p]}
+    assert doc["members"]["gained"] == len(gainers) and doc["members"]["lost"] == 0
+    newly = {p for p in gainers if by_hand["zhelibao-2022"][p] == 0}
+    assert doc["members"]["newly_paid"] == len(newly)
+    gain = {p: by_hand["zhelibao-2023"][p] - by_hand["zhelibao-2022"][p] for p in gainers}
+    top = min(gainers, key=lambda p: (-gain[p], p))  # ties in psn_no order
+    assert doc["members"]["largest_gains"][0]["psn_no"] == top
+    assert Decimal(doc["members"]["largest_gains"][0]["change"]) == gain[top]
+    by_month = doc["by"]["month"]
+    assert sum(Decimal(r["change"]) for r in by_month) == Decimal(doc["difference"])
+    for name in ("compare.html", "compare.md", "members.parquet"):
+        assert (year / "cmp" / name).exists()
+    # the production ledger was never opened for writing
+    assert sha(production) == before
+
+
+def test_compare_reads_a_production_ledger_without_changing_it(year: Path) -> None:
+    production = year / "production.duckdb"
+    before = sha(production)
+    night = year / "gen" / "nightly" / "01"
+    ok("simulate", night, "--plan", "zhelibao-2022", "--out", year / "same", cwd=year)
+    doc = ok("compare", production, year / "same", "--out", year / "cmp-prod")
+    # night 1 under the same edition: nothing changes
+    assert Decimal(doc["difference"]) == 0 and doc["members"]["changed"] == 0
+    assert doc["a"]["payout"] == doc["b"]["payout"]
+    assert sha(production) == before
+
+
+def test_a_scenario_folder_is_not_overwritten_without_force(year: Path) -> None:
+    night = year / "gen" / "nightly" / "02"
+    ok("simulate", night, "--plan", "zhelibao-2022", "--out", year / "again", cwd=year)
+    refused = hmb("simulate", night, "--out", year / "again", cwd=year)
+    assert refused.returncode == 2 and "--force" in refused.stderr
+    ok("simulate", night, "--out", year / "again", "--force", cwd=year)
