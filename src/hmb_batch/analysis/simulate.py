@@ -33,8 +33,9 @@ from hmb_batch.io.reference import load_roster
 from hmb_batch.ledger.store import Ledger, create_ledger, open_ledger
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.plan.model import RATE_SCALE
 from hmb_batch.report.data import loss_ratio_json, loss_ratios, year_report
-from hmb_batch.report.pages import render_html, render_markdown
+from hmb_batch.report.pages import Bar, Chart, ReportData, render_html, render_markdown
 from hmb_batch.rules.engine import cost_ids
 from hmb_batch.rules.kernel import payout_between
 from hmb_batch.run.batch import BatchInputs, BatchResult, run_batch
@@ -385,3 +386,64 @@ def sweep_values(
             )
         )
     return rows
+
+
+def write_sweep(path: str, rows: Sequence[SweepRow], out_dir: Path) -> dict[str, Path]:
+    """sweep.json, sweep.md and sweep.html (charts of the payout and the loss ratio per value)
+    in ``out_dir``."""
+    doc = {"parameter": path, "values": [r.to_json() for r in rows]}
+
+    def ratio_ppm(r: SweepRow) -> int:
+        lr = r.loss_ratios[0] if r.loss_ratios else None
+        if not lr or lr["loss_ratio"] is None:
+            return 0
+        return int(Decimal(lr["loss_ratio"]) * RATE_SCALE)
+
+    target = next(
+        (int(Decimal(lr["target_loss_ratio"]) * RATE_SCALE) for r in rows for lr in r.loss_ratios),
+        None,
+    )
+    data = ReportData(
+        title=f"参数扫描 Sweep · {path}",
+        scope=(
+            f"{len(rows)} values of {path}; each the scenario's batches paid under that value "
+            "(the year to date reused: the fee lines were read once)"
+        ),
+        generated_at=dt.datetime.now().isoformat(timespec="seconds"),
+        headline=[
+            (
+                f"{path} = {r.value}",
+                f"{fen_to_yuan(r.payout_fen):,} yuan · {r.members_paid:,} members paid · "
+                + (
+                    f"loss ratio {Decimal(r.loss_ratios[0]['loss_ratio']) * 100:.1f}%"
+                    if r.loss_ratios and r.loss_ratios[0]["loss_ratio"] is not None
+                    else "loss ratio -"
+                ),
+            )
+            for r in rows
+        ],
+        charts=[
+            Chart(
+                "payout",
+                "赔付合计",
+                "Total payout per value",
+                [Bar(f"{path} = {r.value}", r.payout_fen, r.members_paid) for r in rows],
+            ),
+            Chart(
+                "loss-ratio",
+                "赔付率",
+                "Loss ratio per value (year to date)",
+                [Bar(f"{path} = {r.value}", ratio_ppm(r)) for r in rows],
+                unit="percent",
+                target=target,
+                note="target line: the edition's target loss ratio",
+            ),
+        ],
+    )
+    files = {
+        "sweep.json": json.dumps(doc, ensure_ascii=False, indent=2).encode(),
+        "sweep.md": render_markdown(data).encode(),
+        "sweep.html": render_html(data).encode(),
+    }
+    write_files(files, out_dir)
+    return {name: out_dir / name for name in files}
