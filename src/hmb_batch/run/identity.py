@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from hmb_batch.errors import InputUnreadable
+from hmb_batch.errors import ConfigError, InputUnreadable
 from hmb_batch.io.reference import load_lists
 from hmb_batch.plan.catalog import PlanSelection, select_plan
 
@@ -28,7 +28,9 @@ class BatchInputs:
     fees: Path | str | None
     roster: Path
     lists: Path
-    plan: str
+    # --plan as given (family, edition id, file, folder), or editions already chosen: a
+    # scenario's (hmb_batch.plan.scenario.select_scenario)
+    plan: str | PlanSelection
     encoding: str = "utf-8"
     column_map: Mapping[str, str] | None = None
     batch_id: str | None = None
@@ -105,6 +107,18 @@ class BatchHeader:
     fee_files: list[Path]
 
 
+def _check_lists(plan: PlanSelection, list_names: list[str]) -> None:
+    """Editions chosen before the lists were read: every list they read must be in the lists
+    file (what select_plan checks when it is given the list names)."""
+    for e in plan.editions:
+        missing = sorted(e.lists - set(list_names))
+        if missing:
+            raise ConfigError(
+                f"edition {e.id} reads the list(s) {', '.join(missing)}, which the lists file "
+                f"does not define (it has {', '.join(list_names) or 'none'})"
+            )
+
+
 def describe_batch(inputs: BatchInputs, spill: Path | None = None) -> BatchHeader:
     """Read the lists, choose the plan, hash every input file: the batch's identity.
 
@@ -115,7 +129,12 @@ def describe_batch(inputs: BatchInputs, spill: Path | None = None) -> BatchHeade
     lists = load_lists(
         inputs.lists, cmap, inputs.encoding, timezone=inputs.timezone, temp_dir=spill
     )
-    plan = select_plan(inputs.plan, sorted(lists["list"].unique().to_list()))
+    list_names = sorted(lists["list"].unique().to_list())
+    if isinstance(inputs.plan, PlanSelection):
+        plan = inputs.plan
+        _check_lists(plan, list_names)
+    else:
+        plan = select_plan(inputs.plan, list_names)
     extract_files = expand_inputs(inputs.extract)
     fee_files = expand_inputs(inputs.fees) if inputs.fees is not None else []
     described = {
