@@ -22,6 +22,7 @@ from conftest import Extract, row, run_cli, standard_extract, yuan
 from hmb_batch.errors import ConfigError
 from hmb_batch.plan.catalog import PlanSelection, select_plan, shipped_edition_files
 from hmb_batch.plan.check import check_data, load_edition
+from hmb_batch.plan.diff import diff_editions
 from hmb_batch.plan.scenario import (
     derive_edition,
     edition_to_raw,
@@ -438,3 +439,23 @@ def test_plan_diff_of_a_family_is_a_usage_error() -> None:
     r = run_cli(["plan", "diff", "zhelibao", "zhelibao-2023"])
     assert r.exit_code == 2
     assert "zhelibao is a family" in r.output
+
+
+def test_every_difference_between_shipped_and_example_editions_is_named_in_rule_terms() -> None:
+    """No difference between any two of them falls through to the by-path listing ("other"),
+    and an edition never differs from itself."""
+    files = [*shipped_edition_files().values(), *sorted(EXAMPLES.glob("*.toml"))]
+    editions = [load_edition(f) for f in files]
+    for a in editions:
+        assert diff_editions(a, a) == []
+        for b in editions:
+            assert [str(d) for d in diff_editions(a, b) if d.where == "other"] == [], (a.id, b.id)
+
+
+def test_a_threshold_that_changes_kind_is_named_with_both_kinds() -> None:
+    z = load_edition(EDITIONS / "zhouhuibao-2024.toml")
+    v = derive_edition(z, ["responsibilities.catastrophic_supplement.terms.0.floor=1000"])
+    [d] = diff_editions(z, v)
+    assert str(d).endswith(
+        "term 1: threshold on catastrophic_left cost no threshold → floor 起付 1,000.00 yuan"
+    )

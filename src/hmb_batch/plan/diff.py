@@ -377,8 +377,8 @@ def _terms(
                 w,
                 f"term {i + 1}: threshold on {tb.cost} cost",
                 tp,
-                f"{ka} {_yuan(ya)}",
-                f"{kb} {_yuan(yb)}",
+                ka if ya is None else f"{ka} {_yuan(ya)} yuan",
+                kb if yb is None else f"{kb} {_yuan(yb)} yuan",
                 str,
             )
 
@@ -486,6 +486,7 @@ def _responsibilities(d: _Differ, a: Edition, b: Edition) -> None:
                 ca.years,
                 cb.years,
                 str,
+                "years",
             )
             d.money(
                 w, "higher cap after consecutive years", f"{p}.consecutive_cap.cap", ca.cap, cb.cap
