@@ -28,9 +28,7 @@ class BatchInputs:
     fees: Path | str | None
     roster: Path
     lists: Path
-    # --plan as given (family, edition id, file, folder), or editions already chosen: a
-    # scenario's (hmb_batch.plan.scenario.select_scenario)
-    plan: str | PlanSelection
+    plan: str | PlanSelection  # --plan, or a selection the caller made (simulate's variants)
     encoding: str = "utf-8"
     column_map: Mapping[str, str] | None = None
     batch_id: str | None = None
@@ -109,7 +107,7 @@ class BatchHeader:
 
 def _check_lists(plan: PlanSelection, list_names: list[str]) -> None:
     """Editions chosen before the lists were read: every list they read must be in the lists
-    file (what select_plan checks when it is given the list names)."""
+    file (what select_plan checks when it is given the list names); ConfigError (exit 5)."""
     for e in plan.editions:
         missing = sorted(e.lists - set(list_names))
         if missing:
@@ -129,14 +127,16 @@ def describe_batch(inputs: BatchInputs, spill: Path | None = None) -> BatchHeade
     lists = load_lists(
         inputs.lists, cmap, inputs.encoding, timezone=inputs.timezone, temp_dir=spill
     )
-    list_names = sorted(lists["list"].unique().to_list())
-    if isinstance(inputs.plan, PlanSelection):
-        plan = inputs.plan
-        _check_lists(plan, list_names)
-    else:
-        plan = select_plan(inputs.plan, list_names)
+    # a selection made by the caller (a scenario's variant) was checked against the lists there
+    plan = (
+        inputs.plan
+        if isinstance(inputs.plan, PlanSelection)
+        else select_plan(inputs.plan, sorted(lists["list"].unique().to_list()))
+    )
     extract_files = expand_inputs(inputs.extract)
     fee_files = expand_inputs(inputs.fees) if inputs.fees is not None else []
+    if isinstance(inputs.plan, PlanSelection):  # made before the lists were read: check them
+        _check_lists(plan, sorted(lists["list"].unique().to_list()))
     described = {
         "extract": [{"path": str(p), "sha256": file_hash(p)} for p in extract_files],
         "fees": [{"path": str(p), "sha256": file_hash(p)} for p in fee_files],
