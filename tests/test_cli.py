@@ -21,6 +21,7 @@ COMMANDS = [
     ["plan"],
     ["plan", "list"],
     ["plan", "show"],
+    ["plan", "diff"],
     ["plan", "check"],
     ["ledger"],
     ["ledger", "init"],

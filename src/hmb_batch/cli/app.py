@@ -32,6 +32,7 @@ from hmb_batch.rules.codes import REASON_CODES
 
 if TYPE_CHECKING:
     from hmb_batch.ledger.store import BatchRecord, Ledger
+    from hmb_batch.plan.model import Edition
 
 T = TypeVar("T")
 
@@ -48,7 +49,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold personal data
 )
 plan_app = typer.Typer(
-    help="Plan editions: list, show, check.\n\nExample:\n\n  hmb-batch plan show zhelibao-2023",
+    help=(
+        "Plan editions: list, show, diff, check, new.\n\nExample:\n\n"
+        "  hmb-batch plan show zhelibao-2023"
+    ),
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -768,16 +772,42 @@ def plan_list(as_json: JsonOption = False) -> None:
     out.print(t)
 
 
-@plan_app.command("show", epilog="Example: hmb-batch plan show zhelibao-2023")
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="PATH=VALUE",
+        help=(
+            "Change one settlement-level parameter for this command, written as in the edition "
+            "file, e.g. responsibilities.main.terms.0.floor=13000 or "
+            "responsibilities.main.brackets.0.rate=0.80 (README: Plan editions). Repeatable."
+        ),
+    ),
+]
+
+
+@plan_app.command(
+    "show",
+    epilog=(
+        "Example: hmb-batch plan show zhelibao-2023\n\n"
+        "A scenario: hmb-batch plan show zhelibao-2022 "
+        "--set responsibilities.main.terms.0.floor=13000"
+    ),
+)
 def plan_show(
     edition: Annotated[str, typer.Argument(help="Edition id, family id or edition file.")],
+    sets: SetOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show an edition's rules in the rule text's terms. With --json, the edition's parameters
-    as data: amounts in fen, rates in parts per million (integers, exact)."""
+    """Show an edition's rules in the rule text's terms; with --set, the scenario's edition (its
+    id, what was changed, then its rules). With --json, the edition's parameters as data:
+    amounts in fen, rates in parts per million (integers, exact); a scenario's also its
+    "variant" (source edition, changes as the file writes them, tag)."""
+    from hmb_batch.plan.scenario import select_plan_with
+
     _answer_json(as_json)
     try:
-        selection = select_plan(edition)
+        selection = select_plan_with(edition, sets or [])
     except HmbError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -785,6 +815,74 @@ def plan_show(
         return
     for e in selection.editions:
         render.edition(out, e.edition)
+
+
+@plan_app.command(
+    "diff",
+    epilog=(
+        "Example: hmb-batch plan diff zhelibao-2022 zhelibao-2023\n\n"
+        "Against a scenario: hmb-batch plan diff zhelibao-2022 zhelibao-2022 "
+        "--set-b responsibilities.main.brackets.1.rate=0.88"
+    ),
+)
+def plan_diff(
+    a: Annotated[str, typer.Argument(help="Edition id or edition file.")],
+    b: Annotated[str, typer.Argument(help="Edition id or edition file.")],
+    set_a: Annotated[
+        list[str] | None,
+        typer.Option("--set-a", metavar="PATH=VALUE", help="--set on edition A (repeatable)."),
+    ] = None,
+    set_b: Annotated[
+        list[str] | None,
+        typer.Option("--set-b", metavar="PATH=VALUE", help="--set on edition B (repeatable)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The parameters that differ from edition A to edition B, in the rule text's terms (a
+    floor, a bracket's bound or rate, a band added or removed, a cap, the lists a cost reads
+    ...); equal editions say so. Exit 0 either way."""
+    from hmb_batch.plan.diff import diff_editions
+
+    _answer_json(as_json)
+    try:
+        ea, eb = _one_edition(a, set_a or []), _one_edition(b, set_b or [])
+    except HmbError as exc:
+        raise _fail(exc) from None
+    found = diff_editions(ea, eb)
+    if as_json:
+        _print_json(
+            {
+                "a": ea.id,
+                "b": eb.id,
+                "equal": not found,
+                "differences": [f.to_json() for f in found],
+            }
+        )
+        return
+    if not found:
+        out.print(
+            f"{ea.id} and {eb.id}: the same parameters (nothing differs)",
+            highlight=False,
+            markup=False,
+        )
+        return
+    out.print(f"{ea.id} → {eb.id}: {len(found)} difference(s)", highlight=False, markup=False)
+    for f in found:
+        out.print(f"  {f}", highlight=False, markup=False, soft_wrap=True)
+
+
+def _one_edition(spec: str, sets: list[str]) -> Edition:
+    """The single edition ``spec`` names (an edition id or file), with ``sets`` applied."""
+    from hmb_batch.plan.scenario import select_plan_with
+
+    selection = select_plan_with(spec, sets)
+    if not selection.fixed:
+        ids = ", ".join(e.id for e in selection.editions)
+        raise UsageError(
+            f"plan diff compares two editions: {spec} is a family ({ids}); give one edition "
+            "id or edition file"
+        )
+    return selection.editions[0].edition
 
 
 @plan_app.command(

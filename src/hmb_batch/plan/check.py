@@ -244,6 +244,12 @@ def check_data(
     data: dict[str, Any], list_names: Iterable[str] | None = None
 ) -> tuple[Edition | None, list[Problem]]:
     """Validate edition data; the edition (if structurally valid) and every problem found."""
+    if "variant" in data:
+        # a variant is what `--set` derives from a checked edition: a file claiming to be one
+        # could record changes that were never made
+        data = {k: v for k, v in data.items() if k != "variant"}
+        _, problems = check_data(data, list_names)
+        return None, [_VARIANT_IN_FILE, *problems]
     try:
         edition = Edition.model_validate(data)
     except ValidationError as exc:
@@ -274,6 +280,11 @@ def check_data(
     )
 
 
+_VARIANT_IN_FILE = Problem(
+    "variant",
+    "an edition file cannot declare itself a variant",
+    "remove it; a variant is made with --set PATH=VALUE",
+)
 _COSTS: TypeAdapter[dict[str, Cost]] = TypeAdapter(dict[str, Cost])
 _RESP: TypeAdapter[Responsibility] = TypeAdapter(Responsibility)
 _DEDUCTIBLES: TypeAdapter[dict[str, Fen]] = TypeAdapter(dict[str, Fen])

@@ -25,10 +25,20 @@ Rates are decimals in the file (``"0.75"``) and integer parts per million here.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from hmb_batch.io.contracts import FEE_LINES, SETTLEMENTS, Kind
 
@@ -204,8 +214,38 @@ class Assumption(_Strict):
     why: str
 
 
+class Change(_Strict):
+    """One parameter changed by ``--set``, values as the edition file writes them (None: absent)."""
+
+    path: str = Field(description="the parameter, e.g. responsibilities.main.brackets.0.rate")
+    old: str | None
+    new: str | None
+
+
+def variant_tag(changes: list[Change]) -> str:
+    """``s`` and 6 hex digits of a hash of the changes (normalised paths and values, in path
+    order): the same changes give the same tag whatever order or spelling they were given in."""
+    material = json.dumps(sorted((c.path, c.new) for c in changes), ensure_ascii=False)
+    return "s" + hashlib.sha256(material.encode()).hexdigest()[:6]
+
+
+class Variant(_Strict):
+    """What makes an edition a scenario: the edition it was derived from and its changes."""
+
+    source: str = Field(description="id of the edition the changes were applied to")
+    changes: list[Change] = Field(min_length=1)
+    tag: str
+
+    @model_validator(mode="after")
+    def _tag_matches(self) -> Variant:
+        if self.tag != variant_tag(self.changes):
+            raise ValueError("the tag is not the hash of the changes")
+        return self
+
+
 class Edition(_Strict):
-    """A validated plan edition (one plan, one plan year)."""
+    """A validated plan edition (one plan, one plan year); a scenario's edition also carries the
+    :class:`Variant` it was derived as (never written in an edition file)."""
 
     format: Literal["hmb-batch/plan-edition"]
     format_version: Literal[1]
@@ -221,8 +261,19 @@ class Edition(_Strict):
     responsibilities: list[Responsibility] = Field(min_length=1)
     plan_cap: Fen | None = None
     assumptions: list[Assumption] = Field(default_factory=list)
+    variant: Variant | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_variant(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a shipped edition serialises exactly as before variants existed: batches and the
+        # ledger name editions by the hash of this serialisation
+        data: dict[str, Any] = handler(self)
+        if self.variant is None:
+            data.pop("variant", None)
+        return data
 
     @property
     def id(self) -> str:
-        """The edition id, ``plan-year``."""
-        return f"{self.plan}-{self.edition}"
+        """``plan-year``; a scenario's edition: ``plan-year+tag`` (``zhelibao-2022+s3f9a1c``)."""
+        base = f"{self.plan}-{self.edition}"
+        return base if self.variant is None else f"{base}+{self.variant.tag}"

@@ -105,7 +105,18 @@ def _brackets(rows: list[Bracket]) -> str:
 
 def edition(console: Console, e: Edition) -> None:
     """An edition in the rule text's terms."""
-    console.print(f"[bold]{e.plan_name}[/bold] {e.id}  ({'official' if e.official else 'example'})")
+    status = "scenario" if e.variant else "official" if e.official else "example"
+    console.print(f"[bold]{e.plan_name}[/bold] {e.id}  ({status})")
+    if e.variant is not None:
+        console.print(
+            f"scenario 情景: {e.variant.source} with --set", highlight=False, markup=False
+        )
+        for change in e.variant.changes:
+            console.print(
+                f"  {change.path}: {change.old or 'none'} → {change.new or 'none'}",
+                highlight=False,
+                markup=False,
+            )
     console.print(f"source 依据: {e.source}")
     p = e.premium
     console.print(

@@ -827,6 +827,13 @@ def _manifest(
     | no_ledger; ``ledger revert`` later sets it to reverted.
     """
     used = set(summary.editions)
+    # a scenario's edition (--set) is named by its id and hash like any other; what was changed,
+    # from which edition, is kept beside them (absent when no scenario was used)
+    variants = {
+        e.id: e.edition.variant.model_dump(mode="json")
+        for e in header.plan.editions
+        if e.id in used and e.edition.variant is not None
+    }
     return {
         "batch_id": header.batch_id,
         "batch_key": header.batch_key,
@@ -838,6 +845,7 @@ def _manifest(
         "inputs": header.inputs,
         # only the editions the batch's plan years used, with the hashes that name them
         "editions": {k: v for k, v in header.edition_hashes.items() if k in used},
+        **({"scenarios": variants} if variants else {}),
         "ledger_before": before,
         "ledger_after": after,
         "counts": summary.to_json(),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import polars as pl
 
-from hmb_batch.errors import InputUnreadable
+from hmb_batch.errors import ConfigError, InputUnreadable
 from hmb_batch.io.reference import load_lists
 from hmb_batch.plan.catalog import PlanSelection, select_plan
 
@@ -105,6 +105,18 @@ class BatchHeader:
     fee_files: list[Path]
 
 
+def _check_lists(plan: PlanSelection, list_names: list[str]) -> None:
+    """Editions chosen before the lists were read: every list they read must be in the lists
+    file (what select_plan checks when it is given the list names); ConfigError (exit 5)."""
+    for e in plan.editions:
+        missing = sorted(e.lists - set(list_names))
+        if missing:
+            raise ConfigError(
+                f"edition {e.id} reads the list(s) {', '.join(missing)}, which the lists file "
+                f"does not define (it has {', '.join(list_names) or 'none'})"
+            )
+
+
 def describe_batch(inputs: BatchInputs, spill: Path | None = None) -> BatchHeader:
     """Read the lists, choose the plan, hash every input file: the batch's identity.
 
@@ -123,6 +135,8 @@ def describe_batch(inputs: BatchInputs, spill: Path | None = None) -> BatchHeade
     )
     extract_files = expand_inputs(inputs.extract)
     fee_files = expand_inputs(inputs.fees) if inputs.fees is not None else []
+    if isinstance(inputs.plan, PlanSelection):  # made before the lists were read: check them
+        _check_lists(plan, sorted(lists["list"].unique().to_list()))
     described = {
         "extract": [{"path": str(p), "sha256": file_hash(p)} for p in extract_files],
         "fees": [{"path": str(p), "sha256": file_hash(p)} for p in fee_files],
