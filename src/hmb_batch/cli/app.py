@@ -568,6 +568,27 @@ def simulate(
         str | None,
         typer.Option(help="Family, edition id or edition file (default: adjudicate.plan)."),
     ] = None,
+    set_values: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help=(
+                "PATH=VALUE: one settlement-level parameter of the edition changed for this "
+                "run, e.g. responsibilities.main.terms.0.floor=13000 (repeatable; see "
+                "`hmb-batch plan show EDITION --set ...`)."
+            ),
+        ),
+    ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "PATH=V1,V2,...: the scenario under each value of one parameter: total "
+                "payout, members paid and loss ratio per value (sweep.json, .md, .html); the "
+                "extracts are adjudicated once."
+            )
+        ),
+    ] = None,
     fees: Annotated[str | None, typer.Option(help="Fee lines of a single extract.")] = None,
     roster: Annotated[Path | None, typer.Option(help="Roster (参保名单).")] = None,
     lists: Annotated[Path | None, typer.Option(help="Negative, admission, drug lists.")] = None,
@@ -583,9 +604,10 @@ def simulate(
     """Adjudicate extracts under a scenario's rules into a ledger of its own (never the
     production ledger): each extract's usual files, each plan year's report, and the totals
     per plan year side by side (simulation.json, simulation.md)."""
-    from hmb_batch.analysis.simulate import ScenarioInputs
+    from hmb_batch.analysis.simulate import ScenarioInputs, sweep_values, write_sweep
     from hmb_batch.analysis.simulate import simulate as run_scenario
     from hmb_batch.io.reference import load_lists
+    from hmb_batch.plan.scenario import select_plan_with
     from hmb_batch.run.buckets import parse_size
 
     _answer_json(as_json)
@@ -601,7 +623,15 @@ def simulate(
         if fees is not None and len(extracts) != 1:
             raise UsageError("--fees goes with one settlements file; give night folders instead")
         names = sorted(load_lists(lists_path, cfg.columns, encoding or d.encoding)["list"].unique())
-        selection = select_plan(plan or d.plan, names)
+        sets = list(set_values or [])
+        swept = _sweep_values(sweep)
+        if swept:  # the run under the first value; every value then on its year to date
+            sets.append(f"{swept[0]}={swept[1][0]}")
+        selection = select_plan_with(plan or d.plan, sets, names)
+        variants = [
+            (v, select_plan_with(plan or d.plan, [*sets[:-1], f"{swept[0]}={v}"], names))
+            for v in (swept[1] if swept else [])
+        ]
         inputs = ScenarioInputs(
             roster=roster_path,
             lists=lists_path,
@@ -619,14 +649,39 @@ def simulate(
                 inputs,
                 out_dir,
                 force=force,
+                describe={"changes": sets[:-1] if swept else sets},
                 progress=(lambda what: st.update(what)) if st is not None else None,
             )
+            rows = sweep_values(result, variants, inputs) if variants else []
+            swept_files = write_sweep(swept[0], rows, out_dir) if swept else {}
     except HmbError as exc:
         raise _fail(exc) from None
     if as_json:
-        _print_json(result.document)
+        _print_json(
+            result.document
+            | (
+                {"sweep": {"parameter": swept[0], "values": [r.to_json() for r in rows]}}
+                if swept
+                else {}
+            )
+        )
     elif not quiet:
         render.scenario(out, result.document)
+        if swept:
+            render.sweep(out, swept[0], [r.to_json() for r in rows])
+            for name, path in swept_files.items():
+                out.print(f"{name}: {path}", highlight=False, markup=False)
+
+
+def _sweep_values(spec: str | None) -> tuple[str, list[str]] | None:
+    """``PATH=V1,V2,...`` as (PATH, [V1, V2, ...]); a usage error when malformed."""
+    if spec is None:
+        return None
+    path, sep, values = spec.partition("=")
+    swept = [v.strip() for v in values.split(",") if v.strip()]
+    if not sep or not path.strip() or len(swept) < 2:
+        raise UsageError(f"--sweep {spec}: write PATH=V1,V2,... with at least two values")
+    return path.strip(), swept
 
 
 @app.command(

@@ -518,3 +518,23 @@ def comparison(console: Console, doc: dict[str, Any]) -> None:
     t.add_row("gained / lost", f"{m['gained']:,} / {m['lost']:,}")
     t.add_row("newly paid / no longer paid", f"{m['newly_paid']:,} / {m['no_longer_paid']:,}")
     console.print(t)
+
+
+def sweep(console: Console, path: str, values: list[dict[str, Any]]) -> None:
+    """A sweep's table: total payout, members paid and loss ratio per value."""
+    t = Table(title=f"sweep 参数扫描 · {path}", title_justify="left")
+    t.add_column("value")
+    t.add_column("edition")
+    t.add_column("payout (yuan)", justify="right")
+    t.add_column("members paid", justify="right")
+    t.add_column("loss ratio", justify="right")
+    for v in values:
+        lrs = v["loss_ratios"]
+        t.add_row(
+            v["value"],
+            v["edition"],
+            f"{Decimal(v['payout']):,}",
+            f"{v['members_paid']:,}",
+            " / ".join(_ratio_text(lr) for lr in lrs) or "-",
+        )
+    console.print(t)
