@@ -32,6 +32,7 @@ from hmb_batch.rules.codes import REASON_CODES
 
 if TYPE_CHECKING:
     from hmb_batch.ledger.store import BatchRecord, Ledger
+    from hmb_batch.run.replay import ReplayResult
 
 T = TypeVar("T")
 
@@ -601,6 +602,113 @@ def generate(
     if nights:
         folders = split_nights(out_dir, nights, year, years)
         out.print(f"split into {len(folders)} nightly extracts under {out_dir / 'nightly'}")
+
+
+@app.command(
+    epilog=("Example: hmb-batch replay out/2022/2022-03-01/manifest.json --out /tmp/replay-0301")
+)
+def replay(
+    manifest: Annotated[
+        Path,
+        typer.Argument(
+            help="The batch's manifest.json (or the folder holding it).", show_default=False
+        ),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="A new or empty folder for the replay's files.")
+    ],
+    ledger: Annotated[
+        Path | None,
+        typer.Option(
+            help="The ledger the batch was applied to (default: the manifest's, else "
+            "adjudicate.ledger in hmb.toml). Only read: it is not changed by a byte."
+        ),
+    ] = None,
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the batch's editions are (default: the --plan the batch ran with); "
+            "each must hash as the manifest recorded."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+    memory_limit: Annotated[
+        str | None, typer.Option(help="Memory bound, as for adjudicate (bytes do not change).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a past batch again from its manifest and check that its payout file comes out byte
+    for byte: inputs and editions checked by hash (a changed one is named: exit 3, exit 5),
+    the ledger rebuilt as it was before the batch in a scratch copy; exit 11 lists the first
+    settlements that differ."""
+    from hmb_batch.run.buckets import parse_size
+    from hmb_batch.run.replay import Defaults, replay_batch
+
+    _answer_json(as_json)
+    try:
+        cfg = load_config(config)
+        d = cfg.adjudicate
+        limit = memory_limit or d.memory_limit
+        result = replay_batch(
+            manifest,
+            out_dir,
+            ledger_path=ledger,
+            plan=plan,
+            defaults=Defaults(
+                plan=d.plan,
+                encoding=d.encoding,
+                timezone=d.timezone,
+                columns=cfg.columns,
+                districts=cfg.districts,
+                warnings=cfg.warnings,
+                ledger=cfg.path(d.ledger),
+            ),
+            wait=wait,
+            memory_limit=parse_size(limit) if limit else None,
+        )
+    except HmbError as exc:
+        raise _fail(exc) from None
+    code = ExitCode.OK if result.identical else ExitCode.REPLAY_DIFFERS
+    if as_json:
+        _print_json(result.to_json() | {"exit_code": int(code)})
+    else:
+        _print_replay(result)
+    if code != ExitCode.OK:
+        raise typer.Exit(int(code))
+
+
+def _print_replay(result: ReplayResult) -> None:
+    """A replay's verdict for a person: the payout file's, each other file's, the differences."""
+    p = result
+    if p.identical:
+        out.print(
+            f"batch {p.batch_id}: payouts.parquet reproduced byte for byte (SHA-256 "
+            f"{p.original_sha256})",
+            style="bold green",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"batch {p.batch_id}: the replay's payouts.parquet differs from the batch's "
+            f"(SHA-256 {p.original_sha256} written then, {p.replay_sha256} now)",
+            style="bold red",
+            highlight=False,
+        )
+    for name, same in p.files.items():
+        if name != "payouts.parquet":
+            verdict = "no original to compare" if same is None else "same" if same else "differs"
+            out.print(f"  {name}: {verdict}", highlight=False)
+    for d in p.differences:
+        values = ", ".join(f"{c} {v['original']} → {v['replay']}" for c, v in d["values"].items())
+        shown = f" ({values})" if values else ""
+        out.print(Text(f"  {d['setl_id']}: {', '.join(d['columns'])}{shown}"))
+    for which, ids in (("original", p.only_in_original), ("replay", p.only_in_replay)):
+        if ids:
+            out.print(Text(f"  only in the {which}: {', '.join(ids)}"))
+    for note in p.notes:
+        out.print(Text(f"  note: {note}"))
+    out.print(Text(f"replay's files: {p.out_dir}"))
 
 
 @app.command(epilog="Example: hmb-batch codes --json")

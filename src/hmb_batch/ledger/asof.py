@@ -30,12 +30,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import errno
+import json
 import os
 import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -57,7 +59,7 @@ from hmb_batch.ledger.store import (
     open_ledger,
 )
 
-__all__ = ["LedgerCopy", "copy_as_of", "parse_as_of"]
+__all__ = ["BatchFacts", "LedgerCopy", "batch_facts", "copy_as_of", "parse_as_of"]
 
 # how often a copy retries DuckDB's own lock, held by a program other than hmb-batch
 _LOCK_RETRY_SECONDS = 0.2
@@ -476,3 +478,59 @@ def _remove(paths: list[Path]) -> None:
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class BatchFacts:
+    """What a ledger recorded about one batch (see :func:`batch_facts`)."""
+
+    batch_id: str
+    seq: int
+    status: str  # applied | reverted
+    batch_key: str
+    inputs: dict[str, Any]  # kind -> [{path, sha256}]
+    editions: dict[str, str]  # every edition of the plan it ran under -> hash
+    summary: dict[str, Any]
+    files: dict[str, str | None]  # output file name -> SHA-256 (None: kept in the ledger)
+
+
+def batch_facts(source: Path, batch_id: str, *, wait: float = 30.0) -> BatchFacts:
+    """A batch's record in ``source``, read as :func:`copy_as_of` reads (read-only, under the
+    lock file if it can be had, waiting for DuckDB's own lock): :class:`LedgerError` if no batch
+    has this id."""
+    if not source.is_file():
+        raise LedgerMissing(source)
+    with _read_lock(source, wait, f"replay reading batch {batch_id}, pid {os.getpid()}"):
+        con = duckdb.connect(":memory:")
+        try:
+            _attach_source(con, source, wait)
+            try:
+                _check_source(con, source)
+                rows = con.execute(
+                    "SELECT batch_id, seq, status, batch_key, inputs::VARCHAR, "
+                    "editions::VARCHAR, summary::VARCHAR FROM src.batches WHERE batch_id = $b",
+                    {"b": batch_id},
+                ).fetchall()
+                files = con.execute(
+                    "SELECT name, sha256 FROM src.batch_files WHERE batch_id = $b", {"b": batch_id}
+                ).fetchall()
+            except duckdb.Error as exc:
+                raise ledger_failure(source, exc) from exc
+        finally:
+            con.close()
+    if not rows:
+        raise LedgerError(
+            f"the ledger {source} has no batch {batch_id}: is it the ledger the batch was applied "
+            "to? (give it with --ledger)"
+        )
+    b, seq, status, key, inputs, editions, summary = rows[0]
+    return BatchFacts(
+        b,
+        int(seq),
+        status,
+        key,
+        json.loads(inputs or "{}"),
+        json.loads(editions or "{}"),
+        json.loads(summary or "{}"),
+        {str(name): digest for name, digest in files},
+    )
