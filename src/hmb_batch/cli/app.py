@@ -636,6 +636,10 @@ def replay(
     memory_limit: Annotated[
         str | None, typer.Option(help="Memory bound, as for adjudicate (bytes do not change).")
     ] = None,
+    buckets: Annotated[
+        int | None,
+        typer.Option(min=1, help="Member buckets, as for adjudicate (bytes do not change)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Run a past batch again from its manifest and check that its payout file comes out byte
@@ -666,6 +670,7 @@ def replay(
             ),
             wait=wait,
             memory_limit=parse_size(limit) if limit else None,
+            buckets_wanted=buckets,
         )
     except HmbError as exc:
         raise _fail(exc) from None
