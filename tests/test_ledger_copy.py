@@ -93,7 +93,8 @@ def test_copy_before_night_3_equals_a_ledger_of_nights_1_and_2(
         night2 = lg.batches()[1].max_setl_time
     assert night2 is not None
     by_date = copy_as_of(a, tmp_path / "date.duckdb", through=night2.date())
-    assert snapshot(by_seq.path) == snapshot(by_date.path) == snapshot(b)
+    after_2 = copy_as_of(a, tmp_path / "after.duckdb", after=batch_ids(a)[1])
+    assert snapshot(by_seq.path) == snapshot(by_date.path) == snapshot(after_2.path) == snapshot(b)
     # the archive holds the kept batches' files, and only theirs
     with open_ledger(copy.path) as lg:
         kept = [lg.batch_files(i) for i in copy.applied]
@@ -193,6 +194,8 @@ def test_a_reverted_batch_stays_a_reverted_record_in_a_later_copy(tmp_path: Path
     # before the reverted batch itself: night 1 only
     copy2 = copy_as_of(ledger, tmp_path / "copy2.duckdb", before=reverted)
     assert copy2.applied == (first,) and copy2.reverted == ()
+    with pytest.raises(LedgerError, match=f"batch {reverted} has been reverted"):
+        copy_as_of(ledger, tmp_path / "copy4.duckdb", after=reverted)
     # a copy before the re-run pays the re-run what it paid
     rerun = tmp_path / "rerun"
     assert golden_batch(copy.path, rerun, NIGHTS[1]).exit_code == 0

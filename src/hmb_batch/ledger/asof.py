@@ -89,6 +89,7 @@ def copy_as_of(
     target: Path,
     *,
     before: int | str | None = None,
+    after: str | None = None,
     through: dt.date | None = None,
     wait: float = 30.0,
     files: bool = True,
@@ -101,6 +102,8 @@ def copy_as_of(
     - ``before``: a batch id, or a ``seq``: the state just before that batch ran (every batch
       with a lower ``seq``). A ``seq`` one past the last batch means the state now; so
       ``before=batch.seq + 1`` is the state just after ``batch``.
+    - ``after``: a batch id: the state just after that batch (``before`` its ``seq`` + 1); the
+      batch must still be applied (a reverted batch's registry rows are gone).
     - ``through``: a date: the batches applied, in order, until the first applied batch whose
       latest settlement (``max_setl_time``) falls after that date. The cutoff is a point in the
       application order, found from the date: a batch applied later with older settlements
@@ -117,16 +120,17 @@ def copy_as_of(
     Errors: :class:`LedgerMissing` (exit 3), :class:`LedgerBusy` (exit 7: a run holds it past
     ``wait`` seconds), :class:`LedgerError` / :class:`LedgerDamaged` (exit 9).
     """
-    if (before is None) == (through is None):
-        raise ValueError("give exactly one of before= and through=")
+    if sum(x is not None for x in (before, after, through)) != 1:
+        raise ValueError("give exactly one of before=, after= and through=")
     if not source.is_file():
         raise LedgerMissing(source)
     _refuse_existing(target)
-    holder = f"copy of the ledger as of {before if through is None else through}, pid {os.getpid()}"
+    point = f"before {before}" if before is not None else f"after {after or through}"
+    holder = f"copy of the ledger {point}, pid {os.getpid()}"
     with _read_lock(source, wait, holder):
         made: list[Path] = []
         try:
-            copy = _copy(source, target, before, through, wait, files, memory_limit, made)
+            copy = _copy(source, target, (before, after, through), wait, files, memory_limit, made)
         except BaseException:
             _remove(made)
             raise
@@ -188,9 +192,24 @@ class _Batch:
     max_setl_time: dt.datetime | None
 
 
-def _cutoff(batches: list[_Batch], before: int | str | None, through: dt.date | None) -> int:
+def _cutoff(
+    batches: list[_Batch], before: int | str | None, after: str | None, through: dt.date | None
+) -> int:
     """The ``seq`` the copy stops before (see :func:`copy_as_of`)."""
     last = batches[-1].seq if batches else 0
+    if after is not None:
+        named = next((b for b in batches if b.batch_id == after), None)
+        if named is None:
+            raise LedgerError(
+                f"no batch has the id {after}; `hmb-batch ledger batches` lists the batch ids"
+            )
+        if named.status != "applied":
+            raise LedgerError(
+                f"batch {after} has been reverted: a revert removes a batch's registry rows, so "
+                f"the ledger as it was just after {after} cannot be rebuilt (the state before "
+                "it can)"
+            )
+        return named.seq + 1
     if through is not None:
         later = [
             b.seq
@@ -257,8 +276,7 @@ def _in_effect(batches: list[_Batch], cutoff: int) -> tuple[list[str], list[str]
 def _copy(
     source: Path,
     target: Path,
-    before: int | str | None,
-    through: dt.date | None,
+    point: tuple[int | str | None, str | None, dt.date | None],
     wait: float,
     files: bool,
     memory_limit: int | None,
@@ -284,7 +302,7 @@ def _copy(
                     "FROM src.batches ORDER BY seq"
                 ).fetchall()
             ]
-            cutoff = _cutoff(batches, before, through)
+            cutoff = _cutoff(batches, *point)
             applied, reverted = _in_effect(batches, cutoff)
             _copy_tables(con, cutoff, applied)
             digests = [

@@ -184,7 +184,14 @@ def replay_batch(
             assert source is not None and facts is not None
             ledger = scratch / "ledger.duckdb"
             # the batch itself is not replayed from the archive: no file of the copy is needed
-            copy_as_of(source, ledger, before=facts.seq, wait=wait, files=False)
+            copy_as_of(
+                source,
+                ledger,
+                before=facts.seq,
+                wait=wait,
+                files=False,
+                memory_limit=memory_limit,
+            )
         batch = BatchInputs(
             extract=inputs["extract"],
             fees=inputs["fees"],
