@@ -241,3 +241,28 @@ def test_a_batch_reverted_since_is_replayed_as_it_ran(tmp_path: Path) -> None:
     assert doc["identical"] is True
     assert any("reverted since" in n for n in doc["notes"])
     assert digest(ledger) == before
+
+
+def test_a_dry_run_is_not_replayed(year: dict[str, Path], tmp_path: Path) -> None:
+    data = year["data"]
+    r = hmb(
+        "adjudicate",
+        data / "batch_02" / "settlements.parquet",
+        "--fees",
+        data / "batch_02" / "fees.parquet",
+        "--roster",
+        data / "roster.parquet",
+        "--lists",
+        data / "lists.parquet",
+        "--plan",
+        "zhelibao-2022",  # another batch key than the applied night's: a dry run, not a rerun
+        "--ledger",
+        year["ledger"],
+        "--dry-run",
+        "--out",
+        tmp_path / "dry",
+        "--quiet",
+    )
+    assert r.returncode == 0, r.stderr
+    r = hmb("replay", tmp_path / "dry", "--out", tmp_path / "r")
+    assert r.returncode == 9 and "dry run" in r.stderr
