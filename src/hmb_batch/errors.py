@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     LEDGER_REFUSED = 9  # the ledger refuses: out-of-order batch, revert of an older batch, ...
     FLAGGED = 10  # --fail-on: the batch was done (applied, or written by a dry run) but has
     # quarantined rows or warnings that --fail-on asked to be told about
+    REPLAY_DIFFERS = 11  # replay: the batch run again wrote another payout file than it did
 
 
 class HmbError(Exception):

@@ -33,6 +33,7 @@ from hmb_batch.rules.codes import REASON_CODES
 if TYPE_CHECKING:
     from hmb_batch.ledger.store import BatchRecord, Ledger
     from hmb_batch.plan.model import Edition
+    from hmb_batch.run.replay import ReplayResult
 
 T = TypeVar("T")
 
@@ -589,6 +590,24 @@ def simulate(
             )
         ),
     ] = None,
+    from_ledger: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "Start from a copy of this (production) ledger's state as of --as-of: the "
+                "what-if for the rest of a year. The ledger is only read."
+            )
+        ),
+    ] = None,
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "With --from-ledger: a batch id (the state just after it) or a date "
+                "YYYY-MM-DD (the batches whose settlements end by that day)."
+            )
+        ),
+    ] = None,
     fees: Annotated[str | None, typer.Option(help="Fee lines of a single extract.")] = None,
     roster: Annotated[Path | None, typer.Option(help="Roster (参保名单).")] = None,
     lists: Annotated[Path | None, typer.Option(help="Negative, admission, drug lists.")] = None,
@@ -620,17 +639,19 @@ def simulate(
         if missing:
             raise UsageError(f"missing: {', '.join(missing)} (required, or set in hmb.toml)")
         assert roster_path is not None and lists_path is not None
+        if (from_ledger is None) != (as_of is None):
+            raise UsageError("--from-ledger and --as-of go together")
         if fees is not None and len(extracts) != 1:
             raise UsageError("--fees goes with one settlements file; give night folders instead")
         names = sorted(load_lists(lists_path, cfg.columns, encoding or d.encoding)["list"].unique())
         sets = list(set_values or [])
-        swept = _sweep_values(sweep)
-        if swept:  # the run under the first value; every value then on its year to date
-            sets.append(f"{swept[0]}={swept[1][0]}")
-        selection = select_plan_with(plan or d.plan, sets, names)
+        swept_path, swept = _sweep_values(sweep)
+        # the run under the first value; every value is then evaluated on its year to date
+        run_sets = [*sets, f"{swept_path}={swept[0]}"] if swept else sets
+        selection = select_plan_with(plan or d.plan, run_sets, names)
         variants = [
-            (v, select_plan_with(plan or d.plan, [*sets[:-1], f"{swept[0]}={v}"], names))
-            for v in (swept[1] if swept else [])
+            (v, select_plan_with(plan or d.plan, [*sets, f"{swept_path}={v}"], names))
+            for v in swept
         ]
         inputs = ScenarioInputs(
             roster=roster_path,
@@ -649,11 +670,16 @@ def simulate(
                 inputs,
                 out_dir,
                 force=force,
-                describe={"changes": sets[:-1] if swept else sets},
+                start_ledger=_copy_of(from_ledger, as_of, inputs.memory_limit),
+                describe={
+                    "changes": sets,
+                    "from_ledger": str(from_ledger) if from_ledger is not None else None,
+                    "as_of": as_of,
+                },
                 progress=(lambda what: st.update(what)) if st is not None else None,
             )
             rows = sweep_values(result, variants, inputs) if variants else []
-            swept_files = write_sweep(swept[0], rows, out_dir) if swept else {}
+            swept_files = write_sweep(swept_path, rows, out_dir) if swept else {}
     except HmbError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -668,15 +694,36 @@ def simulate(
     elif not quiet:
         render.scenario(out, result.document)
         if swept:
-            render.sweep(out, swept[0], [r.to_json() for r in rows])
+            render.sweep(out, swept_path, [r.to_json() for r in rows])
             for name, path in swept_files.items():
                 out.print(f"{name}: {path}", highlight=False, markup=False)
 
 
-def _sweep_values(spec: str | None) -> tuple[str, list[str]] | None:
-    """``PATH=V1,V2,...`` as (PATH, [V1, V2, ...]); a usage error when malformed."""
-    if spec is None:
+def _copy_of(
+    source: Path | None, as_of: str | None, memory_limit: int | None
+) -> Callable[[Path], None] | None:
+    """How a scenario's ledger starts: a copy of ``source`` as of a batch (just after it) or a
+    date, read without changing a byte of it; None: empty."""
+    if source is None or as_of is None:
         return None
+    from hmb_batch.ledger.asof import copy_as_of, parse_as_of
+
+    point = parse_as_of(as_of)
+
+    def start(target: Path) -> None:
+        if isinstance(point, dt.date):
+            copy_as_of(source, target, through=point, memory_limit=memory_limit)
+        else:
+            copy_as_of(source, target, after=point, memory_limit=memory_limit)
+
+    return start
+
+
+def _sweep_values(spec: str | None) -> tuple[str, list[str]]:
+    """``PATH=V1,V2,...`` as (PATH, [V1, V2, ...]) (no sweep: ("", [])); a usage error when
+    malformed."""
+    if spec is None:
+        return "", []
     path, sep, values = spec.partition("=")
     swept = [v.strip() for v in values.split(",") if v.strip()]
     if not sep or not path.strip() or len(swept) < 2:
@@ -779,6 +826,118 @@ def generate(
     if nights:
         folders = split_nights(out_dir, nights, year, years)
         out.print(f"split into {len(folders)} nightly extracts under {out_dir / 'nightly'}")
+
+
+@app.command(
+    epilog=("Example: hmb-batch replay out/2022/2022-03-01/manifest.json --out /tmp/replay-0301")
+)
+def replay(
+    manifest: Annotated[
+        Path,
+        typer.Argument(
+            help="The batch's manifest.json (or the folder holding it).", show_default=False
+        ),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="A new or empty folder for the replay's files.")
+    ],
+    ledger: Annotated[
+        Path | None,
+        typer.Option(
+            help="The ledger the batch was applied to (default: the manifest's, else "
+            "adjudicate.ledger in hmb.toml). Only read: it is not changed by a byte."
+        ),
+    ] = None,
+    plan: Annotated[
+        str | None,
+        typer.Option(
+            help="Where the batch's editions are (default: the --plan the batch ran with); "
+            "each must hash as the manifest recorded."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+    memory_limit: Annotated[
+        str | None, typer.Option(help="Memory bound, as for adjudicate (bytes do not change).")
+    ] = None,
+    buckets: Annotated[
+        int | None,
+        typer.Option(min=1, help="Member buckets, as for adjudicate (bytes do not change)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Run a past batch again from its manifest and check that its payout file comes out byte
+    for byte: inputs and editions checked by hash (a changed one is named: exit 3, exit 5),
+    the ledger rebuilt as it was before the batch in a scratch copy; exit 11 lists the first
+    settlements that differ."""
+    from hmb_batch.run.buckets import parse_size
+    from hmb_batch.run.replay import Defaults, replay_batch
+
+    _answer_json(as_json)
+    try:
+        cfg = load_config(config)
+        d = cfg.adjudicate
+        limit = memory_limit or d.memory_limit
+        result = replay_batch(
+            manifest,
+            out_dir,
+            ledger_path=ledger,
+            plan=plan,
+            defaults=Defaults(
+                plan=d.plan,
+                encoding=d.encoding,
+                timezone=d.timezone,
+                columns=cfg.columns,
+                districts=cfg.districts,
+                warnings=cfg.warnings,
+                ledger=cfg.path(d.ledger),
+            ),
+            wait=wait,
+            memory_limit=parse_size(limit) if limit else None,
+            buckets_wanted=buckets,
+        )
+    except HmbError as exc:
+        raise _fail(exc) from None
+    code = ExitCode.OK if result.identical else ExitCode.REPLAY_DIFFERS
+    if as_json:
+        _print_json(result.to_json() | {"exit_code": int(code)})
+    else:
+        _print_replay(result)
+    if code != ExitCode.OK:
+        raise typer.Exit(int(code))
+
+
+def _print_replay(result: ReplayResult) -> None:
+    """A replay's verdict for a person: the payout file's, each other file's, the differences."""
+    p = result
+    if p.identical:
+        out.print(
+            f"batch {p.batch_id}: payouts.parquet reproduced byte for byte (SHA-256 "
+            f"{p.original_sha256})",
+            style="bold green",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"batch {p.batch_id}: the replay's payouts.parquet differs from the batch's "
+            f"(SHA-256 {p.original_sha256} written then, {p.replay_sha256} now)",
+            style="bold red",
+            highlight=False,
+        )
+    for name, same in p.files.items():
+        if name != "payouts.parquet":
+            verdict = "no original to compare" if same is None else "same" if same else "differs"
+            out.print(f"  {name}: {verdict}", highlight=False)
+    for d in p.differences:
+        values = ", ".join(f"{c} {v['original']} → {v['replay']}" for c, v in d["values"].items())
+        shown = f" ({values})" if values else ""
+        out.print(Text(f"  {d['setl_id']}: {', '.join(d['columns'])}{shown}"))
+    for which, ids in (("original", p.only_in_original), ("replay", p.only_in_replay)):
+        if ids:
+            out.print(Text(f"  only in the {which}: {', '.join(ids)}"))
+    for note in p.notes:
+        out.print(Text(f"  note: {note}"))
+    out.print(Text(f"replay's files: {p.out_dir}"))
 
 
 @app.command(epilog="Example: hmb-batch codes --json")

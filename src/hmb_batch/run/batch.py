@@ -161,7 +161,15 @@ def run_batch(
         if ledger_path is not None
         else contextlib.nullcontext()
     )
-    target = _Target(template, ledger_path, dry_run, force, csv, csv_encoding)
+    target = _Target(
+        template,
+        ledger_path,
+        dry_run,
+        force,
+        csv,
+        csv_encoding,
+        rerun_record(inputs, unmasked=unmasked, csv_encoding=csv_encoding if csv else None),
+    )
     with (
         spill_area(out_folder.fixed_part(template)) as spill,
         Laps(progress) as clock,
@@ -284,11 +292,39 @@ class _Target:
     force: bool
     csv: bool
     csv_encoding: str
+    rerun: dict[str, Any] = field(default_factory=dict)  # manifest.json's "rerun"
 
     @property
     def status(self) -> str:
         """What the run leaves in the ledger: applied, dry_run or no_ledger (manifest.json)."""
         return "dry_run" if self.dry_run else "applied" if self.ledger is not None else "no_ledger"
+
+
+def rerun_record(
+    inputs: BatchInputs, *, unmasked: bool, csv_encoding: str | None
+) -> dict[str, Any]:
+    """How the batch was asked for, beyond its input files and editions (manifest.json's
+    ``rerun``, what ``hmb-batch replay`` runs it again with): the extract and fee specs as given
+    (a folder or glob is expanded again, and must give the same files), the plan spec (a file
+    or folder made absolute), how files were read (encoding, time zone, ``[columns]``), whether
+    psn_name and certno were masked, the CSV copies' encoding (None: none), and the folder the
+    run was started from (relative input paths are relative to it)."""
+    if isinstance(inputs.plan, PlanSelection):  # a scenario's editions (manifest "scenarios")
+        spec = inputs.plan.label
+    else:
+        plan = Path(inputs.plan)
+        spec = str(plan.resolve()) if plan.exists() else inputs.plan
+    return {
+        "extract": str(inputs.extract),
+        "fees": str(inputs.fees) if inputs.fees is not None else None,
+        "plan": spec,
+        "encoding": inputs.encoding,
+        "timezone": inputs.timezone,
+        "columns": dict(inputs.column_map or {}),
+        PERSONAL_DATA: "unmasked" if unmasked else "masked",
+        "csv_encoding": csv_encoding,
+        "cwd": os.getcwd(),
+    }
 
 
 def _line_stage(
@@ -848,6 +884,7 @@ def _manifest(
         **({"scenarios": variants} if variants else {}),
         "ledger_before": before,
         "ledger_after": after,
+        "rerun": target.rerun,
         "counts": summary.to_json(),
         "started_at": started.isoformat(timespec="seconds"),
         "timings_seconds": clock.laps,

@@ -18,6 +18,7 @@ import polars as pl
 from hmb_batch.errors import ConfigError, InputUnreadable
 from hmb_batch.io.reference import load_lists
 from hmb_batch.plan.catalog import PlanSelection, select_plan
+from hmb_batch.plan.compiled import CompiledEdition
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,12 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def edition_hash(edition: CompiledEdition) -> str:
+    """SHA-256 of an edition's validated parameters (not of its file's text: a comment or a
+    reordered table leaves it as it was, a changed amount or rate does not)."""
+    return hashlib.sha256(edition.edition.model_dump_json().encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class BatchHeader:
     """Who a batch is: its id, content key, input files with hashes, plan and reference lists."""
@@ -143,10 +150,7 @@ def describe_batch(inputs: BatchInputs, spill: Path | None = None) -> BatchHeade
         "roster": [{"path": str(inputs.roster), "sha256": file_hash(inputs.roster)}],
         "lists": [{"path": str(inputs.lists), "sha256": file_hash(inputs.lists)}],
     }
-    edition_hashes = {
-        e.id: hashlib.sha256(e.edition.model_dump_json().encode()).hexdigest()
-        for e in plan.editions
-    }
+    edition_hashes = {e.id: edition_hash(e) for e in plan.editions}
     key_material = json.dumps(
         {k: [f["sha256"] for f in v] for k, v in described.items()}
         | {"editions": edition_hashes, "fixed": plan.fixed},
