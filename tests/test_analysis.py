@@ -155,3 +155,124 @@ def test_a_scenario_folder_is_not_overwritten_without_force(year: Path) -> None:
     refused = hmb("simulate", night, "--out", year / "again", cwd=year)
     assert refused.returncode == 2 and "--force" in refused.stderr
     ok("simulate", night, "--out", year / "again", "--force", cwd=year)
+
+
+FLOOR_PATH = "responsibilities.main.terms.0.floor"
+
+
+def test_set_the_floor_pays_what_the_edition_with_that_floor_pays(year: Path) -> None:
+    """zhelibao-2023 differs from 2022 only in that floor (plan diff says so): 2022 with the
+    floor set to 13,000 must pay, settlement by settlement, what 2023 pays."""
+    night = year / "gen" / "nightly" / "02"
+    diff = hmb("plan", "diff", "zhelibao-2022", "zhelibao-2023")
+    assert diff.returncode == 0 and "13,000.00" in diff.stdout
+    doc = ok(
+        "simulate",
+        night,
+        "--plan",
+        "zhelibao-2022",
+        "--set",
+        f"{FLOOR_PATH}=13000",
+        "--out",
+        year / "set",
+        cwd=year,
+    )
+    assert doc["changes"] == [f"{FLOOR_PATH}=13000"]
+    (edition,) = doc["editions"]
+    assert edition.startswith("zhelibao-2022+")  # its own id, not the shipped edition's
+    ok("simulate", night, "--plan", "zhelibao-2023", "--out", year / "e23", cwd=year)
+    diff_doc = ok("compare", year / "set", year / "e23", "--out", year / "set-vs-2023")
+    assert Decimal(diff_doc["difference"]) == 0 and diff_doc["members"]["changed"] == 0
+    assert diff_doc["status_changes"] == []
+
+
+def test_an_invalid_set_is_exit_5_naming_it(year: Path) -> None:
+    night = year / "gen" / "nightly" / "02"
+    proc = hmb(
+        "simulate",
+        night,
+        "--set",
+        "responsibilities.main.brackets.0.rate=1.5",
+        "--out",
+        year / "bad",
+        cwd=year,
+    )
+    assert proc.returncode == 5 and "brackets.0.rate" in proc.stderr
+    assert not (year / "bad" / "scenario.duckdb").exists()
+
+
+def test_a_sweep_equals_separate_runs_to_the_fen(year: Path) -> None:
+    nights = [year / "gen" / "nightly" / n for n in ("01", "02")]
+    floors = ["9000", "13000", "18000"]
+    swept = ok(
+        "simulate",
+        *nights,
+        "--plan",
+        "zhelibao-2022",
+        "--sweep",
+        f"{FLOOR_PATH}={','.join(floors)}",
+        "--out",
+        year / "sweep",
+        cwd=year,
+    )["sweep"]
+    assert [v["value"] for v in swept["values"]] == floors
+    for floor, value in zip(floors, swept["values"], strict=True):
+        alone = ok(
+            "simulate",
+            *nights,
+            "--plan",
+            "zhelibao-2022",
+            "--set",
+            f"{FLOOR_PATH}={floor}",
+            "--out",
+            year / f"alone-{floor}",
+            cwd=year,
+        )
+        (y,) = alone["plan_years"]
+        assert value["payout"] == y["payout"]
+        assert value["members_paid"] == y["members_paid"]
+        assert value["loss_ratios"][0]["loss_ratio"] == y["loss_ratio"]["loss_ratio"]
+    payouts = [Decimal(v["payout"]) for v in swept["values"]]
+    assert payouts == sorted(payouts, reverse=True)  # a lower floor pays more
+    for name in ("sweep.json", "sweep.md", "sweep.html"):
+        assert (year / "sweep" / name).exists()
+
+
+def test_a_what_if_for_the_rest_of_the_year_starts_from_the_ledger_as_of_a_batch(
+    year: Path,
+) -> None:
+    """The production ledger holds night 1. Night 2 simulated from a copy of it as of night 1
+    pays what night 2 pays when it is applied: no settlement is a duplicate."""
+    production = year / "production.duckdb"
+    batches = ok("ledger", "batches", cwd=year)
+    night1 = batches[0]["batch_id"]
+    before = sha(production)
+    night2 = year / "gen" / "nightly" / "02"
+    what_if = ok(
+        "simulate",
+        night2,
+        "--plan",
+        "zhelibao",
+        "--from-ledger",
+        production,
+        "--as-of",
+        night1,
+        "--out",
+        year / "rest",
+        cwd=year,
+    )
+    assert sha(production) == before
+    real = hmb("adjudicate", night2, "--out", year / "real-n02", "--quiet", cwd=year)
+    assert real.returncode == 0, real.stderr
+    import polars as pl
+
+    simulated = pl.read_parquet(year / "rest" / "batches" / "01" / "payouts.parquet")
+    applied = pl.read_parquet(year / "real-n02" / "payouts.parquet")
+    assert simulated.height == applied.height and "DUPLICATE_SETTLEMENT" not in str(
+        simulated["reasons"].to_list()
+    )
+    assert simulated["payout_amt"].to_list() == applied["payout_amt"].to_list()
+    (y,) = what_if["plan_years"]
+    assert Decimal(y["payout"]) == applied["payout_amt"].sum()
+    # put the production ledger back as the other tests expect it
+    assert hmb("ledger", "revert", "--last", cwd=year).returncode == 0
