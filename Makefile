@@ -10,7 +10,7 @@ BENCH_HUGE ?= 200000000
 
 .DEFAULT_GOAL := help
 .PHONY: help install browser demo test test-slow check lint format typecheck clean sample-data \
-	bench screenshot
+	bench bench-sweep screenshot
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,12 @@ bench: $(STAMP) ## benchmarks against the read floor and a DuckDB SQL baseline -
 	$(BIN)/python benchmarks/run.py --sizes $(BENCH_SIZES) --repeat 3 --repeat-large 1 \
 		--memory-limit $(BENCH_MEMORY_LIMIT) --huge $(BENCH_HUGE) \
 		--nightly-members $(BENCH_NIGHTLY_MEMBERS)
+	$(BIN)/python benchmarks/sweep.py --lines 10000000 --values 10 \
+		--memory-limit $(BENCH_MEMORY_LIMIT)
+
+bench-sweep: $(STAMP) ## a 10-value sweep against one adjudicate of the 10M-line year (Markdown)
+	$(BIN)/python benchmarks/sweep.py --lines 10000000 --values 10 \
+		--memory-limit $(BENCH_MEMORY_LIMIT)
 
 screenshot: demo browser ## docs/report-sample.png from the demo's report
 	$(BIN)/python scripts/screenshot-report out/demo/night-02/report.html docs/report-sample.png

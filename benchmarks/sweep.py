@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import ROOT, ensure_data  # noqa: E402  (the harness's data, generated once)
+from run import ROOT, ensure_data  # the harness's data, generated once
 
 HMB = Path(sys.executable).with_name("hmb-batch")
 

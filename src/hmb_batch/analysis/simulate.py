@@ -15,7 +15,6 @@ settlement-level parameter on the member-years' year to date before and after th
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +38,7 @@ from hmb_batch.report.pages import Bar, Chart, ReportData, render_html, render_m
 from hmb_batch.rules.engine import cost_ids
 from hmb_batch.rules.kernel import payout_between
 from hmb_batch.run.batch import BatchInputs, BatchResult, run_batch
-from hmb_batch.run.identity import extract_folder
+from hmb_batch.run.identity import edition_hash, extract_folder
 
 SCENARIO_LEDGER = "scenario.duckdb"
 SIMULATION = "simulation.json"
@@ -161,7 +160,12 @@ def simulate(
         "hmb_version": __version__,
         "created_at": dt.datetime.now().isoformat(timespec="seconds"),
         "plan": plan.label,
-        "editions": {e.id: edition_hash(e.edition.model_dump_json()) for e in plan.editions},
+        # the editions the batches used, with the hashes that name them (as manifest.json)
+        "editions": {
+            e.id: edition_hash(e)
+            for e in plan.editions
+            if e.id in {u for r in results for u in r.summary.editions}
+        },
         **(describe or {}),
         "extracts": list(extracts),
         "ledger": str(ledger),
@@ -175,11 +179,6 @@ def simulate(
     pages["simulation.md"] = _markdown(document).encode()
     write_files(pages, out_dir)
     return SimulationResult(out_dir, ledger, results, years, document)
-
-
-def edition_hash(dumped: str) -> str:
-    """SHA-256 of an edition's JSON dump (as the batch key and the ledger record it)."""
-    return hashlib.sha256(dumped.encode()).hexdigest()
 
 
 def year_totals(lg: Ledger, plan: PlanSelection, batch_ids: list[str]) -> list[YearTotals]:
