@@ -184,6 +184,9 @@ def test_set_the_floor_pays_what_the_edition_with_that_floor_pays(year: Path) ->
     diff_doc = ok("compare", year / "set", year / "e23", "--out", year / "set-vs-2023")
     assert Decimal(diff_doc["difference"]) == 0 and diff_doc["members"]["changed"] == 0
     assert diff_doc["status_changes"] == []
+    # the scenario's own edition (not shipped) is rebuilt from simulation.json for its premium
+    ratio_a, ratio_b = diff_doc["a"]["loss_ratio"], diff_doc["b"]["loss_ratio"]
+    assert ratio_a is not None and ratio_a["loss_ratio"] == ratio_b["loss_ratio"]
 
 
 def test_an_invalid_set_is_exit_5_naming_it(year: Path) -> None:

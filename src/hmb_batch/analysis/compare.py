@@ -29,6 +29,7 @@ from hmb_batch.io.atomic import write_files
 from hmb_batch.ledger.store import SCHEMA_VERSION, Ledger, LedgerError
 from hmb_batch.money import fen_to_yuan, yuan_to_fen
 from hmb_batch.plan.catalog import PlanSelection, select_plan
+from hmb_batch.plan.scenario import select_plan_with
 from hmb_batch.report.data import loss_ratio_json, loss_ratios
 from hmb_batch.report.pages import Bar, Chart, ReportData, render_html, render_markdown
 
@@ -90,7 +91,7 @@ def load_side(spec: Path, plan_year: int | None) -> tuple[Side, int]:
     """One side from a ledger, a scenario folder or a batch folder; and the plan year compared
     (``plan_year``, or the side's only plan year)."""
     if spec.is_dir() and (spec / "scenario.duckdb").is_file():
-        return _ledger_side(spec / "scenario.duckdb", plan_year, str(spec))
+        return _ledger_side(spec / "scenario.duckdb", plan_year, str(spec), _scenario_plan(spec))
     if spec.is_dir() and (spec / "payouts.parquet").is_file():
         return _folder_side(spec, plan_year)
     if spec.is_file():
@@ -111,7 +112,19 @@ def _year(found: list[int], asked: int | None, label: str) -> int:
     return found[0]
 
 
-def _ledger_side(path: Path, plan_year: int | None, label: str) -> tuple[Side, int]:
+def _scenario_plan(folder: Path) -> PlanSelection | None:
+    """The editions a scenario's batches ran under, rebuilt from its simulation.json (its
+    ``--plan`` and ``--set``s): a scenario's own edition is not shipped. None if unreadable."""
+    try:
+        doc = json.loads((folder / "simulation.json").read_text(encoding="utf-8"))
+        return select_plan_with(doc["plan_spec"], doc.get("run_changes", []))
+    except (OSError, ValueError, KeyError, HmbError):
+        return None
+
+
+def _ledger_side(
+    path: Path, plan_year: int | None, label: str, plan: PlanSelection | None = None
+) -> tuple[Side, int]:
     with read_only_ledger(path) as lg:
         years = [
             int(r[0])
@@ -132,7 +145,7 @@ def _ledger_side(path: Path, plan_year: int | None, label: str) -> tuple[Side, i
         enrolled: dict[int, int] = {}
         for summary in lg.year_batches(year):
             enrolled |= {int(k): int(v) for k, v in summary["enrolled_by_plan_year"].items()}
-    plan = _plan_of(sorted(set(settlements["edition"].drop_nulls())))
+    plan = plan or _plan_of(sorted(set(settlements["edition"].drop_nulls())))
     payout = int(settlements["payout_fen"].sum() or 0)
     ratio = None
     if plan is not None:

@@ -672,7 +672,10 @@ def simulate(
                 force=force,
                 start_ledger=_copy_of(from_ledger, as_of, inputs.memory_limit),
                 describe={
+                    "plan_spec": plan or d.plan,
                     "changes": sets,
+                    # what the scenario's batches ran under (a sweep's: its first value)
+                    "run_changes": run_sets,
                     "from_ledger": str(from_ledger) if from_ledger is not None else None,
                     "as_of": as_of,
                 },
