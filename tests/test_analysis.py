@@ -220,6 +220,7 @@ def test_a_sweep_equals_separate_runs_to_the_fen(year: Path) -> None:
         year / "sweep",
         cwd=year,
     )["sweep"]
+    assert swept["parameter"] == FLOOR_PATH
     assert [v["value"] for v in swept["values"]] == floors
     for floor, value in zip(floors, swept["values"], strict=True):
         alone = ok(
@@ -242,6 +243,9 @@ def test_a_sweep_equals_separate_runs_to_the_fen(year: Path) -> None:
     for name in ("sweep.json", "sweep.md", "sweep.html"):
         assert (year / "sweep" / name).exists()
     assert sha(production) == before
+    # replaced by a scenario without a sweep: no sweep file of the old one is left beside it
+    ok("simulate", *nights, "--plan", "zhelibao-2023", "--out", year / "sweep", "--force", cwd=year)
+    assert not any((year / "sweep" / n).exists() for n in ("sweep.json", "sweep.md", "sweep.html"))
 
 
 def test_a_what_if_for_the_rest_of_the_year_starts_from_the_ledger_as_of_a_batch(
@@ -280,6 +284,57 @@ def test_a_what_if_for_the_rest_of_the_year_starts_from_the_ledger_as_of_a_batch
     assert simulated["payout_amt"].to_list() == applied["payout_amt"].to_list()
     (y,) = what_if["plan_years"]
     assert Decimal(y["payout"]) == applied["payout_amt"].sum()
+    # a capped sweep from the ledger as of night 1 equals separate runs from the same state
+    caps = ["3000", "50000"]
+    capped = ok(
+        "simulate",
+        night2,
+        "--plan",
+        "zhelibao",
+        "--from-ledger",
+        production,
+        "--as-of",
+        night1,
+        "--sweep",
+        f"responsibilities.main.cap={','.join(caps)}",
+        "--out",
+        year / "caps",
+        cwd=year,
+    )["sweep"]["values"]
+    for cap, value in zip(caps, capped, strict=True):
+        alone = ok(
+            "simulate",
+            night2,
+            "--plan",
+            "zhelibao",
+            "--from-ledger",
+            production,
+            "--as-of",
+            night1,
+            "--set",
+            f"responsibilities.main.cap={cap}",
+            "--out",
+            year / f"cap-{cap}",
+            cwd=year,
+        )
+        (y,) = alone["plan_years"]
+        assert (value["payout"], value["members_paid"]) == (y["payout"], y["members_paid"])
+    # night 1 again is in the copy already: refused, not counted as the scenario's
+    again = hmb(
+        "simulate",
+        year / "gen" / "nightly" / "01",
+        "--plan",
+        "zhelibao",
+        "--from-ledger",
+        production,
+        "--as-of",
+        night1,
+        "--out",
+        year / "twice",
+        cwd=year,
+    )
+    assert again.returncode == 9 and "already in the scenario's ledger" in again.stderr
+    assert sha(production) != before  # night 2 was applied above, for real
     # put the production ledger back as the other tests expect it
     assert hmb("ledger", "revert", "--last", cwd=year).returncode == 0
 
@@ -317,3 +372,49 @@ def test_an_extract_spanning_two_plan_years_is_reported_per_year_side_by_side(
         assert (tmp_path / "two" / f"report-{year}.html").exists()
     table = (tmp_path / "two" / "simulation.md").read_text()
     assert "| | 2022 | 2023 |" in table
+    swept = ok(
+        "simulate",
+        gen / "settlements.parquet",
+        "--fees",
+        gen / "fees.parquet",
+        "--roster",
+        gen / "roster.parquet",
+        "--lists",
+        gen / "lists.parquet",
+        "--plan",
+        "zhelibao",
+        "--sweep",
+        f"{FLOOR_PATH}=12000,16000",
+        "--out",
+        tmp_path / "sw",
+    )["sweep"]["values"]
+    assert [lr["plan_year"] for lr in swept[0]["loss_ratios"]] == [2022, 2023]
+    page = (tmp_path / "sw" / "sweep.md").read_text()
+    assert "loss ratio 2022" in page and "loss ratio 2023" in page
+
+
+def test_a_scenario_batch_can_be_replayed(year: Path) -> None:
+    night = year / "gen" / "nightly" / "02"
+    ok(
+        "simulate",
+        night,
+        "--plan",
+        "zhelibao-2022",
+        "--set",
+        f"{FLOOR_PATH}=15000",
+        "--out",
+        year / "to-replay",
+        cwd=year,
+    )
+    manifest = year / "to-replay" / "batches" / "01" / "manifest.json"
+    proc = hmb(
+        "replay",
+        manifest,
+        "--ledger",
+        year / "to-replay" / "scenario.duckdb",
+        "--out",
+        year / "replayed",
+        cwd=year,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "payouts.parquet reproduced byte for byte" in proc.stdout

@@ -16,8 +16,8 @@ import io
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from decimal import Decimal
+from dataclasses import dataclass, replace
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from hmb_batch.plan.catalog import PlanSelection, select_plan
 from hmb_batch.plan.scenario import select_plan_with
 from hmb_batch.report.data import loss_ratio_json, loss_ratios
 from hmb_batch.report.pages import Bar, Chart, ReportData, render_html, render_markdown
+from hmb_batch.run.identity import edition_hash
 
 SHOW = 10  # the largest gains and losses, the first status changes shown
 SETTLEMENT = [
@@ -57,8 +58,8 @@ class Side:
     settlements: pl.DataFrame  # SETTLEMENT columns, money in fen
     responsibilities: pl.DataFrame  # setl_id, responsibility, payout_fen
     loss_ratio: dict[str, Any] | None  # as in manifest.json, when the side knows its pool
-    # the bracket bounds (fen) of the first responsibility of the side's edition, if known
-    bounds: list[int] | None = None
+    # the side's edition's first responsibility, and its bracket bounds (fen), if known
+    banded: tuple[str, list[int]] | None = None
 
 
 @contextlib.contextmanager
@@ -91,7 +92,10 @@ def load_side(spec: Path, plan_year: int | None) -> tuple[Side, int]:
     """One side from a ledger, a scenario folder or a batch folder; and the plan year compared
     (``plan_year``, or the side's only plan year)."""
     if spec.is_dir() and (spec / "scenario.duckdb").is_file():
-        return _ledger_side(spec / "scenario.duckdb", plan_year, str(spec), _scenario_plan(spec))
+        side, year = _ledger_side(
+            spec / "scenario.duckdb", plan_year, str(spec), _scenario_plan(spec)
+        )
+        return replace(side, loss_ratio=_scenario_ratio(spec, year) or side.loss_ratio), year
     if spec.is_dir() and (spec / "payouts.parquet").is_file():
         return _folder_side(spec, plan_year)
     if spec.is_file():
@@ -114,12 +118,30 @@ def _year(found: list[int], asked: int | None, label: str) -> int:
 
 def _scenario_plan(folder: Path) -> PlanSelection | None:
     """The editions a scenario's batches ran under, rebuilt from its simulation.json (its
-    ``--plan`` and ``--set``s): a scenario's own edition is not shipped. None if unreadable."""
+    ``--plan`` and ``--set``s: a scenario's own edition is not shipped), for its bracket bounds
+    — only if each edition still has the hash the scenario recorded. None otherwise."""
     try:
         doc = json.loads((folder / "simulation.json").read_text(encoding="utf-8"))
-        return select_plan_with(doc["plan_spec"], doc.get("run_changes", []))
+        plan = select_plan_with(doc["plan_spec"], doc.get("run_changes", []))
     except (OSError, ValueError, KeyError, HmbError):
         return None
+    recorded = doc.get("editions", {})
+    if any(recorded.get(e.id, edition_hash(e)) != edition_hash(e) for e in plan.editions):
+        return None
+    return plan
+
+
+def _scenario_ratio(folder: Path, year: int) -> dict[str, Any] | None:
+    """The loss ratio a scenario recorded for ``year`` (simulation.json)."""
+    try:
+        doc = json.loads((folder / "simulation.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for y in doc.get("plan_years", []):
+        if y.get("plan_year") == year:
+            ratio = y.get("loss_ratio")
+            return ratio if isinstance(ratio, dict) else None
+    return None
 
 
 def _ledger_side(
@@ -138,27 +160,32 @@ def _ledger_side(
             {"y": year},
         ).with_columns(pl.col("plan_year").cast(pl.Int64))
         responsibilities = lg.query(
-            """SELECT r.setl_id, r.responsibility, r.payout_fen FROM settlement_responsibilities r
+            """SELECT r.setl_id, r.responsibility, r.payable_fen, r.payout_fen
+               FROM settlement_responsibilities r
                JOIN settlements s USING (setl_id) WHERE s.plan_year = $y""",
             {"y": year},
         )
         enrolled: dict[int, int] = {}
         for summary in lg.year_batches(year):
-            enrolled |= {int(k): int(v) for k, v in summary["enrolled_by_plan_year"].items()}
+            enrolled |= {
+                int(k): int(v) for k, v in summary.get("enrolled_by_plan_year", {}).items()
+            }
     plan = plan or _plan_of(sorted(set(settlements["edition"].drop_nulls())))
     payout = int(settlements["payout_fen"].sum() or 0)
     ratio = None
     if plan is not None:
         found = loss_ratio_json(loss_ratios(plan, enrolled, {year: payout}))
         ratio = found[0] if found else None
-    return Side(label, settlements, responsibilities, ratio, _bounds(plan)), year
+    return Side(label, settlements, responsibilities, ratio, _bands(plan, year)), year
 
 
-def _bounds(plan: PlanSelection | None) -> list[int] | None:
-    if plan is None:
+def _bands(plan: PlanSelection | None, year: int) -> tuple[str, list[int]] | None:
+    """The first responsibility of the edition governing ``year`` and its bracket bounds."""
+    edition = plan.for_year(year) if plan is not None else None
+    if edition is None:
         return None
-    brackets = plan.editions[0].edition.responsibilities[0].brackets
-    return [b.up_to for b in brackets if b.up_to is not None]
+    first = edition.edition.responsibilities[0]
+    return first.id, [b.up_to for b in first.brackets if b.up_to is not None]
 
 
 def _plan_of(editions: list[str]) -> PlanSelection | None:
@@ -198,9 +225,12 @@ def _folder_side(folder: Path, plan_year: int | None) -> tuple[Side, int]:
         .select(
             "setl_id",
             pl.col("responsibilities").struct.field("id").alias("responsibility"),
-            (pl.col("responsibilities").struct.field("payout_amt") * 100)
-            .cast(pl.Int64)
-            .alias("payout_fen"),
+            *[
+                (pl.col("responsibilities").struct.field(f"{m}_amt") * 100)
+                .cast(pl.Int64)
+                .alias(f"{m}_fen")
+                for m in ("payable", "payout")
+            ],
         )
     )
     ratio = None
@@ -210,7 +240,7 @@ def _folder_side(folder: Path, plan_year: int | None) -> tuple[Side, int]:
             if lr["plan_year"] == year:
                 ratio = lr
     plan = _plan_of(sorted(set(settlements["edition"].drop_nulls())))
-    return Side(str(folder), settlements, responsibilities, ratio, _bounds(plan)), year
+    return Side(str(folder), settlements, responsibilities, ratio, _bands(plan, year)), year
 
 
 @dataclass(frozen=True)
@@ -242,12 +272,7 @@ class Comparison:
                 "lost": int((m["change"] < 0).sum()),
                 "newly_paid": int(m["newly_paid"].sum()),
                 "no_longer_paid": int(m["no_longer_paid"].sum()),
-                "change_quantiles": {
-                    q: _y(int(changed["change"].quantile(float(q), "nearest") or 0))
-                    for q in ("0.1", "0.25", "0.5", "0.75", "0.9")
-                }
-                if changed.height
-                else {},
+                "change_quantiles": _quantiles(changed["change"]),
                 # ties in psn_no order: the same runs list the same members
                 "largest_gains": _members(
                     m.sort(["change", "psn_no"], descending=[True, False]).head(SHOW), 1
@@ -271,6 +296,19 @@ class Comparison:
                 for name, frame in self.by.items()
             },
         }
+
+
+def _quantiles(changes: pl.Series) -> dict[str, str]:
+    """The change at quantiles 0.1 … 0.9 of the members whose payout changed: the value at
+    rank round(q × (n − 1)) of the sorted changes, in integers (no float touches money)."""
+    values = changes.sort().to_list()
+    if not values:
+        return {}
+    out = {}
+    for q in ("0.1", "0.25", "0.5", "0.75", "0.9"):
+        rank = (Decimal(q) * (len(values) - 1)).quantize(Decimal(1), ROUND_HALF_UP)
+        out[q] = _y(int(values[int(rank)]))
+    return out
 
 
 def _y(fen: int) -> str:
@@ -324,8 +362,19 @@ def compare(a: Side, b: Side, plan_year: int) -> Comparison:
         "month": _by(sa, sb, pl.col("setl_time").dt.strftime("%Y-%m")),
         "responsibility": _by(a.responsibilities, b.responsibilities, pl.col("responsibility")),
     }
-    if a.bounds:
-        by["band (member's annual payable on side A)"] = _by_band(members, a.bounds)
+    if a.banded:
+        rid, bounds = a.banded
+        # the band a member reaches is that responsibility's own payable, not the total of all
+        payable = (
+            a.responsibilities.filter(pl.col("responsibility") == rid)
+            .join(sa.select("setl_id", "psn_no"), on="setl_id")
+            .group_by("psn_no")
+            .agg(pl.col("payable_fen").sum())
+        )
+        banded = members.join(payable, on="psn_no", how="left").with_columns(
+            pl.col("payable_fen").fill_null(0)
+        )
+        by[f"band ({rid}'s annual payable on side A)"] = _by_band(banded, bounds)
     statuses = (
         sa.select("setl_id", pl.col("status").alias("status_a"))
         .join(
@@ -369,7 +418,7 @@ def _by_band(members: pl.DataFrame, bounds: list[int]) -> pl.DataFrame:
     ] + [f"above {fen_to_yuan(edges[-1]):,}"]
     band = pl.lit("no payable")
     for i in range(len(edges) - 1, -1, -1):
-        band = pl.when(pl.col("payable_a") > edges[i]).then(pl.lit(labels[i])).otherwise(band)
+        band = pl.when(pl.col("payable_fen") > edges[i]).then(pl.lit(labels[i])).otherwise(band)
     return (
         members.group_by(band.alias("key"))
         .agg(pl.col("payout_a").sum(), pl.col("payout_b").sum())

@@ -29,7 +29,7 @@ from hmb_batch import __version__
 from hmb_batch.errors import OutputRefused
 from hmb_batch.io.atomic import write_files
 from hmb_batch.io.reference import load_roster
-from hmb_batch.ledger.store import Ledger, create_ledger, open_ledger
+from hmb_batch.ledger.store import Ledger, LedgerError, create_ledger, open_ledger
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.model import RATE_SCALE
@@ -97,9 +97,17 @@ def prepare_folder(out_dir: Path, *, force: bool) -> None:
                 f"{out_dir} holds a scenario already ({SCENARIO_LEDGER}); give another --out, "
                 "or --force to replace it"
             )
-        for name in (SCENARIO_LEDGER, f"{SCENARIO_LEDGER}.wal", SIMULATION, "simulation.md"):
+        for name in (
+            SCENARIO_LEDGER,
+            f"{SCENARIO_LEDGER}.wal",
+            SIMULATION,
+            "simulation.md",
+            "sweep.json",
+            "sweep.md",
+            "sweep.html",
+        ):
             (out_dir / name).unlink(missing_ok=True)
-        for folder in ("batches", f"{SCENARIO_LEDGER}.files", "sweep"):
+        for folder in ("batches", f"{SCENARIO_LEDGER}.files"):
             shutil.rmtree(out_dir / folder, ignore_errors=True)
         for report in out_dir.glob("report-*.*"):
             report.unlink()
@@ -112,6 +120,7 @@ def simulate(
     out_dir: Path,
     *,
     force: bool = False,
+    plan_source: tuple[str, tuple[str, ...]] | None = None,
     start_ledger: Callable[[Path], None] | None = None,
     describe: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
@@ -121,6 +130,8 @@ def simulate(
     ``start_ledger(path)`` creates the scenario ledger (default: an empty one); a what-if for
     the rest of a year passes a copy of the production ledger's state as of a batch.
     ``describe``: what the scenario is (changes, source ledger ...), kept in simulation.json.
+    ``plan_source``: ``plan``'s ``--plan`` and ``--set`` list, recorded in each batch's manifest
+    so that ``hmb-batch replay`` can choose the same editions again.
     """
     prepare_folder(out_dir, force=force)
     ledger = out_dir / SCENARIO_LEDGER
@@ -139,15 +150,25 @@ def simulate(
             encoding=inputs.encoding,
             column_map=inputs.column_map,
             timezone=inputs.timezone,
+            plan_source=plan_source,
         )
-        results.append(
-            run_batch(
-                batch_inputs,
-                out_dir / "batches" / f"{i:02d}",
-                ledger_path=ledger,
-                memory_limit=inputs.memory_limit,
+        result = run_batch(
+            batch_inputs,
+            out_dir / "batches" / f"{i:02d}",
+            ledger_path=ledger,
+            memory_limit=inputs.memory_limit,
+        )
+        if result.replayed:
+            # the same inputs and editions are in the scenario's ledger already (an extract
+            # given twice, or one the copied ledger holds): counting its settlements as the
+            # scenario's would be wrong, and a run of another value would find duplicates
+            raise LedgerError(
+                f"extract {spec} is already in the scenario's ledger as batch "
+                f"{result.summary.batch_id} (given twice, or applied before --as-of in the "
+                "ledger it was copied from): a scenario adjudicates each extract once, after "
+                "the state it starts from"
             )
-        )
+        results.append(result)
     batch_ids = [r.summary.batch_id for r in results]
     with open_ledger(ledger) as lg:
         years = year_totals(lg, plan, batch_ids)
@@ -392,16 +413,39 @@ def write_sweep(path: str, rows: Sequence[SweepRow], out_dir: Path) -> dict[str,
     in ``out_dir``."""
     doc = {"parameter": path, "values": [r.to_json() for r in rows]}
 
-    def ratio_ppm(r: SweepRow) -> int:
-        lr = r.loss_ratios[0] if r.loss_ratios else None
-        if not lr or lr["loss_ratio"] is None:
-            return 0
-        return int(Decimal(lr["loss_ratio"]) * RATE_SCALE)
+    years = sorted({int(lr["plan_year"]) for r in rows for lr in r.loss_ratios})
 
-    target = next(
-        (int(Decimal(lr["target_loss_ratio"]) * RATE_SCALE) for r in rows for lr in r.loss_ratios),
-        None,
-    )
+    def ratio_ppm(lr: Mapping[str, Any]) -> int:
+        return 0 if lr["loss_ratio"] is None else int(Decimal(lr["loss_ratio"]) * RATE_SCALE)
+
+    def ratios_text(r: SweepRow) -> str:
+        return ", ".join(
+            f"loss ratio {lr['plan_year']} "
+            + ("-" if lr["loss_ratio"] is None else f"{Decimal(lr['loss_ratio']) * 100:.1f}%")
+            for lr in r.loss_ratios
+        )
+
+    charts = [
+        Chart(
+            "payout",
+            "赔付合计",
+            "Total payout per value",
+            [Bar(f"{path} = {r.value}", r.payout_fen, r.members_paid) for r in rows],
+        )
+    ]
+    for year in years:
+        of_year = [(r, lr) for r in rows for lr in r.loss_ratios if int(lr["plan_year"]) == year]
+        charts.append(
+            Chart(
+                f"loss-ratio-{year}",
+                f"赔付率 {year}",
+                f"Loss ratio per value, plan year {year} (year to date)",
+                [Bar(f"{path} = {r.value}", ratio_ppm(lr)) for r, lr in of_year],
+                unit="percent",
+                target=int(Decimal(of_year[0][1]["target_loss_ratio"]) * RATE_SCALE),
+                note="target line: the edition's target loss ratio",
+            )
+        )
     data = ReportData(
         title=f"参数扫描 Sweep · {path}",
         scope=(
@@ -413,31 +457,11 @@ def write_sweep(path: str, rows: Sequence[SweepRow], out_dir: Path) -> dict[str,
             (
                 f"{path} = {r.value}",
                 f"{fen_to_yuan(r.payout_fen):,} yuan · {r.members_paid:,} members paid · "
-                + (
-                    f"loss ratio {Decimal(r.loss_ratios[0]['loss_ratio']) * 100:.1f}%"
-                    if r.loss_ratios and r.loss_ratios[0]["loss_ratio"] is not None
-                    else "loss ratio -"
-                ),
+                + (ratios_text(r) or "loss ratio -"),
             )
             for r in rows
         ],
-        charts=[
-            Chart(
-                "payout",
-                "赔付合计",
-                "Total payout per value",
-                [Bar(f"{path} = {r.value}", r.payout_fen, r.members_paid) for r in rows],
-            ),
-            Chart(
-                "loss-ratio",
-                "赔付率",
-                "Loss ratio per value (year to date)",
-                [Bar(f"{path} = {r.value}", ratio_ppm(r)) for r in rows],
-                unit="percent",
-                target=target,
-                note="target line: the edition's target loss ratio",
-            ),
-        ],
+        charts=charts,
     )
     files = {
         "sweep.json": json.dumps(doc, ensure_ascii=False, indent=2).encode(),

@@ -670,9 +670,10 @@ def simulate(
                 inputs,
                 out_dir,
                 force=force,
+                plan_source=(_absolute_spec(plan or d.plan), tuple(run_sets)),
                 start_ledger=_copy_of(from_ledger, as_of, inputs.memory_limit),
                 describe={
-                    "plan_spec": plan or d.plan,
+                    "plan_spec": _absolute_spec(plan or d.plan),
                     "changes": sets,
                     # what the scenario's batches ran under (a sweep's: its first value)
                     "run_changes": run_sets,
@@ -689,7 +690,7 @@ def simulate(
         _print_json(
             result.document
             | (
-                {"sweep": {"parameter": swept[0], "values": [r.to_json() for r in rows]}}
+                {"sweep": {"parameter": swept_path, "values": [r.to_json() for r in rows]}}
                 if swept
                 else {}
             )
@@ -700,6 +701,13 @@ def simulate(
             render.sweep(out, swept_path, [r.to_json() for r in rows])
             for name, path in swept_files.items():
                 out.print(f"{name}: {path}", highlight=False, markup=False)
+
+
+def _absolute_spec(spec: str) -> str:
+    """A plan spec that names a file or folder, made absolute (a later compare or replay may
+    run elsewhere); an edition or family id as it is."""
+    path = Path(spec)
+    return str(path.resolve()) if path.exists() else spec
 
 
 def _copy_of(

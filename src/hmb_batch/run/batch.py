@@ -309,15 +309,19 @@ def rerun_record(
     or folder made absolute), how files were read (encoding, time zone, ``[columns]``), whether
     psn_name and certno were masked, the CSV copies' encoding (None: none), and the folder the
     run was started from (relative input paths are relative to it)."""
-    if isinstance(inputs.plan, PlanSelection):  # a scenario's editions (manifest "scenarios")
+    sets: list[str] = []
+    if inputs.plan_source is not None:  # a scenario's editions: its --plan and --set list
+        spec, sets = inputs.plan_source[0], list(inputs.plan_source[1])
+    elif isinstance(inputs.plan, PlanSelection):
         spec = inputs.plan.label
     else:
-        plan = Path(inputs.plan)
-        spec = str(plan.resolve()) if plan.exists() else inputs.plan
+        spec = inputs.plan
+    path = Path(spec)
     return {
         "extract": str(inputs.extract),
         "fees": str(inputs.fees) if inputs.fees is not None else None,
-        "plan": spec,
+        "plan": str(path.resolve()) if path.exists() else spec,
+        "sets": sets,
         "encoding": inputs.encoding,
         "timezone": inputs.timezone,
         "columns": dict(inputs.column_map or {}),

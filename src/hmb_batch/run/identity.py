@@ -37,6 +37,8 @@ class BatchInputs:
     # district code -> name for the report (hmb.toml's [districts]); not part of the batch key:
     # names change how a report reads, not what the batch pays
     districts: Mapping[str, str] | None = None
+    # a PlanSelection's --plan and --set PATH=VALUE list (simulate), recorded for a replay
+    plan_source: tuple[str, tuple[str, ...]] | None = None
 
 
 def expand_inputs(spec: Path | str) -> list[Path]:

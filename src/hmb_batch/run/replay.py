@@ -23,7 +23,7 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,8 @@ from hmb_batch.errors import ConfigError, InputUnreadable, OutputRefused
 from hmb_batch.io.atomic import write_files
 from hmb_batch.ledger.asof import BatchFacts, batch_facts, copy_as_of
 from hmb_batch.ledger.store import FileArchive, LedgerError
-from hmb_batch.plan.catalog import select_plan
+from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.plan.scenario import select_plan_with
 from hmb_batch.run import out_folder
 from hmb_batch.run.alerts import WarningLimits
 from hmb_batch.run.batch import PERSONAL_DATA, BatchInputs, run_batch
@@ -160,7 +161,11 @@ def replay_batch(
     spec = plan or rerun.get("plan") or defaults.plan
     if not spec:
         raise ConfigError("the manifest records no plan: give --plan (or set adjudicate.plan)")
-    _verify_editions(manifest.get("editions") or {}, spec)
+    sets = list(rerun.get("sets") or [])  # a scenario's --set list (simulate)
+    # the ledger's own record of the editions, when there is one: a manifest can be edited
+    selection = _verify_editions(
+        facts.editions if facts is not None else manifest.get("editions") or {}, spec, sets
+    )
     if manifest.get("hmb_version") not in (None, __version__):
         notes.append(
             f"the batch ran under hmb-batch {manifest['hmb_version']}, this is {__version__}"
@@ -197,7 +202,8 @@ def replay_batch(
             fees=inputs["fees"],
             roster=Path(inputs["roster"]),
             lists=Path(inputs["lists"]),
-            plan=spec,
+            plan=selection,
+            plan_source=(spec, tuple(sets)) if sets else None,
             encoding=rerun.get("encoding") or defaults.encoding,
             column_map=rerun.get("columns", defaults.columns),
             batch_id=batch_id,
@@ -341,10 +347,13 @@ def _spec_of(files: list[Path]) -> str | None:
     return str(Path(os.path.commonpath([str(p) for p in files])))
 
 
-def _verify_editions(recorded: Mapping[str, str], spec: str) -> None:
-    """Every edition the batch used is in the plan ``spec`` with the hash it had then."""
+def _verify_editions(
+    recorded: Mapping[str, str], spec: str, sets: Sequence[str] = ()
+) -> PlanSelection:
+    """Every edition the batch used is in the plan ``spec`` (with a scenario's ``sets``) with
+    the hash it had then; the plan, to run the batch again with."""
     try:
-        plan = select_plan(spec)
+        plan = select_plan_with(spec, sets)
     except ConfigError as exc:
         raise EditionChanged(f"the plan {spec} the batch ran under cannot be read: {exc}") from None
     now = {e.id: edition_hash(e) for e in plan.editions}
@@ -362,6 +371,7 @@ def _verify_editions(recorded: Mapping[str, str], spec: str) -> None:
             "the plan editions are not what the batch used, so it cannot be reproduced:\n"
             + "\n".join(f"  - {p}" for p in problems)
         )
+    return plan
 
 
 def _refuse_folder(out_dir: Path, manifest_path: Path, batch_id: str) -> None:
