@@ -93,8 +93,6 @@ SETL_KEY = "_setl_key"  # setl_id as the kernel types it (fee lines found again 
 ROWS_PER_BLOB = 500_000
 OUTPUTS = ("payouts", "report", "quarantine", "lines")
 SCHEMA = "schema:"
-# counts a test may set to prove which functions the workers ran (see _count)
-CALLS_ENV = "HMB_SPARK_CALLS"
 
 
 class SparkUnavailable(HmbError):
@@ -173,15 +171,6 @@ class _Context:
     timezone: str
     unmasked: bool
     files: tuple[Path, ...]
-
-
-def _count(name: str) -> None:
-    """Count a kernel call in the file ``$HMB_SPARK_CALLS`` names (a test's proof that the
-    workers ran the kernel's functions; unset, nothing is written)."""
-    target = os.environ.get(CALLS_ENV)
-    if target:
-        with open(target, "a", encoding="utf-8") as f:
-            f.write(f"{name}\n")
 
 
 # --- blobs ---------------------------------------------------------------------------------
@@ -339,7 +328,6 @@ def _lines(
     """Stage 1 for one part: :func:`kernel.adjudicate_lines` on its whole settlements."""
     ctx: _Context = ctx_b.value
     part = int(key[0])
-    _count("adjudicate_lines")
     lined = kernel.adjudicate_lines(
         kernel.LinePart(_typed(settlements, SETTLEMENTS, ctx), _typed(fee_lines, FEE_LINES, ctx)),
         plan=ctx.plan,
@@ -384,7 +372,6 @@ def _members(ctx_b: Any, key: tuple[Any, ...], facts: pa.Table, roster: pa.Table
         "enrolled": enrolled_counts(typed_roster),
     }
     if found is not None and not problems:
-        _count("adjudicate_members")
         result = kernel.adjudicate_members(
             kernel.MemberBucket(found, roster_frame(typed_roster)),
             plan=ctx.plan,
@@ -424,7 +411,6 @@ def _settle(
     denied = _concat([no_denied, *_of(decided, "denied")])
     removed = _concat([no_removed, *_of(decided, "removed")])
     assert denied is not None and removed is not None
-    _count("settle_audit")
     settled = kernel.settle_audit(
         audit,
         _typed(fee_lines, FEE_LINES, ctx),
