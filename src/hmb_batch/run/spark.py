@@ -104,7 +104,7 @@ class SparkUnavailable(HmbError):
 def spark_available() -> str | None:
     """Why a Spark run cannot start here (None: it can): pyspark or Java missing."""
     try:
-        import pandas  # type: ignore[import-untyped]  # noqa: F401  (applyInArrow requires it)
+        import pandas  # noqa: F401  (applyInArrow requires it)
         import pyspark  # noqa: F401
     except ImportError as exc:
         return (
@@ -519,6 +519,9 @@ def run_spark_batch(
     if buckets < 1:
         raise ConfigError("--buckets must be at least 1")
     say = progress or (lambda _: None)
+    why = spark_available() if session is None else None
+    if why is not None:  # before any input is read or hashed
+        raise SparkUnavailable(why)
     header = describe_batch(inputs)
     files = [*header.extract_files, *header.fee_files, inputs.roster]
     not_parquet = [str(p) for p in files if p.suffix.lower() not in (".parquet", ".pq")]
