@@ -529,7 +529,7 @@ def run_spark_batch(
         raise ConfigError(
             f"the Spark engine reads Parquet only: {', '.join(not_parquet[:3])} is not"
         )
-    spark = session or spark_session(master, shuffle_partitions=min(buckets, 64))
+    spark = session or spark_session(master, shuffle_partitions=min(buckets, 4096))
     from pyspark.sql import functions as F
 
     out_dir.mkdir(parents=True, exist_ok=True)
