@@ -9,7 +9,8 @@ BENCH_NIGHTLY_MEMBERS ?= 2000000
 BENCH_HUGE ?= 200000000
 
 .DEFAULT_GOAL := help
-.PHONY: help install browser demo test test-slow check lint format typecheck clean sample-data \
+SPARK_STAMP := $(VENV)/.installed-spark
+.PHONY: help install browser java demo test test-slow test-spark check lint format typecheck clean sample-data \
 	bench bench-sweep screenshot
 
 help: ## list the targets
@@ -40,6 +41,21 @@ browser: ## install chromium and a CJK font where missing (for the HTML report t
 
 test: $(STAMP) browser ## install, then run the tests (slow ones excluded)
 	$(BIN)/python -m pytest -q
+
+$(SPARK_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,spark]'
+	@touch $(SPARK_STAMP)
+
+java: ## install Java 17 where missing (for the Spark engine and make test-spark)
+	scripts/ensure-java
+
+# the Spark tests on local[2]: pyspark and pandas into .venv, Java 17 where missing; workers run
+# the venv's interpreter (PYSPARK_PYTHON), Java from what ensure-java found (JAVA_HOME)
+test-spark: $(SPARK_STAMP) ## install pyspark and Java 17, then run the Spark tests (pytest -m spark)
+	@java_home="$$(scripts/ensure-java | sed -n 's/^JAVA_HOME=//p')"; \
+	if [ -n "$$java_home" ]; then export JAVA_HOME="$$java_home"; fi; \
+	PYSPARK_PYTHON="$(abspath $(BIN))/python" PYSPARK_DRIVER_PYTHON="$(abspath $(BIN))/python" \
+		$(BIN)/python -m pytest -q -m spark
 
 test-slow: $(STAMP) ## run only the slow tests
 	$(BIN)/python -m pytest -q -m slow

@@ -295,6 +295,21 @@ def adjudicate(
             ),
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "local (this process) or spark: the same kernel per part and member bucket on "
+                "Apache Spark (Parquet inputs, no ledger; outputs as Parquet datasets "
+                "partitioned by plan year). Needs pip install 'hmb-batch[spark]' and Java 17 "
+                "(scripts/ensure-java)."
+            )
+        ),
+    ] = "local",
+    spark_master: Annotated[
+        str | None,
+        typer.Option(help="Spark master URL for --engine spark (default local[2])."),
+    ] = None,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
@@ -358,6 +373,22 @@ def adjudicate(
                 "--dry-run adjudicates against a ledger's year to date: give --ledger (or set "
                 "adjudicate.ledger in hmb.toml); without a ledger nothing is applied anyway"
             )
+        if engine not in ("local", "spark"):
+            raise UsageError(f"--engine {engine}: give local or spark")
+        if spark_master is not None and engine != "spark":
+            raise UsageError("--spark-master is for --engine spark")
+        if engine == "spark":
+            _adjudicate_on_spark(
+                inputs,
+                Path(target),
+                ledger=ledger_path,
+                master=spark_master,
+                buckets=buckets,
+                unmasked=unmasked,
+                as_json=as_json,
+                quiet=quiet,
+            )
+            return
         # progress on stderr only for a person at a terminal: cron logs and pipes stay clean
         show = not (quiet or as_json) and err.is_terminal
         with err.status("reading and validating …") if show else contextlib.nullcontext() as st:
@@ -432,6 +463,53 @@ def adjudicate(
 
 
 FAIL_ON = {"quarantine", "warning"}
+
+
+def _adjudicate_on_spark(
+    inputs: Any,
+    out_dir: Path,
+    *,
+    ledger: Path | None,
+    master: str | None,
+    buckets: int | None,
+    unmasked: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """``adjudicate --engine spark``: the batch on Spark without a ledger (see
+    :mod:`hmb_batch.run.spark`); errors raise HmbError for the caller to report."""
+    from hmb_batch.run.spark import DEFAULT_MASTER, run_spark_batch
+
+    if ledger is not None:
+        raise UsageError(
+            "--engine spark runs without a ledger (a full year, or any batch on its own): "
+            "give --no-ledger, or run on the ledger with --engine local"
+        )
+    result = run_spark_batch(
+        inputs, out_dir, master=master or DEFAULT_MASTER, buckets=buckets or 8, unmasked=unmasked
+    )
+    reconciled = _reconciled({"reconciliation": out_dir / "reconciliation.json"})
+    if as_json:
+        _print_json(
+            {
+                "engine": "spark",
+                "status": "no_ledger",
+                "out": str(out_dir),
+                "summary": result.manifest["counts"],
+                "reconciled": reconciled,
+                "files": {k: str(v) for k, v in result.files.items()},
+                "exit_code": 0,
+            }
+        )
+    elif not quiet:
+        counts = result.manifest["counts"]
+        out.print(
+            f"batch {result.manifest['batch_id']} on Spark ({result.manifest['spark_master']}, "
+            f"{result.manifest['buckets']} buckets): {counts['settlements_in']:,} settlements "
+            f"in; reconciled: {reconciled['passed'] if reconciled else '?'}; files in {out_dir}",
+            highlight=False,
+            markup=False,
+        )
 
 
 def _reconciled(files: dict[str, Path]) -> dict[str, Any] | None:

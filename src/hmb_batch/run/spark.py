@@ -1,0 +1,759 @@
+"""The same kernel on Apache Spark: a batch's parts and member buckets as Spark groups.
+
+Every member's year is independent, so the three stages of :mod:`hmb_batch.rules.kernel` run
+on Spark's workers exactly as :mod:`hmb_batch.run.batch` runs them in one process; nothing
+about the rules is re-implemented here:
+
+1. the extract's raw Parquet rows get their part (a hash of ``setl_id``, the local run's
+   :func:`hmb_batch.run.buckets.bucket_of` on the id as typed) by ``mapInArrow``; settlements
+   and fee lines are cogrouped by part and each part is typed and put through
+   :func:`~hmb_batch.rules.kernel.adjudicate_lines` (``applyInArrow``);
+2. the facts, sent to their member bucket (a hash of ``psn_no``), are cogrouped with the
+   roster's rows of that bucket and put through
+   :func:`~hmb_batch.rules.kernel.adjudicate_members`;
+3. each part's audit, with the member stage's decisions and the fee lines of the
+   settlements the engine quarantined, goes through :func:`~hmb_batch.rules.kernel.settle_audit`.
+
+Between stages a part's or bucket's frames travel as Arrow IPC blobs (:data:`BLOB_SCHEMA`):
+their columns depend on the plan's editions, and a blob keeps Polars' types (categoricals,
+lists) exactly as the kernel made them. Each stage's blobs are written to the run's work
+folder (a checkpoint: Spark then never computes a stage twice). The outputs are decoded from
+the blobs into Parquet datasets (payouts and lines partitioned by plan year); the totals,
+counts and years of every part and bucket are collected to the driver and combined into
+reconciliation.json and the report by the same functions as the local run.
+
+No ledger: a Spark run adjudicates a full year (or any batch) on its own, as
+``adjudicate --no-ledger`` does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import io
+import json
+import os
+import pickle
+import shutil
+import sys
+import time
+import urllib.parse
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+import pyarrow as pa
+
+from hmb_batch import __version__
+from hmb_batch.errors import ConfigError, ExitCode, HmbError
+from hmb_batch.io.atomic import write_files
+from hmb_batch.io.contracts import FEE_LINES, ROSTER, SETTLEMENTS, Contract
+from hmb_batch.io.extract import FILE, ROW, normalised_code, source_column, type_table
+from hmb_batch.io.reference import enrolled_counts, roster_frame, roster_problems
+from hmb_batch.plan.catalog import PlanSelection
+from hmb_batch.report.data import (
+    batch_report,
+    loss_ratio_json,
+    report_columns,
+    year_to_date_loss_ratios,
+)
+from hmb_batch.report.summary import summarise
+from hmb_batch.rules import kernel
+from hmb_batch.rules.reconcile import Totals, combine
+from hmb_batch.run.alerts import WarningLimits, batch_warnings
+from hmb_batch.run.balancing import reconciliation_json, reconciliation_of
+from hmb_batch.run.batch import (
+    BatchInputs,
+    _check_balanced,
+    _check_reconciled,
+    covered_years,
+    editions_used,
+    require_roster_years,
+)
+from hmb_batch.run.buckets import bucket_of
+from hmb_batch.run.identity import describe_batch
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+DEFAULT_MASTER = "local[2]"
+KIND, KEY, PAYLOAD = "kind", "key", "payload"
+# a stage's results between stages: what (facts, audit, ...), for which part or member bucket,
+# the frame as Arrow IPC (or, for "meta", a pickle of the totals and counts)
+BLOB_SCHEMA = f"{KIND} string, {KEY} int, {PAYLOAD} binary"
+PART = "_part"  # the part (a hash of setl_id) of a raw extract row
+BUCKET = "_mbucket"  # the member bucket (a hash of psn_no) of a raw roster row
+SOURCE = "_source"  # the number of a row's input file (rows are typed, and ordered, per file)
+SETL_KEY = "_setl_key"  # setl_id as the kernel types it (fee lines found again by it)
+# rows per blob: an Arrow binary value holds at most 2 GiB, and a part's audit is its fee lines
+ROWS_PER_BLOB = 500_000
+OUTPUTS = ("payouts", "report", "quarantine", "lines")
+SCHEMA = "schema:"
+
+
+class SparkUnavailable(HmbError):
+    """pyspark or Java is missing (exit 2): the message says how to install them."""
+
+    exit_code = ExitCode.USAGE
+
+
+def spark_available() -> str | None:
+    """Why a Spark run cannot start here (None: it can): pyspark or Java missing."""
+    try:
+        import pandas  # noqa: F401  (applyInArrow requires it)
+        import pyspark  # noqa: F401
+    except ImportError as exc:
+        return (
+            f"the Spark engine needs pyspark and pandas ({exc.name} is not installed): "
+            "pip install 'hmb-batch[spark]'"
+        )
+    java_home = os.environ.get("JAVA_HOME")
+    if not (java_home and Path(java_home, "bin", "java").exists()) and not shutil.which("java"):
+        return (
+            "the Spark engine needs Java 17 (no java on PATH and no JAVA_HOME): run "
+            "scripts/ensure-java (Debian's openjdk-17-jre-headless)"
+        )
+    return None
+
+
+def spark_session(master: str = DEFAULT_MASTER, *, shuffle_partitions: int = 8) -> SparkSession:
+    """A SparkSession for a run: workers run this interpreter (``PYSPARK_PYTHON``), so they
+    import the same hmb-batch, Polars and plan editions as the driver.
+
+    Raises :class:`SparkUnavailable` when pyspark or Java is missing.
+    """
+    why = spark_available()
+    if why is not None:
+        raise SparkUnavailable(why)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+
+    builder: Any = SparkSession.builder
+    session: SparkSession = (
+        builder.master(master)
+        .appName("hmb-batch")
+        .config("spark.sql.shuffle.partitions", str(max(1, shuffle_partitions)))
+        # timestamps as written (naive local times): no session zone may shift them
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.parquet.inferTimestampNTZ.enabled", "true")
+        .config("spark.driver.memory", os.environ.get("HMB_SPARK_DRIVER_MEMORY", "1g"))
+        .config("spark.executor.memory", os.environ.get("HMB_SPARK_EXECUTOR_MEMORY", "1g"))
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
+        .config("spark.python.worker.reuse", "true")
+        .getOrCreate()
+    )
+    return session
+
+
+# --- what every worker needs: broadcast once ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a worker reads besides its rows: the compiled plan and lists (pickled: a
+    PlanSelection pickles, its expressions are built when read), the batch's identity, and
+    the cut (parts and member buckets)."""
+
+    plan: PlanSelection
+    lists: pl.DataFrame
+    batch_id: str
+    parts: int
+    members: int
+    labels: dict[str, tuple[int, str]]  # a file's Spark path -> its number and its label
+    roster_label: str
+    column_map: dict[str, str]
+    timezone: str
+    unmasked: bool
+    files: tuple[Path, ...]
+
+
+# --- blobs ---------------------------------------------------------------------------------
+
+
+def _ipc(frame: pl.DataFrame) -> bytes:
+    buf = io.BytesIO()
+    frame.write_ipc(buf, compression="lz4")
+    return buf.getvalue()
+
+
+def _frame(payload: bytes) -> pl.DataFrame:
+    return pl.read_ipc(io.BytesIO(payload))
+
+
+def _blobs(kind: str, key: int, frame: pl.DataFrame) -> list[tuple[str, int, bytes]]:
+    """A frame as blob rows (a slice of at most :data:`ROWS_PER_BLOB` rows each; an empty
+    frame is one blob, so that its columns travel). An output's blobs come with a blob of
+    their columns alone (``schema:KIND``): the driver reads those, not the rows, to give the
+    output's dataset its schema."""
+    rows = [
+        (kind, key, _ipc(frame.slice(i, ROWS_PER_BLOB)))
+        for i in range(0, max(frame.height, 1), ROWS_PER_BLOB)
+    ]
+    if kind in OUTPUTS:
+        rows.append((f"{SCHEMA}{kind}", key, _ipc(frame.clear())))
+    return rows
+
+
+def _by(kind: str, frame: pl.DataFrame, key: pl.Expr) -> list[tuple[str, int, bytes]]:
+    """A frame's rows as blobs per key (a part or member bucket of each row)."""
+    out: list[tuple[str, int, bytes]] = []
+    if not frame.height:
+        return out
+    keyed = frame.with_columns(key.alias("__key"))
+    for (k,), rows in keyed.group_by("__key", maintain_order=True):
+        out += _blobs(kind, int(k), rows.drop("__key"))
+    return out
+
+
+def _table(rows: list[tuple[str, int, bytes]]) -> pa.Table:
+    return pa.table(
+        {
+            KIND: pa.array([r[0] for r in rows], pa.string()),
+            KEY: pa.array([r[1] for r in rows], pa.int32()),
+            PAYLOAD: pa.array([r[2] for r in rows], pa.binary()),
+        }
+    )
+
+
+def _of(table: pa.Table, kind: str) -> list[pl.DataFrame]:
+    """The frames of one kind among a group's blobs."""
+    kinds = table.column(KIND).to_pylist()
+    payloads = table.column(PAYLOAD).to_pylist()
+    return [_frame(p) for k, p in zip(kinds, payloads, strict=True) if k == kind]
+
+
+def _concat(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+# --- typing raw rows as the local run types them ------------------------------------------
+
+
+def _typed(
+    raw: pa.Table, contract: Contract, ctx: _Context, *, label: str | None = None
+) -> pl.DataFrame:
+    """Raw rows (with :data:`SOURCE` and :data:`ROW`) typed per input file, as
+    :func:`hmb_batch.io.extract.read_extract` types them, in input order (file, then row:
+    which copy of a repeated key validation keeps must not depend on the cut)."""
+    frame = pl.from_arrow(raw)
+    assert isinstance(frame, pl.DataFrame)
+    frame = frame.drop([c for c in (PART, BUCKET, SETL_KEY) if c in frame.columns])
+    numbers = {n: lab for n, lab in ctx.labels.values()}
+    out = []
+    for (source,), rows in frame.sort(SOURCE, ROW).group_by(SOURCE, maintain_order=True):
+        file_label = label or numbers[int(source)]
+        lf = rows.drop(SOURCE).lazy().with_columns(pl.lit(file_label, pl.Categorical).alias(FILE))
+        out.append(
+            type_table(
+                lf,
+                contract,
+                column_map=ctx.column_map,
+                file_label=file_label,
+                timezone=ctx.timezone,
+            ).collect()
+        )
+    if not out:
+        empty = frame.drop(SOURCE).lazy().with_columns(pl.lit(None, pl.Categorical).alias(FILE))
+        return type_table(
+            empty, contract, column_map=ctx.column_map, require=False, timezone=ctx.timezone
+        ).collect()
+    return pl.concat(out, how="vertical_relaxed")
+
+
+def _path_key(path: str) -> str:
+    """A file as the driver names it and as Spark's ``_metadata.file_path`` does (a URI)."""
+    parsed = urllib.parse.urlparse(path)
+    if parsed.scheme in ("", "file"):
+        return str(Path(urllib.parse.unquote(parsed.path)).resolve())
+    return path
+
+
+def _keyed(
+    ctx: _Context, contract: Contract, batches: Iterator[pa.RecordBatch]
+) -> Iterator[pa.RecordBatch]:
+    """Raw extract rows with their file's number, their row in it (1-based, as the local run
+    numbers them), their setl_id as typed and their part (``mapInArrow``)."""
+    for batch in batches:
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        paths = frame["_path"].unique().to_list()
+        numbers = frame["_path"].replace_strict(
+            {p: ctx.labels[_path_key(p)][0] for p in paths}, return_dtype=pl.Int32
+        )
+        src = source_column(frame.lazy(), contract, "setl_id", ctx.column_map)
+        key = normalised_code(pl.col(src).cast(pl.String)) if src else pl.lit(None, pl.String)
+        frame = frame.drop("_path").with_columns(
+            numbers.alias(SOURCE),
+            (pl.col("_row_index") + 1).cast(pl.Int32).alias(ROW),
+            key.alias(SETL_KEY),
+        )
+        frame = frame.drop("_row_index").with_columns(
+            bucket_of(SETL_KEY, ctx.parts).cast(pl.Int32).alias(PART)
+        )
+        yield from _plain(frame).to_batches()
+
+
+def _roster_keyed(ctx: _Context, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Raw roster rows with their row number and member bucket (psn_no as typed)."""
+    for batch in batches:
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        src = source_column(frame.lazy(), ROSTER, "psn_no", ctx.column_map)
+        key = normalised_code(pl.col(src).cast(pl.String)) if src else pl.lit(None, pl.String)
+        frame = frame.drop("_path").with_columns(
+            pl.lit(0, pl.Int32).alias(SOURCE),
+            (pl.col("_row_index") + 1).cast(pl.Int32).alias(ROW),
+            key.alias("__psn"),
+        )
+        frame = frame.with_columns(bucket_of("__psn", ctx.members).cast(pl.Int32).alias(BUCKET))
+        yield from _plain(frame.drop("_row_index", "__psn")).to_batches()
+
+
+# --- the three stages on the workers -------------------------------------------------------
+
+
+def _meta(**values: Any) -> bytes:
+    return pickle.dumps(values)
+
+
+def _lines(
+    ctx_b: Any, key: tuple[Any, ...], settlements: pa.Table, fee_lines: pa.Table
+) -> pa.Table:
+    """Stage 1 for one part: :func:`kernel.adjudicate_lines` on its whole settlements."""
+    ctx: _Context = ctx_b.value
+    part = int(key[0])
+    lined = kernel.adjudicate_lines(
+        kernel.LinePart(_typed(settlements, SETTLEMENTS, ctx), _typed(fee_lines, FEE_LINES, ctx)),
+        plan=ctx.plan,
+        lists=ctx.lists,
+        batch_id=ctx.batch_id,
+        shape="two-file",
+        files=ctx.files,
+        unmasked=ctx.unmasked,
+    )
+    rows = _by("facts", lined.facts, bucket_of("psn_no", ctx.members))
+    rows += _blobs("audit", part, lined.audit)
+    rows += _blobs("quarantine", part, lined.quarantine)
+    rows.append(
+        (
+            "meta",
+            part,
+            _meta(
+                totals=lined.totals,
+                settlements_in=lined.settlements_in,
+                fee_lines_in=lined.fee_lines_in,
+                identical_repeats=lined.identical_repeats,
+                repeated_fee_lines=lined.repeated_fee_lines,
+                absolute_fen=lined.absolute_fen,
+                no_facts=lined.facts.clear(),
+            ),
+        )
+    )
+    return _table(rows)
+
+
+def _members(ctx_b: Any, key: tuple[Any, ...], facts: pa.Table, roster: pa.Table) -> pa.Table:
+    """Stage 2 for one member bucket: :func:`kernel.adjudicate_members` on its facts and its
+    roster rows (a bucket with roster rows and no facts only counts its enrolled members)."""
+    ctx: _Context = ctx_b.value
+    bucket = int(key[0])
+    typed_roster = _typed(roster, ROSTER, ctx, label=ctx.roster_label)
+    problems = roster_problems(typed_roster, Path(ctx.roster_label))
+    rows: list[tuple[str, int, bytes]] = []
+    found = _concat(_of(facts, "facts"))
+    meta: dict[str, Any] = {
+        "problems": problems,
+        "enrolled": enrolled_counts(typed_roster),
+    }
+    if found is not None and not problems:
+        result = kernel.adjudicate_members(
+            kernel.MemberBucket(found, roster_frame(typed_roster)),
+            plan=ctx.plan,
+            batch_id=ctx.batch_id,
+            unmasked=ctx.unmasked,
+        )
+        rows += _blobs("payouts", bucket, result.payout_file)
+        rows += _blobs("report", bucket, report_columns(result.payouts))
+        rows += _blobs("quarantine", bucket, result.quarantine)
+        # the decisions go to the parts whose audit they settle
+        part = bucket_of("setl_id", ctx.parts)
+        rows += _by("denied", result.denied, part)
+        rows += _by("removed", result.removed, part)
+        meta |= {
+            "totals": result.totals,
+            "years": result.years,
+            "claim_years": result.claim_years,
+            "latest": result.latest,
+            "no_denied": result.denied.clear(),
+            "no_removed": result.removed.clear(),
+        }
+    rows.append(("meta", bucket, _meta(**meta)))
+    return _table(rows)
+
+
+def _settle(
+    ctx_b: Any, empty_b: Any, key: tuple[Any, ...], decided: pa.Table, fee_lines: pa.Table
+) -> pa.Table:
+    """Stage 3 for one part: :func:`kernel.settle_audit` on its audit, the member stage's
+    decisions about its settlements, and the fee lines of those the engine quarantined."""
+    ctx: _Context = ctx_b.value
+    part = int(key[0])
+    audit = _concat(_of(decided, "audit"))
+    if audit is None:  # fee lines of a part with no audit: nothing to settle
+        return _table([])
+    no_denied, no_removed = empty_b.value
+    denied = _concat([no_denied, *_of(decided, "denied")])
+    removed = _concat([no_removed, *_of(decided, "removed")])
+    assert denied is not None and removed is not None
+    settled = kernel.settle_audit(
+        audit,
+        _typed(fee_lines, FEE_LINES, ctx),
+        denied,
+        removed,
+        plan=ctx.plan,
+        batch_id=ctx.batch_id,
+        unmasked=ctx.unmasked,
+    )
+    rows = _blobs("lines", part, settled.lines)
+    if settled.quarantine.height:
+        rows += _blobs("quarantine", part, settled.quarantine)
+    rows.append(("meta", part, _meta(totals=settled.totals)))
+    return _table(rows)
+
+
+# --- decoding blobs into datasets ----------------------------------------------------------
+
+
+def _plain(frame: pl.DataFrame) -> pa.Table:
+    """A frame as Arrow types Spark reads: categoricals as text, no large or view types."""
+    cats = [c for c, t in frame.schema.items() if isinstance(t, (pl.Categorical, pl.Enum))]
+    table = frame.with_columns(pl.col(cats).cast(pl.String)).to_arrow(
+        compat_level=pl.CompatLevel.oldest()
+    )
+    return table.cast(_small(table.schema))
+
+
+def _small(schema: pa.Schema) -> pa.Schema:
+    def small(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t):
+            return pa.string()
+        if pa.types.is_large_binary(t):
+            return pa.binary()
+        if pa.types.is_large_list(t) or pa.types.is_list(t):
+            return pa.list_(small(t.value_type))
+        return t
+
+    return pa.schema([pa.field(f.name, small(f.type)) for f in schema])
+
+
+def _union(schemas: list[pa.Schema]) -> pa.Schema:
+    """Every column of the blobs of one output, in the order first met (one edition's costs
+    are not another's); a column null in one blob takes its type from another."""
+    fields: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for f in schema:
+            if f.name not in fields or pa.types.is_null(fields[f.name]):
+                fields[f.name] = f.type
+    return pa.schema(
+        [pa.field(n, pa.string() if pa.types.is_null(t) else t) for n, t in fields.items()]
+    )
+
+
+def _decode(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Blobs of one output as its rows, every blob in ``schema`` (``mapInArrow``)."""
+    for batch in batches:
+        for payload in batch.column(PAYLOAD).to_pylist():
+            table = _plain(_frame(payload))
+            columns = [
+                table.column(f.name).cast(f.type)
+                if f.name in table.column_names
+                else pa.nulls(table.num_rows, f.type)
+                for f in schema
+            ]
+            yield from pa.Table.from_arrays(columns, schema=schema).to_batches()
+
+
+# --- the driver ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SparkResult:
+    """What a Spark run wrote: its folder, its files and datasets, the reconciliation and the
+    summary (as the local run's manifest.json holds them)."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def run_spark_batch(
+    inputs: BatchInputs,
+    out_dir: Path,
+    *,
+    master: str = DEFAULT_MASTER,
+    buckets: int = 8,
+    unmasked: bool = False,
+    warning_limits: WarningLimits | None = None,
+    session: SparkSession | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> SparkResult:
+    """Adjudicate one batch (no ledger) on Spark into ``out_dir``: ``payouts/`` and ``lines/``
+    (Parquet datasets partitioned by plan year), ``quarantine/``, reconciliation.json,
+    report.html, report.md and manifest.json.
+
+    ``inputs``: Parquet files, folders (Hive-partitioned ones too) or globs; a two-file extract
+    (``fees`` given). ``buckets``: parts of whole settlements and member buckets (both).
+    Raises :class:`SparkUnavailable` when pyspark or Java is missing, and what the local run
+    raises for the same inputs (a batch that does not reconcile, a roster with problems ...).
+    """
+    started = dt.datetime.now()
+    clock = time.monotonic()
+    if inputs.fees is None:
+        raise ConfigError("the Spark engine reads two-file extracts: give --fees")
+    if buckets < 1:
+        raise ConfigError("--buckets must be at least 1")
+    say = progress or (lambda _: None)
+    why = spark_available() if session is None else None
+    if why is not None:  # before any input is read or hashed
+        raise SparkUnavailable(why)
+    header = describe_batch(inputs)
+    files = [*header.extract_files, *header.fee_files, inputs.roster]
+    not_parquet = [str(p) for p in files if p.suffix.lower() not in (".parquet", ".pq")]
+    if not_parquet:
+        raise ConfigError(
+            f"the Spark engine reads Parquet only: {', '.join(not_parquet[:3])} is not"
+        )
+    spark = session or spark_session(master, shuffle_partitions=min(buckets, 4096))
+    from pyspark.sql import functions as F
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / f".hmb-spark-{uuid.uuid4().hex[:8]}"
+    try:
+        numbered = [*header.extract_files, *header.fee_files]
+        ctx = _Context(
+            plan=header.plan,
+            lists=header.lists,
+            batch_id=header.batch_id,
+            parts=buckets,
+            members=buckets,
+            labels={_path_key(str(p)): (i, str(p)) for i, p in enumerate(numbered)},
+            roster_label=str(inputs.roster),
+            column_map=dict(inputs.column_map or {}),
+            timezone=inputs.timezone,
+            unmasked=unmasked,
+            files=tuple(numbered),
+        )
+        ctx_b = spark.sparkContext.broadcast(ctx)
+
+        def raw(paths: Sequence[Path]) -> DataFrame:
+            frame = spark.read.parquet(*[str(p) for p in paths])
+            return frame.select(
+                "*",
+                F.col("_metadata.file_path").alias("_path"),
+                F.col("_metadata.row_index").alias("_row_index"),
+            )
+
+        def keyed(frame: DataFrame, contract: Contract) -> DataFrame:
+            schema = frame.drop("_path", "_row_index").schema.simpleString()[len("struct<") : -1]
+            extra = f"{SOURCE} int, {ROW} int, {SETL_KEY} string, {PART} int"
+            return frame.mapInArrow(
+                functools.partial(_keyed, ctx, contract), f"{_ddl(schema)}, {extra}"
+            )
+
+        settlements = keyed(raw(header.extract_files), SETTLEMENTS)
+        fee_lines = keyed(raw(header.fee_files), FEE_LINES)
+        roster_raw = raw([inputs.roster])
+        roster_schema = roster_raw.drop("_path", "_row_index").schema.simpleString()
+        roster = roster_raw.mapInArrow(
+            functools.partial(_roster_keyed, ctx),
+            f"{_ddl(roster_schema[len('struct<') : -1])}, {SOURCE} int, {ROW} int, {BUCKET} int",
+        )
+
+        say("adjudicate_lines")
+        stage1 = _checkpoint(
+            settlements.groupBy(PART)
+            .cogroup(fee_lines.groupBy(PART))
+            .applyInArrow(functools.partial(_lines, ctx_b), BLOB_SCHEMA),
+            work / "lines",
+            spark,
+        )
+        lines_meta = _metas(stage1)
+        say("adjudicate_members")
+        stage2 = _checkpoint(
+            stage1.filter(F.col(KIND) == "facts")
+            .groupBy(KEY)
+            .cogroup(roster.withColumnRenamed(BUCKET, KEY).groupBy(KEY))
+            .applyInArrow(functools.partial(_members, ctx_b), BLOB_SCHEMA),
+            work / "members",
+            spark,
+        )
+        member_meta = _metas(stage2)
+        problems = [p for m in member_meta for p in m["problems"]]
+        if problems:
+            from hmb_batch.io.reference import stop_on_roster_problems
+
+            stop_on_roster_problems(problems, inputs.roster)
+        adjudicated = [m for m in member_meta if "totals" in m]
+        say("settle_audit")
+        removed_ids = _removed_ids(stage2)
+        # the decisions' columns, for the parts without any
+        first = adjudicated[0] if adjudicated else {}
+        empty_b = spark.sparkContext.broadcast((first.get("no_denied"), first.get("no_removed")))
+        decided = stage1.filter(F.col(KIND) == "audit").unionByName(
+            stage2.filter(F.col(KIND).isin("denied", "removed"))
+        )
+        wanted = spark.createDataFrame([(i,) for i in removed_ids] or [("",)], f"{SETL_KEY} string")
+        quarantined_lines = fee_lines.join(F.broadcast(wanted), SETL_KEY, "left_semi")
+        stage3 = _checkpoint(
+            decided.groupBy(KEY)
+            .cogroup(quarantined_lines.withColumnRenamed(PART, KEY).groupBy(KEY))
+            .applyInArrow(functools.partial(_settle, ctx_b, empty_b), BLOB_SCHEMA),
+            work / "settle",
+            spark,
+        )
+        settle_meta = _metas(stage3)
+
+        say("outputs")
+        written = {
+            "payouts": _dataset(spark, stage2, "payouts", out_dir / "payouts", "plan_year"),
+            "lines": _dataset(spark, stage3, "lines", out_dir / "lines", "plan_year"),
+            "quarantine": _dataset(
+                spark,
+                stage1.unionByName(stage2).unionByName(stage3),
+                "quarantine",
+                out_dir / "quarantine",
+                None,
+            ),
+        }
+        report_rows = _dataset(spark, stage2, "report", work / "report", None)
+
+        enrolled: Counter[int] = Counter()
+        for m in member_meta:
+            enrolled.update(m["enrolled"])
+        years = {y for m in adjudicated for y in m["years"]}
+        claim_years = {y for m in adjudicated for y in m["claim_years"]}
+        require_roster_years(header.plan, claim_years, enrolled, inputs.roster)
+        covered_years(header.plan, sorted(years))
+        payouts = pl.scan_parquet(report_rows / "**/*.parquet", hive_partitioning=False)
+        quarantine = pl.scan_parquet(written["quarantine"] / "**/*.parquet")
+        summary = summarise(
+            batch_id=header.batch_id,
+            editions=editions_used(header.plan, sorted(years)),
+            shape="two-file",
+            settlements_in=sum(m["settlements_in"] for m in lines_meta),
+            fee_lines_in=sum(m["fee_lines_in"] for m in lines_meta),
+            identical_repeats=sum(m["identical_repeats"] for m in lines_meta),
+            repeated_fee_lines=sum(m["repeated_fee_lines"] for m in lines_meta),
+            payouts=payouts,
+            quarantine=quarantine,
+        )
+        summary = replace(summary, enrolled_by_plan_year=dict(sorted(enrolled.items())))
+        found = batch_warnings(summary, [], warning_limits or WarningLimits())
+        summary = replace(summary, warnings=[{"code": w.code, "message": w.message} for w in found])
+        _check_balanced(summary)
+        totals: list[Totals] = [m["totals"] for m in (*lines_meta, *adjudicated, *settle_meta)]
+        recon = reconciliation_of(header.batch_id, combine(totals), summary, False)
+        ratios = loss_ratio_json(year_to_date_loss_ratios(header.plan, summary, None))
+        docs: dict[str, bytes] = {"reconciliation.json": reconciliation_json(recon, ratios)}
+        _check_reconciled(recon, out_dir)
+        docs.update(
+            batch_report(
+                header.plan,
+                header.batch_id,
+                payouts,
+                summary,
+                recon,
+                None,
+                districts=inputs.districts,
+            )
+        )
+        manifest = {
+            "batch_id": header.batch_id,
+            "batch_key": header.batch_key,
+            "status": "no_ledger",
+            "engine": "spark",
+            "spark_master": spark.sparkContext.master,
+            "buckets": buckets,
+            "hmb_version": __version__,
+            "inputs": header.inputs,
+            "editions": {
+                k: v for k, v in header.edition_hashes.items() if k in set(summary.editions)
+            },
+            "counts": summary.to_json(),
+            "loss_ratios": ratios,
+            "started_at": started.isoformat(timespec="seconds"),
+            "elapsed_seconds": round(time.monotonic() - clock, 3),
+        }
+        docs["manifest.json"] = json.dumps(
+            manifest, ensure_ascii=False, indent=2, default=str
+        ).encode()
+        paths = write_files(docs, out_dir)
+        return SparkResult(out_dir, {**paths, **written}, manifest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if session is None:
+            spark.stop()
+
+
+def _ddl(struct_fields: str) -> str:
+    """Spark's ``a:int,b:string`` field list as a DDL schema string (``a int, b string``),
+    names quoted."""
+    from pyspark.sql.types import _parse_datatype_string
+
+    parsed: Any = _parse_datatype_string(f"struct<{struct_fields}>")
+    return ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in parsed.fields)
+
+
+def _checkpoint(frame: DataFrame, path: Path, spark: SparkSession) -> DataFrame:
+    """A stage's blobs written once and read back: each later read costs a scan, not the stage
+    again."""
+    frame.write.mode("overwrite").partitionBy(KIND).parquet(str(path))
+    return spark.read.parquet(str(path)).select(KIND, KEY, PAYLOAD)
+
+
+def _metas(stage: DataFrame) -> list[dict[str, Any]]:
+    """Every part's or bucket's totals and counts, on the driver (a few KB each)."""
+    from pyspark.sql import functions as F
+
+    rows = stage.filter(F.col(KIND) == "meta").select(KEY, PAYLOAD).collect()
+    return [pickle.loads(r[PAYLOAD]) for r in sorted(rows, key=lambda r: r[KEY])]
+
+
+def _removed_ids(stage2: DataFrame) -> list[str]:
+    """The settlements the engine quarantined (few): their fee lines go to quarantine too."""
+    from pyspark.sql import functions as F
+
+    ids: set[str] = set()
+    for r in stage2.filter(F.col(KIND) == "removed").select(PAYLOAD).collect():
+        ids.update(_frame(r[PAYLOAD])["setl_id"].drop_nulls().to_list())
+    return sorted(ids)
+
+
+def _dataset(
+    spark: SparkSession, stage: DataFrame, kind: str, target: Path, partition: str | None
+) -> Path:
+    """One output's blobs decoded into a Parquet dataset at ``target`` (partitioned by
+    ``partition`` when its rows have that column)."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    blobs = stage.filter(F.col(KIND) == kind).select(PAYLOAD)
+    # each blob's columns (read from the first bytes of its IPC stream), on the driver
+    found = stage.filter(F.col(KIND) == f"{SCHEMA}{kind}").select(PAYLOAD).collect()
+    schemas = [_plain(_frame(r[PAYLOAD])).schema for r in found]
+    schema = _union(schemas) if schemas else pa.schema([])
+    if not schema.names:
+        target.mkdir(parents=True, exist_ok=True)
+        return target
+    rows = blobs.mapInArrow(functools.partial(_decode, schema), from_arrow_schema(schema))
+    writer = rows.write.mode("overwrite")
+    if partition is not None and partition in schema.names:
+        writer = writer.partitionBy(partition)
+    writer.parquet(str(target))
+    return target
