@@ -270,7 +270,7 @@ def test_the_commit_itself_checks_ledger_after_equals_before_plus_batch(
 
     # the pre-commit identities would see it too; switch them off to test the last line
     monkeypatch.setattr(kernel, "batch_rows", bad_log)
-    monkeypatch.setattr(pipeline, "_check_reconciled", lambda recon, out: None)
+    monkeypatch.setattr(pipeline, "check_reconciled", lambda recon, out: None)
     before = ledger_snapshot(ledger)
     with pytest.raises(ReconciliationError, match=r"ledger\.after\.2022\.(compliant|reasonable)"):
         run_batch(_inputs("batch_01"), tmp_path / "out", ledger_path=ledger)
@@ -410,7 +410,7 @@ def test_item19_a_settlement_lost_by_the_engine_fails_the_settlement_count(
     # golden batch_00: 747 rows = 744 adjudicated + 3 quarantined; one lost leaves 743
     assert "747 settlement rows in, but 743 adjudicated" in str(error) and error.exit_code == 6
     # the identity itself, with the early check switched off
-    monkeypatch.setattr(pipeline, "_check_balanced", lambda summary: None)
+    monkeypatch.setattr(pipeline, "check_balanced", lambda summary: None)
     error = _refused(tmp_path, ledger, "batch_00", r"settlements\.count")
     assert "expected 747, found 746" in str(error) and error.exit_code == 6
     # the lost settlement's lines are no longer denied: they are left at settlement level,

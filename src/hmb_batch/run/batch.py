@@ -238,7 +238,7 @@ def run_batch(
         )
         found = batch_warnings(summary, recent, warning_limits or WarningLimits())
         summary = replace(summary, warnings=[{"code": w.code, "message": w.message} for w in found])
-        _check_balanced(summary)
+        check_balanced(summary)
         latest = order_mark(payouts)
         folder = out_folder.resolve(
             template,
@@ -615,7 +615,7 @@ def _finish(
     """
     ratios = loss_ratio_json(year_to_date_loss_ratios(header.plan, summary, before))
     files["reconciliation.json"] = reconciliation_json(recon, ratios)
-    _check_reconciled(recon, out_dir)
+    check_reconciled(recon, out_dir)
     clock.lap("reconcile")
     files.update(
         batch_report(
@@ -812,7 +812,7 @@ def _record(
     }
 
 
-def _check_balanced(s: BatchSummary) -> None:
+def check_balanced(s: BatchSummary) -> None:
     """Refuse to apply a batch whose settlements are not all accounted for."""
     if not s.balanced:
         raise ReconciliationError(
@@ -823,7 +823,7 @@ def _check_balanced(s: BatchSummary) -> None:
         )
 
 
-def _check_reconciled(recon: Reconciliation, out_dir: Path) -> None:
+def check_reconciled(recon: Reconciliation, out_dir: Path) -> None:
     """Refuse a batch any of whose identities fails (exit 6), leaving reconciliation.json (and
     nothing else) in ``out_dir`` for the people who must find out why."""
     failed = recon.failures()

@@ -68,8 +68,8 @@ from hmb_batch.run.alerts import WarningLimits, batch_warnings
 from hmb_batch.run.balancing import reconciliation_json, reconciliation_of
 from hmb_batch.run.batch import (
     BatchInputs,
-    _check_balanced,
-    _check_reconciled,
+    check_balanced,
+    check_reconciled,
     covered_years,
     editions_used,
     require_roster_years,
@@ -656,12 +656,12 @@ def run_spark_batch(
         summary = replace(summary, enrolled_by_plan_year=dict(sorted(enrolled.items())))
         found = batch_warnings(summary, [], warning_limits or WarningLimits())
         summary = replace(summary, warnings=[{"code": w.code, "message": w.message} for w in found])
-        _check_balanced(summary)
+        check_balanced(summary)
         totals: list[Totals] = [m["totals"] for m in (*lines_meta, *adjudicated, *settle_meta)]
         recon = reconciliation_of(header.batch_id, combine(totals), summary, False)
         ratios = loss_ratio_json(year_to_date_loss_ratios(header.plan, summary, None))
         docs: dict[str, bytes] = {"reconciliation.json": reconciliation_json(recon, ratios)}
-        _check_reconciled(recon, out_dir)
+        check_reconciled(recon, out_dir)
         docs.update(
             batch_report(
                 header.plan,
