@@ -59,3 +59,17 @@ def test_spark_refuses_a_ledger(tmp_path: Path) -> None:
         ]
     )
     assert r.exit_code == 2 and "without a ledger" in r.output, r.output
+
+
+def test_a_failed_spark_job_says_what_to_do_and_quotes_no_data() -> None:
+    """A Spark job that fails (a worker out of memory) is exit 5 with what to change, and never
+    the Java error's text, which may quote the row being written."""
+    from hmb_batch.errors import ExitCode
+    from hmb_batch.run.spark import SparkJobFailed, _job_failure
+
+    row = "certno 330102199001011234"
+    oom = _job_failure(RuntimeError(f"writing {row}: java.lang.OutOfMemoryError: Java heap"))
+    assert "--buckets" in oom and "HMB_SPARK_DRIVER_MEMORY" in oom and row not in oom
+    other = _job_failure(ConnectionRefusedError(f"lost the JVM while writing {row}"))
+    assert "ConnectionRefusedError" in other and row not in other
+    assert SparkJobFailed.exit_code == ExitCode.CONFIG

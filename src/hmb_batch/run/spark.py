@@ -28,6 +28,7 @@ No ledger: a Spark run adjudicates a full year (or any batch) on its own, as
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import io
@@ -99,6 +100,31 @@ class SparkUnavailable(HmbError):
     """pyspark or Java is missing (exit 2): the message says how to install them."""
 
     exit_code = ExitCode.USAGE
+
+
+class SparkJobFailed(HmbError):
+    """A Spark job failed (a worker out of memory, a lost executor): nothing was written but the
+    work folder, which is removed. Exit 5, like a memory limit below what a run needs."""
+
+    exit_code = ExitCode.CONFIG
+
+
+def _job_failure(exc: BaseException) -> str:
+    """What a failed Spark job says, without its message's text (a Java error may quote the
+    row being written: names, ID numbers): its kind, and what to do about the usual one."""
+    text = str(exc)
+    if "OutOfMemoryError" in text:
+        return (
+            "the Spark job failed: java.lang.OutOfMemoryError — a part or member bucket did not "
+            "fit a JVM's memory. Give more --buckets (smaller parts), or more memory: "
+            "HMB_SPARK_DRIVER_MEMORY and HMB_SPARK_EXECUTOR_MEMORY (default 1g), or "
+            "spark-submit's own settings. Nothing was written but the work folder, now removed"
+        )
+    return (
+        f"the Spark job failed ({type(exc).__name__}; its message is not shown, it may quote "
+        "the data): see the Spark driver's log above. Nothing was written but the work folder, "
+        "now removed"
+    )
 
 
 def spark_available() -> str | None:
@@ -695,10 +721,16 @@ def run_spark_batch(
         ).encode()
         paths = write_files(docs, out_dir)
         return SparkResult(out_dir, {**paths, **written}, manifest)
+    except HmbError:
+        raise
+    except Exception as exc:  # a failed Spark job: an answer, not an internal error
+        raise SparkJobFailed(_job_failure(exc)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if session is None:
-            spark.stop()
+            # a JVM that died with the job cannot be asked to stop: the failure is said above
+            with contextlib.suppress(Exception):
+                spark.stop()
 
 
 def _ddl(struct_fields: str) -> str:
