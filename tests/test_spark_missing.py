@@ -73,3 +73,23 @@ def test_a_failed_spark_job_says_what_to_do_and_quotes_no_data() -> None:
     other = _job_failure(ConnectionRefusedError(f"lost the JVM while writing {row}"))
     assert "ConnectionRefusedError" in other and row not in other
     assert SparkJobFailed.exit_code == ExitCode.CONFIG
+
+
+def test_a_killed_spark_runs_work_folder_is_removed_by_the_next_run(tmp_path: Path) -> None:
+    """A Spark run's work folder holds input rows as blobs: one left by a run that is gone (a
+    killed driver) is removed; one of a running driver (here: this process) is not."""
+    import os
+    import subprocess
+
+    from hmb_batch.run.spark import SPARK_WORK_PREFIX
+    from hmb_batch.run.spill import remove_stale_folders
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that has exited
+    dead = tmp_path / f"{SPARK_WORK_PREFIX}{gone.pid}-0badc0de"
+    live = tmp_path / f"{SPARK_WORK_PREFIX}{os.getpid()}-c0ffee00"
+    for folder in (dead, live):
+        (folder / "settle").mkdir(parents=True)
+        (folder / "settle" / "part-0.parquet").write_bytes(b"rows")
+    remove_stale_folders(tmp_path, SPARK_WORK_PREFIX)
+    assert not dead.exists() and live.exists()

@@ -77,6 +77,7 @@ from hmb_batch.run.batch import (
 )
 from hmb_batch.run.buckets import bucket_of
 from hmb_batch.run.identity import describe_batch
+from hmb_batch.run.spill import remove_stale_folders
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -100,6 +101,9 @@ class SparkUnavailable(HmbError):
     """pyspark or Java is missing (exit 2): the message says how to install them."""
 
     exit_code = ExitCode.USAGE
+
+
+SPARK_WORK_PREFIX = ".hmb-spark-"
 
 
 class SparkJobFailed(HmbError):
@@ -559,7 +563,10 @@ def run_spark_batch(
     from pyspark.sql import functions as F
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / f".hmb-spark-{uuid.uuid4().hex[:8]}"
+    # named by the driver's pid: a killed run's work folder (its blobs hold input rows) is
+    # removed by the next run in this folder, as the local run's spill folders are
+    remove_stale_folders(out_dir, SPARK_WORK_PREFIX)
+    work = out_dir / f"{SPARK_WORK_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         numbered = [*header.extract_files, *header.fee_files]
         ctx = _Context(

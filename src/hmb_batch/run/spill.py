@@ -48,10 +48,16 @@ def spill_area(out_dir: Path) -> Iterator[Path]:
 
 def _remove_stale_spills(out_dir: Path) -> None:
     """Remove spill folders of runs that are gone (killed)."""
+    remove_stale_folders(out_dir, SPILL_PREFIX)
+
+
+def remove_stale_folders(out_dir: Path, prefix: str) -> None:
+    """Remove the folders ``PREFIX<pid>[-...]`` in ``out_dir`` whose run (process ``pid`` on
+    this machine) is gone: a killed run's temporary copies of input data do not stay."""
     if not out_dir.is_dir():
         return
-    for folder in out_dir.glob(f"{SPILL_PREFIX}*"):
-        pid = folder.name.removeprefix(SPILL_PREFIX)
+    for folder in out_dir.glob(f"{prefix}*"):
+        pid = folder.name.removeprefix(prefix).split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
