@@ -30,7 +30,7 @@ from hmb_batch.ledger.store import SCHEMA_VERSION, Ledger, LedgerError
 from hmb_batch.money import fen_to_yuan, yuan_to_fen
 from hmb_batch.plan.catalog import PlanSelection, select_plan
 from hmb_batch.plan.scenario import select_plan_with
-from hmb_batch.report.data import loss_ratio_json, loss_ratios
+from hmb_batch.report.data import enrolled_of, loss_ratio_json, loss_ratios
 from hmb_batch.report.pages import Bar, Chart, ReportData, render_html, render_markdown
 from hmb_batch.run.identity import edition_hash
 
@@ -165,11 +165,7 @@ def _ledger_side(
                JOIN settlements s USING (setl_id) WHERE s.plan_year = $y""",
             {"y": year},
         )
-        enrolled: dict[int, int] = {}
-        for summary in lg.year_batches(year):
-            enrolled |= {
-                int(k): int(v) for k, v in summary.get("enrolled_by_plan_year", {}).items()
-            }
+        enrolled = enrolled_of(lg.year_batches(year))
     plan = plan or _plan_of(sorted(set(settlements["edition"].drop_nulls())))
     payout = int(settlements["payout_fen"].sum() or 0)
     ratio = None

@@ -33,7 +33,7 @@ from hmb_batch.ledger.store import Ledger, LedgerError, create_ledger, open_ledg
 from hmb_batch.money import fen_to_yuan
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.plan.model import RATE_SCALE
-from hmb_batch.report.data import loss_ratio_json, loss_ratios, year_report
+from hmb_batch.report.data import enrolled_of, loss_ratio_json, loss_ratios, year_report
 from hmb_batch.report.pages import Bar, Chart, ReportData, render_html, render_markdown
 from hmb_batch.rules.engine import cost_ids
 from hmb_batch.rules.kernel import payout_between
@@ -226,7 +226,7 @@ def year_totals(lg: Ledger, plan: PlanSelection, batch_ids: list[str]) -> list[Y
     out = []
     for r in by_year.iter_rows(named=True):
         year = int(r["plan_year"])
-        enrolled = _enrolled(lg, year)
+        enrolled = enrolled_of(lg.year_batches(year))
         ratios = loss_ratio_json(loss_ratios(plan, enrolled, {year: state.get(year, 0)}))
         out.append(
             YearTotals(
@@ -238,15 +238,6 @@ def year_totals(lg: Ledger, plan: PlanSelection, batch_ids: list[str]) -> list[Y
             )
         )
     return out
-
-
-def _enrolled(lg: Ledger, year: int) -> dict[int, int]:
-    """Members on the roster in ``year``, as the year's latest batch counted them."""
-    counts: dict[int, int] = {}
-    for summary in lg.year_batches(year):
-        for k, v in summary.get("enrolled_by_plan_year", {}).items():
-            counts[int(k)] = int(v)
-    return counts
 
 
 def _markdown(doc: Mapping[str, Any]) -> str:
@@ -369,7 +360,7 @@ def sweep_values(
         before = {
             int(r["plan_year"]): int(r["payout_fen"]) for r in lg.state().iter_rows(named=True)
         }
-        enrolled = {y.plan_year: _enrolled(lg, y.plan_year) for y in result.years}
+        enrolled = {y.plan_year: enrolled_of(lg.year_batches(y.plan_year)) for y in result.years}
     own = {y.plan_year: y.payout_fen for y in result.years}
     roster = load_roster(
         inputs.roster,

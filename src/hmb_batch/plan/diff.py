@@ -22,6 +22,7 @@ from hmb_batch.plan.model import (
     ConsecutiveCap,
     Cost,
     Edition,
+    LinePart,
     Responsibility,
     Term,
 )
@@ -254,19 +255,22 @@ def _lists_used(e: Edition) -> list[str]:
     return sorted(out)
 
 
+def cost_part_text(part: LinePart) -> str:
+    """A fee-line cost part in the rule text's terms: its components and when they count
+    (``plan show`` and ``plan diff`` say it alike)."""
+    cond = []
+    if part.list_types:
+        cond.append(f"list_type {'/'.join(x + 'xx' for x in part.list_types)}")
+    if part.levels:
+        cond.append(f"level {'/'.join(part.levels)}")
+    if part.on_list:
+        cond.append(f"on the {part.on_list} list")
+    when = f" if {' and '.join(cond)}" if cond else ""
+    return f"{' + '.join(part.components)}{when}"
+
+
 def _cost_parts(c: Cost) -> list[str]:
-    out = []
-    for part in c.parts:
-        cond = []
-        if part.list_types:
-            cond.append(f"list_type {'/'.join(x + 'xx' for x in part.list_types)}")
-        if part.levels:
-            cond.append(f"level {'/'.join(part.levels)}")
-        if part.on_list:
-            cond.append(f"on the {part.on_list} list")
-        when = f" if {' and '.join(cond)}" if cond else ""
-        out.append(f"{' + '.join(part.components)}{when}")
-    return out
+    return [cost_part_text(part) for part in c.parts]
 
 
 def _costs(d: _Differ, a: Edition, b: Edition) -> None:

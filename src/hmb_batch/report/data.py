@@ -175,6 +175,16 @@ def batch_report(
     }
 
 
+def enrolled_of(summaries: list[dict[str, Any]]) -> dict[int, int]:
+    """Members on the roster per plan year, as the latest of these batch summaries (in order)
+    counted them: the premium pool of a loss ratio read from the ledger."""
+    return {
+        int(k): int(v)
+        for summary in summaries
+        for k, v in summary.get("enrolled_by_plan_year", {}).items()
+    }
+
+
 def year_report(
     ledger: Ledger,
     plan_year: int,
@@ -189,11 +199,7 @@ def year_report(
     for summary in summaries:
         for code, n in summary.get("quarantined_by_reason", {}).items():
             quarantined[code] = quarantined.get(code, 0) + int(n)
-    enrolled = {
-        int(k): int(v)
-        for summary in summaries
-        for k, v in summary.get("enrolled_by_plan_year", {}).items()
-    }
+    enrolled = enrolled_of(summaries)
     payout = int(settlements["payout_fen"].sum() or 0) if settlements.height else 0
     edition = plan.for_year(plan_year)
     name = edition.edition.plan_name if edition is not None else plan.label

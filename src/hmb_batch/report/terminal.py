@@ -12,6 +12,7 @@ from rich.text import Text
 
 from hmb_batch.ledger.store import BatchRecord
 from hmb_batch.money import fen_to_yuan
+from hmb_batch.plan.diff import cost_part_text
 from hmb_batch.plan.model import RATE_SCALE, Bracket, Edition
 from hmb_batch.report.explain import band_amount, rule_text, term_reached
 from hmb_batch.report.summary import BatchSummary
@@ -152,15 +153,7 @@ def edition(console: Console, e: Edition) -> None:
             if c.exclude_lists:
                 console.print(f"    lines on {', '.join(c.exclude_lists)} list(s): nothing counts")
             for part in c.parts:
-                cond = []
-                if part.list_types:
-                    cond.append(f"list_type {'/'.join(x + 'xx' for x in part.list_types)}")
-                if part.levels:
-                    cond.append(f"level {'/'.join(part.levels)}")
-                if part.on_list:
-                    cond.append(f"on the {part.on_list} list")
-                when = f" if {' and '.join(cond)}" if cond else ""
-                console.print(f"    + {' + '.join(part.components)}{when}  {part.label}")
+                console.print(f"    + {cost_part_text(part)}  {part.label}")
             for sp in c.settlement_parts:
                 console.print(f"    + {sp.component} × {_pct(sp.factor)} (half up)  {sp.label}")
     console.print("[bold]responsibilities 责任[/bold]")
