@@ -300,8 +300,9 @@ def adjudicate(
         typer.Option(
             help=(
                 "local (this process) or spark: the same kernel per part and member bucket on "
-                "Apache Spark (Parquet inputs, no ledger; outputs as Parquet datasets "
-                "partitioned by plan year). Needs pip install 'hmb-batch[spark]' and Java 17 "
+                "Apache Spark (Parquet inputs, no DuckDB ledger: the year to date comes from "
+                "--prior and goes to OUT/state; outputs as Parquet datasets partitioned by "
+                "plan year). Needs pip install 'hmb-batch[spark]' and Java 17 "
                 "(scripts/ensure-java)."
             )
         ),
@@ -309,6 +310,16 @@ def adjudicate(
     spark_master: Annotated[
         str | None,
         typer.Option(help="Spark master URL for --engine spark (default local[2])."),
+    ] = None,
+    prior: Annotated[
+        Path | None,
+        typer.Option(
+            help=(
+                "With --engine spark: the state folder the batch starts from (`hmb-batch "
+                "ledger export`, or an earlier Spark run's OUT/state); default: every "
+                "member's year at zero."
+            )
+        ),
     ] = None,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
@@ -377,6 +388,10 @@ def adjudicate(
             raise UsageError(f"--engine {engine}: give local or spark")
         if spark_master is not None and engine != "spark":
             raise UsageError("--spark-master is for --engine spark")
+        if prior is not None and engine != "spark":
+            raise UsageError(
+                "--prior is for --engine spark (a local run reads the year to date from --ledger)"
+            )
         if engine == "spark":
             _adjudicate_on_spark(
                 inputs,
@@ -385,6 +400,7 @@ def adjudicate(
                 master=spark_master,
                 buckets=buckets,
                 unmasked=unmasked,
+                prior=prior,
                 as_json=as_json,
                 quiet=quiet,
             )
@@ -473,6 +489,7 @@ def _adjudicate_on_spark(
     master: str | None,
     buckets: int | None,
     unmasked: bool,
+    prior: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -482,11 +499,17 @@ def _adjudicate_on_spark(
 
     if ledger is not None:
         raise UsageError(
-            "--engine spark runs without a ledger (a full year, or any batch on its own): "
-            "give --no-ledger, or run on the ledger with --engine local"
+            "--engine spark runs without a DuckDB ledger: give --no-ledger (and --prior "
+            "STATE for a year to date: `hmb-batch ledger export`), or run on the ledger with "
+            "--engine local"
         )
     result = run_spark_batch(
-        inputs, out_dir, master=master or DEFAULT_MASTER, buckets=buckets or 8, unmasked=unmasked
+        inputs,
+        out_dir,
+        master=master or DEFAULT_MASTER,
+        buckets=buckets or 8,
+        unmasked=unmasked,
+        prior=prior,
     )
     reconciled = _reconciled({"reconciliation": out_dir / "reconciliation.json"})
     if as_json:
@@ -495,6 +518,8 @@ def _adjudicate_on_spark(
                 "engine": "spark",
                 "status": "no_ledger",
                 "out": str(out_dir),
+                "prior": str(prior) if prior is not None else None,
+                "state": str(out_dir / "state"),
                 "summary": result.manifest["counts"],
                 "reconciled": reconciled,
                 "files": {k: str(v) for k, v in result.files.items()},
@@ -1508,6 +1533,51 @@ def ledger_revert(
     )
     out.print(
         f"marked its folder {record.out_dir} (REVERTED)" if folder_note is None else folder_note,
+        highlight=False,
+        markup=False,
+    )
+
+
+@ledger_app.command(
+    "export",
+    epilog="Example: hmb-batch ledger export --ledger ledger.duckdb --out state-2022",
+)
+def ledger_export(
+    out_dir: Annotated[Path, typer.Option("--out", help="The state folder to write.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "A batch id (the state just after it) or a date YYYY-MM-DD (the batches whose "
+                "settlements end by that day); default: now."
+            )
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a state already in the folder.")
+    ] = False,
+    ledger: LedgerOption = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+    as_json: JsonOption = False,
+) -> None:
+    """The ledger's year to date as Parquet (a state folder: registry/, accumulators/,
+    state.json), which a Spark run starts from (--prior). The ledger is only read."""
+    from hmb_batch.ledger.parquet_state import export_ledger
+
+    _answer_json(as_json)
+    try:
+        info = export_ledger(
+            _ledger_path(ledger, config), out_dir, as_of=as_of, force=force, wait=wait
+        )
+    except HmbError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        _print_json({"out": str(out_dir)} | info.to_json())
+        return
+    years = ", ".join(map(str, sorted(info.payout_by_plan_year_fen))) or "no plan year"
+    out.print(
+        f"exported the state of {len(info.batches):,} batches (plan years {years}) to {out_dir}",
         highlight=False,
         markup=False,
     )

@@ -55,6 +55,14 @@ from hmb_batch.io.atomic import write_files
 from hmb_batch.io.contracts import FEE_LINES, ROSTER, SETTLEMENTS, Contract
 from hmb_batch.io.extract import FILE, ROW, normalised_code, source_column, type_table
 from hmb_batch.io.reference import enrolled_counts, roster_frame, roster_problems
+from hmb_batch.ledger.parquet_state import (
+    StateInfo,
+    conform,
+    empty_state_info,
+    read_state,
+    write_state_json,
+)
+from hmb_batch.ledger.store import LedgerError
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.report.data import (
     batch_report,
@@ -64,7 +72,9 @@ from hmb_batch.report.data import (
 )
 from hmb_batch.report.summary import summarise
 from hmb_batch.rules import kernel
+from hmb_batch.rules.engine import HEADER_FEN, PriorState, cost_ids, cum, inc
 from hmb_batch.rules.reconcile import Totals, combine
+from hmb_batch.rules.validation import IS_REVERSAL
 from hmb_batch.run.alerts import WarningLimits, batch_warnings
 from hmb_batch.run.balancing import reconciliation_json, reconciliation_of
 from hmb_batch.run.batch import (
@@ -93,7 +103,7 @@ SOURCE = "_source"  # the number of a row's input file (rows are typed, and orde
 SETL_KEY = "_setl_key"  # setl_id as the kernel types it (fee lines found again by it)
 # rows per blob: an Arrow binary value holds at most 2 GiB, and a part's audit is its fee lines
 ROWS_PER_BLOB = 500_000
-OUTPUTS = ("payouts", "report", "quarantine", "lines")
+OUTPUTS = ("payouts", "report", "quarantine", "lines", "state_registry", "state_accumulators")
 SCHEMA = "schema:"
 
 
@@ -402,11 +412,26 @@ def _members(ctx_b: Any, key: tuple[Any, ...], facts: pa.Table, roster: pa.Table
         "enrolled": enrolled_counts(typed_roster),
     }
     if found is not None and not problems:
+        costs = cost_ids(ctx.plan)
+        empty = PriorState.empty(costs)
+        # the registry rows its settlements name and its members' year to date (none without
+        # a prior state), as Ledger.prior_for reads them for a local run
+        registry = _concat([empty.registry.collect(), *_of(facts, "registry")])
+        accumulators = _concat([empty.accumulators.collect(), *_of(facts, "accumulators")])
+        assert registry is not None and accumulators is not None
+        prior = conform(PriorState(registry.lazy(), accumulators.lazy()), costs)
         result = kernel.adjudicate_members(
-            kernel.MemberBucket(found, roster_frame(typed_roster)),
+            kernel.MemberBucket(found, roster_frame(typed_roster), prior),
             plan=ctx.plan,
             batch_id=ctx.batch_id,
             unmasked=ctx.unmasked,
+        )
+        assert result.ledger_rows is not None
+        rows += _blobs("state_registry", bucket, _state_registry(result.payouts, costs))
+        rows += _blobs(
+            "state_accumulators",
+            bucket,
+            _state_accumulators(result.ledger_rows["accumulator_log"], accumulators, costs),
         )
         rows += _blobs("payouts", bucket, result.payout_file)
         rows += _blobs("report", bucket, report_columns(result.payouts))
@@ -455,6 +480,76 @@ def _settle(
         rows += _blobs("quarantine", part, settled.quarantine)
     rows.append(("meta", part, _meta(totals=settled.totals)))
     return _table(rows)
+
+
+def _state_registry(payouts: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
+    """A bucket's adjudicated settlements as registry rows of the state after the batch
+    (``reversed`` is set when the state is assembled: a reversal may be in another batch)."""
+    return payouts.select(
+        "setl_id",
+        "psn_no",
+        pl.col("plan_year").cast(pl.Int64),
+        IS_REVERSAL,
+        "init_setl_id",
+        pl.lit(False).alias("reversed"),
+        HEADER_FEN,
+        *[pl.col(inc(c)).cast(pl.Int64) for c in costs],
+    )
+
+
+def _state_accumulators(log: pl.DataFrame, before: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
+    """The year to date after the batch of the member-years it moved: each cost's ``after``
+    from the batch's accumulator log, else what the member-year held before (else zero)."""
+    keys = log.select("psn_no", pl.col("plan_year").cast(pl.Int64)).unique()
+    out = keys.join(
+        before.with_columns(pl.col("plan_year").cast(pl.Int64)),
+        on=["psn_no", "plan_year"],
+        how="left",
+    )
+    for c in costs:
+        moved = log.filter(pl.col("cost") == c).select(
+            "psn_no", pl.col("plan_year").cast(pl.Int64), pl.col("after_fen").alias("_after")
+        )
+        out = (
+            out.join(moved, on=["psn_no", "plan_year"], how="left")
+            .with_columns(pl.coalesce("_after", cum(c), pl.lit(0)).cast(pl.Int64).alias(cum(c)))
+            .drop("_after")
+        )
+    return out.select("psn_no", "plan_year", *[cum(c) for c in costs])
+
+
+def _fact_ids(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The settlement ids (its own and the one a reversal names) and the member of every fact,
+    with the member bucket it went to (``mapInArrow`` over the facts' blobs)."""
+    for batch in batches:
+        for key, payload in zip(
+            batch.column(KEY).to_pylist(), batch.column(PAYLOAD).to_pylist(), strict=True
+        ):
+            facts = _frame(payload)
+            ids = (
+                pl.concat(
+                    [
+                        facts.select("setl_id", "psn_no"),
+                        facts.select(pl.col("init_setl_id").alias("setl_id"), "psn_no"),
+                    ]
+                )
+                .drop_nulls("setl_id")
+                .unique()
+                .select(pl.lit(key, pl.Int32).alias(KEY), "setl_id", "psn_no")
+            )
+            yield from _plain(ids).to_batches()
+
+
+def _to_blobs(kind: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Rows with their member bucket (:data:`KEY`) as blobs of ``kind`` (``mapInArrow``)."""
+    for batch in batches:
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        rows: list[tuple[str, int, bytes]] = []
+        for (k,), part in frame.group_by(KEY, maintain_order=True):
+            rows += _blobs(kind, int(k), part.drop(KEY))
+        if rows:
+            yield from _table(rows).to_batches()
 
 
 # --- decoding blobs into datasets ----------------------------------------------------------
@@ -530,6 +625,7 @@ def run_spark_batch(
     buckets: int = 8,
     unmasked: bool = False,
     warning_limits: WarningLimits | None = None,
+    prior: Path | None = None,
     session: SparkSession | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SparkResult:
@@ -539,6 +635,8 @@ def run_spark_batch(
 
     ``inputs``: Parquet files, folders (Hive-partitioned ones too) or globs; a two-file extract
     (``fees`` given). ``buckets``: parts of whole settlements and member buckets (both).
+    ``prior``: a state folder (:mod:`hmb_batch.ledger.parquet_state`) the batch starts from
+    (default: every member's year at zero); the state after the batch goes to ``OUT/state``.
     Raises :class:`SparkUnavailable` when pyspark or Java is missing, and what the local run
     raises for the same inputs (a batch that does not reconcile, a roster with problems ...).
     """
@@ -553,6 +651,13 @@ def run_spark_batch(
     if why is not None:  # before any input is read or hashed
         raise SparkUnavailable(why)
     header = describe_batch(inputs)
+    info = read_state(prior) if prior is not None else empty_state_info(out_dir / "state")
+    held = [b["batch_id"] for b in info.batches if b["batch_key"] == header.batch_key]
+    if held:
+        raise LedgerError(
+            f"the prior state {prior} holds this extract already, as batch {held[0]} (the same "
+            "inputs and plan editions): adjudicating it again would count its settlements twice"
+        )
     files = [*header.extract_files, *header.fee_files, inputs.roster]
     not_parquet = [str(p) for p in files if p.suffix.lower() not in (".parquet", ".pq")]
     if not_parquet:
@@ -618,9 +723,11 @@ def run_spark_batch(
         )
         lines_meta = _metas(stage1)
         say("adjudicate_members")
+        facts = stage1.filter(F.col(KIND) == "facts")
+        if prior is not None:
+            facts = facts.unionByName(_prior_blobs(spark, facts, info))
         stage2 = _checkpoint(
-            stage1.filter(F.col(KIND) == "facts")
-            .groupBy(KEY)
+            facts.groupBy(KEY)
             .cogroup(roster.withColumnRenamed(BUCKET, KEY).groupBy(KEY))
             .applyInArrow(functools.partial(_members, ctx_b), BLOB_SCHEMA),
             work / "members",
@@ -654,17 +761,19 @@ def run_spark_batch(
 
         say("outputs")
         written = {
-            "payouts": _dataset(spark, stage2, "payouts", out_dir / "payouts", "plan_year"),
-            "lines": _dataset(spark, stage3, "lines", out_dir / "lines", "plan_year"),
+            "payouts": _dataset(stage2, "payouts", out_dir / "payouts", "plan_year"),
+            "lines": _dataset(stage3, "lines", out_dir / "lines", "plan_year"),
             "quarantine": _dataset(
-                spark,
                 stage1.unionByName(stage2).unionByName(stage3),
                 "quarantine",
                 out_dir / "quarantine",
                 None,
             ),
         }
-        report_rows = _dataset(spark, stage2, "report", work / "report", None)
+        report_rows = _dataset(stage2, "report", work / "report", None)
+        state_dir = out_dir / "state"
+        costs = [*cost_ids(header.plan), *(c for c in info.costs if c not in cost_ids(header.plan))]
+        _state_after(spark, stage2, info, prior, costs, state_dir)
 
         enrolled: Counter[int] = Counter()
         for m in member_meta:
@@ -692,7 +801,8 @@ def run_spark_batch(
         check_balanced(summary)
         totals: list[Totals] = [m["totals"] for m in (*lines_meta, *adjudicated, *settle_meta)]
         recon = reconciliation_of(header.batch_id, combine(totals), summary, False)
-        ratios = loss_ratio_json(year_to_date_loss_ratios(header.plan, summary, None))
+        before = info.before() if prior is not None else None
+        ratios = loss_ratio_json(year_to_date_loss_ratios(header.plan, summary, before))
         docs: dict[str, bytes] = {"reconciliation.json": reconciliation_json(recon, ratios)}
         check_reconciled(recon, out_dir)
         docs.update(
@@ -713,6 +823,8 @@ def run_spark_batch(
             "engine": "spark",
             "spark_master": spark.sparkContext.master,
             "buckets": buckets,
+            "prior_state": str(prior) if prior is not None else None,
+            "state": str(out_dir / "state"),
             "hmb_version": __version__,
             "inputs": header.inputs,
             "editions": {
@@ -727,6 +839,24 @@ def run_spark_batch(
             manifest, ensure_ascii=False, indent=2, default=str
         ).encode()
         paths = write_files(docs, out_dir)
+        payout_ytd = dict(info.payout_by_plan_year_fen)
+        for year, fen in summary.payout_by_plan_year_fen.items():
+            payout_ytd[year] = payout_ytd.get(year, 0) + fen
+        write_state_json(
+            StateInfo(
+                state_dir,
+                costs,
+                [*info.batches, {"batch_id": header.batch_id, "batch_key": header.batch_key}],
+                payout_ytd,
+                info.enrolled_by_plan_year | dict(summary.enrolled_by_plan_year),
+                {
+                    "kind": "spark batch",
+                    "batch_id": header.batch_id,
+                    "prior": str(prior) if prior is not None else None,
+                },
+            )
+        )
+        written["state"] = state_dir
         return SparkResult(out_dir, {**paths, **written}, manifest)
     except HmbError:
         raise
@@ -774,11 +904,8 @@ def _removed_ids(stage2: DataFrame) -> list[str]:
     return sorted(ids)
 
 
-def _dataset(
-    spark: SparkSession, stage: DataFrame, kind: str, target: Path, partition: str | None
-) -> Path:
-    """One output's blobs decoded into a Parquet dataset at ``target`` (partitioned by
-    ``partition`` when its rows have that column)."""
+def _rows(stage: DataFrame, kind: str) -> DataFrame | None:
+    """One output's blobs decoded into rows (None: no blob has a column)."""
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
@@ -788,11 +915,99 @@ def _dataset(
     schemas = [_plain(_frame(r[PAYLOAD])).schema for r in found]
     schema = _union(schemas) if schemas else pa.schema([])
     if not schema.names:
+        return None
+    return blobs.mapInArrow(functools.partial(_decode, schema), from_arrow_schema(schema))
+
+
+def _dataset(stage: DataFrame, kind: str, target: Path, partition: str | None) -> Path:
+    """One output's blobs decoded into a Parquet dataset at ``target`` (partitioned by
+    ``partition`` when its rows have that column)."""
+    rows = _rows(stage, kind)
+    if rows is None:
         target.mkdir(parents=True, exist_ok=True)
         return target
-    rows = blobs.mapInArrow(functools.partial(_decode, schema), from_arrow_schema(schema))
     writer = rows.write.mode("overwrite")
-    if partition is not None and partition in schema.names:
+    if partition is not None and partition in rows.columns:
         writer = writer.partitionBy(partition)
     writer.parquet(str(target))
     return target
+
+
+def _prior_blobs(spark: SparkSession, facts: DataFrame, info: StateInfo) -> DataFrame:
+    """The prior state each member bucket needs, as blobs keyed by bucket: the registry rows
+    its settlements name (their own id, or the original a reversal names) and the year to date
+    of its members and of those rows' members — what ``Ledger.prior_for`` reads for a local
+    bucket. Found by id, not by member: a settlement repeated under another member must still
+    meet the registry row it repeats."""
+    ids = facts.mapInArrow(_fact_ids, f"{KEY} int, setl_id string, psn_no string").cache()
+    registry = spark.read.parquet(str(info.registry))
+    routed = registry.join(ids.select(KEY, "setl_id").distinct(), "setl_id")
+    members = ids.select(KEY, "psn_no").unionByName(routed.select(KEY, "psn_no")).distinct()
+    accumulators = spark.read.parquet(str(info.accumulators)).join(members, "psn_no")
+    return routed.mapInArrow(functools.partial(_to_blobs, "registry"), BLOB_SCHEMA).unionByName(
+        accumulators.mapInArrow(functools.partial(_to_blobs, "accumulators"), BLOB_SCHEMA)
+    )
+
+
+def _with_costs(frame: DataFrame, name: Callable[[str], str], costs: list[str]) -> DataFrame:
+    """A state dataset with a column for each of ``costs`` (zero where it had none)."""
+    from pyspark.sql import functions as F
+
+    for c in costs:
+        if name(c) not in frame.columns:
+            frame = frame.withColumn(name(c), F.lit(0).cast("bigint"))
+    return frame
+
+
+def _state_after(
+    spark: SparkSession,
+    stage2: DataFrame,
+    info: StateInfo,
+    prior: Path | None,
+    costs: list[str],
+    target: Path,
+) -> None:
+    """The state after the batch (see :mod:`hmb_batch.ledger.parquet_state`) into ``target``:
+    the prior registry and the batch's settlements, with ``reversed`` set on every original a
+    reversal names; the prior accumulators, those the batch moved replaced. Its state.json is
+    written by the caller."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    empty = PriorState.empty(costs)
+
+    def base(dataset: Path | None, frame: pl.LazyFrame) -> DataFrame:
+        if dataset is not None:
+            return spark.read.parquet(str(dataset))
+        return spark.createDataFrame([], from_arrow_schema(_plain(frame.collect()).schema))
+
+    old_registry = base(info.registry if prior else None, empty.registry)
+    old_acc = base(info.accumulators if prior else None, empty.accumulators)
+    new_registry = _rows(stage2, "state_registry")
+    new_acc = _rows(stage2, "state_accumulators")
+    registry = _with_costs(old_registry, inc, costs)
+    if new_registry is not None:
+        registry = registry.unionByName(
+            _with_costs(new_registry, inc, costs), allowMissingColumns=True
+        )
+    named = (
+        registry.filter(F.col(IS_REVERSAL))
+        .select(F.col("init_setl_id").alias("setl_id"))
+        .distinct()
+        .withColumn("_named", F.lit(True))
+    )
+    registry = (
+        registry.join(named, "setl_id", "left")
+        .withColumn("reversed", F.col("reversed") | F.coalesce(F.col("_named"), F.lit(False)))
+        .drop("_named")
+        .fillna(0, [inc(c) for c in costs])
+    )
+    accumulators = _with_costs(old_acc, cum, costs)
+    if new_acc is not None:
+        keys = ["psn_no", "plan_year"]
+        accumulators = accumulators.join(new_acc.select(*keys), keys, "left_anti").unionByName(
+            _with_costs(new_acc, cum, costs), allowMissingColumns=True
+        )
+    accumulators = accumulators.fillna(0, [cum(c) for c in costs])
+    registry.write.mode("overwrite").parquet(str(target / "registry"))
+    accumulators.write.mode("overwrite").parquet(str(target / "accumulators"))

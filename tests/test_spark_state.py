@@ -1,0 +1,231 @@
+"""Spark runs carry the year to date as Parquet (a state folder) and equal nights on a ledger.
+
+Marked ``spark`` (make test-spark). Three generated nights, with a night-1 settlement repeated
+in night 3 as it was (an identical repeat) and another repeated under another member (a
+duplicate the registry must catch though the member differs), go through a DuckDB ledger
+locally and through Spark: night 1 from nothing, night 2 from ``hmb-batch ledger export
+--as-of`` night 1, night 3 from Spark's own state after night 2. Every night's payouts equal
+the ledger's per settlement, and the state after night 3 equals the ledger exported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from conftest import run_cli
+
+pytestmark = pytest.mark.spark
+NIGHTS = ("01", "02", "03")
+
+
+@pytest.fixture(scope="module")
+def session() -> Iterator[Any]:
+    pytest.importorskip("pyspark")
+    from hmb_batch.run.spark import spark_available, spark_session
+
+    why = spark_available()
+    if why is not None:
+        pytest.skip(why)
+    spark = spark_session("local[2]", shuffle_partitions=4)
+    yield spark
+    spark.stop()
+
+
+@pytest.fixture(scope="module")
+def nights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three nights of a generated year; night 3 repeats two night-1 settlements."""
+    folder = tmp_path_factory.mktemp("nights")
+    r = run_cli(
+        ["generate", "--members", "1500", "--nights", "3", "--seed", "23", "--out", str(folder)]
+    )
+    assert r.exit_code == 0, r.output
+    first = folder / "nightly" / "01"
+    third = folder / "nightly" / "03"
+    s1 = pl.read_parquet(first / "settlements.parquet")
+    f1 = pl.read_parquet(first / "fees.parquet")
+    claims = s1.filter(pl.col("refd_setl_flag") == "0")
+    same, moved = claims.row(5, named=True), claims.row(9, named=True)
+    other = s1.filter(pl.col("psn_no") != moved["psn_no"])["psn_no"][0]
+    planted = pl.DataFrame(
+        [same, moved | {"psn_no": other}], schema=s1.schema
+    )  # the second under another member
+    s3 = pl.read_parquet(third / "settlements.parquet")
+    f3 = pl.read_parquet(third / "fees.parquet")
+    pl.concat([s3, planted]).write_parquet(third / "settlements.parquet")
+    lines = f1.filter(pl.col("setl_id").is_in([same["setl_id"], moved["setl_id"]]))
+    pl.concat([f3, lines]).write_parquet(third / "fees.parquet")
+    return folder
+
+
+def _adjudicate_args(folder: Path, night: str) -> list[str]:
+    n = folder / "nightly" / night
+    return [
+        "adjudicate",
+        str(n / "settlements.parquet"),
+        "--fees",
+        str(n / "fees.parquet"),
+        "--roster",
+        str(folder / "roster.parquet"),
+        "--lists",
+        str(folder / "lists.parquet"),
+        "--plan",
+        "zhelibao",
+        "--quiet",
+    ]
+
+
+@pytest.fixture(scope="module")
+def on_ledger(nights: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three nights on a DuckDB ledger (the local engine)."""
+    out = tmp_path_factory.mktemp("ledger")
+    assert run_cli(["ledger", "init", str(out / "ledger.duckdb")]).exit_code == 0
+    for night in NIGHTS:
+        args = [*_adjudicate_args(nights, night), "--ledger", str(out / "ledger.duckdb")]
+        r = run_cli([*args, "--out", str(out / night)])
+        assert r.exit_code == 0, r.output
+    return out
+
+
+def _inputs(folder: Path, night: str) -> Any:
+    from hmb_batch.run.batch import BatchInputs
+
+    n = folder / "nightly" / night
+    return BatchInputs(
+        extract=n / "settlements.parquet",
+        fees=n / "fees.parquet",
+        roster=folder / "roster.parquet",
+        lists=folder / "lists.parquet",
+        plan="zhelibao",
+    )
+
+
+def _batch_id(folder: Path) -> str:
+    return str(json.loads((folder / "manifest.json").read_text())["batch_id"])
+
+
+def _sorted(frame: pl.DataFrame, key: list[str]) -> pl.DataFrame:
+    return frame.sort(key)
+
+
+def test_nights_on_spark_with_a_parquet_state_equal_the_ledger(
+    nights: Path, on_ledger: Path, session: Any, tmp_path: Path
+) -> None:
+    from hmb_batch.run.spark import run_spark_batch
+
+    ledger = on_ledger / "ledger.duckdb"
+    before = ledger.read_bytes()
+    # night 2 starts from the ledger's state just after night 1, exported
+    night1 = _batch_id(on_ledger / "01")
+    exported = tmp_path / "after-01"
+    r = run_cli(
+        ["ledger", "export", "--ledger", str(ledger), "--as-of", night1, "--out", str(exported)]
+    )
+    assert r.exit_code == 0, r.output
+    priors = {"01": None, "02": exported, "03": tmp_path / "02" / "state"}
+    for night in NIGHTS:
+        run_spark_batch(
+            _inputs(nights, night),
+            tmp_path / night,
+            buckets=4,
+            session=session,
+            prior=priors[night],
+        )
+        want = pl.read_parquet(on_ledger / night / "payouts.parquet")
+        got = pl.read_parquet(
+            tmp_path / night / "payouts" / "**" / "*.parquet", hive_partitioning=True
+        )
+        assert_frame_equal(
+            _sorted(got.select(want.columns), ["setl_id"]), _sorted(want, ["setl_id"])
+        )
+        q_want = pl.read_parquet(on_ledger / night / "quarantine.parquet")
+        q_got = pl.read_parquet(tmp_path / night / "quarantine" / "**" / "*.parquet")
+        key = ["record", "_file", "_row"]
+        assert_frame_equal(
+            _sorted(q_got.select(q_want.columns), key), _sorted(q_want, key), check_dtypes=False
+        )
+        ratios = [
+            json.loads((d / night / "manifest.json").read_text())["loss_ratios"]
+            for d in (on_ledger, tmp_path)
+        ]
+        assert ratios[1] == ratios[0]  # the year to date's, not the night's alone
+    # the planted repeats of night-1 settlements, the one under another member too, were found
+    # in the prior state (not paid twice): quarantined as duplicates
+    q3 = pl.read_parquet(tmp_path / "03" / "quarantine" / "**" / "*.parquet").filter(
+        pl.col("record") == "settlement"
+    )
+    duplicates = q3.filter(pl.col("reasons").list.contains("DUPLICATE_SETTLEMENT"))
+    assert duplicates.height == 2 and duplicates["psn_no"].n_unique() == 2
+    # Spark's state after night 3 is the ledger's, exported
+    now = tmp_path / "now"
+    assert run_cli(["ledger", "export", "--ledger", str(ledger), "--out", str(now)]).exit_code == 0
+    for name, key in (("registry", ["setl_id"]), ("accumulators", ["psn_no", "plan_year"])):
+        want = pl.read_parquet(now / name / "*.parquet")
+        got = pl.read_parquet(tmp_path / "03" / "state" / name / "*.parquet")
+        assert_frame_equal(_sorted(got.select(want.columns), key), _sorted(want, key))
+    docs = [json.loads((d / "state.json").read_text()) for d in (now, tmp_path / "03" / "state")]
+    assert {k: v for k, v in docs[1].items() if k != "source"} == {
+        k: v for k, v in docs[0].items() if k != "source"
+    }
+    assert ledger.read_bytes() == before  # exporting only read the ledger
+
+
+def test_an_extract_the_state_holds_is_refused(nights: Path, session: Any, tmp_path: Path) -> None:
+    from hmb_batch.ledger.store import LedgerError
+    from hmb_batch.run.spark import run_spark_batch
+
+    run_spark_batch(_inputs(nights, "01"), tmp_path / "a", buckets=2, session=session)
+    with pytest.raises(LedgerError, match="holds this extract already"):
+        run_spark_batch(
+            _inputs(nights, "01"),
+            tmp_path / "b",
+            buckets=2,
+            session=session,
+            prior=tmp_path / "a" / "state",
+        )
+
+
+def test_adjudicate_on_spark_from_a_state_through_the_cli(
+    nights: Path, on_ledger: Path, tmp_path: Path
+) -> None:
+    """The command line: --prior names the state; a folder that is not one is exit 5."""
+    state = tmp_path / "after-02"
+    ledger = on_ledger / "ledger.duckdb"
+    night2 = _batch_id(on_ledger / "02")
+    r = run_cli(
+        ["ledger", "export", "--ledger", str(ledger), "--as-of", night2, "--out", str(state)]
+    )
+    assert r.exit_code == 0, r.output
+    hmb = Path(sys.executable).parent / "hmb-batch"
+    base = [str(hmb), *_adjudicate_args(nights, "03")]
+    spark = ["--no-ledger", "--engine", "spark", "--buckets", "2", "--json"]
+    env = os.environ | {"PYSPARK_PYTHON": sys.executable}
+    bad = subprocess.run(
+        [*base, *spark, "--prior", str(tmp_path), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert bad.returncode == 5 and "not a state folder" in bad.stdout
+    done = subprocess.run(
+        [*base, *spark, "--prior", str(state), "--out", str(tmp_path / "03")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    answer = json.loads(done.stdout)
+    assert answer["prior"] == str(state) and answer["reconciled"]["passed"]
+    want = json.loads((on_ledger / "03" / "manifest.json").read_text())
+    got = json.loads((tmp_path / "03" / "manifest.json").read_text())
+    assert got["loss_ratios"] == want["loss_ratios"]
+    assert got["counts"]["payout_by_plan_year"] == want["counts"]["payout_by_plan_year"]
