@@ -202,6 +202,155 @@ def simulate(
     return SimulationResult(out_dir, ledger, results, years, document)
 
 
+@dataclass(frozen=True)
+class SparkScenario:
+    """A scenario run on Spark: its batches' folders, the state after the last (the
+    scenario's year to date, as Parquet), its totals per plan year and the sweep's rows."""
+
+    out_dir: Path
+    state: Path
+    years: list[YearTotals]
+    document: dict[str, Any]
+    sweep: list[SweepRow]
+
+
+def simulate_on_spark(
+    extracts: Sequence[str],
+    plan: PlanSelection,
+    inputs: ScenarioInputs,
+    out_dir: Path,
+    *,
+    master: str,
+    buckets: int,
+    force: bool = False,
+    plan_source: tuple[str, tuple[str, ...]] | None = None,
+    start: Callable[[Path], None] | None = None,
+    variants: Sequence[tuple[str, PlanSelection]] = (),
+    describe: Mapping[str, Any] | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> SparkScenario:
+    """:func:`simulate` on Spark: each extract, in order, one batch of
+    :func:`hmb_batch.run.spark.run_spark_batch` (the same kernel per member bucket), each
+    starting from the state the one before left (``DIR/batches/NN/state``). There is no
+    scenario ledger: the year to date travels as Parquet (:mod:`hmb_batch.ledger.parquet_state`).
+
+    ``start(folder)`` writes the state folder the first batch starts from (a what-if for the
+    rest of a year: ``hmb-batch ledger export`` of the production ledger as of a batch or
+    date); None: every member's year at zero. ``variants``: a sweep's values, each evaluated
+    on the member-years' year to date at the start and after the last batch, on Spark. The
+    plan years' reports need a ledger; each batch's own report is in its folder.
+    """
+    from hmb_batch.ledger.parquet_state import read_state
+    from hmb_batch.run.spark import (
+        run_spark_batch,
+        scenario_year_totals,
+        spark_session,
+        sweep_on_spark,
+    )
+
+    prepare_folder(out_dir, force=force)
+    shutil.rmtree(out_dir / "start", ignore_errors=True)
+    prior = None
+    if start is not None:
+        start(out_dir / "start")
+        prior = out_dir / "start"
+    first = prior
+    session = spark_session(master, shuffle_partitions=min(buckets, 4096))
+    try:
+        manifests = []
+        for i, spec in enumerate(extracts, start=1):
+            if progress is not None:
+                progress(f"batch {i} of {len(extracts)} on Spark: {spec}")
+            extract, fees = (spec, inputs.fees) if inputs.fees else extract_folder(spec)
+            batch_inputs = BatchInputs(
+                extract=extract,
+                fees=fees,
+                roster=inputs.roster,
+                lists=inputs.lists,
+                plan=plan,
+                encoding=inputs.encoding,
+                column_map=inputs.column_map,
+                timezone=inputs.timezone,
+                plan_source=plan_source,
+            )
+            folder = out_dir / "batches" / f"{i:02d}"
+            result = run_spark_batch(
+                batch_inputs, folder, buckets=buckets, prior=prior, session=session
+            )
+            manifests.append(result.manifest | {"out": str(folder)})
+            prior = folder / "state"
+        assert prior is not None or not extracts
+        payouts = [Path(m["out"]) / "payouts" for m in manifests]
+        state = read_state(prior) if prior is not None else None
+        found = scenario_year_totals(session, payouts)
+        years = []
+        for year, settlements, paid, fen in found:
+            enrolled = state.enrolled_by_plan_year if state is not None else {}
+            ytd = state.payout_by_plan_year_fen.get(year, 0) if state is not None else 0
+            ratios = loss_ratio_json(loss_ratios(plan, enrolled, {year: ytd}))
+            years.append(YearTotals(year, settlements, paid, fen, ratios[0] if ratios else None))
+        rows: list[SweepRow] = []
+        if variants and prior is not None and state is not None:
+            start_info = read_state(first) if first is not None else None
+            totals = sweep_on_spark(
+                session,
+                [v for _, v in variants],
+                start=first,
+                end=prior,
+                payouts=payouts,
+                roster=inputs.roster,
+                column_map=dict(inputs.column_map),
+                timezone=inputs.timezone,
+                buckets=buckets,
+            )
+            for (value, variant), t in zip(variants, totals, strict=True):
+                ratios = []
+                for year, fen in sorted(t.payout_by_plan_year_fen.items()):
+                    before = start_info.payout_by_plan_year_fen.get(year, 0) if start_info else 0
+                    ratios += loss_ratio_json(
+                        loss_ratios(
+                            variant,
+                            state.enrolled_by_plan_year,
+                            {year: before + fen},
+                        )
+                    )
+                rows.append(
+                    SweepRow(
+                        value,
+                        variant.editions[0].id,
+                        sum(t.payout_by_plan_year_fen.values()),
+                        t.members_paid,
+                        ratios,
+                    )
+                )
+    finally:
+        session.stop()
+    used = {e for m in manifests for e in m["editions"]}
+    document = {
+        "hmb_version": __version__,
+        "created_at": dt.datetime.now().isoformat(timespec="seconds"),
+        "plan": plan.label,
+        "engine": "spark",
+        "spark_master": master,
+        "buckets": buckets,
+        "editions": {e.id: edition_hash(e) for e in plan.editions if e.id in used},
+        **(describe or {}),
+        "extracts": list(extracts),
+        "state": str(prior) if prior is not None else None,
+        "start_state": str(first) if first is not None else None,
+        "batches": [
+            {"batch_id": m["batch_id"], "out": m["out"], "replayed": False} for m in manifests
+        ],
+        "plan_years": [y.to_json() for y in years],
+    }
+    pages = {
+        SIMULATION: json.dumps(document, ensure_ascii=False, indent=2).encode(),
+        "simulation.md": _markdown(document).encode(),
+    }
+    write_files(pages, out_dir)
+    return SparkScenario(out_dir, prior or out_dir, years, document, rows)
+
+
 def year_totals(lg: Ledger, plan: PlanSelection, batch_ids: list[str]) -> list[YearTotals]:
     """Per plan year: the scenario batches' settlements, payout and members paid, and the
     loss ratio of the year to date in the scenario ledger."""
@@ -258,7 +407,12 @@ def _markdown(doc: Mapping[str, Any]) -> str:
         f"# Scenario: {doc['plan']}",
         "",
         f"Editions: {', '.join(doc['editions'])}. Batches: {len(doc['batches'])}. "
-        f"Ledger: `{doc['ledger']}`.",
+        + (
+            f"Ledger: `{doc['ledger']}`."
+            if "ledger" in doc
+            else f"On Spark ({doc['spark_master']}, {doc['buckets']} buckets); state after the "
+            f"last batch: `{doc['state']}`."
+        ),
     ]
     for change in doc.get("changes", []):
         lines.append(f"- changed: `{change}`")

@@ -720,12 +720,31 @@ def simulate(
     force: Annotated[
         bool, typer.Option("--force", help="Replace a scenario already in the folder.")
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help=(
+                "local (a scenario ledger in DIR) or spark: each extract one Spark batch, "
+                "the year to date carried as Parquet (DIR/batches/NN/state); Parquet "
+                "two-file extracts."
+            )
+        ),
+    ] = "local",
+    spark_master: Annotated[
+        str | None,
+        typer.Option(help="Spark master URL for --engine spark (default local[2])."),
+    ] = None,
+    buckets: Annotated[
+        int | None,
+        typer.Option(help="--engine spark: parts and member buckets (default 8).", min=1),
+    ] = None,
     as_json: JsonOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="Print nothing on success.")] = False,
 ) -> None:
     """Adjudicate extracts under a scenario's rules into a ledger of its own (never the
     production ledger): each extract's usual files, each plan year's report, and the totals
-    per plan year side by side (simulation.json, simulation.md)."""
+    per plan year side by side (simulation.json, simulation.md). On Spark (--engine spark)
+    the year to date travels as Parquet instead of a ledger, and each batch has its report."""
     from hmb_batch.analysis.simulate import ScenarioInputs, sweep_values, write_sweep
     from hmb_batch.analysis.simulate import simulate as run_scenario
     from hmb_batch.io.reference import load_lists
@@ -765,7 +784,36 @@ def simulate(
             timezone=d.timezone,
             memory_limit=parse_size(limit) if (limit := memory_limit or d.memory_limit) else None,
         )
+        if engine not in ("local", "spark"):
+            raise UsageError(f"--engine {engine}: give local or spark")
+        if engine != "spark" and (spark_master is not None or buckets is not None):
+            raise UsageError("--spark-master and --buckets are for --engine spark")
         show = not (quiet or as_json) and err.is_terminal
+        if engine == "spark":
+            _simulate_on_spark(
+                extracts,
+                selection,
+                inputs,
+                out_dir,
+                master=spark_master,
+                buckets=buckets or 8,
+                force=force,
+                plan_source=(_absolute_spec(plan or d.plan), tuple(run_sets)),
+                from_ledger=from_ledger,
+                as_of=as_of,
+                variants=variants,
+                swept_path=swept_path,
+                describe={
+                    "plan_spec": _absolute_spec(plan or d.plan),
+                    "changes": sets,
+                    "run_changes": run_sets,
+                    "from_ledger": str(from_ledger) if from_ledger is not None else None,
+                    "as_of": as_of,
+                },
+                as_json=as_json,
+                quiet=quiet,
+            )
+            return
         with err.status("simulating …") if show else contextlib.nullcontext() as st:
             result = run_scenario(
                 extracts,
@@ -802,6 +850,62 @@ def simulate(
         render.scenario(out, result.document)
         if swept:
             render.sweep(out, swept_path, [r.to_json() for r in rows])
+            for name, path in swept_files.items():
+                out.print(f"{name}: {path}", highlight=False, markup=False)
+
+
+def _simulate_on_spark(
+    extracts: list[str],
+    selection: Any,
+    inputs: Any,
+    out_dir: Path,
+    *,
+    master: str | None,
+    buckets: int,
+    force: bool,
+    plan_source: tuple[str, tuple[str, ...]],
+    from_ledger: Path | None,
+    as_of: str | None,
+    variants: list[tuple[str, Any]],
+    swept_path: str,
+    describe: dict[str, Any],
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """``simulate --engine spark`` (see :func:`hmb_batch.analysis.simulate.simulate_on_spark`);
+    errors raise HmbError for the caller to report."""
+    from hmb_batch.analysis.simulate import simulate_on_spark, write_sweep
+    from hmb_batch.ledger.parquet_state import export_ledger
+    from hmb_batch.run.spark import DEFAULT_MASTER
+
+    def start(folder: Path) -> None:
+        assert from_ledger is not None
+        export_ledger(from_ledger, folder, as_of=as_of)
+
+    result = simulate_on_spark(
+        extracts,
+        selection,
+        inputs,
+        out_dir,
+        master=master or DEFAULT_MASTER,
+        buckets=buckets,
+        force=force,
+        plan_source=plan_source,
+        start=start if from_ledger is not None else None,
+        variants=variants,
+        describe=describe,
+    )
+    swept_files = write_sweep(swept_path, result.sweep, out_dir) if variants else {}
+    sweep_doc = [r.to_json() for r in result.sweep]
+    if as_json:
+        _print_json(
+            result.document
+            | ({"sweep": {"parameter": swept_path, "values": sweep_doc}} if variants else {})
+        )
+    elif not quiet:
+        render.scenario(out, result.document)
+        if variants:
+            render.sweep(out, swept_path, sweep_doc)
             for name, path in swept_files.items():
                 out.print(f"{name}: {path}", highlight=False, markup=False)
 

@@ -201,7 +201,9 @@ def export_ledger(
         with open_ledger(path, wait=wait, upgrade=False) as lg:
             return export_state(lg, folder, source=source)
     point = parse_as_of(as_of)
-    with tempfile.TemporaryDirectory(prefix=".hmb-export-", dir=folder.parent) as tmp:
+    folder.mkdir(parents=True, exist_ok=True)
+    # the copy as of then, beside what it becomes (same disk), removed once exported
+    with tempfile.TemporaryDirectory(prefix=".hmb-export-", dir=folder) as tmp:
         copy = Path(tmp) / "ledger.duckdb"
         if isinstance(point, str):
             copy_as_of(path, copy, after=point, wait=wait, files=False)

@@ -489,7 +489,10 @@ def scenario(console: Console, doc: dict[str, Any]) -> None:
     console.print(t)
     for change in doc.get("changes", []):
         console.print(f"changed: {change}", highlight=False, markup=False)
-    console.print(f"ledger: {doc['ledger']}", highlight=False, markup=False)
+    if "ledger" in doc:
+        console.print(f"ledger: {doc['ledger']}", highlight=False, markup=False)
+    else:  # on Spark: the year to date after the last batch, as Parquet
+        console.print(f"state: {doc['state']}", highlight=False, markup=False)
 
 
 def comparison(console: Console, doc: dict[str, Any]) -> None:

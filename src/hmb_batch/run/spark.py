@@ -63,6 +63,7 @@ from hmb_batch.ledger.parquet_state import (
     write_state_json,
 )
 from hmb_batch.ledger.store import LedgerError
+from hmb_batch.money import yuan_to_fen
 from hmb_batch.plan.catalog import PlanSelection
 from hmb_batch.report.data import (
     batch_report,
@@ -690,12 +691,7 @@ def run_spark_batch(
         ctx_b = spark.sparkContext.broadcast(ctx)
 
         def raw(paths: Sequence[Path]) -> DataFrame:
-            frame = spark.read.parquet(*[str(p) for p in paths])
-            return frame.select(
-                "*",
-                F.col("_metadata.file_path").alias("_path"),
-                F.col("_metadata.row_index").alias("_row_index"),
-            )
+            return _read_raw(spark, paths)
 
         def keyed(frame: DataFrame, contract: Contract) -> DataFrame:
             schema = frame.drop("_path", "_row_index").schema.simpleString()[len("struct<") : -1]
@@ -706,12 +702,7 @@ def run_spark_batch(
 
         settlements = keyed(raw(header.extract_files), SETTLEMENTS)
         fee_lines = keyed(raw(header.fee_files), FEE_LINES)
-        roster_raw = raw([inputs.roster])
-        roster_schema = roster_raw.drop("_path", "_row_index").schema.simpleString()
-        roster = roster_raw.mapInArrow(
-            functools.partial(_roster_keyed, ctx),
-            f"{_ddl(roster_schema[len('struct<') : -1])}, {SOURCE} int, {ROW} int, {BUCKET} int",
-        )
+        roster = _roster_rows(spark, ctx, inputs.roster)
 
         say("adjudicate_lines")
         stage1 = _checkpoint(
@@ -868,6 +859,202 @@ def run_spark_batch(
             # a JVM that died with the job cannot be asked to stop: the failure is said above
             with contextlib.suppress(Exception):
                 spark.stop()
+
+
+def _read_raw(spark: SparkSession, paths: Sequence[Path]) -> DataFrame:
+    """Parquet rows with their file (``_path``) and their row in it (``_row_index``)."""
+    from pyspark.sql import functions as F
+
+    frame = spark.read.parquet(*[str(p) for p in paths])
+    return frame.select(
+        "*",
+        F.col("_metadata.file_path").alias("_path"),
+        F.col("_metadata.row_index").alias("_row_index"),
+    )
+
+
+def _roster_rows(spark: SparkSession, ctx: _Context, roster: Path) -> DataFrame:
+    """The roster's raw rows with their row number and member bucket (:data:`BUCKET`)."""
+    raw = _read_raw(spark, [roster])
+    schema = raw.drop("_path", "_row_index").schema.simpleString()
+    return raw.mapInArrow(
+        functools.partial(_roster_keyed, ctx),
+        f"{_ddl(schema[len('struct<') : -1])}, {SOURCE} int, {ROW} int, {BUCKET} int",
+    )
+
+
+# --- a sweep: each value of a parameter on the member-years' year to date ------------------
+
+
+@dataclass(frozen=True)
+class SweepTotals:
+    """One value's payout per plan year and members paid, over every member bucket."""
+
+    payout_by_plan_year_fen: dict[int, int]
+    members_paid: int
+
+
+def _member_bucket(members: int, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Member-year rows with their member bucket, psn_no as typed (``mapInArrow``)."""
+    for batch in batches:
+        frame = pl.from_arrow(batch)
+        assert isinstance(frame, pl.DataFrame)
+        yield from _plain(
+            frame.with_columns(bucket_of("psn_no", members).cast(pl.Int32).alias(BUCKET))
+        ).to_batches()
+
+
+def _sweep_bucket(
+    ctx_b: Any, variants_b: Any, key: tuple[Any, ...], states: pa.Table, roster: pa.Table
+) -> pa.Table:
+    """Each variant's payout per plan year, and members paid, for one member bucket:
+    :func:`kernel.payout_between` on its member-years' start and end, with their roster flags."""
+    ctx: _Context = ctx_b.value
+    variants: list[PlanSelection] = variants_b.value
+    found = pl.from_arrow(states)
+    assert isinstance(found, pl.DataFrame)
+    out: dict[str, list[int]] = {"variant": [], "plan_year": [], "payout": [], "paid": []}
+    if found.height:
+        flags = roster_frame(_typed(roster, ROSTER, ctx, label=ctx.roster_label)).select(
+            "psn_no", pl.col("plan_year").cast(pl.Int64), "pre_existing", "consecutive_years"
+        )
+        member_years = found.drop(BUCKET).join(flags, on=["psn_no", "plan_year"], how="left")
+        costs = cost_ids(variants[0])
+        for i, plan in enumerate(variants):
+            paid = kernel.payout_between(member_years, plan, costs)
+            by_year = paid.group_by("plan_year").agg(
+                pl.col("payout").sum(), (pl.col("payout") > 0).sum().alias("paid")
+            )
+            for year, payout, members in by_year.iter_rows():
+                out["variant"].append(i)
+                out["plan_year"].append(int(year))
+                out["payout"].append(int(payout))
+                out["paid"].append(int(members))
+    return pa.table({k: pa.array(v, pa.int64()) for k, v in out.items()})
+
+
+def sweep_on_spark(
+    spark: SparkSession,
+    variants: Sequence[PlanSelection],
+    *,
+    start: Path | None,
+    end: Path,
+    payouts: Sequence[Path],
+    roster: Path,
+    column_map: dict[str, str],
+    timezone: str,
+    buckets: int,
+) -> list[SweepTotals]:
+    """Each variant's totals on the member-years a scenario's batches touched (their
+    ``payouts`` datasets), from each one's year to date in the state it started from
+    (``start``, None: zero) and in the state after its last batch (``end``): the fee lines
+    are not read again. See :func:`hmb_batch.analysis.simulate.sweep_values`, the local
+    counterpart, for why this equals re-running the scenario under each value."""
+    from pyspark.sql import functions as F
+
+    keys = ["psn_no", "plan_year"]
+    costs = cost_ids(variants[0])
+    touched = _payout_rows(spark, payouts)
+    if touched is None:
+        return [SweepTotals({}, 0) for _ in variants]
+    touched = touched.select(*keys)
+    states = touched.distinct()
+    sides: list[tuple[str, Path | None]] = [("end", end), ("start", start)]
+    for side, folder in sides:
+        held: list[str] = []
+        if folder is not None:
+            acc = spark.read.parquet(str(folder / "accumulators"))
+            held = [c for c in costs if cum(c) in acc.columns]
+            acc = acc.select(*keys, *[F.col(cum(c)).alias(f"{side}__{c}") for c in held])
+            states = states.join(acc, keys, "left").fillna(0, [f"{side}__{c}" for c in held])
+        # a cost the state has no column for, or a member-year it does not hold, is zero
+        states = states.select(
+            "*", *[F.lit(0).cast("bigint").alias(f"{side}__{c}") for c in costs if c not in held]
+        )
+    ctx = _Context(
+        plan=variants[0],
+        lists=pl.DataFrame(),
+        batch_id="sweep",
+        parts=buckets,
+        members=buckets,
+        labels={},
+        roster_label=str(roster),
+        column_map=column_map,
+        timezone=timezone,
+        unmasked=False,
+        files=(),
+    )
+    ctx_b = spark.sparkContext.broadcast(ctx)
+    variants_b = spark.sparkContext.broadcast(list(variants))
+    schema = states.schema.simpleString()[len("struct<") : -1]
+    bucketed = states.mapInArrow(
+        functools.partial(_member_bucket, buckets), f"{_ddl(schema)}, {BUCKET} int"
+    )
+    found = (
+        bucketed.groupBy(BUCKET)
+        .cogroup(_roster_rows(spark, ctx, roster).groupBy(BUCKET))
+        .applyInArrow(
+            functools.partial(_sweep_bucket, ctx_b, variants_b),
+            "variant long, plan_year long, payout long, paid long",
+        )
+        .groupBy("variant", "plan_year")
+        .agg(F.sum("payout").alias("payout"), F.sum("paid").alias("paid"))
+        .collect()
+    )
+    out = []
+    for i in range(len(variants)):
+        mine = [r for r in found if r["variant"] == i]
+        out.append(
+            SweepTotals(
+                {int(r["plan_year"]): int(r["payout"]) for r in mine},
+                sum(int(r["paid"]) for r in mine),
+            )
+        )
+    return out
+
+
+def _payout_rows(spark: SparkSession, payouts: Sequence[Path]) -> DataFrame | None:
+    """The rows of batches' payouts datasets (None: no batch adjudicated a settlement)."""
+    from pyspark.sql import functions as F
+
+    rows = None
+    for dataset in payouts:
+        if not any(dataset.rglob("*.parquet")):
+            continue
+        frame = spark.read.parquet(str(dataset)).select(
+            "psn_no", F.col("plan_year").cast("bigint").alias("plan_year"), "payout_amt"
+        )
+        rows = frame if rows is None else rows.unionByName(frame)
+    return rows
+
+
+def scenario_year_totals(
+    spark: SparkSession, payouts: Sequence[Path]
+) -> list[tuple[int, int, int, int]]:
+    """Per plan year over a scenario's batches (their ``payouts`` datasets): settlements,
+    member-years paid above zero, and the payout in fen (summed as Decimal(18,2), exact)."""
+    from pyspark.sql import functions as F
+
+    rows = _payout_rows(spark, payouts)
+    if rows is None:
+        return []
+    per_member = rows.groupBy("plan_year", "psn_no").agg(
+        F.count(F.lit(1)).alias("n"), F.sum("payout_amt").alias("payout")
+    )
+    found = (
+        per_member.groupBy("plan_year")
+        .agg(
+            F.sum("n").alias("settlements"),
+            F.sum(F.when(F.col("payout") > 0, 1).otherwise(0)).alias("paid"),
+            F.sum("payout").alias("payout"),
+        )
+        .orderBy("plan_year")
+        .collect()
+    )
+    return [
+        (int(r["plan_year"]), int(r["settlements"]), int(r["paid"]), yuan_to_fen(r["payout"]))
+        for r in found
+    ]
 
 
 def _ddl(struct_fields: str) -> str:
