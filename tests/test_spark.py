@@ -83,6 +83,10 @@ def session(spy: Path) -> Iterator[Any]:
     from hmb_batch.run.spark import spark_session
 
     spark = spark_session("local[2]", shuffle_partitions=8)
+    # also when this process's JVM was started before the spy's PYTHONPATH was set (another
+    # module's session ran first): the workers' environment is the context's, given here
+    for name in ("PYTHONPATH", SPY_ENV):
+        spark.sparkContext.environment[name] = os.environ[name]
     yield spark
     spark.stop()
 

@@ -294,3 +294,73 @@ def test_simulate_and_sweep_on_spark_equal_the_local_scenario(
         assert_frame_equal(_sorted(g.select(w.columns), ["setl_id"]), _sorted(w, ["setl_id"]))
     assert (tmp_path / "spark" / "simulation.md").read_text().count("On Spark") == 1
     assert ledger.read_bytes() == before  # the production ledger was only read
+
+
+def _tables(ledger: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """The ledger's rows that a batch writes (its record: the columns a run on another engine
+    and another folder leaves alike)."""
+    import duckdb
+
+    con = duckdb.connect(str(ledger), read_only=True)
+    try:
+        out = {
+            "batches": con.execute(
+                "SELECT batch_id, seq, batch_key, status, settlements_in, adjudicated, "
+                "quarantined, total_payout_fen, max_setl_time, editions FROM batches ORDER BY seq"
+            ).fetchall()
+        }
+        for table in (
+            "settlements",
+            "settlement_costs",
+            "settlement_responsibilities",
+            "accumulators",
+            "accumulator_log",
+            "payout_history",
+            "member_state",
+        ):
+            out[table] = sorted(con.execute(f"SELECT * FROM {table}").fetchall(), key=str)
+        return out
+    finally:
+        con.close()
+
+
+def test_a_spark_batch_imported_into_the_ledger_is_the_local_night(
+    nights: Path, on_ledger: Path, session: Any, tmp_path: Path
+) -> None:
+    """Night 1 locally, night 2 on Spark from the exported ledger and imported, night 3
+    locally again: the ledger equals the one that ran all three nights locally, row for row."""
+    from hmb_batch.run.spark import run_spark_batch
+
+    ledger = tmp_path / "ledger.duckdb"
+    assert run_cli(["ledger", "init", str(ledger)]).exit_code == 0
+    r = run_cli(
+        [*_adjudicate_args(nights, "01"), "--ledger", str(ledger), "--out", str(tmp_path / "01")]
+    )
+    assert r.exit_code == 0, r.output
+    state = tmp_path / "state-01"
+    assert (
+        run_cli(["ledger", "export", "--ledger", str(ledger), "--out", str(state)]).exit_code == 0
+    )
+    run_spark_batch(_inputs(nights, "02"), tmp_path / "02", buckets=3, session=session, prior=state)
+    # a stale state: computed from nothing, while the ledger holds night 1
+    run_spark_batch(_inputs(nights, "02"), tmp_path / "stale", buckets=3, session=session)
+    stale = run_cli(
+        ["ledger", "import", str(tmp_path / "stale"), "--ledger", str(ledger), "--json"]
+    )
+    assert stale.exit_code == 9 and "ledger export" in stale.stdout, stale.output
+    done = run_cli(["ledger", "import", str(tmp_path / "02"), "--ledger", str(ledger), "--json"])
+    assert done.exit_code == 0, done.output
+    again = run_cli(["ledger", "import", str(tmp_path / "02"), "--ledger", str(ledger), "--json"])
+    assert again.exit_code == 9 and "already" in again.stdout
+    r = run_cli(
+        [*_adjudicate_args(nights, "03"), "--ledger", str(ledger), "--out", str(tmp_path / "03")]
+    )
+    assert r.exit_code == 0, r.output
+    got, want = _tables(ledger), _tables(on_ledger / "ledger.duckdb")
+    for table in want:
+        assert got[table] == want[table], table
+    # night 3, run on the ledger that imported night 2, paid what the all-local night 3 paid
+    w = pl.read_parquet(on_ledger / "03" / "payouts.parquet").sort("setl_id")
+    assert_frame_equal(pl.read_parquet(tmp_path / "03" / "payouts.parquet").sort("setl_id"), w)
+    batches = json.loads(run_cli(["ledger", "batches", "--ledger", str(ledger), "--json"]).stdout)
+    assert batches[1]["out"] == str((tmp_path / "02").resolve())

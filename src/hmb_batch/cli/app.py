@@ -1687,6 +1687,49 @@ def ledger_export(
     )
 
 
+@ledger_app.command(
+    "import",
+    epilog="Example: hmb-batch ledger import out/spark-2022-03-02 --ledger ledger.duckdb",
+)
+def ledger_import(
+    batch_dir: Annotated[
+        Path, typer.Argument(help="A batch's folder written by adjudicate --engine spark.")
+    ],
+    ledger: LedgerOption = None,
+    config: ConfigOption = None,
+    wait: WaitOption = 30.0,
+    as_json: JsonOption = False,
+) -> None:
+    """Apply a batch adjudicated on Spark (from this ledger's exported state) to the ledger,
+    in one transaction, checked as a local run's commit is; refused if the ledger has moved
+    on since the export."""
+    from hmb_batch.run.ledger_import import import_spark_batch
+
+    _answer_json(as_json)
+    try:
+        done = import_spark_batch(batch_dir, _ledger_path(ledger, config), wait=wait)
+    except HmbError as exc:
+        raise _fail(exc) from None
+    r = done.record
+    if as_json:
+        _print_json(
+            {
+                "imported": r.batch_id,
+                "seq": r.seq,
+                "settlements": done.settlements,
+                "payout": str(fen_to_yuan(r.total_payout_fen)),
+                "out": r.out_dir,
+            }
+        )
+        return
+    out.print(
+        f"imported batch {r.batch_id} (seq {r.seq}): {done.settlements:,} settlements, payout "
+        f"{fen_to_yuan(r.total_payout_fen):,} yuan",
+        highlight=False,
+        markup=False,
+    )
+
+
 def _mark_folder(record: BatchRecord, who: str, reason: str) -> str | None:
     """Mark a reverted batch's output folder; None when marked, else why not (never raises)."""
     from hmb_batch.run.out_folder import mark_reverted

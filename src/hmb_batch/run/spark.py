@@ -74,11 +74,12 @@ from hmb_batch.report.data import (
 from hmb_batch.report.summary import summarise
 from hmb_batch.rules import kernel
 from hmb_batch.rules.engine import HEADER_FEN, PriorState, cost_ids, cum, inc
-from hmb_batch.rules.reconcile import Totals, combine
+from hmb_batch.rules.reconcile import AfterExpectation, Totals, combine
 from hmb_batch.rules.validation import IS_REVERSAL
 from hmb_batch.run.alerts import WarningLimits, batch_warnings
 from hmb_batch.run.balancing import reconciliation_json, reconciliation_of
 from hmb_batch.run.batch import (
+    PERSONAL_DATA,
     BatchInputs,
     check_balanced,
     check_reconciled,
@@ -106,6 +107,15 @@ SETL_KEY = "_setl_key"  # setl_id as the kernel types it (fee lines found again 
 ROWS_PER_BLOB = 500_000
 OUTPUTS = ("payouts", "report", "quarantine", "lines", "state_registry", "state_accumulators")
 SCHEMA = "schema:"
+LEDGER = "ledger:"  # a blob of one ledger table's rows (see Ledger.apply), e.g. ledger:settlements
+LEDGER_ROWS = "ledger_rows"  # OUT/ledger_rows/<table>/: what `hmb-batch ledger import` applies
+LEDGER_TABLES = (
+    "settlements",
+    "settlement_costs",
+    "settlement_responsibilities",
+    "accumulator_log",
+    "payout_history",
+)
 
 
 class SparkUnavailable(HmbError):
@@ -236,7 +246,7 @@ def _blobs(kind: str, key: int, frame: pl.DataFrame) -> list[tuple[str, int, byt
         (kind, key, _ipc(frame.slice(i, ROWS_PER_BLOB)))
         for i in range(0, max(frame.height, 1), ROWS_PER_BLOB)
     ]
-    if kind in OUTPUTS:
+    if kind in OUTPUTS or kind.startswith(LEDGER):
         rows.append((f"{SCHEMA}{kind}", key, _ipc(frame.clear())))
     return rows
 
@@ -428,6 +438,8 @@ def _members(ctx_b: Any, key: tuple[Any, ...], facts: pa.Table, roster: pa.Table
             unmasked=ctx.unmasked,
         )
         assert result.ledger_rows is not None
+        for table in LEDGER_TABLES:
+            rows += _blobs(f"{LEDGER}{table}", bucket, result.ledger_rows[table])
         rows += _blobs("state_registry", bucket, _state_registry(result.payouts, costs))
         rows += _blobs(
             "state_accumulators",
@@ -446,6 +458,7 @@ def _members(ctx_b: Any, key: tuple[Any, ...], facts: pa.Table, roster: pa.Table
             "years": result.years,
             "claim_years": result.claim_years,
             "latest": result.latest,
+            "after": result.after,
             "no_denied": result.denied.clear(),
             "no_removed": result.removed.clear(),
         }
@@ -762,6 +775,8 @@ def run_spark_batch(
             ),
         }
         report_rows = _dataset(stage2, "report", work / "report", None)
+        for table in LEDGER_TABLES:
+            _dataset(stage2, f"{LEDGER}{table}", out_dir / LEDGER_ROWS / table, None)
         state_dir = out_dir / "state"
         costs = [*cost_ids(header.plan), *(c for c in info.costs if c not in cost_ids(header.plan))]
         _state_after(spark, stage2, info, prior, costs, state_dir)
@@ -807,6 +822,9 @@ def run_spark_batch(
                 districts=inputs.districts,
             )
         )
+        afters = [m["after"] for m in adjudicated if m.get("after") is not None]
+        expected = AfterExpectation.combine(afters) if afters else None
+        latest = max((m["latest"] for m in adjudicated if m["latest"] is not None), default=None)
         manifest = {
             "batch_id": header.batch_id,
             "batch_key": header.batch_key,
@@ -825,6 +843,19 @@ def run_spark_batch(
             "loss_ratios": ratios,
             "started_at": started.isoformat(timespec="seconds"),
             "elapsed_seconds": round(time.monotonic() - clock, 3),
+            # what `hmb-batch ledger import` records and checks (see run/ledger_import.py)
+            "ledger_import": {
+                "rows": LEDGER_ROWS,
+                "inputs": header.inputs,
+                "editions": header.edition_hashes,
+                "started_at": started.isoformat(),
+                "finished_at": dt.datetime.now().isoformat(),
+                "max_setl_time": latest.isoformat() if latest is not None else None,
+                "summary": summary.to_json()
+                | {PERSONAL_DATA: "unmasked" if unmasked else "masked"},
+                "expected_after": expected.by_year.to_dicts() if expected is not None else [],
+                "expected_payout_fen": expected.payout_fen if expected is not None else 0,
+            },
         }
         docs["manifest.json"] = json.dumps(
             manifest, ensure_ascii=False, indent=2, default=str

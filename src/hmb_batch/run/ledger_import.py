@@ -1,0 +1,153 @@
+"""``hmb-batch ledger import``: a batch adjudicated on Spark applied to the DuckDB ledger.
+
+A Spark run starts from a state folder (``hmb-batch ledger export``) and writes, besides its
+outputs, the rows the ledger would have inserted had it run locally (``OUT/ledger_rows/``,
+made by the kernel's own :func:`hmb_batch.ledger.store.batch_rows` per member bucket) and
+what the ledger must hold after them (``manifest.json``, ``ledger_import``). Importing it is
+the local run's commit, nothing else: the ledger's :meth:`~hmb_batch.ledger.store.Ledger.apply`
+in one transaction, with its guards (no settlement recorded twice, cost rows under their own
+member) and the same check inside the transaction that the ledger after equals the ledger
+before plus the batch. A ledger that moved on since the state was exported is refused: the
+batch was adjudicated on a year to date it no longer holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from hmb_batch import __version__
+from hmb_batch.errors import ConfigError
+from hmb_batch.ledger.parquet_state import read_state
+from hmb_batch.ledger.store import BatchRecord, LedgerError, file_rows, open_ledger
+from hmb_batch.money import yuan_to_fen
+from hmb_batch.rules.reconcile import AfterExpectation
+from hmb_batch.run.balancing import verify_after
+
+# the small files a Spark batch's folder holds, archived with the batch as a local run's are
+# (its datasets are folders of Parquet files: they stay where the run wrote them)
+ARCHIVED = ("manifest.json", "reconciliation.json", "report.html", "report.md")
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What an import applied: the batch's record in the ledger."""
+
+    record: BatchRecord
+    settlements: int
+
+
+def import_spark_batch(batch_dir: Path, ledger_path: Path, *, wait: float = 30.0) -> Imported:
+    """Apply the Spark batch in ``batch_dir`` to the ledger at ``ledger_path``.
+
+    Refused (exit 9, nothing applied): a ledger whose applied batches are not those of the
+    state the batch started from; a batch the ledger holds already. Exit 5: a folder that is
+    not a Spark batch's.
+    """
+    manifest = _manifest(batch_dir)
+    spec = manifest["ledger_import"]
+    state = read_state(batch_dir / "state")
+    batch_id = str(manifest["batch_id"])
+    started_from = state.batches[:-1]
+    rows_dir = batch_dir / spec["rows"]
+    with open_ledger(ledger_path, wait=wait) as lg:
+        applied = [
+            {"batch_id": b.batch_id, "batch_key": b.batch_key}
+            for b in lg.batches()
+            if b.status == "applied"
+        ]
+        if any(b["batch_key"] == manifest["batch_key"] for b in applied):
+            raise LedgerError(f"the ledger holds batch {batch_id} already: nothing was applied")
+        if applied != started_from:
+            raise LedgerError(
+                f"batch {batch_id} was adjudicated on Spark from the state of "
+                f"{len(started_from):,} batches (the last {_last(started_from)}), but the "
+                f"ledger now holds {len(applied):,} (the last {_last(applied)}): its year to "
+                "date is not the one the batch started from. Export the ledger again "
+                "(hmb-batch ledger export) and run the batch on Spark from that state; "
+                "nothing was applied"
+            )
+        files = {
+            name: (batch_dir / name).read_bytes()
+            for name in ARCHIVED
+            if (batch_dir / name).exists()
+        }
+        digests = {name: lg.archive.keep(content) for name, content in files.items()}
+        rows: dict[str, pl.DataFrame | str] = {}
+        for table in (
+            "settlements",
+            "settlement_costs",
+            "settlement_responsibilities",
+            "accumulator_log",
+            "payout_history",
+        ):
+            if any((rows_dir / table).glob("*.parquet")):
+                rows[table] = str(rows_dir / table / "*.parquet")
+        if "settlements" not in rows:
+            raise LedgerError(
+                f"batch {batch_id} adjudicated no settlement: there are no ledger rows to "
+                "import (its quarantine and reconciliation are in its folder); nothing was "
+                "applied"
+            )
+        rows["batch_files"] = file_rows(batch_id, digests)
+        summary = spec["summary"]
+        record: dict[str, Any] = {
+            "batch_id": batch_id,
+            "seq": len(lg.batches()) + 1,
+            "batch_key": manifest["batch_key"],
+            "inputs": json.dumps(spec["inputs"], ensure_ascii=False),
+            "editions": json.dumps(spec["editions"]),
+            "hmb_version": __version__,
+            "started_at": dt.datetime.fromisoformat(spec["started_at"]),
+            "finished_at": dt.datetime.fromisoformat(spec["finished_at"]),
+            "settlements_in": summary["settlements_in"],
+            "adjudicated": summary["adjudicated"],
+            "quarantined": summary["quarantined"],
+            "total_payout_fen": yuan_to_fen(summary["total_payout"]),
+            "max_setl_time": dt.datetime.fromisoformat(spec["max_setl_time"])
+            if spec["max_setl_time"]
+            else None,
+            "summary": json.dumps(summary, ensure_ascii=False),
+            "out_dir": str(batch_dir.resolve()),
+        }
+        expected = AfterExpectation(
+            pl.DataFrame(
+                spec["expected_after"],
+                schema={
+                    "plan_year": pl.Int64,
+                    "cost": pl.String,
+                    "before": pl.Int64,
+                    "batch": pl.Int64,
+                },
+            ),
+            int(spec["expected_payout_fen"]),
+        )
+        lg.apply(record, rows, verify=verify_after(expected, state.costs, batch_id))
+        done = lg.find_batch(batch_id=batch_id)
+    assert done is not None
+    return Imported(done, int(summary["adjudicated"]))
+
+
+def _manifest(batch_dir: Path) -> dict[str, Any]:
+    path = batch_dir / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{batch_dir} is not a batch's folder: it has no manifest.json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path} cannot be read as JSON: {exc}") from None
+    if not isinstance(manifest, dict) or "ledger_import" not in manifest:
+        raise ConfigError(
+            f"{batch_dir} is not a Spark batch's folder (its manifest.json has no "
+            "ledger_import): a local run on the ledger applies its batch itself"
+        )
+    return manifest
+
+
+def _last(batches: list[dict[str, str]]) -> str:
+    return batches[-1]["batch_id"] if batches else "none"
