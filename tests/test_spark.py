@@ -113,6 +113,16 @@ def year(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         [settlements, pl.DataFrame([twin], schema=settlements.schema), conflicting]
     )
     fees = pl.concat([fees, twin_lines])
+    # a settlement's fee lines under its id written another way: a full-width first letter
+    # and a trailing space (the same id once NFKC-normalised and stripped); the JVM's fast
+    # path keys the plain id, Python the other: they must meet in one part
+    odd = claims.row(30, named=True)["setl_id"]
+    fees = fees.with_columns(
+        pl.when(pl.col("setl_id") == odd)
+        .then(pl.lit(chr(ord(odd[0]) + 0xFEE0) + odd[1:] + " "))
+        .otherwise(pl.col("setl_id"))
+        .alias("setl_id")
+    )
     settlements.write_parquet(folder / "settlements.parquet")
     fees.write_parquet(folder / "fees.parquet")
     return {name: folder / f"{name}.parquet" for name in ("settlements", "fees", "roster", "lists")}
@@ -155,6 +165,8 @@ def test_the_local_run_has_the_edge_cases(local_run: Path) -> None:
     assert "CONFLICTING_DUPLICATE" in set(quarantine["reasons"].explode().to_list())
     counts = json.loads((local_run / "manifest.json").read_text())["counts"]
     assert counts["identical_repeats"] == 1
+    # the fee lines written with a full-width letter were read as their settlement's
+    assert counts["orphan_fee_lines"] == 0
 
 
 @pytest.mark.parametrize("buckets", [1, 8, 64])
@@ -220,3 +232,28 @@ def test_the_engine_says_how_to_install_what_is_missing(
     monkeypatch.setenv("PATH", "/nonexistent")
     why = spark.spark_available()
     assert why is not None and "scripts/ensure-java" in why
+
+
+def test_a_refused_batch_leaves_no_dataset(
+    year: dict[str, Path], session: Any, tmp_path: Path
+) -> None:
+    """The workers write the datasets as they go: a batch refused after that (here: claims in
+    a plan year its roster does not hold) leaves none of them, and says why."""
+    from hmb_batch.errors import HmbError
+    from hmb_batch.run.batch import BatchInputs
+    from hmb_batch.run.spark import DATASETS, run_spark_batch
+
+    roster = tmp_path / "roster-2022.parquet"
+    pl.read_parquet(year["roster"]).filter(pl.col("plan_year") == 2022).write_parquet(roster)
+    inputs = BatchInputs(
+        extract=year["settlements"],
+        fees=year["fees"],
+        roster=roster,
+        lists=year["lists"],
+        plan="zhelibao",
+    )
+    out = tmp_path / "spark"
+    with pytest.raises(HmbError, match="2023"):
+        run_spark_batch(inputs, out, buckets=4, session=session)
+    assert not [name for name in DATASETS if (out / name).exists()]
+    assert not list(out.glob(".hmb-spark-*"))

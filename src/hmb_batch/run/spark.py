@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from hmb_batch import __version__
 from hmb_batch.errors import ConfigError, ExitCode, HmbError
@@ -105,7 +106,16 @@ SOURCE = "_source"  # the number of a row's input file (rows are typed, and orde
 SETL_KEY = "_setl_key"  # setl_id as the kernel types it (fee lines found again by it)
 # rows per blob: an Arrow binary value holds at most 2 GiB, and a part's audit is its fee lines
 ROWS_PER_BLOB = 500_000
-OUTPUTS = ("payouts", "report", "quarantine", "lines", "state_registry", "state_accumulators")
+# what the workers write themselves, as Parquet files: where (under the output folder, or the
+# work folder) and the column a dataset is partitioned by (Hive style: plan_year=2022/)
+OUTPUTS: dict[str, tuple[str, str, str | None]] = {
+    "payouts": ("out", "payouts", "plan_year"),
+    "lines": ("out", "lines", "plan_year"),
+    "quarantine": ("out", "quarantine", None),
+    "report": ("work", "report", None),
+    "state_registry": ("work", "state_registry", None),
+    "state_accumulators": ("work", "state_accumulators", None),
+}
 SCHEMA = "schema:"
 LEDGER = "ledger:"  # a blob of one ledger table's rows (see Ledger.apply), e.g. ledger:settlements
 LEDGER_ROWS = "ledger_rows"  # OUT/ledger_rows/<table>/: what `hmb-batch ledger import` applies
@@ -134,6 +144,14 @@ class SparkJobFailed(HmbError):
     exit_code = ExitCode.CONFIG
 
 
+# the folders a run writes into its output folder (the workers' files among them)
+DATASETS = ("payouts", "lines", "quarantine", "ledger_rows", "state")
+_CLEARED = (
+    "The datasets it had begun to write (payouts/, lines/, quarantine/, ledger_rows/, state/) "
+    "and its work folder were removed"
+)
+
+
 def _job_failure(exc: BaseException) -> str:
     """What a failed Spark job says, without its message's text (a Java error may quote the
     row being written: names, ID numbers): its kind, and what to do about the usual one."""
@@ -143,12 +161,11 @@ def _job_failure(exc: BaseException) -> str:
             "the Spark job failed: java.lang.OutOfMemoryError — a part or member bucket did not "
             "fit a JVM's memory. Give more --buckets (smaller parts), or more memory: "
             "HMB_SPARK_DRIVER_MEMORY and HMB_SPARK_EXECUTOR_MEMORY (default 1g), or "
-            "spark-submit's own settings. Nothing was written but the work folder, now removed"
+            f"spark-submit's own settings. {_CLEARED}"
         )
     return (
         f"the Spark job failed ({type(exc).__name__}; its message is not shown, it may quote "
-        "the data): see the Spark driver's log above. Nothing was written but the work folder, "
-        "now removed"
+        f"the data): see the Spark driver's log above. {_CLEARED}"
     )
 
 
@@ -222,6 +239,8 @@ class _Context:
     timezone: str
     unmasked: bool
     files: tuple[Path, ...]
+    out: str = ""  # the run's output folder: the workers write the outputs' files into it
+    work: str = ""  # its work folder (report rows, the state's new rows)
 
 
 # --- blobs ---------------------------------------------------------------------------------
@@ -246,9 +265,54 @@ def _blobs(kind: str, key: int, frame: pl.DataFrame) -> list[tuple[str, int, byt
         (kind, key, _ipc(frame.slice(i, ROWS_PER_BLOB)))
         for i in range(0, max(frame.height, 1), ROWS_PER_BLOB)
     ]
-    if kind in OUTPUTS or kind.startswith(LEDGER):
-        rows.append((f"{SCHEMA}{kind}", key, _ipc(frame.clear())))
     return rows
+
+
+def _output(
+    ctx: _Context, kind: str, stage: str, key: int, frame: pl.DataFrame
+) -> list[tuple[str, int, bytes]]:
+    """Write one part's or bucket's rows of an output as Parquet files into its dataset (see
+    :data:`OUTPUTS`; a ledger table's: ``OUT/ledger_rows/TABLE/bucket-NNNNN.parquet``, the same
+    name in every table's folder, as :meth:`Ledger.apply` groups them), and return the blob of
+    its columns alone (``schema:KIND``): the driver makes every file of a dataset have the
+    same columns (:func:`_conform`).
+
+    A file's name is the stage and the key: a task Spark runs again (a retry, a speculative
+    copy) writes the same rows under the same name, never a second copy. Each file is written
+    under a temporary name and renamed: a reader never sees half a file.
+    """
+    if frame.height:
+        if kind.startswith(LEDGER):
+            folder, partition = Path(ctx.out, LEDGER_ROWS, kind[len(LEDGER) :]), None
+            name = f"bucket-{key:05d}.parquet"
+        else:
+            root, sub, partition = OUTPUTS[kind]
+            folder = Path(ctx.out if root == "out" else ctx.work, sub)
+            name = f"part-{stage}-{key:05d}.parquet"
+        if partition is None or partition not in frame.columns:
+            _write_parquet(frame, folder / name)
+        else:
+            for (value,), rows in frame.group_by(partition):
+                _write_parquet(rows.drop(partition), folder / f"{partition}={value}" / name)
+    return [(f"{SCHEMA}{kind}", key, _ipc(frame.clear()))]
+
+
+def _audit_path(ctx: _Context, part: int) -> Path:
+    return Path(ctx.work, "audit", f"part-{part:05d}.arrow")
+
+
+def _write_ipc(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    frame.write_ipc(partial, compression="lz4")
+    os.replace(partial, path)
+
+
+def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    pq.write_table(_plain(frame), partial)
+    os.replace(partial, path)
 
 
 def _by(kind: str, frame: pl.DataFrame, key: pl.Expr) -> list[tuple[str, int, bytes]]:
@@ -259,6 +323,14 @@ def _by(kind: str, frame: pl.DataFrame, key: pl.Expr) -> list[tuple[str, int, by
     keyed = frame.with_columns(key.alias("__key"))
     for (k,), rows in keyed.group_by("__key", maintain_order=True):
         out += _blobs(kind, int(k), rows.drop("__key"))
+    return out
+
+
+def _by_column(kind: str, frame: pl.DataFrame, column: str) -> list[tuple[str, int, bytes]]:
+    """A frame's rows as blobs per value of ``column`` (a part), without that column."""
+    out: list[tuple[str, int, bytes]] = []
+    for (k,), rows in frame.group_by(column, maintain_order=True):
+        out += _blobs(kind, int(k), rows.drop(column))
     return out
 
 
@@ -325,29 +397,64 @@ def _path_key(path: str) -> str:
     return path
 
 
-def _keyed(
+def _setl_keys(
     ctx: _Context, contract: Contract, batches: Iterator[pa.RecordBatch]
 ) -> Iterator[pa.RecordBatch]:
-    """Raw extract rows with their file's number, their row in it (1-based, as the local run
-    numbers them), their setl_id as typed and their part (``mapInArrow``)."""
+    """Raw extract rows with their setl_id as the kernel types it (``mapInArrow``): for the
+    ids that are not plain printable ASCII, whose NFKC form and stripping only Python's
+    :func:`~hmb_batch.io.extract.normalised_code` gives (see :func:`_keyed_rows`)."""
     for batch in batches:
         frame = pl.from_arrow(batch)
         assert isinstance(frame, pl.DataFrame)
-        paths = frame["_path"].unique().to_list()
-        numbers = frame["_path"].replace_strict(
-            {p: ctx.labels[_path_key(p)][0] for p in paths}, return_dtype=pl.Int32
-        )
         src = source_column(frame.lazy(), contract, "setl_id", ctx.column_map)
         key = normalised_code(pl.col(src).cast(pl.String)) if src else pl.lit(None, pl.String)
-        frame = frame.drop("_path").with_columns(
-            numbers.alias(SOURCE),
-            (pl.col("_row_index") + 1).cast(pl.Int32).alias(ROW),
-            key.alias(SETL_KEY),
-        )
-        frame = frame.drop("_row_index").with_columns(
-            bucket_of(SETL_KEY, ctx.parts).cast(pl.Int32).alias(PART)
-        )
-        yield from _plain(frame).to_batches()
+        yield from _plain(frame.with_columns(key.alias(SETL_KEY))).to_batches()
+
+
+def _keyed_rows(
+    spark: SparkSession, raw: DataFrame, contract: Contract, ctx: _Context
+) -> DataFrame:
+    """Raw extract rows with their file's number (:data:`SOURCE`), their row in it (1-based,
+    as the local run numbers them), their setl_id as typed (:data:`SETL_KEY`) and their part
+    (:data:`PART`, a hash of that id: a settlement and its fee lines meet in one part).
+
+    In the JVM, without a Python pass, for a text id of printable ASCII alone (U+0021 to
+    U+007E): NFKC leaves it as it is and there is nothing to strip, so it is its typed form.
+    Any other id (spaces, full-width digits, invisible characters, a number-typed column)
+    goes through :func:`_setl_keys`, the kernel's own normalisation, before the same hash.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import to_arrow_schema
+    from pyspark.sql.types import StringType
+
+    columns = raw.drop("_path", "_row_index")
+    probe = pl.from_arrow(to_arrow_schema(columns.schema).empty_table())
+    assert isinstance(probe, pl.DataFrame)
+    src = source_column(probe.lazy(), contract, "setl_id", ctx.column_map)
+    plain = F.lit(False)
+    if src is not None and isinstance(columns.schema[src].dataType, StringType):
+        plain = F.coalesce(F.col(f"`{src}`").rlike(r"^[\x21-\x7E]+$"), F.lit(False))
+    fast = raw.filter(plain).withColumn(SETL_KEY, F.col(f"`{src}`") if src else F.lit(None))
+    schema = raw.schema.simpleString()[len("struct<") : -1]
+    slow = raw.filter(~plain).mapInArrow(
+        functools.partial(_setl_keys, ctx, contract), f"{_ddl(schema)}, {SETL_KEY} string"
+    )
+
+    # each file's number, by the URI Spark gives its rows; the relation's file list (no scan)
+    # writes a local file file:///a where the rows say file:/a, so both are put one way
+    def uri(path: Any) -> Any:
+        return F.regexp_replace(path, "^file:/+", "file:/")
+
+    numbers = F.create_map(
+        *[x for p in raw.inputFiles() for x in (uri(F.lit(p)), F.lit(ctx.labels[_path_key(p)][0]))]
+    )
+    return (
+        fast.unionByName(slow)
+        .withColumn(SOURCE, numbers[uri(F.col("_path"))].cast("int"))
+        .withColumn(ROW, (F.col("_row_index") + 1).cast("int"))
+        .withColumn(PART, F.pmod(F.xxhash64(F.col(SETL_KEY)), F.lit(ctx.parts)).cast("int"))
+        .drop("_path", "_row_index")
+    )
 
 
 def _roster_keyed(ctx: _Context, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -388,9 +495,19 @@ def _lines(
         files=ctx.files,
         unmasked=ctx.unmasked,
     )
-    rows = _by("facts", lined.facts, bucket_of("psn_no", ctx.members))
-    rows += _blobs("audit", part, lined.audit)
-    rows += _blobs("quarantine", part, lined.quarantine)
+    member_bucket = bucket_of("psn_no", ctx.members)
+    rows = _by("facts", lined.facts, member_bucket)
+    # which part each settlement is in, for the member stage to send its decisions back
+    rows += _by(
+        "parts",
+        lined.facts.select("setl_id", "psn_no").with_columns(pl.lit(part, pl.Int32).alias(PART)),
+        member_bucket,
+    )
+    # the audit stays with its part: stage 3 of the same part reads it from the work folder
+    # (it never travels through Spark's shuffle); a marker row says the part has one
+    _write_ipc(lined.audit, _audit_path(ctx, part))
+    rows.append(("audit", part, b""))
+    rows += _output(ctx, "quarantine", "lines", part, lined.quarantine)
     rows.append(
         (
             "meta",
@@ -439,20 +556,26 @@ def _members(ctx_b: Any, key: tuple[Any, ...], facts: pa.Table, roster: pa.Table
         )
         assert result.ledger_rows is not None
         for table in LEDGER_TABLES:
-            rows += _blobs(f"{LEDGER}{table}", bucket, result.ledger_rows[table])
-        rows += _blobs("state_registry", bucket, _state_registry(result.payouts, costs))
-        rows += _blobs(
+            rows += _output(ctx, f"{LEDGER}{table}", "", bucket, result.ledger_rows[table])
+        rows += _output(
+            ctx, "state_registry", "members", bucket, _state_registry(result.payouts, costs)
+        )
+        rows += _output(
+            ctx,
             "state_accumulators",
+            "members",
             bucket,
             _state_accumulators(result.ledger_rows["accumulator_log"], accumulators, costs),
         )
-        rows += _blobs("payouts", bucket, result.payout_file)
-        rows += _blobs("report", bucket, report_columns(result.payouts))
-        rows += _blobs("quarantine", bucket, result.quarantine)
+        rows += _output(ctx, "payouts", "members", bucket, result.payout_file)
+        rows += _output(ctx, "report", "members", bucket, report_columns(result.payouts))
+        rows += _output(ctx, "quarantine", "members", bucket, result.quarantine)
         # the decisions go to the parts whose audit they settle
-        part = bucket_of("setl_id", ctx.parts)
-        rows += _by("denied", result.denied, part)
-        rows += _by("removed", result.removed, part)
+        parts = _concat(_of(facts, "parts"))
+        assert parts is not None
+        where = parts.select("setl_id", PART).unique("setl_id")
+        rows += _by_column("denied", result.denied.join(where, on="setl_id", how="left"), PART)
+        rows += _by_column("removed", result.removed.join(where, on="setl_id", how="left"), PART)
         meta |= {
             "totals": result.totals,
             "years": result.years,
@@ -473,9 +596,10 @@ def _settle(
     decisions about its settlements, and the fee lines of those the engine quarantined."""
     ctx: _Context = ctx_b.value
     part = int(key[0])
-    audit = _concat(_of(decided, "audit"))
-    if audit is None:  # fee lines of a part with no audit: nothing to settle
+    kinds = decided.column(KIND).to_pylist()
+    if "audit" not in kinds:  # fee lines of a part with no audit: nothing to settle
         return _table([])
+    audit = pl.read_ipc(_audit_path(ctx, part))
     no_denied, no_removed = empty_b.value
     denied = _concat([no_denied, *_of(decided, "denied")])
     removed = _concat([no_removed, *_of(decided, "removed")])
@@ -489,9 +613,9 @@ def _settle(
         batch_id=ctx.batch_id,
         unmasked=ctx.unmasked,
     )
-    rows = _blobs("lines", part, settled.lines)
+    rows = _output(ctx, "lines", "settle", part, settled.lines)
     if settled.quarantine.height:
-        rows += _blobs("quarantine", part, settled.quarantine)
+        rows += _output(ctx, "quarantine", "settle", part, settled.quarantine)
     rows.append(("meta", part, _meta(totals=settled.totals)))
     return _table(rows)
 
@@ -604,20 +728,6 @@ def _union(schemas: list[pa.Schema]) -> pa.Schema:
     )
 
 
-def _decode(schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Blobs of one output as its rows, every blob in ``schema`` (``mapInArrow``)."""
-    for batch in batches:
-        for payload in batch.column(PAYLOAD).to_pylist():
-            table = _plain(_frame(payload))
-            columns = [
-                table.column(f.name).cast(f.type)
-                if f.name in table.column_names
-                else pa.nulls(table.num_rows, f.type)
-                for f in schema
-            ]
-            yield from pa.Table.from_arrays(columns, schema=schema).to_batches()
-
-
 # --- the driver ----------------------------------------------------------------------------
 
 
@@ -685,6 +795,13 @@ def run_spark_batch(
     # named by the driver's pid: a killed run's work folder (its blobs hold input rows) is
     # removed by the next run in this folder, as the local run's spill folders are
     remove_stale_folders(out_dir, SPARK_WORK_PREFIX)
+    if prior is not None and (out_dir / "state").resolve() == prior.resolve():
+        raise ConfigError(
+            f"--prior {prior} is the state this run would replace: give another --out"
+        )
+    # what an earlier run left in this folder is replaced, as Spark's own writers would
+    for name in DATASETS:
+        shutil.rmtree(out_dir / name, ignore_errors=True)
     work = out_dir / f"{SPARK_WORK_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         numbered = [*header.extract_files, *header.fee_files]
@@ -700,21 +817,16 @@ def run_spark_batch(
             timezone=inputs.timezone,
             unmasked=unmasked,
             files=tuple(numbered),
+            out=str(out_dir.resolve()),
+            work=str(work.resolve()),
         )
         ctx_b = spark.sparkContext.broadcast(ctx)
 
         def raw(paths: Sequence[Path]) -> DataFrame:
             return _read_raw(spark, paths)
 
-        def keyed(frame: DataFrame, contract: Contract) -> DataFrame:
-            schema = frame.drop("_path", "_row_index").schema.simpleString()[len("struct<") : -1]
-            extra = f"{SOURCE} int, {ROW} int, {SETL_KEY} string, {PART} int"
-            return frame.mapInArrow(
-                functools.partial(_keyed, ctx, contract), f"{_ddl(schema)}, {extra}"
-            )
-
-        settlements = keyed(raw(header.extract_files), SETTLEMENTS)
-        fee_lines = keyed(raw(header.fee_files), FEE_LINES)
+        settlements = _keyed_rows(spark, raw(header.extract_files), SETTLEMENTS, ctx)
+        fee_lines = _keyed_rows(spark, raw(header.fee_files), FEE_LINES, ctx)
         roster = _roster_rows(spark, ctx, inputs.roster)
 
         say("adjudicate_lines")
@@ -728,10 +840,11 @@ def run_spark_batch(
         lines_meta = _metas(stage1)
         say("adjudicate_members")
         facts = stage1.filter(F.col(KIND) == "facts")
+        bucketed = stage1.filter(F.col(KIND).isin("facts", "parts"))
         if prior is not None:
-            facts = facts.unionByName(_prior_blobs(spark, facts, info))
+            bucketed = bucketed.unionByName(_prior_blobs(spark, facts, info))
         stage2 = _checkpoint(
-            facts.groupBy(KEY)
+            bucketed.groupBy(KEY)
             .cogroup(roster.withColumnRenamed(BUCKET, KEY).groupBy(KEY))
             .applyInArrow(functools.partial(_members, ctx_b), BLOB_SCHEMA),
             work / "members",
@@ -764,22 +877,22 @@ def run_spark_batch(
         settle_meta = _metas(stage3)
 
         say("outputs")
+        # the workers wrote the outputs' files; every file of a dataset gets its columns
+        schemas = _schemas(stage1, stage2, stage3)
         written = {
-            "payouts": _dataset(stage2, "payouts", out_dir / "payouts", "plan_year"),
-            "lines": _dataset(stage3, "lines", out_dir / "lines", "plan_year"),
-            "quarantine": _dataset(
-                stage1.unionByName(stage2).unionByName(stage3),
-                "quarantine",
-                out_dir / "quarantine",
-                None,
-            ),
+            "payouts": _conform(out_dir / "payouts", schemas.get("payouts"), "plan_year"),
+            "lines": _conform(out_dir / "lines", schemas.get("lines"), "plan_year"),
+            "quarantine": _conform(out_dir / "quarantine", schemas.get("quarantine"), None),
         }
-        report_rows = _dataset(stage2, "report", work / "report", None)
+        report_rows = _conform(work / "report", schemas.get("report"), None)
         for table in LEDGER_TABLES:
-            _dataset(stage2, f"{LEDGER}{table}", out_dir / LEDGER_ROWS / table, None)
+            kind = f"{LEDGER}{table}"
+            _conform(out_dir / LEDGER_ROWS / table, schemas.get(kind), None)
+        for kind in ("state_registry", "state_accumulators"):
+            _conform(work / kind, schemas.get(kind), None)
         state_dir = out_dir / "state"
         costs = [*cost_ids(header.plan), *(c for c in info.costs if c not in cost_ids(header.plan))]
-        _state_after(spark, stage2, info, prior, costs, state_dir)
+        _state_after(spark, work, info, prior, costs, state_dir)
 
         enrolled: Counter[int] = Counter()
         for m in member_meta:
@@ -880,9 +993,13 @@ def run_spark_batch(
         )
         written["state"] = state_dir
         return SparkResult(out_dir, {**paths, **written}, manifest)
-    except HmbError:
-        raise
-    except Exception as exc:  # a failed Spark job: an answer, not an internal error
+    except BaseException as exc:
+        # half-written datasets must not be read as a run's: the workers wrote them directly
+        for name in DATASETS:
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        if isinstance(exc, HmbError) or not isinstance(exc, Exception):
+            raise
+        # a failed Spark job: an answer, not an internal error
         raise SparkJobFailed(_job_failure(exc)) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -1122,33 +1239,48 @@ def _removed_ids(stage2: DataFrame) -> list[str]:
     return sorted(ids)
 
 
-def _rows(stage: DataFrame, kind: str) -> DataFrame | None:
-    """One output's blobs decoded into rows (None: no blob has a column)."""
+def _schemas(*stages: DataFrame) -> dict[str, list[pa.Schema]]:
+    """The columns of every output frame the stages' workers wrote, by output (one small
+    collect a stage: a blob of columns alone is a few hundred bytes)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.pandas.types import from_arrow_schema
 
-    blobs = stage.filter(F.col(KIND) == kind).select(PAYLOAD)
-    # each blob's columns (read from the first bytes of its IPC stream), on the driver
-    found = stage.filter(F.col(KIND) == f"{SCHEMA}{kind}").select(PAYLOAD).collect()
-    schemas = [_plain(_frame(r[PAYLOAD])).schema for r in found]
-    schema = _union(schemas) if schemas else pa.schema([])
-    if not schema.names:
-        return None
-    return blobs.mapInArrow(functools.partial(_decode, schema), from_arrow_schema(schema))
+    out: dict[str, list[pa.Schema]] = {}
+    for stage in stages:
+        for r in stage.filter(F.col(KIND).startswith(SCHEMA)).select(KIND, PAYLOAD).collect():
+            kind = str(r[KIND])[len(SCHEMA) :]
+            out.setdefault(kind, []).append(_plain(_frame(r[PAYLOAD])).schema)
+    return out
 
 
-def _dataset(stage: DataFrame, kind: str, target: Path, partition: str | None) -> Path:
-    """One output's blobs decoded into a Parquet dataset at ``target`` (partitioned by
-    ``partition`` when its rows have that column)."""
-    rows = _rows(stage, kind)
-    if rows is None:
-        target.mkdir(parents=True, exist_ok=True)
-        return target
-    writer = rows.write.mode("overwrite")
-    if partition is not None and partition in rows.columns:
-        writer = writer.partitionBy(partition)
-    writer.parquet(str(target))
-    return target
+def _conform(folder: Path, schemas: list[pa.Schema] | None, partition: str | None) -> Path:
+    """Give every Parquet file of a dataset the dataset's columns (:func:`_union` of what
+    the workers wrote, ``partition`` left to the folder names): a file that lacks a column
+    (a bucket of one edition) or holds it as null only is rewritten with it; a dataset with
+    no row gets one empty file with the columns. Usually no file is rewritten."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not schemas:
+        return folder
+    union = _union(schemas)
+    if partition is not None and partition in union.names:
+        union = union.remove(union.get_field_index(partition))
+    files = sorted(folder.rglob("*.parquet"))
+    if not files:
+        pq.write_table(union.empty_table(), folder / "part-empty.parquet")
+        return folder
+    for path in files:
+        if pq.read_schema(path).equals(union, check_metadata=False):
+            continue
+        table = pq.read_table(path, partitioning=None)
+        columns = [
+            table.column(f.name).cast(f.type)
+            if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type)
+            for f in union
+        ]
+        partial = path.with_name(f".{path.name}.conform.tmp")
+        pq.write_table(pa.Table.from_arrays(columns, schema=union), partial)
+        os.replace(partial, path)
+    return folder
 
 
 def _prior_blobs(spark: SparkSession, facts: DataFrame, info: StateInfo) -> DataFrame:
@@ -1179,7 +1311,7 @@ def _with_costs(frame: DataFrame, name: Callable[[str], str], costs: list[str]) 
 
 def _state_after(
     spark: SparkSession,
-    stage2: DataFrame,
+    work: Path,
     info: StateInfo,
     prior: Path | None,
     costs: list[str],
@@ -1201,8 +1333,13 @@ def _state_after(
 
     old_registry = base(info.registry if prior else None, empty.registry)
     old_acc = base(info.accumulators if prior else None, empty.accumulators)
-    new_registry = _rows(stage2, "state_registry")
-    new_acc = _rows(stage2, "state_accumulators")
+
+    def written(kind: str) -> DataFrame | None:  # the buckets' files (see _output)
+        folder = work / kind
+        return spark.read.parquet(str(folder)) if any(folder.glob("*.parquet")) else None
+
+    new_registry = written("state_registry")
+    new_acc = written("state_accumulators")
     registry = _with_costs(old_registry, inc, costs)
     if new_registry is not None:
         registry = registry.unionByName(
