@@ -4,26 +4,27 @@ Every member's year is independent, so the three stages of :mod:`hmb_batch.rules
 on Spark's workers exactly as :mod:`hmb_batch.run.batch` runs them in one process; nothing
 about the rules is re-implemented here:
 
-1. the extract's raw Parquet rows get their part (a hash of ``setl_id``, the local run's
-   :func:`hmb_batch.run.buckets.bucket_of` on the id as typed) by ``mapInArrow``; settlements
-   and fee lines are cogrouped by part and each part is typed and put through
-   :func:`~hmb_batch.rules.kernel.adjudicate_lines` (``applyInArrow``);
+1. the extract's raw Parquet rows get their part, a hash of ``setl_id`` as the kernel types
+   it (:func:`_keyed_rows`: in the JVM for plain ASCII ids, through the kernel's
+   normalisation otherwise); settlements and fee lines are cogrouped by part and each part is
+   typed and put through :func:`~hmb_batch.rules.kernel.adjudicate_lines` (``applyInArrow``);
 2. the facts, sent to their member bucket (a hash of ``psn_no``), are cogrouped with the
-   roster's rows of that bucket and put through
+   roster's rows of that bucket and the prior state it needs (a state folder,
+   :mod:`hmb_batch.ledger.parquet_state`) and put through
    :func:`~hmb_batch.rules.kernel.adjudicate_members`;
 3. each part's audit, with the member stage's decisions and the fee lines of the
    settlements the engine quarantined, goes through :func:`~hmb_batch.rules.kernel.settle_audit`.
 
-Between stages a part's or bucket's frames travel as Arrow IPC blobs (:data:`BLOB_SCHEMA`):
-their columns depend on the plan's editions, and a blob keeps Polars' types (categoricals,
-lists) exactly as the kernel made them. Each stage's blobs are written to the run's work
-folder (a checkpoint: Spark then never computes a stage twice). The outputs are decoded from
-the blobs into Parquet datasets (payouts and lines partitioned by plan year); the totals,
-counts and years of every part and bucket are collected to the driver and combined into
-reconciliation.json and the report by the same functions as the local run.
-
-No ledger: a Spark run adjudicates a full year (or any batch) on its own, as
-``adjudicate --no-ledger`` does.
+Facts and decisions travel between stages as Arrow IPC blobs (:data:`BLOB_SCHEMA`): their
+columns depend on the plan's editions, and a blob keeps Polars' types (categoricals, lists)
+exactly as the kernel made them. Each stage's blobs are written to the run's work folder (a
+checkpoint: Spark then never computes a stage twice). A part's audit does not travel: stage 1
+writes it to the work folder and stage 3 of the same part reads it. The workers write the
+outputs' Parquet files themselves (:func:`_output`), and the driver gives every file of a
+dataset the same columns (:func:`_conform`); the totals, counts and years of every part and
+bucket are collected to the driver and combined into reconciliation.json and the report by
+the same functions as the local run. The state after the batch (``OUT/state``) and the rows
+``hmb-batch ledger import`` applies (``OUT/ledger_rows``) are written alongside.
 """
 
 from __future__ import annotations
