@@ -56,6 +56,7 @@ from hmb_batch.errors import ConfigError, ExitCode, HmbError
 from hmb_batch.io.atomic import write_files
 from hmb_batch.io.contracts import FEE_LINES, ROSTER, SETTLEMENTS, Contract
 from hmb_batch.io.extract import FILE, ROW, normalised_code, source_column, type_table
+from hmb_batch.io.outputs import masked_personal
 from hmb_batch.io.reference import enrolled_counts, roster_frame, roster_problems
 from hmb_batch.ledger.parquet_state import (
     StateInfo,
@@ -215,6 +216,9 @@ def spark_session(master: str = DEFAULT_MASTER, *, shuffle_partitions: int = 8) 
         .config("spark.ui.enabled", "false")
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "100000")
         .config("spark.python.worker.reuse", "true")
+        # the raw rows Spark shuffles and spills hold psn_name and certno in full: its
+        # temporary files are encrypted with a key of the application's own
+        .config("spark.io.encryption.enabled", "true")
         .getOrCreate()
     )
     return session
@@ -497,7 +501,10 @@ def _lines(
         unmasked=ctx.unmasked,
     )
     member_bucket = bucket_of("psn_no", ctx.members)
-    rows = _by("facts", lined.facts, member_bucket)
+    # masked before they are checkpointed (the member stage's outputs mask them again, which
+    # changes nothing): the work folder holds no name or ID number unless --unmasked
+    facts = masked_personal(lined.facts, unmasked=ctx.unmasked)
+    rows = _by("facts", facts, member_bucket)
     # which part each settlement is in, for the member stage to send its decisions back
     rows += _by(
         "parts",
