@@ -279,7 +279,7 @@ def test_a_member_state_that_disagrees_with_the_registry_is_refused(tmp_path: Pa
 def _log_only_batch(batch_id: str, seq: int, log: list[tuple[Any, ...]]) -> tuple[Any, Any]:
     """A batch record and rows whose only rows are accumulator log rows
     (psn_no, plan_year, cost, before_fen, after_fen)."""
-    from hmb_batch.ledger.store import _TABLE_COLUMNS, BATCH_TABLES, file_rows
+    from hmb_batch.ledger.store import BATCH_TABLES, TABLE_COLUMNS, file_rows
 
     record = {
         "batch_id": batch_id,
@@ -302,7 +302,7 @@ def _log_only_batch(batch_id: str, seq: int, log: list[tuple[Any, ...]]) -> tupl
         con.execute(ddl)
     rows: dict[str, Any] = {}
     for table in BATCH_TABLES:
-        cols = ", ".join(_TABLE_COLUMNS[table])
+        cols = ", ".join(TABLE_COLUMNS[table])
         rows[table] = pl.from_arrow(con.sql(f"SELECT {cols} FROM {table}").to_arrow_table())
     con.close()
     rows["accumulator_log"] = pl.DataFrame(

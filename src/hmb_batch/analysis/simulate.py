@@ -275,7 +275,7 @@ def simulate_on_spark(
             )
             folder = out_dir / "batches" / f"{i:02d}"
             result = run_spark_batch(
-                batch_inputs, folder, buckets=buckets, prior=prior, session=session
+                batch_inputs, folder, buckets=buckets, prior=prior, scenario=True, session=session
             )
             manifests.append(result.manifest | {"out": str(folder)})
             prior = folder / "state"

@@ -1695,6 +1695,13 @@ def ledger_import(
     batch_dir: Annotated[
         Path, typer.Argument(help="A batch's folder written by adjudicate --engine spark.")
     ],
+    allow_out_of_order: Annotated[
+        bool,
+        typer.Option(
+            "--allow-out-of-order",
+            help="Apply a batch whose settlements are older than the ledger's latest.",
+        ),
+    ] = False,
     ledger: LedgerOption = None,
     config: ConfigOption = None,
     wait: WaitOption = 30.0,
@@ -1707,7 +1714,12 @@ def ledger_import(
 
     _answer_json(as_json)
     try:
-        done = import_spark_batch(batch_dir, _ledger_path(ledger, config), wait=wait)
+        done = import_spark_batch(
+            batch_dir,
+            _ledger_path(ledger, config),
+            wait=wait,
+            allow_out_of_order=allow_out_of_order,
+        )
     except HmbError as exc:
         raise _fail(exc) from None
     r = done.record

@@ -162,7 +162,9 @@ def export_state(lg: Ledger, folder: Path, *, source: dict[str, Any]) -> StateIn
         costs,
         [{"batch_id": b.batch_id, "batch_key": b.batch_key} for b in applied],
         {int(r["plan_year"]): int(r["payout_fen"]) for r in state.iter_rows(named=True)},
-        enrolled_of([s for y in years for s in lg.year_batches(y)]),
+        # each year's premium pool as the ledger counts it: the roster of the latest batch
+        # with settlements in that year
+        {y: n for y in years if (n := enrolled_of(lg.year_batches(y)).get(y)) is not None},
         source,
     )
     write_state(info, registry, accumulators)

@@ -245,7 +245,7 @@ BATCH_TABLES = (
     "payout_history",
     "batch_files",
 )
-_TABLE_COLUMNS = {
+TABLE_COLUMNS = {
     "settlements": [
         "setl_id",
         "batch_id",
@@ -1050,7 +1050,7 @@ class Ledger:
                 if table not in rows:
                     continue
                 src = sources[table] = sources.get(table) or source(table)
-                cols = ", ".join(_TABLE_COLUMNS[table])
+                cols = ", ".join(TABLE_COLUMNS[table])
                 if table == "settlement_costs":
                     # each cost row names its settlement's member and plan year, as the
                     # batch's own registry rows do (one join of the group with itself checks
@@ -1070,7 +1070,7 @@ class Ledger:
                     keys = member_keys(registry)
                     con.execute(
                         f"INSERT INTO {table} ({cols}, member_key) "
-                        f"SELECT {', '.join('c.' + c for c in _TABLE_COLUMNS[table])}, "
+                        f"SELECT {', '.join('c.' + c for c in TABLE_COLUMNS[table])}, "
                         f"k.member_key FROM {src} c LEFT JOIN {keys} k USING (psn_no)"
                     )
                     continue

@@ -208,7 +208,7 @@ def run_batch(
         require_roster_years(plan, parts.claim_years, source.enrolled, inputs.roster)
         covered_years(plan, sorted(parts.years))
         if ledger is not None:
-            _check_order(ledger, header.batch_id, parts.latest, allow_out_of_order)
+            check_order(ledger, header.batch_id, parts.latest, allow_out_of_order)
         files: dict[str, bytes | Path] = dict(
             parts.assemble(
                 csv=csv,
@@ -694,6 +694,14 @@ def _replay(
             "unchanged"
         )
     stored = ledger.batch_files(batch_id)
+    if "payouts.parquet" not in stored:
+        # imported from a Spark run (hmb-batch ledger import): its datasets are folders that
+        # stayed where that run wrote them, not files the ledger archived
+        raise LedgerError(
+            f"batch {batch_id} with these inputs was adjudicated on Spark and imported into "
+            f"the ledger; its payouts, lines and quarantine are the datasets in "
+            f"{record.out_dir or 'its folder'}: the ledger is unchanged and nothing was written"
+        )
     kept = {k: v for k, v in stored.items() if isinstance(v, bytes)}
     archived: dict[str, Path] = {}
     for name, digest in stored.items():
@@ -764,7 +772,7 @@ def order_mark(payouts: pl.DataFrame | pl.LazyFrame) -> dt.datetime | None:
     return latest if isinstance(latest, dt.datetime) else None
 
 
-def _check_order(
+def check_order(
     ledger: Ledger, batch_id: str, latest_here: dt.datetime | None, allow_out_of_order: bool
 ) -> None:
     newest = ledger.max_setl_time()

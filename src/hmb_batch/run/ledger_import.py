@@ -24,10 +24,18 @@ import polars as pl
 from hmb_batch import __version__
 from hmb_batch.errors import ConfigError
 from hmb_batch.ledger.parquet_state import read_state
-from hmb_batch.ledger.store import BatchRecord, LedgerError, file_rows, open_ledger
-from hmb_batch.money import yuan_to_fen
+from hmb_batch.ledger.store import (
+    TABLE_COLUMNS,
+    BatchRecord,
+    Ledger,
+    LedgerError,
+    file_rows,
+    open_ledger,
+)
+from hmb_batch.money import fen_to_yuan, yuan_to_fen
 from hmb_batch.rules.reconcile import AfterExpectation
 from hmb_batch.run.balancing import verify_after
+from hmb_batch.run.batch import check_order
 
 # the small files a Spark batch's folder holds, archived with the batch as a local run's are
 # (its datasets are folders of Parquet files: they stay where the run wrote them)
@@ -42,15 +50,28 @@ class Imported:
     settlements: int
 
 
-def import_spark_batch(batch_dir: Path, ledger_path: Path, *, wait: float = 30.0) -> Imported:
+def import_spark_batch(
+    batch_dir: Path,
+    ledger_path: Path,
+    *,
+    wait: float = 30.0,
+    allow_out_of_order: bool = False,
+) -> Imported:
     """Apply the Spark batch in ``batch_dir`` to the ledger at ``ledger_path``.
 
     Refused (exit 9, nothing applied): a ledger whose applied batches are not those of the
-    state the batch started from; a batch the ledger holds already. Exit 5: a folder that is
-    not a Spark batch's.
+    state the batch started from, or whose year to date is not the one the batch started
+    from (a state of another ledger, or edited); a batch the ledger holds already, or an id it
+    holds; a scenario's batch; a batch older than the ledger's latest settlement (unless
+    ``allow_out_of_order``, as for a local run). Exit 5: a folder that is not a Spark batch's.
     """
     manifest = _manifest(batch_dir)
     spec = manifest["ledger_import"]
+    if spec.get("scenario"):
+        raise LedgerError(
+            f"{batch_dir} is a batch of a scenario (hmb-batch simulate): its rules may not be "
+            "the production plan's, and it is never applied to a ledger; nothing was applied"
+        )
     state = read_state(batch_dir / "state")
     batch_id = str(manifest["batch_id"])
     started_from = state.batches[:-1]
@@ -63,6 +84,12 @@ def import_spark_batch(batch_dir: Path, ledger_path: Path, *, wait: float = 30.0
         ]
         if any(b["batch_key"] == manifest["batch_key"] for b in applied):
             raise LedgerError(f"the ledger holds batch {batch_id} already: nothing was applied")
+        if any(b.batch_id == batch_id for b in lg.batches()):
+            raise LedgerError(
+                f"the ledger holds a batch with id {batch_id} already (reverted, or with other "
+                "inputs): run the batch on Spark again with another --batch-id; nothing was "
+                "applied"
+            )
         if applied != started_from:
             raise LedgerError(
                 f"batch {batch_id} was adjudicated on Spark from the state of "
@@ -88,12 +115,14 @@ def import_spark_batch(batch_dir: Path, ledger_path: Path, *, wait: float = 30.0
         ):
             if any((rows_dir / table).glob("*.parquet")):
                 rows[table] = str(rows_dir / table / "*.parquet")
-        if "settlements" not in rows:
-            raise LedgerError(
-                f"batch {batch_id} adjudicated no settlement: there are no ledger rows to "
-                "import (its quarantine and reconciliation are in its folder); nothing was "
-                "applied"
-            )
+        for table, columns in TABLE_COLUMNS.items():
+            if table not in rows and table != "batch_files":
+                # a batch that adjudicated nothing is recorded all the same, as locally
+                rows[table] = pl.DataFrame(schema={c: pl.Null for c in columns})
+        if isinstance(rows["accumulator_log"], str):
+            _check_started_from(lg, rows["accumulator_log"], batch_id)
+        latest = dt.datetime.fromisoformat(spec["max_setl_time"]) if spec["max_setl_time"] else None
+        check_order(lg, batch_id, latest, allow_out_of_order)
         rows["batch_files"] = file_rows(batch_id, digests)
         summary = spec["summary"]
         record: dict[str, Any] = {
@@ -102,16 +131,14 @@ def import_spark_batch(batch_dir: Path, ledger_path: Path, *, wait: float = 30.0
             "batch_key": manifest["batch_key"],
             "inputs": json.dumps(spec["inputs"], ensure_ascii=False),
             "editions": json.dumps(spec["editions"]),
-            "hmb_version": __version__,
+            "hmb_version": spec.get("hmb_version", __version__),
             "started_at": dt.datetime.fromisoformat(spec["started_at"]),
             "finished_at": dt.datetime.fromisoformat(spec["finished_at"]),
             "settlements_in": summary["settlements_in"],
             "adjudicated": summary["adjudicated"],
             "quarantined": summary["quarantined"],
             "total_payout_fen": yuan_to_fen(summary["total_payout"]),
-            "max_setl_time": dt.datetime.fromisoformat(spec["max_setl_time"])
-            if spec["max_setl_time"]
-            else None,
+            "max_setl_time": latest,
             "summary": json.dumps(summary, ensure_ascii=False),
             "out_dir": str(batch_dir.resolve()),
         }
@@ -147,6 +174,48 @@ def _manifest(batch_dir: Path) -> dict[str, Any]:
             "ledger_import): a local run on the ledger applies its batch itself"
         )
     return manifest
+
+
+def _check_started_from(lg: Ledger, log: str, batch_id: str) -> None:
+    """The year to date each accumulator of the batch started from (its accumulator log's
+    ``before``) must be what the ledger holds now: a member-year the ledger does not hold
+    starts from nothing (null), a cost it holds no row of in a member-year it holds from
+    zero, as :meth:`Ledger.prior_for` reads them for a local run."""
+    rows = lg.con.execute(
+        """
+        WITH l AS (
+            SELECT psn_no, plan_year::BIGINT AS plan_year, cost, before_fen
+            FROM read_parquet($log)
+        ), held AS (
+            SELECT DISTINCT m.psn_no, m.plan_year::BIGINT AS plan_year
+            FROM member_state m SEMI JOIN l
+            ON m.psn_no = l.psn_no AND m.plan_year::BIGINT = l.plan_year
+        )
+        SELECT l.plan_year, l.cost, l.before_fen, m.amount_fen, count(*) OVER () AS n
+        FROM l
+        LEFT JOIN member_state m
+            ON m.psn_no = l.psn_no AND m.plan_year::BIGINT = l.plan_year AND m.cost = l.cost
+        LEFT JOIN held h ON h.psn_no = l.psn_no AND h.plan_year = l.plan_year
+        WHERE l.before_fen IS DISTINCT FROM
+            CASE WHEN m.amount_fen IS NOT NULL THEN m.amount_fen
+                 WHEN h.psn_no IS NOT NULL THEN 0 END
+        LIMIT 1
+        """,
+        {"log": log},
+    ).fetchall()
+    if rows:
+        year, cost, started, held_fen, n = rows[0]
+        raise LedgerError(
+            f"batch {batch_id} started from another year to date than the ledger holds: "
+            f"{n:,} accumulators differ (the first: plan year {year}, cost {cost}, the batch "
+            f"started from {_yuan(started)}, the ledger holds {_yuan(held_fen)}). Its state "
+            "was not exported from this ledger as it is now; export it again and run the "
+            "batch from that state. Nothing was applied"
+        )
+
+
+def _yuan(fen: int | None) -> str:
+    return "nothing" if fen is None else f"{fen_to_yuan(int(fen)):,} yuan"
 
 
 def _last(batches: list[dict[str, str]]) -> str:

@@ -88,6 +88,7 @@ from hmb_batch.run.batch import (
     check_reconciled,
     covered_years,
     editions_used,
+    order_mark,
     require_roster_years,
 )
 from hmb_batch.run.buckets import bucket_of
@@ -427,6 +428,8 @@ def _keyed_rows(
     U+007E): NFKC leaves it as it is and there is nothing to strip, so it is its typed form.
     Any other id (spaces, full-width digits, invisible characters, a number-typed column)
     goes through :func:`_setl_keys`, the kernel's own normalisation, before the same hash.
+    The pattern ends in ``\\z``, not ``$``: Java's ``$`` also matches before a final line
+    break, and ``S1\\r`` is not its typed form ``S1``.
     """
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import to_arrow_schema
@@ -438,7 +441,7 @@ def _keyed_rows(
     src = source_column(probe.lazy(), contract, "setl_id", ctx.column_map)
     plain = F.lit(False)
     if src is not None and isinstance(columns.schema[src].dataType, StringType):
-        plain = F.coalesce(F.col(f"`{src}`").rlike(r"^[\x21-\x7E]+$"), F.lit(False))
+        plain = F.coalesce(F.col(f"`{src}`").rlike(r"^[\x21-\x7E]+\z"), F.lit(False))
     fast = raw.filter(plain).withColumn(SETL_KEY, F.col(f"`{src}`") if src else F.lit(None))
     schema = raw.schema.simpleString()[len("struct<") : -1]
     slow = raw.filter(~plain).mapInArrow(
@@ -758,17 +761,19 @@ def run_spark_batch(
     unmasked: bool = False,
     warning_limits: WarningLimits | None = None,
     prior: Path | None = None,
+    scenario: bool = False,
     session: SparkSession | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SparkResult:
-    """Adjudicate one batch (no ledger) on Spark into ``out_dir``: ``payouts/`` and ``lines/``
-    (Parquet datasets partitioned by plan year), ``quarantine/``, reconciliation.json,
+    """Adjudicate one batch (no ledger) on Spark into ``out_dir``: ``payouts/`` (a Parquet
+    dataset partitioned by plan year), ``lines/``, ``quarantine/``, reconciliation.json,
     report.html, report.md and manifest.json.
 
     ``inputs``: Parquet files, folders (Hive-partitioned ones too) or globs; a two-file extract
     (``fees`` given). ``buckets``: parts of whole settlements and member buckets (both).
     ``prior``: a state folder (:mod:`hmb_batch.ledger.parquet_state`) the batch starts from
     (default: every member's year at zero); the state after the batch goes to ``OUT/state``.
+    ``scenario``: a batch of ``simulate`` (its manifest says so: ``ledger import`` refuses it).
     Raises :class:`SparkUnavailable` when pyspark or Java is missing, and what the local run
     raises for the same inputs (a batch that does not reconcile, a roster with problems ...).
     """
@@ -785,6 +790,11 @@ def run_spark_batch(
     header = describe_batch(inputs)
     info = read_state(prior) if prior is not None else empty_state_info(out_dir / "state")
     held = [b["batch_id"] for b in info.batches if b["batch_key"] == header.batch_key]
+    if not held and header.batch_id in {b["batch_id"] for b in info.batches}:
+        raise LedgerError(
+            f"the prior state {prior} holds another batch with id {header.batch_id}: give "
+            "another --batch-id"
+        )
     if held:
         raise LedgerError(
             f"the prior state {prior} holds this extract already, as batch {held[0]} (the same "
@@ -869,7 +879,15 @@ def run_spark_batch(
         removed_ids = _removed_ids(stage2)
         # the decisions' columns, for the parts without any
         first = adjudicated[0] if adjudicated else {}
-        empty_b = spark.sparkContext.broadcast((first.get("no_denied"), first.get("no_removed")))
+        no_denied = first.get("no_denied")
+        no_removed = first.get("no_removed")
+        if no_denied is None or no_removed is None:  # no member bucket adjudicated anything
+            no_denied = pl.DataFrame(schema={"setl_id": pl.String, "batch_seq": pl.Int64})
+            no_removed = no_denied.with_columns(
+                pl.lit(None, pl.List(pl.String)).alias("reasons"),
+                pl.lit(None, pl.String).alias("detail"),
+            )
+        empty_b = spark.sparkContext.broadcast((no_denied, no_removed))
         decided = stage1.filter(F.col(KIND) == "audit").unionByName(
             stage2.filter(F.col(KIND).isin("denied", "removed"))
         )
@@ -945,7 +963,8 @@ def run_spark_batch(
         )
         afters = [m["after"] for m in adjudicated if m.get("after") is not None]
         expected = AfterExpectation.combine(afters) if afters else None
-        latest = max((m["latest"] for m in adjudicated if m["latest"] is not None), default=None)
+        # as the local run records it: adjudicated settlements only, never a quarantined one's
+        latest = order_mark(payouts)
         manifest = {
             "batch_id": header.batch_id,
             "batch_key": header.batch_key,
@@ -967,6 +986,8 @@ def run_spark_batch(
             # what `hmb-batch ledger import` records and checks (see run/ledger_import.py)
             "ledger_import": {
                 "rows": LEDGER_ROWS,
+                "scenario": scenario,
+                "hmb_version": __version__,
                 "inputs": header.inputs,
                 "editions": header.edition_hashes,
                 "started_at": started.isoformat(),
@@ -991,7 +1012,14 @@ def run_spark_batch(
                 costs,
                 [*info.batches, {"batch_id": header.batch_id, "batch_key": header.batch_key}],
                 payout_ytd,
-                info.enrolled_by_plan_year | dict(summary.enrolled_by_plan_year),
+                # as the ledger counts a year's premium pool: the roster of the latest batch
+                # with settlements in that year
+                info.enrolled_by_plan_year
+                | {
+                    y: n
+                    for y, n in summary.enrolled_by_plan_year.items()
+                    if y in summary.payout_by_plan_year_fen
+                },
                 {
                     "kind": "spark batch",
                     "batch_id": header.batch_id,
@@ -1268,12 +1296,14 @@ def _conform(folder: Path, schemas: list[pa.Schema] | None, partition: str | Non
     folder.mkdir(parents=True, exist_ok=True)
     if not schemas:
         return folder
-    union = _union(schemas)
+    whole = _union(schemas)
+    union = whole
     if partition is not None and partition in union.names:
         union = union.remove(union.get_field_index(partition))
     files = sorted(folder.rglob("*.parquet"))
     if not files:
-        pq.write_table(union.empty_table(), folder / "part-empty.parquet")
+        # no row, so no partition folder: the one empty file holds every column
+        pq.write_table(whole.empty_table(), folder / "part-empty.parquet")
         return folder
     for path in files:
         if pq.read_schema(path).equals(union, check_metadata=False):
