@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -348,10 +349,40 @@ def test_a_spark_batch_imported_into_the_ledger_is_the_local_night(
         ["ledger", "import", str(tmp_path / "stale"), "--ledger", str(ledger), "--json"]
     )
     assert stale.exit_code == 9 and "ledger export" in stale.stdout, stale.output
+    # a state that is not the ledger's year to date (here: one member-year edited) gives a
+    # batch the import refuses, naming what differs
+    edited = tmp_path / "state-edited"
+    shutil.copytree(state, edited)
+    acc_file = next((edited / "accumulators").glob("*.parquet"))
+    acc = pl.read_parquet(acc_file)
+    first_cost = next(c for c in acc.columns if c.startswith("cum__"))
+    acc.with_columns(pl.col(first_cost) + 100).write_parquet(acc_file)
+    run_spark_batch(
+        _inputs(nights, "02"), tmp_path / "edited", buckets=3, session=session, prior=edited
+    )
+    wrong = run_cli(
+        ["ledger", "import", str(tmp_path / "edited"), "--ledger", str(ledger), "--json"]
+    )
+    assert wrong.exit_code == 9 and "another year to date" in wrong.stdout, wrong.output
+    # a scenario's batch is never applied to a ledger
+    scenario = tmp_path / "scenario"
+    shutil.copytree(tmp_path / "02", scenario)
+    manifest = json.loads((scenario / "manifest.json").read_text())
+    manifest["ledger_import"]["scenario"] = True
+    (scenario / "manifest.json").write_text(json.dumps(manifest))
+    refused = run_cli(["ledger", "import", str(scenario), "--ledger", str(ledger), "--json"])
+    assert refused.exit_code == 9 and "scenario" in refused.stdout
+    snapshot = _tables(ledger)
     done = run_cli(["ledger", "import", str(tmp_path / "02"), "--ledger", str(ledger), "--json"])
     assert done.exit_code == 0, done.output
+    assert snapshot != _tables(ledger)  # the refusals applied nothing; this did
     again = run_cli(["ledger", "import", str(tmp_path / "02"), "--ledger", str(ledger), "--json"])
     assert again.exit_code == 9 and "already" in again.stdout
+    # its inputs run locally again: not replayed from files the ledger never archived
+    rerun = run_cli(
+        [*_adjudicate_args(nights, "02"), "--ledger", str(ledger), "--out", str(tmp_path / "x")]
+    )
+    assert rerun.exit_code == 9 and "adjudicated on Spark and imported" in rerun.output
     r = run_cli(
         [*_adjudicate_args(nights, "03"), "--ledger", str(ledger), "--out", str(tmp_path / "03")]
     )
