@@ -876,7 +876,7 @@ def run_spark_batch(
             stop_on_roster_problems(problems, inputs.roster)
         adjudicated = [m for m in member_meta if "totals" in m]
         say("settle_audit")
-        removed_ids = _removed_ids(stage2)
+        spark.catalog.clearCache()  # the prior state's ids, read by stage 2 only
         # the decisions' columns, for the parts without any
         first = adjudicated[0] if adjudicated else {}
         no_denied = first.get("no_denied")
@@ -891,8 +891,14 @@ def run_spark_batch(
         decided = stage1.filter(F.col(KIND) == "audit").unionByName(
             stage2.filter(F.col(KIND).isin("denied", "removed"))
         )
-        wanted = spark.createDataFrame([(i,) for i in removed_ids] or [("",)], f"{SETL_KEY} string")
-        quarantined_lines = fee_lines.join(F.broadcast(wanted), SETL_KEY, "left_semi")
+        # the fee lines of the settlements the engine quarantined go to quarantine too: a
+        # join in Spark (a re-sent extract quarantines every settlement: millions of ids)
+        wanted = (
+            stage2.filter(F.col(KIND) == "removed")
+            .mapInArrow(_removed_ids, f"{SETL_KEY} string")
+            .distinct()
+        )
+        quarantined_lines = fee_lines.join(wanted, SETL_KEY, "left_semi")
         stage3 = _checkpoint(
             decided.groupBy(KEY)
             .cogroup(quarantined_lines.withColumnRenamed(PART, KEY).groupBy(KEY))
@@ -1265,14 +1271,13 @@ def _metas(stage: DataFrame) -> list[dict[str, Any]]:
     return [pickle.loads(r[PAYLOAD]) for r in sorted(rows, key=lambda r: r[KEY])]
 
 
-def _removed_ids(stage2: DataFrame) -> list[str]:
-    """The settlements the engine quarantined (few): their fee lines go to quarantine too."""
-    from pyspark.sql import functions as F
-
-    ids: set[str] = set()
-    for r in stage2.filter(F.col(KIND) == "removed").select(PAYLOAD).collect():
-        ids.update(_frame(r[PAYLOAD])["setl_id"].drop_nulls().to_list())
-    return sorted(ids)
+def _removed_ids(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The ids of the settlements the engine quarantined, from the member stage's "removed"
+    blobs (``mapInArrow``); an id as typed is its part's key (:data:`SETL_KEY`)."""
+    for batch in batches:
+        for payload in batch.column(PAYLOAD).to_pylist():
+            ids = _frame(payload).select(pl.col("setl_id").alias(SETL_KEY)).drop_nulls()
+            yield from _plain(ids).to_batches()
 
 
 def _schemas(*stages: DataFrame) -> dict[str, list[pa.Schema]]:
