@@ -11,6 +11,7 @@ fresh ``hmb-batch adjudicate --no-ledger`` process: ``local`` the single-machine
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -18,7 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import ROOT, ensure_data  # the harness's data, generated once
+from run import (  # the harness's data, generated once
+    DATA,
+    ROOT,
+    ensure_chunked_data,
+    ensure_data,
+    table_source,
+)
 from sweep import timed  # one fresh hmb-batch process: wall seconds, peak RSS
 
 
@@ -28,15 +35,20 @@ def main() -> None:
     ap.add_argument("--configs", default="local,1x8,2x8,2x64")
     a = ap.parse_args()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    data = ensure_data(a.lines)
+    layout = DATA / f"lines-{a.lines}" / "layout.json"
+    if layout.exists():  # a year generated in chunks (make bench's --huge): parts, as they are
+        chunk_lines = json.loads(layout.read_text(encoding="utf-8"))["chunk_lines"]
+        data = ensure_chunked_data(a.lines, chunk_lines)
+    else:
+        data = ensure_data(a.lines)
     work = ROOT / "benchmarks" / "data" / "work" / "spark"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     common = [
         "adjudicate",
-        str(data / "settlements.parquet"),
+        str(table_source(data, "settlements")),  # 50M and up: a folder of parts (a glob)
         "--fees",
-        str(data / "fees.parquet"),
+        str(table_source(data, "fees")),
         "--roster",
         str(data / "roster.parquet"),
         "--lists",

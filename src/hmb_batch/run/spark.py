@@ -107,7 +107,7 @@ PART = "_part"  # the part (a hash of setl_id) of a raw extract row
 BUCKET = "_mbucket"  # the member bucket (a hash of psn_no) of a raw roster row
 SOURCE = "_source"  # the number of a row's input file (rows are typed, and ordered, per file)
 SETL_KEY = "_setl_key"  # setl_id as the kernel types it (fee lines found again by it)
-# rows per blob: an Arrow binary value holds at most 2 GiB, and a part's audit is its fee lines
+# rows per blob: an Arrow binary value holds at most 2 GiB (a part's facts: its settlements)
 ROWS_PER_BLOB = 500_000
 # what the workers write themselves, as Parquet files: where (under the output folder, or the
 # work folder) and the column a dataset is partitioned by (Hive style: plan_year=2022/)
