@@ -56,6 +56,27 @@ class ScenarioInputs:
     timezone: str = "Asia/Shanghai"
     memory_limit: int | None = None
 
+    def batch(
+        self,
+        spec: str,
+        plan: PlanSelection,
+        plan_source: tuple[str, tuple[str, ...]] | None,
+    ) -> BatchInputs:
+        """One extract of the scenario (a settlements file with ``fees``, or a night's
+        folder) as a batch's inputs."""
+        extract, fees = (spec, self.fees) if self.fees else extract_folder(spec)
+        return BatchInputs(
+            extract=extract,
+            fees=fees,
+            roster=self.roster,
+            lists=self.lists,
+            plan=plan,
+            encoding=self.encoding,
+            column_map=self.column_map,
+            timezone=self.timezone,
+            plan_source=plan_source,
+        )
+
 
 @dataclass(frozen=True)
 class YearTotals:
@@ -140,18 +161,7 @@ def simulate(
     for i, spec in enumerate(extracts, start=1):
         if progress is not None:
             progress(f"batch {i} of {len(extracts)}: {spec}")
-        extract, fees = (spec, inputs.fees) if inputs.fees else extract_folder(spec)
-        batch_inputs = BatchInputs(
-            extract=extract,
-            fees=fees,
-            roster=inputs.roster,
-            lists=inputs.lists,
-            plan=plan,
-            encoding=inputs.encoding,
-            column_map=inputs.column_map,
-            timezone=inputs.timezone,
-            plan_source=plan_source,
-        )
+        batch_inputs = inputs.batch(spec, plan, plan_source)
         result = run_batch(
             batch_inputs,
             out_dir / "batches" / f"{i:02d}",
@@ -261,18 +271,7 @@ def simulate_on_spark(
         for i, spec in enumerate(extracts, start=1):
             if progress is not None:
                 progress(f"batch {i} of {len(extracts)} on Spark: {spec}")
-            extract, fees = (spec, inputs.fees) if inputs.fees else extract_folder(spec)
-            batch_inputs = BatchInputs(
-                extract=extract,
-                fees=fees,
-                roster=inputs.roster,
-                lists=inputs.lists,
-                plan=plan,
-                encoding=inputs.encoding,
-                column_map=inputs.column_map,
-                timezone=inputs.timezone,
-                plan_source=plan_source,
-            )
+            batch_inputs = inputs.batch(spec, plan, plan_source)
             folder = out_dir / "batches" / f"{i:02d}"
             result = run_spark_batch(
                 batch_inputs, folder, buckets=buckets, prior=prior, scenario=True, session=session

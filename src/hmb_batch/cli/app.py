@@ -147,6 +147,9 @@ def _answer_json(as_json: bool) -> bool:
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the answer as JSON.")]
+SparkMasterOption = Annotated[
+    str | None, typer.Option(help="Spark master URL for --engine spark (default local[2]).")
+]
 
 
 def _version(value: bool) -> None:
@@ -307,10 +310,7 @@ def adjudicate(
             )
         ),
     ] = "local",
-    spark_master: Annotated[
-        str | None,
-        typer.Option(help="Spark master URL for --engine spark (default local[2])."),
-    ] = None,
+    spark_master: SparkMasterOption = None,
     prior: Annotated[
         Path | None,
         typer.Option(
@@ -730,10 +730,7 @@ def simulate(
             )
         ),
     ] = "local",
-    spark_master: Annotated[
-        str | None,
-        typer.Option(help="Spark master URL for --engine spark (default local[2])."),
-    ] = None,
+    spark_master: SparkMasterOption = None,
     buckets: Annotated[
         int | None,
         typer.Option(help="--engine spark: parts and member buckets (default 8).", min=1),

@@ -1003,13 +1003,10 @@ def plan_years(settlements: pl.DataFrame | pl.LazyFrame, prior: PriorState | Non
     return sorted(int(y) for y in years if y is not None)
 
 
-def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) -> PriorState:
-    """The state after a run: its settlements added to the registry, year to date moved on.
-
-    What the ledger stores between nightly batches; pure, so the batch-split property can be
-    checked on it.
-    """
-    new = payouts.select(
+def registry_rows(payouts: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
+    """A run's adjudicated settlements as registry rows of the state after it (``reversed``
+    is set once the registry holds every reversal: one may come in a later run)."""
+    return payouts.select(
         "setl_id",
         "psn_no",
         pl.col("plan_year").cast(pl.Int64),
@@ -1017,18 +1014,34 @@ def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) ->
         "init_setl_id",
         pl.lit(False).alias("reversed"),
         HEADER_FEN,
-        *[inc(c) for c in costs],
+        *[pl.col(inc(c)).cast(pl.Int64) for c in costs],
     )
+
+
+def year_to_date_after(payouts: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
+    """The year to date after a run of the member-years it touched: each one's last
+    settlement's ``cum__COST`` in (batch, setl_time, setl_id) order."""
+    return (
+        payouts.sort([*MEMBER_YEAR, *ORDER])
+        .group_by(MEMBER_YEAR, maintain_order=True)
+        .agg([pl.col(cum(c)).last() for c in costs])
+        .with_columns(pl.col("plan_year").cast(pl.Int64))
+    )
+
+
+def carry_forward(prior: PriorState, payouts: pl.DataFrame, costs: list[str]) -> PriorState:
+    """The state after a run: its settlements added to the registry, year to date moved on.
+
+    What the ledger stores between nightly batches; pure, so the batch-split property can be
+    checked on it.
+    """
+    new = registry_rows(payouts, costs)
     registry = pl.concat([prior.registry.collect(engine=ENGINE), new], how="vertical_relaxed")
     reversed_ids = registry.filter(pl.col(IS_REVERSAL))["init_setl_id"]
     registry = registry.with_columns(
         (pl.col("reversed") | pl.col("setl_id").is_in(reversed_ids.implode())).alias("reversed")
     )
-    latest = (
-        payouts.sort([*MEMBER_YEAR, *ORDER])
-        .group_by(MEMBER_YEAR, maintain_order=True)
-        .agg([pl.col(cum(c)).last() for c in costs])
-    )
+    latest = year_to_date_after(payouts, costs)
     accumulators = pl.concat(
         [
             prior.accumulators.collect(engine=ENGINE).join(latest, on=MEMBER_YEAR, how="anti"),

@@ -76,7 +76,14 @@ from hmb_batch.report.data import (
 )
 from hmb_batch.report.summary import summarise
 from hmb_batch.rules import kernel
-from hmb_batch.rules.engine import HEADER_FEN, PriorState, cost_ids, cum, inc
+from hmb_batch.rules.engine import (
+    PriorState,
+    cost_ids,
+    cum,
+    inc,
+    registry_rows,
+    year_to_date_after,
+)
 from hmb_batch.rules.reconcile import AfterExpectation, Totals, combine
 from hmb_batch.rules.validation import IS_REVERSAL
 from hmb_batch.run.alerts import WarningLimits, batch_warnings
@@ -568,15 +575,17 @@ def _members(ctx_b: Any, key: tuple[Any, ...], facts: pa.Table, roster: pa.Table
         assert result.ledger_rows is not None
         for table in LEDGER_TABLES:
             rows += _output(ctx, f"{LEDGER}{table}", "", bucket, result.ledger_rows[table])
+        # the state after the batch, as carry_forward moves it on: the bucket's settlements
+        # and the year to date of the member-years they touched
         rows += _output(
-            ctx, "state_registry", "members", bucket, _state_registry(result.payouts, costs)
+            ctx, "state_registry", "members", bucket, registry_rows(result.payouts, costs)
         )
         rows += _output(
             ctx,
             "state_accumulators",
             "members",
             bucket,
-            _state_accumulators(result.ledger_rows["accumulator_log"], accumulators, costs),
+            year_to_date_after(result.payouts, costs),
         )
         rows += _output(ctx, "payouts", "members", bucket, result.payout_file)
         rows += _output(ctx, "report", "members", bucket, report_columns(result.payouts))
@@ -629,42 +638,6 @@ def _settle(
         rows += _output(ctx, "quarantine", "settle", part, settled.quarantine)
     rows.append(("meta", part, _meta(totals=settled.totals)))
     return _table(rows)
-
-
-def _state_registry(payouts: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
-    """A bucket's adjudicated settlements as registry rows of the state after the batch
-    (``reversed`` is set when the state is assembled: a reversal may be in another batch)."""
-    return payouts.select(
-        "setl_id",
-        "psn_no",
-        pl.col("plan_year").cast(pl.Int64),
-        IS_REVERSAL,
-        "init_setl_id",
-        pl.lit(False).alias("reversed"),
-        HEADER_FEN,
-        *[pl.col(inc(c)).cast(pl.Int64) for c in costs],
-    )
-
-
-def _state_accumulators(log: pl.DataFrame, before: pl.DataFrame, costs: list[str]) -> pl.DataFrame:
-    """The year to date after the batch of the member-years it moved: each cost's ``after``
-    from the batch's accumulator log, else what the member-year held before (else zero)."""
-    keys = log.select("psn_no", pl.col("plan_year").cast(pl.Int64)).unique()
-    out = keys.join(
-        before.with_columns(pl.col("plan_year").cast(pl.Int64)),
-        on=["psn_no", "plan_year"],
-        how="left",
-    )
-    for c in costs:
-        moved = log.filter(pl.col("cost") == c).select(
-            "psn_no", pl.col("plan_year").cast(pl.Int64), pl.col("after_fen").alias("_after")
-        )
-        out = (
-            out.join(moved, on=["psn_no", "plan_year"], how="left")
-            .with_columns(pl.coalesce("_after", cum(c), pl.lit(0)).cast(pl.Int64).alias(cum(c)))
-            .drop("_after")
-        )
-    return out.select("psn_no", "plan_year", *[cum(c) for c in costs])
 
 
 def _fact_ids(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
