@@ -58,7 +58,8 @@ def test_spark_refuses_a_ledger(tmp_path: Path) -> None:
             str(tmp_path / "out"),
         ]
     )
-    assert r.exit_code == 2 and "without a ledger" in r.output, r.output
+    assert r.exit_code == 2 and "without a DuckDB ledger" in r.output, r.output
+    assert "--prior" in r.output and "ledger export" in r.output  # how to carry a year to date
 
 
 def test_a_failed_spark_job_says_what_to_do_and_quotes_no_data() -> None:
