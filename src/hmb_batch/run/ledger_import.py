@@ -99,12 +99,6 @@ def import_spark_batch(
                 "(hmb-batch ledger export) and run the batch on Spark from that state; "
                 "nothing was applied"
             )
-        files = {
-            name: (batch_dir / name).read_bytes()
-            for name in ARCHIVED
-            if (batch_dir / name).exists()
-        }
-        digests = {name: lg.archive.keep(content) for name, content in files.items()}
         rows: dict[str, pl.DataFrame | str] = {}
         for table in (
             "settlements",
@@ -123,6 +117,14 @@ def import_spark_batch(
             _check_started_from(lg, rows["accumulator_log"], batch_id)
         latest = dt.datetime.fromisoformat(spec["max_setl_time"]) if spec["max_setl_time"] else None
         check_order(lg, batch_id, latest, allow_out_of_order)
+        # archived once every check has passed (an archived file no batch names is harmless,
+        # but a refused import should leave nothing behind)
+        files = {
+            name: (batch_dir / name).read_bytes()
+            for name in ARCHIVED
+            if (batch_dir / name).exists()
+        }
+        digests = {name: lg.archive.keep(content) for name, content in files.items()}
         rows["batch_files"] = file_rows(batch_id, digests)
         summary = spec["summary"]
         record: dict[str, Any] = {
