@@ -213,6 +213,17 @@ def test_spark_gives_the_single_machine_run_to_the_fen(
     got_lines = _dataset(out / "lines").select(want_lines.columns).sort(lines_key)
     # Spark has no enum type: the dispositions are the same text
     assert_frame_equal(got_lines, want_lines, check_dtypes=False)
+    # the lines' dataset is partitioned by their settlement's plan year, as the payouts' is
+    assert sorted(p.name for p in (out / "lines").glob("plan_year=*")) == [
+        "plan_year=2022",
+        "plan_year=2023",
+    ]
+    years = _dataset(out / "lines").select("setl_id", "plan_year").unique()
+    paid = want.select("setl_id", pl.col("plan_year").alias("paid_year"))
+    assert (
+        years.join(paid, on="setl_id").filter(pl.col("plan_year") != pl.col("paid_year")).is_empty()
+    )
+    assert years.join(paid, on="setl_id", how="anti").is_empty()
     q_key = ["record", "_file", "_row"]
     want_q = pl.read_parquet(local_run / "quarantine.parquet").sort(q_key)
     got_q = _dataset(out / "quarantine").select(want_q.columns).sort(q_key)

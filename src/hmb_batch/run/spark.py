@@ -306,7 +306,8 @@ def _output(
             _write_parquet(frame, folder / name)
         else:
             for (value,), rows in frame.group_by(partition):
-                _write_parquet(rows.drop(partition), folder / f"{partition}={value}" / name)
+                folder_name = "__HIVE_DEFAULT_PARTITION__" if value is None else value
+                _write_parquet(rows.drop(partition), folder / f"{partition}={folder_name}" / name)
     return [(f"{SCHEMA}{kind}", key, _ipc(frame.clear()))]
 
 
@@ -596,6 +597,9 @@ def _members(ctx_b: Any, key: tuple[Any, ...], facts: pa.Table, roster: pa.Table
         where = parts.select("setl_id", PART).unique("setl_id")
         rows += _by_column("denied", result.denied.join(where, on="setl_id", how="left"), PART)
         rows += _by_column("removed", result.removed.join(where, on="setl_id", how="left"), PART)
+        # and each settlement's plan year, by which its lines' dataset is partitioned
+        years = result.payouts.select("setl_id", "plan_year").unique("setl_id")
+        rows += _by_column("years", years.join(where, on="setl_id", how="inner"), PART)
         meta |= {
             "totals": result.totals,
             "years": result.years,
@@ -633,7 +637,15 @@ def _settle(
         batch_id=ctx.batch_id,
         unmasked=ctx.unmasked,
     )
-    rows = _output(ctx, "lines", "settle", part, settled.lines)
+    years = _concat(_of(decided, "years"))
+    lines = settled.lines
+    if "plan_year" not in lines.columns:  # the audit has none: the member stage's years
+        lines = (
+            lines.join(years, on="setl_id", how="left")
+            if years is not None
+            else lines.with_columns(pl.lit(None, pl.Int32).alias("plan_year"))
+        )
+    rows = _output(ctx, "lines", "settle", part, lines)
     if settled.quarantine.height:
         rows += _output(ctx, "quarantine", "settle", part, settled.quarantine)
     rows.append(("meta", part, _meta(totals=settled.totals)))
@@ -738,8 +750,8 @@ def run_spark_batch(
     session: SparkSession | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> SparkResult:
-    """Adjudicate one batch (no ledger) on Spark into ``out_dir``: ``payouts/`` (a Parquet
-    dataset partitioned by plan year), ``lines/``, ``quarantine/``, reconciliation.json,
+    """Adjudicate one batch (no ledger) on Spark into ``out_dir``: ``payouts/`` and ``lines/``
+    (Parquet datasets partitioned by plan year), ``quarantine/``, reconciliation.json,
     report.html, report.md and manifest.json.
 
     ``inputs``: Parquet files, folders (Hive-partitioned ones too) or globs; a two-file extract
@@ -862,7 +874,7 @@ def run_spark_batch(
             )
         empty_b = spark.sparkContext.broadcast((no_denied, no_removed))
         decided = stage1.filter(F.col(KIND) == "audit").unionByName(
-            stage2.filter(F.col(KIND).isin("denied", "removed"))
+            stage2.filter(F.col(KIND).isin("denied", "removed", "years"))
         )
         # the fee lines of the settlements the engine quarantined go to quarantine too: a
         # join in Spark (a re-sent extract quarantines every settlement: millions of ids)
