@@ -786,57 +786,53 @@ def simulate(
         if engine != "spark" and (spark_master is not None or buckets is not None):
             raise UsageError("--spark-master and --buckets are for --engine spark")
         show = not (quiet or as_json) and err.is_terminal
-        if engine == "spark":
-            _simulate_on_spark(
-                extracts,
-                selection,
-                inputs,
-                out_dir,
-                master=spark_master,
-                buckets=buckets or 8,
-                force=force,
-                plan_source=(_absolute_spec(plan or d.plan), tuple(run_sets)),
-                from_ledger=from_ledger,
-                as_of=as_of,
-                variants=variants,
-                swept_path=swept_path,
-                describe={
-                    "plan_spec": _absolute_spec(plan or d.plan),
-                    "changes": sets,
-                    "run_changes": run_sets,
-                    "from_ledger": str(from_ledger) if from_ledger is not None else None,
-                    "as_of": as_of,
-                },
-                as_json=as_json,
-                quiet=quiet,
-            )
-            return
+        plan_source = (_absolute_spec(plan or d.plan), tuple(run_sets))
+        describe = {
+            "plan_spec": _absolute_spec(plan or d.plan),
+            "changes": sets,
+            # what the scenario's batches ran under (a sweep's: its first value)
+            "run_changes": run_sets,
+            "from_ledger": str(from_ledger) if from_ledger is not None else None,
+            "as_of": as_of,
+        }
         with err.status("simulating …") if show else contextlib.nullcontext() as st:
-            result = run_scenario(
-                extracts,
-                selection,
-                inputs,
-                out_dir,
-                force=force,
-                plan_source=(_absolute_spec(plan or d.plan), tuple(run_sets)),
-                start_ledger=_copy_of(from_ledger, as_of, inputs.memory_limit),
-                describe={
-                    "plan_spec": _absolute_spec(plan or d.plan),
-                    "changes": sets,
-                    # what the scenario's batches ran under (a sweep's: its first value)
-                    "run_changes": run_sets,
-                    "from_ledger": str(from_ledger) if from_ledger is not None else None,
-                    "as_of": as_of,
-                },
-                progress=(lambda what: st.update(what)) if st is not None else None,
-            )
-            rows = sweep_values(result, variants, inputs) if variants else []
+            progress = (lambda what: st.update(what)) if st is not None else None
+            if engine == "spark":
+                document, rows = _simulate_on_spark(
+                    extracts,
+                    selection,
+                    inputs,
+                    out_dir,
+                    master=spark_master,
+                    buckets=buckets or 8,
+                    force=force,
+                    plan_source=plan_source,
+                    from_ledger=from_ledger,
+                    as_of=as_of,
+                    variants=variants,
+                    describe=describe,
+                    progress=progress,
+                )
+            else:
+                result = run_scenario(
+                    extracts,
+                    selection,
+                    inputs,
+                    out_dir,
+                    force=force,
+                    plan_source=plan_source,
+                    start_ledger=_copy_of(from_ledger, as_of, inputs.memory_limit),
+                    describe=describe,
+                    progress=progress,
+                )
+                document = result.document
+                rows = sweep_values(result, variants, inputs) if variants else []
             swept_files = write_sweep(swept_path, rows, out_dir) if swept else {}
     except HmbError as exc:
         raise _fail(exc) from None
     if as_json:
         _print_json(
-            result.document
+            document
             | (
                 {"sweep": {"parameter": swept_path, "values": [r.to_json() for r in rows]}}
                 if swept
@@ -844,7 +840,7 @@ def simulate(
             )
         )
     elif not quiet:
-        render.scenario(out, result.document)
+        render.scenario(out, document)
         if swept:
             render.sweep(out, swept_path, [r.to_json() for r in rows])
             for name, path in swept_files.items():
@@ -864,14 +860,12 @@ def _simulate_on_spark(
     from_ledger: Path | None,
     as_of: str | None,
     variants: list[tuple[str, Any]],
-    swept_path: str,
     describe: dict[str, Any],
-    as_json: bool,
-    quiet: bool,
-) -> None:
-    """``simulate --engine spark`` (see :func:`hmb_batch.analysis.simulate.simulate_on_spark`);
-    errors raise HmbError for the caller to report."""
-    from hmb_batch.analysis.simulate import simulate_on_spark, write_sweep
+    progress: Callable[[str], None] | None,
+) -> tuple[dict[str, Any], list[Any]]:
+    """``simulate --engine spark`` (see :func:`hmb_batch.analysis.simulate.simulate_on_spark`):
+    its document and the sweep's rows; errors raise HmbError for the caller to report."""
+    from hmb_batch.analysis.simulate import simulate_on_spark
     from hmb_batch.ledger.parquet_state import export_ledger
     from hmb_batch.run.spark import DEFAULT_MASTER
 
@@ -891,20 +885,9 @@ def _simulate_on_spark(
         start=start if from_ledger is not None else None,
         variants=variants,
         describe=describe,
+        progress=progress,
     )
-    swept_files = write_sweep(swept_path, result.sweep, out_dir) if variants else {}
-    sweep_doc = [r.to_json() for r in result.sweep]
-    if as_json:
-        _print_json(
-            result.document
-            | ({"sweep": {"parameter": swept_path, "values": sweep_doc}} if variants else {})
-        )
-    elif not quiet:
-        render.scenario(out, result.document)
-        if variants:
-            render.sweep(out, swept_path, sweep_doc)
-            for name, path in swept_files.items():
-                out.print(f"{name}: {path}", highlight=False, markup=False)
+    return result.document, result.sweep
 
 
 def _absolute_spec(spec: str) -> str:
